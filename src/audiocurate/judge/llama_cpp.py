@@ -1,0 +1,84 @@
+"""llama.cpp judge (GGUF on CPU): the embedded default."""
+
+from __future__ import annotations
+
+import ctypes
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from ..models import resolve_model
+from . import JudgeScore, score_from_logits
+from .profile import JudgeProfile
+
+if TYPE_CHECKING:
+    from ..config import JudgeConfig
+
+
+class LlamaCppJudge:
+    """One forward pass per transcript over a KV-cached prompt prefix.
+
+    The prefix (instructions and few-shot examples, ~300 tokens) is evaluated once per actor;
+    each row rewinds the cache to the end of the prefix and evaluates only its own tokens.
+    """
+
+    def __init__(self, config: "JudgeConfig", profile: JudgeProfile):
+        import llama_cpp
+
+        if profile.style != "completion":
+            raise ValueError(f"llama_cpp judge needs a completion-style profile, {profile.name!r} is {profile.style}")
+        self._llama_cpp = llama_cpp
+        self.config = config
+        self.profile = profile
+        self.model_name = config.model or profile.model
+        self.llm = llama_cpp.Llama(
+            model_path=resolve_model(self.model_name),
+            n_ctx=config.n_ctx,
+            n_threads=config.threads,
+            n_threads_batch=config.threads,
+            n_batch=512,
+            logits_all=False,
+            verbose=False,
+        )
+        self.n_vocab = self.llm.n_vocab()
+        self.label_ids = []
+        for label in profile.labels:
+            ids = self.llm.tokenize(label.encode(), add_bos=False, special=False)
+            if len(ids) != 1:
+                raise ValueError(f"label {label!r} is {len(ids)} tokens for this model; labels must be one token")
+            self.label_ids.append(ids[0])
+        self.prefix_tokens = self.llm.tokenize(profile.prefix().encode(), add_bos=True, special=True)
+        if len(self.prefix_tokens) >= config.n_ctx - 16:
+            raise ValueError(f"the judge prompt ({len(self.prefix_tokens)} tokens) does not fit n_ctx={config.n_ctx}")
+        self.llm.reset()
+        self.llm.eval(self.prefix_tokens)
+        self.n_prefix = self.llm.n_tokens
+
+    def score_batch(self, texts: Sequence[str]) -> list[JudgeScore]:
+        out = []
+        for text in texts:
+            try:
+                out.append(self.score(text))
+            except Exception as e:  # one row's failure must not fail its batch
+                out.append(JudgeScore.failed(f"judge failed on this transcript: {e}"))
+        return out
+
+    def score(self, text: str) -> JudgeScore:
+        suffix = self.profile.suffix(text)
+        tokens = self.llm.tokenize(suffix.encode(), add_bos=False, special=False)
+        room = self.config.n_ctx - self.n_prefix
+        truncated = False
+        if len(tokens) > room:
+            if self.config.long_text == "error":
+                raise ValueError(
+                    f"transcript is {len(tokens)} tokens, the judge's context has room for {room} "
+                    f"(n_ctx={self.config.n_ctx}); set judge.long_text=truncate to score its head"
+                )
+            tail = self.llm.tokenize(self.profile.suffix("").encode(), add_bos=False, special=False)
+            tokens = tokens[: room - len(tail)] + tail
+            truncated = True
+        self.llm.n_tokens = self.n_prefix  # rewind to the cached prefix; eval drops the rest
+        self.llm.eval(tokens)
+        ptr = self._llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+        logits = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,))
+        return score_from_logits(logits[self.label_ids], self.profile, truncated)

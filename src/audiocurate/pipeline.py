@@ -1,0 +1,157 @@
+"""The curation pipeline: `build` the lazy Ray Dataset, `run` it into an output folder.
+
+    source ─► [skip finished] ─► decode+resample+audio filters ─► transcribe ─► text filters
+           ─► judge ─► select ─► package ─► CurationSink (curated/ rejected/ errors/)
+
+One streaming `ray.data.Dataset`; the driver only plans it and writes the report. Every
+input row reaches the sink, where it lands in exactly one of the three outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from typing import Any, Callable, Optional
+
+import ray
+
+from . import __version__
+from .config import PipelineConfig
+from .runtime import ClusterShape, actor_args, actor_cpu_scale, init_ray, plan_concurrency, task_args
+from .sinks import CurationSink, OutputDir
+from .sources import Source, open_source
+from .stages import (
+    DecodeStage,
+    JudgeStage,
+    PackageStage,
+    SelectStage,
+    SkipIdsStage,
+    TextFilterStage,
+    TranscribeStage,
+)
+
+_PYARROW = {"batch_format": "pyarrow", "udf_modifying_row_count": False}
+
+
+def build(
+    config: PipelineConfig,
+    source: Source,
+    *,
+    skip_ids: Optional[list[str]] = None,
+    keep_ids: Optional[list[str]] = None,
+    files: Optional[list[str]] = None,
+    shape: Optional[ClusterShape] = None,
+) -> "ray.data.Dataset":
+    """The whole curation as one lazy Dataset of rows ready for `CurationSink`.
+
+    `skip_ids` drops finished rows (resume), `keep_ids` keeps only those (`--limit`)."""
+    shape = shape or ClusterShape.current()
+    pools = plan_concurrency(config, shape)
+    scale = actor_cpu_scale(config, pools, shape)
+    rc = config.ray
+    ds = source.dataset(files, num_cpus=config.decode.resources.num_cpus)
+    if skip_ids or keep_ids is not None:
+        ds = ds.map_batches(
+            SkipIdsStage,
+            fn_constructor_kwargs={
+                "id_column": source.id_column,
+                "skip_ref": [ray.put(list(skip_ids))] if skip_ids else None,
+                "keep_ref": [ray.put(list(keep_ids))] if keep_ids is not None else None,
+            },
+            batch_format="pyarrow", concurrency=1, num_cpus=0.05,
+            max_restarts=rc.actor_max_restarts, max_task_retries=rc.actor_max_task_retries,
+        )
+    light = task_args(rc)
+    light["num_cpus"] = config.decode.resources.num_cpus
+    ds = ds.map_batches(DecodeStage(config, source.audio_column, source.fetcher()), **_PYARROW,
+                        **task_args(rc, config.decode.resources))
+    ds = ds.map_batches(TranscribeStage, fn_constructor_kwargs={"config": config}, **_PYARROW,
+                        **actor_args(rc, config.asr.resources, pools["asr"], scale))
+    ds = ds.map_batches(TextFilterStage(config), **_PYARROW, **light)
+    ds = apply_judge(ds, config, pools["judge"], scale)
+    ds = ds.map_batches(SelectStage(config), **_PYARROW, **light)
+    ds = ds.map_batches(PackageStage(config, source.audio_column, source.id_column), **_PYARROW, **light)
+    return ds
+
+
+def apply_judge(ds: "ray.data.Dataset", config: PipelineConfig, concurrency: Any,
+                cpu_scale: float = 1.0) -> "ray.data.Dataset":
+    """Per-actor judges (llama.cpp, transformers) as a stage; vLLM and HTTP judges through
+    `ray.data.llm` processors, which bring their own actor pools."""
+    if config.judge.backend in ("llama_cpp", "transformers"):
+        return ds.map_batches(JudgeStage, fn_constructor_kwargs={"config": config}, **_PYARROW,
+                              **actor_args(config.ray, config.judge.resources, concurrency, cpu_scale))
+    from .judge.processors import apply_processor_judge
+
+    return apply_processor_judge(ds, config, concurrency)
+
+
+def run(
+    config: PipelineConfig,
+    input_uri: str,
+    output_uri: str,
+    *,
+    limit: Optional[int] = None,
+    restart: bool = False,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Curate INPUT into OUTPUT; resumes when OUTPUT holds an unfinished run of the same
+    configuration. Returns the report (also written to OUTPUT/report.json)."""
+    from .report import build_report, write_report
+
+    t_start = time.time()
+    out = OutputDir(output_uri, config.output.storage)
+    source = open_source(input_uri, config.source)
+    identity = {
+        "input": input_uri,
+        "fingerprint": config.fingerprint_hash(),
+        "config": config.result_fingerprint(),
+        "created": t_start,
+    }
+    resumed = out.claim(identity, restart=restart)
+    out.write_bytes(out.path("_state", "config.yaml"), config.to_yaml().encode())
+    out.clean_tmp()
+    keep_ids, files = source.first_ids(limit) if limit is not None else (None, None)
+    input_rows = len(keep_ids) if keep_ids is not None else source.count()
+    done = out.finished_ids(source.id_column) if resumed else []
+    done_in_scope = len(set(done) & set(keep_ids)) if keep_ids is not None else len(set(done))
+    remaining = input_rows - done_in_scope
+    attempt: dict[str, Any] = {
+        "id": f"{int(t_start)}-{uuid.uuid4().hex[:8]}",
+        "started": t_start,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "input_rows": input_rows,
+        "limit": limit,
+        "finished_before": done_in_scope,
+        "status": "running",
+        "version": __version__,
+    }
+    echo(f"audiocurate: {source.kind} input {input_uri}: {input_rows} rows"
+         + (f", {done_in_scope} already done (resuming)" if resumed else ""))
+    if remaining > 0:
+        shape = init_ray(config.ray)
+        attempt["ray_start_s"] = time.time() - t_start
+        attempt["cluster"] = {"cpus": shape.cpus, "gpus": shape.gpus}
+        attempt["pools"] = {k: v for k, v in plan_concurrency(config, shape).items()}
+        out.unmark_complete()
+        out.record_attempt(attempt)
+        ds = build(config, source, skip_ids=done or None, keep_ids=keep_ids, files=files, shape=shape)
+        sink = CurationSink(out, source.id_column, source.carried_columns)
+        t_exec = time.time()
+        ds.write_datasink(sink)
+        attempt["execute_s"] = time.time() - t_exec
+        attempt["written"] = sink.stats
+    attempt["finished"] = time.time()
+    attempt["wall_s"] = attempt["finished"] - t_start
+    attempt["status"] = "finished"
+    out.record_attempt(attempt)
+    report = build_report(out, config, input_rows=input_rows, keep_ids=keep_ids, id_column=source.id_column,
+                          input_uri=input_uri)
+    write_report(out, report, config)
+    if report["accounting"]["ok"]:
+        out.mark_complete({"finished": time.time(), "input": input_rows,
+                           **{k: report["accounting"][k] for k in ("curated", "rejected", "errors")}})
+    return report

@@ -1,0 +1,323 @@
+"""What a run produced: `report.json`, a self-contained `report.html` with plots, a summary.
+
+The report is computed from the output files, not from counters of one attempt, so it
+describes the whole result across resumed attempts. It streams over the shards one at a time
+and keeps fixed-size histograms, so its memory does not grow with the number of clips
+(beyond 8 bytes per id for the duplicate check).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections import Counter
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from . import contract as C
+from .config import PipelineConfig
+from .sinks import CURATED, ERRORS, REJECTED, SPLITS, OutputDir
+
+DURATION_EDGES = [0, 1, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 60, 120, 300, 600, 1800, 3600, math.inf]
+MEAN_EDGES = list(np.round(np.linspace(1, 5, 33), 3))
+WER_EDGES = list(np.round(np.linspace(0, 1, 21), 3)) + [math.inf]
+STAGE_TIME_COLUMNS = {"decode": "decode_s", "transcribe": "asr_s", "judge": "judge_s"}
+_MAX_REASON_KEYS = 40
+
+
+class _Tally:
+    def __init__(self, keep_ids: Optional[list[str]], samples: int):
+        self.rows: Counter = Counter()
+        self.audio_s: Counter = Counter()
+        self.drop_reasons: Counter = Counter()
+        self.error_stages: Counter = Counter()
+        self.error_reasons: Counter = Counter()
+        self.stage_s: Counter = Counter()
+        self.edu_score: Counter = Counter()
+        self.mean_hist = np.zeros(len(MEAN_EDGES) - 1, dtype=np.int64)
+        self.duration_hist = {s: np.zeros(len(DURATION_EDGES) - 1, dtype=np.int64) for s in SPLITS}
+        self.wer_hist = np.zeros(len(WER_EDGES) - 1, dtype=np.int64)
+        self.wer_sum = 0.0
+        self.wer_n = 0
+        self.id_hashes: list[np.ndarray] = []
+        self.keep = frozenset(keep_ids) if keep_ids is not None else None
+        self.in_scope = 0
+        self.samples: dict[str, list[dict[str, Any]]] = {CURATED: [], REJECTED: [], ERRORS: []}
+        self.max_samples = samples
+
+    def add(self, split: str, t: Any) -> None:
+        n = t.num_rows
+        self.rows[split] += n
+        ids = [str(x) for x in t.column(0).to_pylist()]
+        self.id_hashes.append(np.fromiter((hash(x) for x in ids), dtype=np.int64, count=n))
+        if self.keep is not None:
+            self.in_scope += sum(1 for x in ids if x in self.keep)
+        cols = set(t.column_names)
+        if "duration_s" in cols:
+            d = t["duration_s"].to_numpy(zero_copy_only=False).astype(float)
+            d = d[~np.isnan(d)]
+            self.audio_s[split] += float(d.sum())
+            self.duration_hist[split] += np.histogram(d, bins=DURATION_EDGES)[0]
+        for stage, col in STAGE_TIME_COLUMNS.items():
+            if col in cols:
+                v = t[col].to_numpy(zero_copy_only=False).astype(float)
+                self.stage_s[stage] += float(np.nansum(v))
+        if "edu_score" in cols:
+            self.edu_score.update(x for x in t["edu_score"].to_pylist() if x is not None)
+            m = t["edu_score_mean"].to_numpy(zero_copy_only=False).astype(float)
+            self.mean_hist += np.histogram(m[~np.isnan(m)], bins=MEAN_EDGES)[0]
+        if "wer" in cols:
+            w = t["wer"].to_numpy(zero_copy_only=False).astype(float)
+            w = w[~np.isnan(w)]
+            self.wer_sum += float(w.sum())
+            self.wer_n += len(w)
+            self.wer_hist += np.histogram(w, bins=WER_EDGES)[0]
+        if split == REJECTED:
+            self.drop_reasons.update(t[C.DROP_REASON].to_pylist())
+        if split == ERRORS:
+            self.error_stages.update(t[C.ERROR_STAGE].to_pylist())
+            for r in t[C.ERROR].to_pylist():
+                key = (r or "")[:80]
+                if key in self.error_reasons or len(self.error_reasons) < _MAX_REASON_KEYS:
+                    self.error_reasons[key] += 1
+                else:
+                    self.error_reasons["(other)"] += 1
+
+    def duplicates(self) -> int:
+        if not self.id_hashes:
+            return 0
+        h = np.concatenate(self.id_hashes)
+        return int(len(h) - len(np.unique(h)))
+
+
+def build_report(
+    out: OutputDir,
+    config: PipelineConfig,
+    *,
+    input_rows: int,
+    keep_ids: Optional[list[str]] = None,
+    id_column: str = "id",
+    input_uri: str = "",
+) -> dict[str, Any]:
+    tally = _Tally(keep_ids, config.output.report_samples)
+    wanted = [id_column, "duration_s", "edu_score", "edu_score_mean", "wer", C.DROP_REASON, C.ERROR_STAGE,
+              C.ERROR, *STAGE_TIME_COLUMNS.values()]
+    for split in SPLITS:
+        for path in out.part_files(split):
+            with out.fs.open_input_file(path) as f:
+                pf = pq.ParquetFile(f)
+                names = pf.schema_arrow.names
+                t = pf.read(columns=[c for c in wanted if c in names])
+                if len(tally.samples[split]) < tally.max_samples:
+                    sample_cols = [c for c in (id_column, "transcript", "edu_score", "edu_score_mean", "duration_s",
+                                               C.DROP_REASON, C.ERROR_STAGE, C.ERROR, "wer") if c in names]
+                    rows = pf.read(columns=sample_cols).slice(0, tally.max_samples - len(tally.samples[split]))
+                    tally.samples[split].extend(rows.to_pylist())
+            tally.add(split, t)
+    accounted = sum(tally.rows[s] for s in SPLITS)
+    dups = tally.duplicates()
+    in_scope = tally.in_scope if keep_ids is not None else accounted
+    attempts = out.attempts()
+    finished = [a for a in attempts if a.get("status") == "finished"]
+    wall_s = float(sum(a.get("wall_s", 0.0) for a in finished))
+    audio_total = float(sum(tally.audio_s.values()))
+    report: dict[str, Any] = {
+        "output": out.uri,
+        "input": input_uri,
+        "accounting": {
+            "input": input_rows,
+            CURATED: tally.rows[CURATED],
+            REJECTED: tally.rows[REJECTED],
+            ERRORS: tally.rows[ERRORS],
+            "accounted": accounted,
+            "in_scope": in_scope,
+            "duplicates": dups,
+            "ok": dups == 0 and in_scope == input_rows,
+        },
+        "drop_reasons": dict(tally.drop_reasons.most_common()),
+        "error_stages": dict(tally.error_stages.most_common()),
+        "error_reasons": dict(tally.error_reasons.most_common()),
+        "audio_hours": {s: tally.audio_s[s] / 3600 for s in (CURATED, REJECTED, ERRORS)} | {"total": audio_total / 3600},
+        "timing": {
+            "wall_s": wall_s,
+            "attempts": len(attempts),
+            "interrupted_attempts": len(attempts) - len(finished),
+            "ray_start_s": [a.get("ray_start_s") for a in finished if a.get("ray_start_s") is not None],
+            "stage_busy_s": dict(tally.stage_s),
+        },
+        "throughput": {
+            "audio_hours_per_hour": (audio_total / wall_s) if wall_s > 0 else None,
+            "clips_per_s": (accounted / wall_s) if wall_s > 0 else None,
+            "stage_audio_s_per_busy_s": {k: (audio_total / v if v > 0 else None) for k, v in tally.stage_s.items()},
+        },
+        "scores": {
+            "edu_score": {str(k): tally.edu_score.get(k, 0) for k in range(1, 6)},
+            "edu_score_mean_hist": {"edges": MEAN_EDGES, "counts": tally.mean_hist.tolist()},
+            "min_score": config.select.min_score,
+            "judge_profile": config.judge.profile,
+        },
+        "durations": {s: {"edges": _edges(DURATION_EDGES), "counts": tally.duration_hist[s].tolist()} for s in SPLITS},
+        "wer": ({"mean": tally.wer_sum / tally.wer_n, "rows": tally.wer_n,
+                 "hist": {"edges": _edges(WER_EDGES), "counts": tally.wer_hist.tolist()}} if tally.wer_n else None),
+        "samples": tally.samples,
+        "attempts": [{k: a.get(k) for k in ("id", "status", "started", "wall_s", "execute_s", "ray_start_s",
+                                             "input_rows", "finished_before", "cluster", "pools")} for a in attempts],
+    }
+    return report
+
+
+def write_report(out: OutputDir, report: dict[str, Any], config: PipelineConfig) -> None:
+    out.write_json("report.json", report)
+    out.write_bytes(out.path("report.html"), render_html(report).encode())
+
+
+def _edges(edges: list[float]) -> list[Any]:
+    return [("inf" if math.isinf(e) else e) for e in edges]
+
+
+# ---- summary ---------------------------------------------------------------------------------
+def format_summary(report: dict[str, Any]) -> str:
+    a = report["accounting"]
+    t = report["timing"]
+    th = report["throughput"]
+    lines = [
+        "",
+        f"  input rows      {a['input']:>10,}",
+        f"  curated         {a['curated']:>10,}   ({report['audio_hours']['curated']:.3f} h of audio)",
+        f"  rejected        {a['rejected']:>10,}",
+        f"  errors          {a['errors']:>10,}",
+        f"  accounting      {'OK' if a['ok'] else 'MISMATCH'}: {a['curated']} + {a['rejected']} + {a['errors']} = "
+        f"{a['accounted']} of {a['input']} input rows, {a['duplicates']} duplicates",
+    ]
+    if report["drop_reasons"]:
+        lines.append("  drop reasons    " + ", ".join(f"{k} {v}" for k, v in report["drop_reasons"].items()))
+    if report["error_stages"]:
+        lines.append("  errors by stage " + ", ".join(f"{k} {v}" for k, v in report["error_stages"].items()))
+    lines.append(f"  audio           {report['audio_hours']['total']:.3f} h in {t['wall_s']:.1f} s wall "
+                 f"over {t['attempts']} attempt(s)")
+    if th["audio_hours_per_hour"]:
+        lines.append(f"  throughput      {th['audio_hours_per_hour']:.2f} audio-hours per hour, "
+                     f"{th['clips_per_s']:.2f} clips/s")
+    busy = t["stage_busy_s"]
+    if busy:
+        lines.append("  stage busy time " + ", ".join(f"{k} {v:.1f} s" for k, v in busy.items()))
+    if report.get("wer"):
+        lines.append(f"  WER vs reference mean {report['wer']['mean']:.3f} over {report['wer']['rows']} rows")
+    return "\n".join(lines)
+
+
+# ---- HTML ------------------------------------------------------------------------------------
+def render_html(report: dict[str, Any]) -> str:
+    figures = _figures(report)
+    a = report["accounting"]
+    rows = [
+        ("Input rows", a["input"]), ("Curated", a["curated"]), ("Rejected", a["rejected"]),
+        ("Errors", a["errors"]), ("Duplicates", a["duplicates"]),
+        ("Accounting", "OK" if a["ok"] else "MISMATCH"),
+        ("Audio (h)", f"{report['audio_hours']['total']:.3f}"),
+        ("Wall time (s)", f"{report['timing']['wall_s']:.1f}"),
+        ("Audio-hours per hour", _fmt(report["throughput"]["audio_hours_per_hour"])),
+    ]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>audiocurate report</title>",
+        "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+        "text-align:left;vertical-align:top}th{background:#f4f4f4}.plots img{max-width:560px;margin:6px}"
+        ".ok{color:#070}.bad{color:#b00}</style></head><body>",
+        f"<h1>audiocurate report</h1><p>Input <code>{html.escape(str(report['input']))}</code>, "
+        f"output <code>{html.escape(str(report['output']))}</code></p>",
+        "<table id='summary'>" + "".join(f"<tr><th>{k}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows) + "</table>",
+        "<h2>Plots</h2><div class='plots'>",
+        *[f"<figure><img class='plot' alt='{html.escape(name)}' src='data:image/png;base64,{b64}'>"
+          f"<figcaption>{html.escape(name)}</figcaption></figure>" for name, b64 in figures],
+        "</div>",
+    ]
+    for split, title in ((CURATED, "Sample curated rows"), (REJECTED, "Sample rejected rows"), (ERRORS, "Sample errors")):
+        samples = report["samples"].get(split) or []
+        if not samples:
+            continue
+        cols = list(samples[0].keys())
+        parts.append(f"<h2>{title}</h2><table class='samples' id='{split}'><tr>"
+                     + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>")
+        for r in samples:
+            parts.append("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in cols) + "</tr>")
+        parts.append("</table>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def _figures(report: dict[str, Any]) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figs: list[tuple[str, str]] = []
+
+    def save(name: str, fig: Any) -> None:
+        buf = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buf, format="png", dpi=80)
+        plt.close(fig)
+        figs.append((name, base64.b64encode(buf.getvalue()).decode()))
+
+    sc = report["scores"]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    ks = list(sc["edu_score"].keys())
+    ax[0].bar(ks, [sc["edu_score"][k] for k in ks],
+              color=["#c44" if int(k) < sc["min_score"] else "#4a4" for k in ks])
+    ax[0].set_title("edu_score (kept: green)")
+    edges = sc["edu_score_mean_hist"]["edges"]
+    ax[1].stairs(sc["edu_score_mean_hist"]["counts"], edges, fill=True)
+    ax[1].set_title("edu_score_mean (judge's expected score)")
+    save("Score histogram", fig)
+
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    labels = [f"<{e}" if e != "inf" else "longer" for e in report["durations"][CURATED]["edges"][1:]]
+    bottom = np.zeros(len(labels))
+    for split, color in ((CURATED, "#4a4"), (REJECTED, "#c84"), (ERRORS, "#c44")):
+        counts = np.array(report["durations"][split]["counts"])
+        ax.bar(labels, counts, bottom=bottom, label=split, color=color)
+        bottom += counts
+    ax.set_title("Clip duration (s)")
+    ax.legend()
+    ax.tick_params(axis="x", rotation=60)
+    save("Duration histogram", fig)
+
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    reasons = {**{f"drop: {k}": v for k, v in report["drop_reasons"].items()},
+               **{f"error: {k}": v for k, v in report["error_stages"].items()}}
+    if reasons:
+        ax.barh(list(reasons.keys()), list(reasons.values()), color="#c84")
+    ax.set_title("Drop reasons and errors by stage")
+    save("Drop reasons", fig)
+
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    busy = report["timing"]["stage_busy_s"]
+    ax[0].bar(list(busy.keys()), list(busy.values()), color="#48c")
+    ax[0].set_title("Busy time per stage (s)")
+    tput = {k: v for k, v in report["throughput"]["stage_audio_s_per_busy_s"].items() if v}
+    ax[1].bar(list(tput.keys()), list(tput.values()), color="#4ac")
+    ax[1].set_title("Audio s per busy s, per worker")
+    save("Stage time and throughput", fig)
+
+    if report.get("wer"):
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        e = report["wer"]["hist"]["edges"]
+        ax.bar([f"{x}" for x in e[:-1]], report["wer"]["hist"]["counts"], color="#888")
+        ax.set_title(f"WER vs reference (mean {report['wer']['mean']:.3f})")
+        ax.tick_params(axis="x", rotation=60)
+        save("WER distribution", fig)
+    return figs

@@ -1,0 +1,127 @@
+"""Starting or joining Ray, and sizing stages to what the cluster has.
+
+Locally the driver starts Ray (`ray.init()`); with `ray.address` or RAY_ADDRESS it joins a
+cluster. Stage pools marked `auto` are sized here from the cluster's CPUs and GPUs, so a
+config written on a laptop runs unchanged on a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+import ray
+
+from .config import PipelineConfig, RayConfig, StageResources
+
+
+@dataclass(frozen=True)
+class ClusterShape:
+    cpus: float
+    gpus: float
+
+    @classmethod
+    def current(cls) -> "ClusterShape":
+        res = ray.cluster_resources()
+        return cls(float(res.get("CPU", 0.0)), float(res.get("GPU", 0.0)))
+
+
+def init_ray(config: RayConfig) -> ClusterShape:
+    """Join the configured cluster or start a local Ray; idempotent."""
+    if not ray.is_initialized():
+        address = config.address or os.environ.get("RAY_ADDRESS")
+        kwargs: dict[str, Any] = {
+            "runtime_env": {"env_vars": dict(config.env_vars)},
+            "log_to_driver": True,
+            "logging_level": "WARNING",
+        }
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=config.num_cpus, include_dashboard=False, **kwargs)
+    configure_data_context(config)
+    return ClusterShape.current()
+
+
+def configure_data_context(config: RayConfig) -> None:
+    ctx = ray.data.DataContext.get_current()
+    ctx.max_errored_blocks = config.max_errored_blocks
+    ctx.enable_progress_bars = config.progress
+    ctx.print_on_execution_start = False
+    # Row order does not matter for curation; streaming throughput does.
+    ctx.execution_options.preserve_order = False
+
+
+def _is_gpu_stage(res: StageResources) -> bool:
+    return res.num_gpus > 0
+
+
+def plan_concurrency(config: PipelineConfig, shape: ClusterShape) -> dict[str, Union[int, tuple[int, int]]]:
+    """Actor pool sizes for the model stages.
+
+    `auto` on CPUs: one model thread per core, never more model actors than cores (threads
+    competing for a core slow llama.cpp ~60x and faster-whisper 1.4x). The judge costs about
+    a fifth of Whisper per clip, so it gets one actor per six cores and Whisper the rest.
+    `auto` on GPUs: one actor per GPU for each stage (stages share GPUs by fractions)."""
+    asr, judge = config.asr.resources, config.judge.resources
+    cores = max(int(shape.cpus), 1)
+    out: dict[str, Union[int, tuple[int, int]]] = {}
+    if judge.concurrency != "auto":
+        out["judge"] = judge.concurrency
+    elif _is_gpu_stage(judge):
+        out["judge"] = max(int(shape.gpus), 1)
+    else:
+        out["judge"] = max(1, round(cores / 6))
+    judge_cpu_actors = 0 if _is_gpu_stage(judge) or config.judge.backend in ("vllm", "http") else _max_actors(out["judge"])
+    if asr.concurrency != "auto":
+        out["asr"] = asr.concurrency
+    elif _is_gpu_stage(asr):
+        out["asr"] = max(int(shape.gpus), 1)
+    else:
+        free = cores - judge_cpu_actors * max(config.judge.threads, 1)
+        out["asr"] = max(1, free // max(config.asr.threads, 1))
+    return out
+
+
+def _max_actors(concurrency: Union[int, tuple[int, int]]) -> int:
+    return concurrency[1] if isinstance(concurrency, tuple) else int(concurrency)
+
+
+# Ray Data's file listing task takes one whole CPU and its readers need some too: actors that
+# reserve the rest of a small machine up front leave the dataset waiting forever.
+_RESERVED_FOR_TASKS = 1.25
+
+
+def actor_cpu_scale(config: PipelineConfig, pools: dict[str, Union[int, tuple[int, int]]], shape: ClusterShape) -> float:
+    """Factor (<= 1) applied to model actors' logical CPU reservations so that, on a small
+    cluster, read and decode tasks can always be scheduled beside them."""
+    reserved = (_max_actors(pools["asr"]) * config.asr.resources.num_cpus
+                + (_max_actors(pools["judge"]) * config.judge.resources.num_cpus
+                   if config.judge.backend in ("llama_cpp", "transformers") else 0.0))
+    budget = shape.cpus - _RESERVED_FOR_TASKS
+    if reserved <= budget or reserved == 0:
+        return 1.0
+    return max(budget, 0.1) / reserved
+
+
+def actor_args(config: RayConfig, res: StageResources, concurrency: Union[int, tuple[int, int]],
+               cpu_scale: float = 1.0) -> dict[str, Any]:
+    """`map_batches` arguments for an actor stage."""
+    return {
+        "concurrency": concurrency,
+        "num_cpus": round(res.num_cpus * cpu_scale, 3),
+        "num_gpus": res.num_gpus or None,
+        "batch_size": res.batch_size,
+        "max_restarts": config.actor_max_restarts,
+        "max_task_retries": config.actor_max_task_retries,
+    }
+
+
+def task_args(config: RayConfig, res: Optional[StageResources] = None) -> dict[str, Any]:
+    """`map_batches` arguments for a CPU task stage."""
+    args: dict[str, Any] = {"max_retries": config.task_max_retries}
+    if res is not None:
+        args["num_cpus"] = res.num_cpus
+        args["batch_size"] = res.batch_size
+    return args

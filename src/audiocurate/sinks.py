@@ -1,0 +1,299 @@
+"""Where rows end up: `curated/`, `rejected/`, `errors/`, and the output's own state.
+
+Resume is built on the output's record of finished ids rather than `ray.data.checkpoint`:
+Ray's checkpointing is exact (two-phase commit) only for a single file datasink, and falls
+back to at-least-once writes for any other sink. We write three outputs from one streaming
+dataset, so we make each shard file its own commit instead:
+
+* a shard's name is a hash of the ids it holds, so a retried write task rewrites the same
+  file rather than adding a second copy;
+* a shard appears atomically (rename on local disks, a single PUT on object stores);
+* on start, the ids in committed shards are finished and are skipped.
+
+A run killed at any moment therefore leaves whole shards only, and the next run completes
+exactly what is missing. `_state/` holds the run's identity (config fingerprint, input), its
+attempts, and `_SUCCESS` marks a complete output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections import Counter
+from typing import Any, Iterable, Optional
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from ray.data.block import Block, BlockAccessor
+from ray.data.datasource import Datasink
+
+from . import contract as C
+from . import storage
+from .config import StorageConfig
+
+CURATED, REJECTED, ERRORS = SPLITS = ("curated", "rejected", "errors")
+STATE_DIR = "_state"
+SUCCESS = "_SUCCESS"
+_TMP_PREFIX = ".tmp-"
+
+# The curated output's leading columns, in this order; every other column follows.
+LEADING = ["audio", "transcript", "edu_score", "edu_score_mean", "edu_probs", "judge_model",
+           "duration_s", "language", "avg_logprob", "no_speech_prob", "compression_ratio", "wer",
+           "asr_model", "judge_truncated", "source_sample_rate", "source_channels", "source_format",
+           "peak_dbfs", "rms_dbfs"]
+TRAILING = ["decode_s", "asr_s", "judge_s"]
+
+
+class OutputExistsError(RuntimeError):
+    """OUTPUT holds the result of another configuration or input."""
+
+
+class OutputDir:
+    """An output folder (local or object storage) and its state."""
+
+    def __init__(self, uri: str, storage_config: StorageConfig | None = None):
+        self.uri = uri
+        self.fs, self.root = storage.resolve(uri, storage_config)
+
+    # ---- paths ------------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        return storage.join(self.root, *parts)
+
+    def part_files(self, split: str) -> list[str]:
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path(split), allow_not_found=True))
+        return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+                      and not i.base_name.startswith(_TMP_PREFIX))
+
+    def has_content(self) -> bool:
+        info = self.fs.get_file_info(self.root)
+        if info.type != pafs.FileType.Directory:
+            return False
+        return bool(self.fs.get_file_info(pafs.FileSelector(self.root, recursive=False)))
+
+    # ---- files ------------------------------------------------------------------------------
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Atomic: readers see the whole file or nothing."""
+        parent = path.rsplit("/", 1)[0]
+        self.fs.create_dir(parent, recursive=True)
+        if storage.is_local(self.fs):
+            tmp = f"{parent}/{_TMP_PREFIX}{uuid.uuid4().hex}-{path.rsplit('/', 1)[1]}"
+            with self.fs.open_output_stream(tmp) as f:
+                f.write(data)
+            self.fs.move(tmp, path)
+        else:  # an object store's PUT is already all-or-nothing
+            with self.fs.open_output_stream(path) as f:
+                f.write(data)
+
+    def read_bytes(self, path: str) -> Optional[bytes]:
+        try:
+            with self.fs.open_input_stream(path) as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def write_json(self, name: str, obj: Any) -> None:
+        self.write_bytes(self.path(name), json.dumps(obj, indent=2, default=_json_default).encode())
+
+    def read_json(self, name: str) -> Optional[Any]:
+        raw = self.read_bytes(self.path(name))
+        return json.loads(raw) if raw is not None else None
+
+    def clean_tmp(self) -> int:
+        """Remove half-written files a killed run left behind."""
+        removed = 0
+        for split in (*SPLITS, STATE_DIR):
+            infos = self.fs.get_file_info(pafs.FileSelector(self.path(split), allow_not_found=True))
+            for i in infos:
+                if i.base_name.startswith(_TMP_PREFIX):
+                    self.fs.delete_file(i.path)
+                    removed += 1
+        return removed
+
+    def clear(self) -> None:
+        """Delete everything this tool writes in the folder (for `--restart`)."""
+        for sub in (*SPLITS, STATE_DIR):
+            if self.fs.get_file_info(self.path(sub)).type == pafs.FileType.Directory:
+                self.fs.delete_dir(self.path(sub))
+        for name in (SUCCESS, "report.json", "report.html"):
+            if self.fs.get_file_info(self.path(name)).type == pafs.FileType.File:
+                self.fs.delete_file(self.path(name))
+
+    # ---- run state --------------------------------------------------------------------------
+    def identity(self) -> Optional[dict[str, Any]]:
+        return self.read_json(f"{STATE_DIR}/run.json")
+
+    def claim(self, identity: dict[str, Any], *, restart: bool) -> bool:
+        """Bind this output to a configuration and input; True when resuming a run of them.
+
+        A different configuration or input is refused; `restart` deletes what we wrote and
+        starts over. A non-empty folder we did not write is never touched."""
+        if self.has_content() and self._has_foreign_files():
+            raise OutputExistsError(
+                f"{self.uri} holds files audiocurate did not write; choose an empty or new folder"
+            )
+        existing = self.identity()
+        if restart:
+            self.clear()
+        elif existing is not None:
+            diffs = _differences(existing, identity)
+            if diffs:
+                raise OutputExistsError(
+                    f"{self.uri} holds the result of a different run ({'; '.join(diffs[:6])}). "
+                    "Use another OUTPUT, or pass --restart to delete it and start over."
+                )
+            return True
+        elif self.has_content():
+            raise OutputExistsError(
+                f"{self.uri} holds output with no run state; pass --restart to clear it"
+            )
+        self.write_json(f"{STATE_DIR}/run.json", identity)
+        return False
+
+    def _has_foreign_files(self) -> bool:
+        ours = {*SPLITS, STATE_DIR, SUCCESS, "report.json", "report.html"}
+        infos = self.fs.get_file_info(pafs.FileSelector(self.root))
+        return any(i.base_name not in ours for i in infos)
+
+    def record_attempt(self, attempt: dict[str, Any]) -> None:
+        self.write_json(f"{STATE_DIR}/attempts/{attempt['id']}.json", attempt)
+
+    def attempts(self) -> list[dict[str, Any]]:
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path(STATE_DIR, "attempts"), allow_not_found=True))
+        out = []
+        for i in infos:
+            if i.type == pafs.FileType.File and i.base_name.endswith(".json") and not i.base_name.startswith(_TMP_PREFIX):
+                raw = self.read_bytes(i.path)
+                if raw:
+                    out.append(json.loads(raw))
+        return sorted(out, key=lambda a: a.get("started", 0))
+
+    def is_complete(self) -> bool:
+        return self.fs.get_file_info(self.path(SUCCESS)).type == pafs.FileType.File
+
+    def mark_complete(self, summary: dict[str, Any]) -> None:
+        self.write_json(SUCCESS, summary)
+
+    def unmark_complete(self) -> None:
+        if self.is_complete():
+            self.fs.delete_file(self.path(SUCCESS))
+
+    # ---- finished rows ----------------------------------------------------------------------
+    def finished_ids(self, id_column: str) -> list[str]:
+        """Ids in committed shards of all three outputs (reads only the id column)."""
+        ids: list[str] = []
+        for split in SPLITS:
+            for path in self.part_files(split):
+                ids.extend(self.read_column(path, id_column).to_pylist())
+        return ids
+
+    def read_column(self, path: str, column: str) -> pa.ChunkedArray:
+        with self.fs.open_input_file(path) as f:
+            return pc.cast(pq.read_table(f, columns=[column])[column], pa.string())
+
+
+class CurationSink(Datasink[dict]):
+    """Routes each row to its output and writes one shard per output per write task."""
+
+    def __init__(self, out: OutputDir, id_column: str, carried: list[str], rows_per_shard: int = 256):
+        self.out = out
+        self.id_column = id_column
+        self.carried = [c for c in carried if c != id_column]
+        self.rows_per_shard = rows_per_shard
+        self.stats: dict[str, Any] = {}
+
+    @property
+    def min_rows_per_write(self) -> Optional[int]:
+        return self.rows_per_shard
+
+    def get_name(self) -> str:
+        return "CurationSink"
+
+    def write(self, blocks: Iterable[Block], ctx: Any) -> dict:
+        tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
+        tables = [t for t in tables if t.num_rows]
+        stats = _empty_stats()
+        if not tables:
+            return stats
+        table = C.ensure_status(pa.concat_tables(tables, promote_options="default"))
+        failed = pc.is_valid(table[C.ERROR_STAGE])
+        dropped = pc.and_(pc.invert(failed), pc.is_valid(table[C.DROP_REASON]))
+        kept = pc.and_(pc.invert(failed), pc.invert(dropped))
+        for split, mask in ((ERRORS, failed), (REJECTED, dropped), (CURATED, kept)):
+            part = table.filter(mask)
+            if not part.num_rows:
+                continue
+            part = part.select(self.columns(split, part.column_names))
+            self.out.write_bytes(self.out.path(split, _shard_name(part[self.id_column])), _to_parquet(part))
+            _add_stats(stats, split, part)
+        return stats
+
+    def columns(self, split: str, present: list[str]) -> list[str]:
+        have = set(present)
+        if split == ERRORS:
+            return [self.id_column, C.ERROR_STAGE, C.ERROR] + [c for c in self.carried if c in have]
+        lead = [c for c in LEADING if c in have and not (split == REJECTED and c == C.AUDIO)]
+        if split == REJECTED:
+            lead.insert(0, C.DROP_REASON)
+        middle = [c for c in present if c not in set(lead) | set(TRAILING) | set(C.STATUS_COLUMNS)
+                  and c not in (self.id_column, C.AUDIO, C.PCM)]
+        return [self.id_column, *lead, *middle, *[c for c in TRAILING if c in have]]
+
+    def on_write_complete(self, write_result: Any) -> None:
+        total = _empty_stats()
+        for s in write_result.write_returns:
+            _merge_stats(total, s)
+        self.stats = total
+
+
+def _shard_name(ids: pa.ChunkedArray) -> str:
+    digest = hashlib.sha1("\n".join(sorted(map(str, ids.to_pylist()))).encode()).hexdigest()[:24]
+    return f"part-{digest}.parquet"
+
+
+def _to_parquet(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
+def _empty_stats() -> dict[str, Any]:
+    return {"rows": Counter(), "audio_s": Counter(), "drop_reasons": Counter(), "error_stages": Counter()}
+
+
+def _add_stats(stats: dict[str, Any], split: str, part: pa.Table) -> None:
+    stats["rows"][split] += part.num_rows
+    if "duration_s" in part.column_names:
+        stats["audio_s"][split] += float(pc.sum(part["duration_s"]).as_py() or 0.0)
+    if split == REJECTED:
+        stats["drop_reasons"].update(part[C.DROP_REASON].to_pylist())
+    if split == ERRORS:
+        stats["error_stages"].update(part[C.ERROR_STAGE].to_pylist())
+
+
+def _merge_stats(total: dict[str, Any], s: dict[str, Any]) -> None:
+    for k, v in s.items():
+        total[k].update(v)
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if key in ("created",):
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(_differences(a, b, f"{prefix}{key}."))
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} before, {b!r} now")
+    return out
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Counter):
+        return dict(o)
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")

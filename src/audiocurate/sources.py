@@ -1,0 +1,181 @@
+"""Audio datasets into the row contract: an id, the encoded audio, every other column carried.
+
+Three layouts, local or on object storage:
+* `parquet`: Ray's Common Voice copy and anything like it (`id`, `audio_bytes`, metadata);
+* `hf_parquet`: Hugging Face `datasets` Parquet, an `audio` struct of `bytes` and `path`;
+* `folder`: audio files found recursively, joined by path with an optional JSONL/CSV manifest.
+  Manifest rows whose file is missing stay in the run and become error rows.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Optional
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+import ray
+
+from . import storage
+from .config import SourceConfig
+from .stages import AudioFetcher
+
+FOLDER_PATH_COLUMN = "path"
+_BLOCK_ROWS = 32  # folder sources: rows per block of the listing
+
+
+class SourceError(ValueError):
+    """The input cannot be read as configured; the message says what was found instead."""
+
+
+@dataclass
+class Source:
+    """A lazily read audio dataset and what the pipeline needs to know about it."""
+
+    uri: str
+    kind: str
+    id_column: str
+    audio_column: str
+    fs: pafs.FileSystem
+    root: str
+    files: list[str]
+    columns: list[str]
+    listing: Optional[pa.Table] = field(default=None, repr=False)  # folder sources only
+
+    @property
+    def carried_columns(self) -> list[str]:
+        """Columns passed through unchanged to every output (all but the audio)."""
+        return [c for c in self.columns if c != self.audio_column]
+
+    def fetcher(self) -> AudioFetcher:
+        return AudioFetcher(self.fs, self.root)
+
+    def count(self) -> int:
+        if self.listing is not None:
+            return self.listing.num_rows
+        total = 0
+        for path in self.files:
+            with self.fs.open_input_file(path) as f:
+                total += pq.ParquetFile(f).metadata.num_rows
+        return total
+
+    def first_ids(self, n: int) -> tuple[list[str], list[str]]:
+        """The first `n` ids in file order, and the files that hold them: a `--limit` that
+        picks the same rows on every run, and reads only the files it needs."""
+        if self.listing is not None:
+            return [str(x) for x in self.listing[self.id_column].to_pylist()[:n]], self.files
+        ids: list[str] = []
+        used: list[str] = []
+        for path in self.files:
+            if len(ids) >= n:
+                break
+            used.append(path)
+            with self.fs.open_input_file(path) as f:
+                for batch in pq.ParquetFile(f).iter_batches(columns=[self.id_column], batch_size=4096):
+                    ids.extend(str(x) for x in batch.column(0).to_pylist())
+                    if len(ids) >= n:
+                        break
+        return ids[:n], used
+
+    def dataset(self, files: Optional[list[str]] = None, num_cpus: Optional[float] = None) -> "ray.data.Dataset":
+        if self.listing is not None:
+            t = self.listing
+            blocks = [t.slice(i, _BLOCK_ROWS) for i in range(0, t.num_rows, _BLOCK_ROWS)] or [t]
+            return ray.data.from_arrow(blocks)
+        return ray.data.read_parquet(files or self.files, filesystem=self.fs, num_cpus=num_cpus)
+
+
+def open_source(uri: str, config: SourceConfig) -> Source:
+    fs, path = storage.resolve(uri, config.storage)
+    kind = config.format
+    exts = tuple(e.lower() for e in config.extensions)
+    if kind == "auto":
+        kind = _detect(fs, path, exts)
+    if kind == "folder":
+        return _folder_source(uri, fs, path, config, exts)
+    files = storage.expand(fs, path, (".parquet", ".pq"))
+    if not files:
+        raise SourceError(f"no Parquet files under {uri}")
+    with fs.open_input_file(files[0]) as f:
+        schema = pq.read_schema(f)
+    audio_col = config.audio_column or _guess_audio_column(schema, kind)
+    if audio_col not in schema.names:
+        raise SourceError(f"{uri}: no audio column {audio_col!r}; columns are {schema.names}. Set source.audio_column.")
+    t = schema.field(audio_col).type
+    if kind == "auto":
+        kind = "hf_parquet" if pa.types.is_struct(t) else "parquet"
+    if config.id_column not in schema.names:
+        raise SourceError(f"{uri}: no id column {config.id_column!r}; columns are {schema.names}. Set source.id_column.")
+    if not (pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_string(t)
+            or pa.types.is_large_string(t) or (pa.types.is_struct(t) and t.get_field_index("bytes") >= 0)):
+        raise SourceError(f"{uri}: audio column {audio_col!r} is {t}, not bytes, a path, or a {{bytes, path}} struct")
+    root = files[0].rsplit("/", 1)[0] if len(files) == 1 else path
+    return Source(uri, kind, config.id_column, audio_col, fs, root, files, list(schema.names))
+
+
+def _detect(fs: pafs.FileSystem, path: str, exts: tuple[str, ...]) -> str:
+    if any(ch in path for ch in "*?[") or path.lower().endswith((".parquet", ".pq")):
+        return "auto"  # Parquet; which layout is decided from the schema
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise SourceError(f"input not found: {path}")
+    if info.type == pafs.FileType.Directory:
+        if storage.expand(fs, path, (".parquet", ".pq")):
+            return "auto"
+        if storage.expand(fs, path, exts):
+            return "folder"
+        raise SourceError(f"{path} holds neither Parquet files nor audio files ({', '.join(exts)})")
+    return "auto"
+
+
+def _guess_audio_column(schema: pa.Schema, kind: str) -> str:
+    if kind == "hf_parquet" or (kind == "auto" and "audio" in schema.names and "audio_bytes" not in schema.names):
+        return "audio"
+    return "audio_bytes"
+
+
+def _folder_source(uri: str, fs: pafs.FileSystem, path: str, config: SourceConfig, exts: tuple[str, ...]) -> Source:
+    files = storage.expand(fs, path, exts)
+    rel = [f[len(path):].lstrip("/") for f in files]
+    manifest = _read_manifest(fs, path, config)
+    pcol = config.manifest_path_column
+    if manifest is not None:
+        if pcol not in manifest.column_names:
+            raise SourceError(f"manifest has no {pcol!r} column; columns are {manifest.column_names}")
+        listed = [str(p).lstrip("./") if str(p).startswith("./") else str(p) for p in manifest[pcol].to_pylist()]
+        manifest = manifest.set_column(manifest.schema.get_field_index(pcol), pcol, pa.array(listed, pa.string()))
+        extra = sorted(set(rel) - set(listed))
+        if extra:
+            manifest = pa.concat_tables(
+                [manifest, pa.table({pcol: pa.array(extra, pa.string())})], promote_options="default")
+        table = manifest
+    else:
+        table = pa.table({pcol: pa.array(rel, pa.string())})
+    if config.id_column not in table.column_names:
+        table = table.add_column(0, config.id_column, table[pcol])
+    if not table.num_rows:
+        raise SourceError(f"no audio files ({', '.join(exts)}) under {uri}")
+    return Source(uri, "folder", config.id_column, pcol, fs, path, files, table.column_names, listing=table)
+
+
+def _read_manifest(fs: pafs.FileSystem, root: str, config: SourceConfig) -> Optional[pa.Table]:
+    """The configured manifest, else `manifest.jsonl` / `manifest.csv` in the folder, else None."""
+    if config.manifest:
+        mfs, mpath = storage.resolve(config.manifest, config.storage)
+        if mfs.get_file_info(mpath).type != pafs.FileType.File:
+            raise SourceError(f"manifest not found: {config.manifest}")
+    else:
+        mfs, mpath = fs, None
+        for cand in (f"{root}/manifest.jsonl", f"{root}/manifest.csv"):
+            if fs.get_file_info(cand).type == pafs.FileType.File:
+                mpath = cand
+                break
+        if mpath is None:
+            return None
+    with mfs.open_input_stream(mpath) as f:
+        data = io.BytesIO(f.read())
+    return pacsv.read_csv(data) if mpath.lower().endswith(".csv") else pajson.read_json(data)
