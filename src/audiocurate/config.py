@@ -204,6 +204,8 @@ class AsrConfig(_Model):
     )
     attn_implementation: str = Field("sdpa", description="transformers: attention kernel.")
     max_new_tokens: int = Field(440, description="transformers: token budget per 30 s window.")
+    min_new_tokens: int = Field(0, ge=0, description="transformers: tokens decoded at least per clip "
+                                "(benchmarks with random weights use it to decode a fixed length).")
     features_on_device: Literal["auto", "cpu", "gpu"] = Field(
         "auto", description="transformers: where log-mel features are computed. `auto` uses "
         "the GPU when the model is there, so CPU preprocessing cannot starve it."
@@ -239,6 +241,11 @@ class JudgeConfig(_Model):
     max_retries: int = Field(3, ge=0, description="http: retries per request on errors and 429/5xx.")
     qps: Optional[float] = Field(None, description="http: requests per second per worker; None is unlimited.")
     timeout_s: float = Field(60.0, description="http: per-request timeout.")
+    http_extra: dict[str, Any] = Field(
+        default_factory=dict, description="http: fields merged into every request body, for a "
+        "server's own way of constraining the answer (vLLM: `structured_outputs: {choice: [...]}`; "
+        "llama.cpp: `grammar`). The score never depends on them: it is read from the five labels' "
+        "log-probabilities.")
     vllm_engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="vllm: extra engine arguments (`max_model_len`, "
         "`gpu_memory_utilization`, `tensor_parallel_size`...)."

@@ -13,6 +13,7 @@ import os
 import socket
 import time
 import uuid
+import warnings
 from typing import Any, Callable, Optional
 
 import ray
@@ -47,7 +48,14 @@ def build(
     """The whole curation as one lazy Dataset of rows ready for `CurationSink`.
 
     `skip_ids` drops finished rows (resume), `keep_ids` keeps only those (`--limit`)."""
-    shape = shape or ClusterShape.current()
+    with warnings.catch_warnings():
+        # Restart and retry limits have no named parameter in Ray 2.60; see runtime.actor_args.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
+        return _build(config, source, skip_ids, keep_ids, files, shape or ClusterShape.current())
+
+
+def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]], keep_ids: Optional[list[str]],
+           files: Optional[list[str]], shape: ClusterShape) -> "ray.data.Dataset":
     pools = plan_concurrency(config, shape)
     scale = actor_cpu_scale(config, pools, shape)
     rc = config.ray
@@ -60,7 +68,7 @@ def build(
                 "skip_ref": [ray.put(list(skip_ids))] if skip_ids else None,
                 "keep_ref": [ray.put(list(keep_ids))] if keep_ids is not None else None,
             },
-            batch_format="pyarrow", concurrency=1, num_cpus=0.05,
+            batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.05,
             max_restarts=rc.actor_max_restarts, max_task_retries=rc.actor_max_task_retries,
         )
     light = task_args(rc)

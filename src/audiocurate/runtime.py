@@ -107,9 +107,16 @@ def actor_cpu_scale(config: PipelineConfig, pools: dict[str, Union[int, tuple[in
 
 def actor_args(config: RayConfig, res: StageResources, concurrency: Union[int, tuple[int, int]],
                cpu_scale: float = 1.0) -> dict[str, Any]:
-    """`map_batches` arguments for an actor stage."""
+    """`map_batches` arguments for an actor stage.
+
+    Restart limits are passed as Ray remote arguments (Ray Data's own default is to restart
+    forever, which turns an engine that keeps dying into a hang)."""
+    if isinstance(concurrency, tuple):
+        compute = ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1])
+    else:
+        compute = ray.data.ActorPoolStrategy(size=int(concurrency))
     return {
-        "concurrency": concurrency,
+        "compute": compute,
         "num_cpus": round(res.num_cpus * cpu_scale, 3),
         "num_gpus": res.num_gpus or None,
         "batch_size": res.batch_size,

@@ -1,0 +1,233 @@
+"""vLLM and HTTP judges through Ray's own `ray.data.llm` processors.
+
+* `vllm`: `vLLMEngineProcessorConfig` + `build_processor` (the tutorial's `build_llm_processor`
+  is gone in Ray 2.60). One token is generated, constrained by vLLM's structured outputs to the
+  five labels (`structured_outputs={"choice": [...]}`; the tutorial's `guided_decoding` is
+  deprecated), and the first token's top log-probabilities give p1..p5. Rows the engine fails
+  on come back with `__inference_error__` (`should_continue_on_error`) and become error rows.
+* `http`: `HttpRequestProcessorConfig` against any OpenAI-compatible server (vLLM serve,
+  llama.cpp server, a hosted API), with Ray's retries and rate limit. A request the server
+  refuses (an error body) becomes an error row; a server that stays unreachable after the
+  retries stops the run.
+
+The processor sees every row (it has no notion of rows to skip); rows that failed or were
+rejected upstream get an empty prompt and their answer is ignored.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+
+from .. import contract as C
+from ..config import PipelineConfig
+from ..models import resolve_model
+from . import score_from_logits
+from .profile import JudgeProfile, load_judge_profile
+
+LABEL_LOGPROBS = "_judge_label_logprobs"
+JUDGE_ERROR = "_judge_error"
+INFERENCE_ERROR = "__inference_error__"
+TOP_LOGPROBS = 20
+
+
+def _active(row: dict[str, Any]) -> bool:
+    return row.get(C.ERROR_STAGE) is None and row.get(C.DROP_REASON) is None
+
+
+class VllmJudgeRequest:
+    """Row -> a vLLM request: the profile's prompt, one constrained token, its log-probabilities."""
+
+    def __init__(self, profile: JudgeProfile):
+        self.profile = profile
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        text = (row.get("transcript") or "") if _active(row) else ""
+        out = dict(row)
+        if self.profile.style == "chat":
+            out["messages"] = self.profile.messages(text)
+        else:
+            out["prompt"] = self.profile.prefix() + self.profile.suffix(text)
+        out["sampling_params"] = {
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": TOP_LOGPROBS,
+            "structured_outputs": {"choice": list(self.profile.labels)},
+        }
+        return out
+
+
+class VllmJudgeResult:
+    """vLLM's output row -> the five labels' log-probabilities, engine columns dropped."""
+
+    DROP = ("messages", "prompt", "sampling_params", "generated_text", "generated_tokens", "num_generated_tokens",
+            "num_input_tokens", "prompt_token_ids", "logprobs", "prompt_logprobs", "metrics", "embeddings",
+            "tokenized_prompt", "request_id", "time_taken_llm", "params", "batch_uuid", "time_taken")
+
+    def __init__(self, profile: JudgeProfile):
+        self.labels = list(profile.labels)
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        lps = row.get("logprobs") or []
+        first = lps[0] if len(lps) else {}
+        out = {k: v for k, v in row.items() if k not in self.DROP}
+        out[LABEL_LOGPROBS] = label_logprobs_from_tokens(
+            {str(v.get("decoded_token", "")): float(v.get("logprob", -math.inf)) for v in _values(first)}, self.labels)
+        out[JUDGE_ERROR] = None
+        return out
+
+
+class HttpJudgeRequest:
+    """Row -> an OpenAI-compatible request body (chat or completions, as the profile says)."""
+
+    def __init__(self, profile: JudgeProfile, model: str, extra: Optional[dict[str, Any]] = None):
+        self.profile = profile
+        self.model = model
+        self.extra = extra or {}
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        text = (row.get("transcript") or "") if _active(row) else ""
+        if self.profile.style == "chat":
+            payload = {"model": self.model, "messages": self.profile.messages(text), "max_tokens": 1,
+                       "temperature": 0.0, "logprobs": True, "top_logprobs": TOP_LOGPROBS}
+        else:
+            payload = {"model": self.model, "prompt": self.profile.prefix() + self.profile.suffix(text),
+                       "max_tokens": 1, "temperature": 0.0, "logprobs": TOP_LOGPROBS}
+        payload.update(self.extra)
+        return {**row, "payload": payload}
+
+
+class HttpJudgeResult:
+    """An OpenAI-style response -> the labels' log-probabilities, or the server's refusal."""
+
+    def __init__(self, profile: JudgeProfile):
+        self.labels = list(profile.labels)
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        resp = row.get("http_response") or {}
+        out = {k: v for k, v in row.items() if k not in ("payload", "http_response")}
+        out[LABEL_LOGPROBS], out[JUDGE_ERROR] = None, None
+        if "error" in resp or "choices" not in resp:
+            err = resp.get("error", resp)
+            msg = err.get("message") if isinstance(err, dict) else str(err)
+            out[JUDGE_ERROR] = f"judge server refused the request: {msg}"[:500]
+            return out
+        out[LABEL_LOGPROBS] = label_logprobs_from_tokens(top_logprobs_of(resp["choices"][0]), self.labels)
+        return out
+
+
+def top_logprobs_of(choice: dict[str, Any]) -> dict[str, float]:
+    """{token: logprob} of the first generated token, from a chat or a completions response."""
+    lp = choice.get("logprobs") or {}
+    if isinstance(lp.get("content"), list) and lp["content"]:  # chat completions
+        first = lp["content"][0]
+        entries = {e["token"]: e["logprob"] for e in first.get("top_logprobs") or []}
+        entries.setdefault(first.get("token", ""), first.get("logprob", -math.inf))
+        return entries
+    tops = lp.get("top_logprobs")  # completions
+    if isinstance(tops, list) and tops:
+        return {str(k): float(v) for k, v in (tops[0] or {}).items()}
+    return {}
+
+
+def label_logprobs_from_tokens(tokens: dict[str, float], labels: list[str]) -> list[float]:
+    """Each label's best log-probability among the returned tokens (" 3" counts as "3");
+    a label the server did not return is -inf (it ranked below every returned token)."""
+    best = {label: -math.inf for label in labels}
+    for tok, lp in tokens.items():
+        t = tok.strip()
+        if t in best and lp is not None and lp > best[t]:
+            best[t] = float(lp)
+    return [best[label] for label in labels]
+
+
+class ProcessorJudgeResultStage:
+    """After a processor: scores from the label log-probabilities, errors as error rows."""
+
+    def __init__(self, config: PipelineConfig, model_name: str):
+        self.profile = load_judge_profile(config.judge.profile)
+        self.model_name = model_name
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        table = C.ensure_status(table)
+        n = table.num_rows
+        active = C.active_mask(table)
+        values: dict[str, list[Any]] = {k: [None] * n for k in C.JUDGE_COLUMNS}
+        errors: dict[int, tuple[str, str]] = {}
+        lps = table[LABEL_LOGPROBS].to_pylist() if LABEL_LOGPROBS in table.column_names else [None] * n
+        jerr = table[JUDGE_ERROR].to_pylist() if JUDGE_ERROR in table.column_names else [None] * n
+        ierr = table[INFERENCE_ERROR].to_pylist() if INFERENCE_ERROR in table.column_names else [None] * n
+        for i in np.flatnonzero(active):
+            values["judge_model"][i] = self.model_name
+            reason = ierr[i] or jerr[i]
+            if reason:
+                errors[int(i)] = ("judge", f"judge failed: {reason}"[:500])
+                continue
+            s = score_from_logits(np.array(lps[i] if lps[i] is not None else [-math.inf] * 5, dtype=float), self.profile)
+            if s.error:
+                errors[int(i)] = ("judge", s.error)
+                continue
+            values["edu_score"][i], values["edu_score_mean"][i], values["edu_probs"][i] = s.score, s.mean, s.probs
+            values["judge_truncated"][i] = False
+        drop = [c for c in (LABEL_LOGPROBS, JUDGE_ERROR, INFERENCE_ERROR) if c in table.column_names]
+        table = C.put_columns(table.drop_columns(drop), C.JUDGE_COLUMNS, values)
+        return C.mark(table, errors=errors)
+
+
+def build_judge_processor(config: PipelineConfig, concurrency: Any) -> tuple[Any, str]:
+    """The `ray.data.llm` processor for the configured vLLM or HTTP judge, and its model name."""
+    from ray.data.llm import HttpRequestProcessorConfig, build_processor, vLLMEngineProcessorConfig
+
+    j = config.judge
+    profile = load_judge_profile(j.profile)
+    model = j.model or profile.model
+    res = j.resources
+    if j.backend == "vllm":
+        engine = {"max_model_len": j.n_ctx, "enable_prefix_caching": True, **j.vllm_engine_kwargs}
+        if j.dtype != "auto":
+            engine.setdefault("dtype", j.dtype)
+        if res.num_gpus and res.num_gpus < 1:
+            engine.setdefault("gpu_memory_utilization", 0.9 * res.num_gpus)
+        proc_config = vLLMEngineProcessorConfig(
+            model_source=resolve_model(model),
+            engine_kwargs=engine,
+            batch_size=res.batch_size,
+            concurrency=concurrency,
+            should_continue_on_error=True,
+            chat_template_stage=profile.style == "chat",
+            tokenize_stage=True,
+            detokenize_stage=False,
+        )
+        return build_processor(proc_config, preprocess=VllmJudgeRequest(profile),
+                               postprocess=VllmJudgeResult(profile)), model
+    if j.backend == "http":
+        headers = {}
+        if j.api_key_env:
+            token = os.environ.get(j.api_key_env)
+            if not token:
+                raise ValueError(f"judge.api_key_env={j.api_key_env!r} is not set in the environment")
+            headers["Authorization"] = f"Bearer {token}"
+        proc_config = HttpRequestProcessorConfig(
+            url=j.url, headers=headers, qps=int(j.qps) if j.qps else None, max_retries=j.max_retries,
+            batch_size=res.batch_size, concurrency=concurrency if isinstance(concurrency, int) else concurrency[1],
+        )
+        return build_processor(proc_config, preprocess=HttpJudgeRequest(profile, model, j.http_extra),
+                               postprocess=HttpJudgeResult(profile)), model
+    raise ValueError(f"judge backend {j.backend!r} has no ray.data.llm processor")
+
+
+def apply_processor_judge(ds: Any, config: PipelineConfig, concurrency: Any) -> Any:
+    processor, model = build_judge_processor(config, concurrency)
+    ds = processor(ds)
+    return ds.map_batches(ProcessorJudgeResultStage(config, model), batch_format="pyarrow",
+                          udf_modifying_row_count=False, num_cpus=0.25)
+
+
+def _values(d: Any) -> list[dict[str, Any]]:
+    if isinstance(d, dict):
+        return [v for v in d.values() if isinstance(v, dict)]
+    return []

@@ -1,0 +1,105 @@
+"""Hugging Face transformers judge: any causal LM, one batched forward pass per batch."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+from ..models import resolve_model
+from . import JudgeScore, score_from_logits
+from .profile import JudgeProfile
+
+if TYPE_CHECKING:
+    from ..config import JudgeConfig
+
+
+class TransformersJudge:
+    """Left-padded batch, logits of the last position only, the five labels' softmax."""
+
+    def __init__(self, config: "JudgeConfig", profile: JudgeProfile):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.torch = torch
+        self.config = config
+        self.profile = profile
+        self.model_name = config.model or profile.model
+        path = resolve_model(self.model_name)
+        device = config.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        dtype = {"auto": torch.float16 if self.device.type == "cuda" else torch.float32,
+                 "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[config.dtype]
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype).to(self.device).eval()
+        self.use_chat = profile.style == "chat" and bool(getattr(self.tokenizer, "chat_template", None))
+        self.label_ids = [self._label_id(label) for label in profile.labels]
+        limit = getattr(self.model.config, "max_position_embeddings", None) or config.n_ctx
+        self.max_tokens = min(config.n_ctx, int(limit))
+
+    def _label_id(self, label: str) -> int:
+        ids = self.tokenizer.encode(label, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(f"label {label!r} is {len(ids)} tokens for {self.model_name}; labels must be one token")
+        return ids[0]
+
+    def prompt(self, text: str) -> str:
+        if self.use_chat:
+            return self.tokenizer.apply_chat_template(self.profile.messages(text), tokenize=False, add_generation_prompt=True)
+        return self.profile.prefix() + self.profile.suffix(text)
+
+    def score_batch(self, texts: Sequence[str]) -> list[JudgeScore]:
+        prompts, truncated, errors = [], [], {}
+        for i, text in enumerate(texts):
+            p, cut = self._fit(text)
+            if p is None:
+                errors[i] = cut
+                prompts.append(self.prompt(""))
+                truncated.append(False)
+            else:
+                prompts.append(p)
+                truncated.append(bool(cut))
+        torch = self.torch
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=not self.use_chat).to(self.device)
+        with torch.inference_mode():
+            logits = _last_logits(self.model, enc)
+        label_logits = logits[:, self.label_ids].float().cpu().numpy()
+        out = []
+        for i in range(len(texts)):
+            if i in errors:
+                out.append(JudgeScore.failed(errors[i]))
+            else:
+                out.append(score_from_logits(label_logits[i], self.profile, truncated[i]))
+        return out
+
+    def _fit(self, text: str) -> tuple[Any, Any]:
+        """The row's prompt within the context, cut at the transcript's end when allowed."""
+        p = self.prompt(text)
+        n = len(self.tokenizer(p, add_special_tokens=False).input_ids)
+        if n <= self.max_tokens:
+            return p, False
+        if self.config.long_text == "error":
+            return None, (f"transcript makes a {n}-token prompt, the judge's context has room for "
+                          f"{self.max_tokens}; set judge.long_text=truncate to score its head")
+        words = (text or "").split()
+        keep = max(1, int(len(words) * self.max_tokens / n * 0.9))
+        while keep > 1:
+            p = self.prompt(" ".join(words[:keep]))
+            if len(self.tokenizer(p, add_special_tokens=False).input_ids) <= self.max_tokens:
+                return p, True
+            keep = int(keep * 0.8)
+        return self.prompt(" ".join(words[:1])), True
+
+
+def _last_logits(model: Any, enc: Any) -> Any:
+    """Logits of the last position only: the full (batch, length, vocabulary) tensor is large."""
+    for kw in ("logits_to_keep", "num_logits_to_keep"):
+        try:
+            return model(**enc, **{kw: 1}).logits[:, -1, :]
+        except TypeError:
+            continue
+    return model(**enc).logits[:, -1, :]
+

@@ -1,0 +1,116 @@
+"""The embedded judge: constrained to five answers, probabilities, prefix cache, calibration."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from audiocurate.config import JudgeConfig
+from audiocurate.judge import JudgeScore, load_judge_profile, make_judge, score_from_logits
+from audiocurate.judge.profile import Calibration, JudgeProfile
+
+EDUCATIONAL = [
+    "The mitochondria produce most of the energy a cell needs by breaking down sugar with oxygen.",
+    "The French Revolution began in 1789 and ended the absolute monarchy in France.",
+    "Mount Everest, in the Himalayas, is the highest mountain on Earth above sea level.",
+]
+NOT_EDUCATIONAL = [
+    "lol that was so funny, we should totally do that again next weekend.",
+    "I really did not like the ending of that film, it was way too long.",
+    "Knock knock. Who's there? Lettuce. Lettuce who? Lettuce in, it's cold out here!",
+]
+
+
+@pytest.fixture(scope="module")
+def judge():
+    return make_judge(JudgeConfig())
+
+
+def test_answers_are_one_of_five_with_probabilities(judge):
+    scores = judge.score_batch(EDUCATIONAL + NOT_EDUCATIONAL + [""])
+    for s in scores:
+        assert s.error is None
+        assert s.score in {1, 2, 3, 4, 5}
+        assert len(s.probs) == 5 and math.isclose(sum(s.probs), 1.0, abs_tol=1e-5)
+        assert s.mean == pytest.approx(sum(k * p for k, p in zip(range(1, 6), s.probs)), abs=1e-5)
+        assert 1.0 <= s.mean <= 5.0
+
+
+def test_educational_text_scores_higher(judge):
+    edu = [s.mean for s in judge.score_batch(EDUCATIONAL)]
+    non = [s.mean for s in judge.score_batch(NOT_EDUCATIONAL)]
+    assert np.mean(edu) > np.mean(non)
+    assert min(s.score for s in judge.score_batch(EDUCATIONAL[:2])) >= 3
+    assert max(s.score for s in judge.score_batch(NOT_EDUCATIONAL[:2])) <= 2
+
+
+def test_prefix_cache_gives_the_same_answer_as_a_fresh_context(judge):
+    """Rewinding to the cached prefix must equal evaluating the whole prompt from scratch."""
+    import ctypes
+
+    text = EDUCATIONAL[0]
+    cached = judge.score(NOT_EDUCATIONAL[0])  # leave something else in the cache first
+    cached = judge.score(text)
+    llm = judge.llm
+    llm.reset()
+    tokens = judge.prefix_tokens + llm.tokenize(judge.profile.suffix(text).encode(), add_bos=False)
+    llm.eval(tokens)
+    ptr = judge._llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+    logits = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(judge.n_vocab,))
+    fresh = score_from_logits(logits[judge.label_ids], judge.profile)
+    llm.reset()
+    llm.eval(judge.prefix_tokens)  # restore the actor's cache for later tests
+    assert np.allclose(cached.probs, fresh.probs, atol=2e-3)
+
+
+def test_long_transcript_is_truncated_or_an_error():
+    long_text = "the cat sat on the mat and " * 800
+    truncating = make_judge(JudgeConfig(n_ctx=1024))
+    s = truncating.score_batch([long_text])[0]
+    assert s.error is None and s.truncated and s.score in {1, 2, 3, 4, 5}
+    strict = make_judge(JudgeConfig(n_ctx=1024, long_text="error"))
+    s = strict.score_batch([long_text, "a short one"])
+    assert s[0].error and "context" in s[0].error and s[0].score is None
+    assert s[1].error is None  # one bad row does not fail its batch
+
+
+def test_calibration_is_monotone_and_shipped():
+    profile = load_judge_profile("smollm2-135m-edu")
+    cal = profile.calibration
+    assert cal is not None and cal.fitted_on and cal.metrics["eval_roc_auc"] > 0.8
+    xs = np.linspace(1, 5, 200)
+    ys = [cal.apply(x) for x in xs]
+    assert all(b >= a for a, b in zip(ys, ys[1:])) and 1 <= min(ys) and max(ys) <= 5
+    scores = [profile.score(x, None) for x in xs]
+    assert set(scores) >= {1, 3} and all(b >= a for a, b in zip(scores, scores[1:]))
+
+
+def test_uncalibrated_profile_answers_argmax():
+    p = load_judge_profile("llama3-edu")
+    assert p.calibration is None
+    s = score_from_logits(np.array([0.0, 0.0, 5.0, 0.0, 0.0]), p)
+    assert s.score == 3 and s.probs[2] > 0.9
+
+
+def test_calibration_must_be_monotone():
+    with pytest.raises(ValueError):
+        Calibration(x=[1, 2, 3], y=[1, 4, 2], fitted_on="x")
+
+
+def test_profile_prompt_split_keeps_tokenization():
+    p = load_judge_profile("smollm2-135m-edu")
+    whole = p.prefix() + p.suffix("Water is wet.")
+    assert whole.endswith("Text: Water is wet.\nScore: ")
+    assert not p.prefix().endswith(" ")
+    assert isinstance(JudgeScore.failed("x").mean, float)
+
+
+def test_chat_profile_messages():
+    p = load_judge_profile("llama3-edu")
+    msgs = p.messages("Some transcript.")
+    assert msgs[0]["role"] == "system" and msgs[-1]["role"] == "user"
+    assert "Some transcript." in msgs[-1]["content"]
+    assert [m["role"] for m in msgs[1:-1]] == ["user", "assistant"] * len(p.examples)
+    assert isinstance(p, JudgeProfile)

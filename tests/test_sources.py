@@ -1,0 +1,162 @@
+"""Every source layout end to end: Common Voice Parquet, HF Parquet, folders with manifests, S3."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+
+from audiocurate.config import PipelineConfig, SourceConfig
+from audiocurate.pipeline import run
+from audiocurate.sources import SourceError, open_source
+
+from conftest import speak
+
+SENTENCES = {
+    "a": "The heart pumps blood through the body.",
+    "b": "Rivers carry water from the mountains to the sea.",
+    "c": "Thanks, see you later at the party tonight.",
+}
+FORMATS = {"a": ("flac", 48000), "b": ("mp3", 44100), "c": ("opus", 48000)}
+
+
+@pytest.fixture(scope="module")
+def clips():
+    return {k: speak(t, rate=FORMATS[k][1], fmt=FORMATS[k][0]) for k, t in SENTENCES.items()}
+
+
+def _config(**over) -> PipelineConfig:
+    return PipelineConfig.load(overrides=["ray.progress=false", *[f"{k}={v}" for k, v in over.items()]])
+
+
+def _outputs(out) -> dict[str, list[dict]]:
+    res = {}
+    for s in ("curated", "rejected", "errors"):
+        path = os.path.join(out, s)
+        res[s] = pq.read_table(path).to_pylist() if os.path.exists(path) else []
+    return res
+
+
+def _assert_transcribed(outputs, ids, ref_by_id):
+    rows = {r["id"]: r for s in ("curated", "rejected") for r in outputs[s]}
+    assert set(rows) == set(ids)
+    for i in ids:
+        assert rows[i]["wer"] is not None and rows[i]["wer"] < 0.5, (i, rows[i]["transcript"])
+        assert rows[i]["transcript"].strip()
+
+
+def test_hf_parquet_layout(tmp_path, clips, ray_local):
+    table = pa.table({
+        "key": list(SENTENCES),
+        "audio": [{"bytes": clips[k], "path": f"{k}.{FORMATS[k][0]}"} for k in SENTENCES],
+        "text": list(SENTENCES.values()),
+    })
+    pq.write_table(table, tmp_path / "hf.parquet")
+    src = open_source(str(tmp_path / "hf.parquet"), SourceConfig(id_column="key"))
+    assert src.kind == "hf_parquet" and src.audio_column == "audio"
+    report = run(_config(**{"source.id_column": "key", "filters.wer.reference_column": "text"}),
+                 str(tmp_path / "hf.parquet"), str(tmp_path / "out"), echo=lambda s: None)
+    assert report["accounting"]["ok"]
+    outs = _outputs(tmp_path / "out")
+    rows = {r["key"]: r for s in ("curated", "rejected") for r in outs[s]}
+    assert set(rows) == set(SENTENCES)
+    assert all(r["wer"] < 0.5 for r in rows.values())
+
+
+def test_folder_with_manifest_and_a_missing_file(tmp_path, clips, ray_local):
+    folder = tmp_path / "audio"
+    (folder / "sub").mkdir(parents=True)
+    for k in SENTENCES:
+        (folder / "sub" / f"{k}.{FORMATS[k][0]}").write_bytes(clips[k])
+    (folder / "extra.wav").write_bytes(b"RIFF....WAVEjunk")  # listed nowhere, broken
+    manifest = [{"path": f"sub/{k}.{FORMATS[k][0]}", "text": t, "speaker": f"s{i}"} for i, (k, t) in enumerate(SENTENCES.items())]
+    manifest.append({"path": "sub/missing.flac", "text": "gone", "speaker": "s9"})
+    (folder / "manifest.jsonl").write_text("\n".join(json.dumps(m) for m in manifest))
+    src = open_source(str(folder), SourceConfig())
+    assert src.kind == "folder" and src.count() == 5
+    report = run(_config(**{"filters.wer.reference_column": "text"}), str(folder), str(tmp_path / "out"), echo=lambda s: None)
+    assert report["accounting"]["ok"] and report["accounting"]["input"] == 5
+    outs = _outputs(tmp_path / "out")
+    ok = [f"sub/{k}.{FORMATS[k][0]}" for k in SENTENCES]
+    _assert_transcribed(outs, ok, SENTENCES)
+    errors = {r["id"]: r for r in outs["errors"]}
+    assert set(errors) == {"sub/missing.flac", "extra.wav"}
+    assert "not found" in errors["sub/missing.flac"]["error"]
+    assert errors["sub/missing.flac"]["speaker"] == "s9"  # manifest columns carried to errors too
+    kept = {r["id"]: r for r in outs["curated"] + outs["rejected"]}
+    assert kept[ok[0]]["speaker"] == "s0"
+
+
+def test_folder_without_manifest_csv_manifest_and_errors(tmp_path, clips):
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "a.flac").write_bytes(clips["a"])
+    (folder / "notes.txt").write_text("not audio")
+    src = open_source(str(folder), SourceConfig())
+    assert src.kind == "folder" and src.count() == 1
+    (folder / "manifest.csv").write_text("path,text\na.flac,hello\n")
+    assert open_source(str(folder), SourceConfig()).listing.column_names == ["id", "path", "text"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SourceError, match="neither Parquet files nor audio"):
+        open_source(str(empty), SourceConfig())
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "bad.parquet")
+    with pytest.raises(SourceError, match="no audio column"):
+        open_source(str(tmp_path / "bad.parquet"), SourceConfig())
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """A real S3-compatible server on loopback (moto's server mode)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_EC2_METADATA_DISABLED": "true"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield f"http://{host}:{port}"
+    server.stop()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def test_s3_input_and_output(tmp_path, clips, s3_server, ray_local):
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    s3.create_bucket(Bucket="speech-in")
+    s3.create_bucket(Bucket="speech-out")
+    table = pa.table({"id": list(SENTENCES), "audio_bytes": [clips[k] for k in SENTENCES],
+                      "sentence": list(SENTENCES.values())})
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    s3.put_object(Bucket="speech-in", Key="cv/part-0.parquet", Body=buf.getvalue())
+    # Ray workers reach the server with the same environment (credentials, endpoint).
+    config = _config(**{"source.storage.endpoint_url": s3_server, "output.storage.endpoint_url": s3_server,
+                        "source.storage.region": "us-east-1", "output.storage.region": "us-east-1"})
+    report = run(config, "s3://speech-in/cv/", "s3://speech-out/run1", echo=lambda s: None)
+    assert report["accounting"]["ok"] and report["accounting"]["input"] == 3
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="speech-out", Prefix="run1/")["Contents"]]
+    assert "run1/report.json" in keys and "run1/_SUCCESS" in keys
+    assert any(k.startswith("run1/curated/part-") for k in keys)
+    rows = []
+    for k in keys:
+        if k.startswith(("run1/curated/", "run1/rejected/")):
+            rows += pq.read_table(io.BytesIO(s3.get_object(Bucket="speech-out", Key=k)["Body"].read())).to_pylist()
+    assert sorted(r["id"] for r in rows) == sorted(SENTENCES)
+    assert all(r["wer"] < 0.5 for r in rows)
+    for r in rows:
+        if "audio" in r:
+            audio, sr = sf.read(io.BytesIO(r["audio"]["bytes"]))
+            assert sr == 16000
