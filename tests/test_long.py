@@ -19,7 +19,7 @@ from audiocurate.filters import corpus_wer, word_error_rate
 
 TEXT = (Path(__file__).parent / "data" / "long_text.txt").read_text()
 SENTENCES = [s.strip() for s in TEXT.splitlines() if s.strip()]
-VOICE, SPEED = "en-us", 120
+VOICE, SPEED = "en-us", 110
 
 
 def _espeak(text: str, path: str) -> None:

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Iterator, Optional, Protocol
 
 import numpy as np
-import soxr
 
 TARGET_RATE = 16_000
 _BLOCK_SECONDS = 10
@@ -203,6 +202,8 @@ def _consume(stream: _Stream, target_rate: int, min_rate: int, max_rate: int, to
         raise _Implausible(f"implausible channel count {stream.channels}")
     resampler = None
     if stream.sample_rate != target_rate:
+        import soxr
+
         resampler = soxr.ResampleStream(stream.sample_rate, target_rate, 1, dtype="float32", quality="HQ")
     parts: list[np.ndarray] = []
     frames = 0

@@ -171,7 +171,11 @@ class DecodeConfig(_Model):
         0.05, description="A stream that decodes shorter than its header declares by more than "
         "this is reported as truncated instead of being used as if whole.",
     )
-    resources: StageResources = Field(default_factory=lambda: StageResources(num_cpus=0.25, batch_size=8))
+    resources: StageResources = Field(
+        default_factory=lambda: StageResources(num_cpus=0.25, batch_size=8),
+        description="Decode runs as CPU tasks (`concurrency` is not used) on blocks of "
+        "`asr.resources.batch_size` rows, so each clip reaches Whisper as soon as its block is decoded.",
+    )
 
 
 class AsrConfig(_Model):
@@ -264,6 +268,10 @@ class OutputConfig(_Model):
         "`datasets` reads as an Audio feature."
     )
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    rows_per_shard: int = Field(
+        64, ge=1, description="Rows gathered before a shard is written. Smaller shards mean "
+        "less work redone after a crash (finished shards are never redone); larger ones, fewer files.",
+    )
     report_samples: int = Field(12, ge=0, description="Curated and rejected rows shown in report.html.")
 
 
@@ -345,6 +353,7 @@ class PipelineConfig(_Model):
         d["judge"].pop("timeout_s", None)
         d["judge"].pop("max_retries", None)
         d["output"].pop("report_samples", None)
+        d["output"].pop("rows_per_shard", None)
         d["source"].pop("storage", None)
         d["output"].pop("storage", None)
         d.pop("ray", None)

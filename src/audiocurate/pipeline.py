@@ -36,6 +36,23 @@ from .stages import (
 _PYARROW = {"batch_format": "pyarrow", "udf_modifying_row_count": False}
 
 
+class RunFailed(RuntimeError):
+    """Execution stopped (an engine that keeps dying, lost blocks beyond `max_errored_blocks`);
+    what was written stays and a rerun resumes."""
+
+
+def _first_line(e: BaseException) -> str:
+    """The most telling line of a (Ray-wrapped) exception."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if re.match(r"^[A-Za-z_.]*(Error|Exception|Died)\b", ln) or "died" in ln.lower():
+            return f"{type(e).__name__}: {ln}"[:600]
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:600]
+
+
 def build(
     config: PipelineConfig,
     source: Source,
@@ -71,10 +88,15 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
             batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.05,
             max_restarts=rc.actor_max_restarts, max_task_retries=rc.actor_max_task_retries,
         )
+    # Small blocks from here on: an actor task answers for its whole input block, so a
+    # Parquet row group of thousands of clips would reach the sink (and survive a crash) only
+    # when all of it was transcribed. Blocks of one ASR batch stream through every stage.
+    ds = ds.repartition(target_num_rows_per_block=config.asr.resources.batch_size)
     light = task_args(rc)
     light["num_cpus"] = config.decode.resources.num_cpus
+    # Per block (batch_size=None): bundling blocks back up for decoding would undo the above.
     ds = ds.map_batches(DecodeStage(config, source.audio_column, source.fetcher()), **_PYARROW,
-                        **task_args(rc, config.decode.resources))
+                        **{**task_args(rc, config.decode.resources), "batch_size": None})
     ds = ds.map_batches(TranscribeStage, fn_constructor_kwargs={"config": config}, **_PYARROW,
                         **actor_args(rc, config.asr.resources, pools["asr"], scale))
     ds = ds.map_batches(TextFilterStage(config), **_PYARROW, **light)
@@ -112,6 +134,7 @@ def run(
     t_start = time.time()
     out = OutputDir(output_uri, config.output.storage)
     source = open_source(input_uri, config.source)
+    t_book = time.time()
     identity = {
         "input": input_uri,
         "fingerprint": config.fingerprint_hash(),
@@ -126,6 +149,7 @@ def run(
     done = out.finished_ids(source.id_column) if resumed else []
     done_in_scope = len(set(done) & set(keep_ids)) if keep_ids is not None else len(set(done))
     remaining = input_rows - done_in_scope
+    bookkeeping_s = time.time() - t_book
     attempt: dict[str, Any] = {
         "id": f"{int(t_start)}-{uuid.uuid4().hex[:8]}",
         "started": t_start,
@@ -147,11 +171,20 @@ def run(
         out.unmark_complete()
         out.record_attempt(attempt)
         ds = build(config, source, skip_ids=done or None, keep_ids=keep_ids, files=files, shape=shape)
-        sink = CurationSink(out, source.id_column, source.carried_columns)
+        sink = CurationSink(out, source.id_column, source.carried_columns, config.output.rows_per_shard)
         t_exec = time.time()
-        ds.write_datasink(sink)
+        try:
+            ds.write_datasink(sink, ray_remote_args={"num_cpus": config.decode.resources.num_cpus})
+        except Exception as e:
+            attempt.update(status="failed", finished=time.time(), error=_first_line(e))
+            out.record_attempt(attempt)
+            raise RunFailed(
+                f"the run stopped: {_first_line(e)}\nShards finished so far are kept in {output_uri}; "
+                "run the same command again to resume."
+            ) from e
         attempt["execute_s"] = time.time() - t_exec
         attempt["written"] = sink.stats
+    t_book = time.time()
     attempt["finished"] = time.time()
     attempt["wall_s"] = attempt["finished"] - t_start
     attempt["status"] = "finished"
@@ -162,4 +195,10 @@ def run(
     if report["accounting"]["ok"]:
         out.mark_complete({"finished": time.time(), "input": input_rows,
                            **{k: report["accounting"][k] for k in ("curated", "rejected", "errors")}})
+    # Resume bookkeeping: output state, finished ids, attempts, report and marker (not the shards'
+    # own writes, which any run does). Recorded so its cost can be checked against the wall time.
+    bookkeeping_s += time.time() - t_book
+    attempt["bookkeeping_s"] = bookkeeping_s
+    out.record_attempt(attempt)
+    report["timing"]["bookkeeping_s"] = bookkeeping_s
     return report

@@ -30,6 +30,13 @@ def resolve(uri: str, storage: StorageConfig | None = None) -> tuple[pafs.FileSy
             kwargs["anonymous"] = True
         if storage.region:
             kwargs["region"] = storage.region
+        if not storage.anonymous and os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+            # The filesystem travels to Ray workers pickled; keys the driver has in its
+            # environment go with it, so workers on any node can read and write.
+            kwargs["access_key"] = os.environ["AWS_ACCESS_KEY_ID"]
+            kwargs["secret_key"] = os.environ["AWS_SECRET_ACCESS_KEY"]
+            if os.environ.get("AWS_SESSION_TOKEN"):
+                kwargs["session_token"] = os.environ["AWS_SESSION_TOKEN"]
         return pafs.S3FileSystem(**kwargs), _strip_scheme(uri)
     if scheme in ("gs", "gcs"):
         kwargs = {}

@@ -43,6 +43,11 @@ class FasterWhisperTranscriber:
         return [self.transcribe(pcm) for pcm in clips]
 
     def transcribe(self, pcm: np.ndarray) -> Transcription:
+        import ctranslate2
+
+        # Whisper's temperature fallback samples; a fixed seed per clip makes a clip's
+        # transcript independent of batching and of which worker (or resumed run) decodes it.
+        ctranslate2.set_random_seed(0)
         segments: list[Segment] = []
         language = self.config.language
         previous = ""

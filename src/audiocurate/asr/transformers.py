@@ -45,7 +45,7 @@ class TransformersWhisperTranscriber:
         self.model_name = config.model
         self.processor = AutoProcessor.from_pretrained(path)
         self.model = WhisperForConditionalGeneration.from_pretrained(
-            path, torch_dtype=self.dtype, attn_implementation=config.attn_implementation
+            path, **dtype_kwarg(self.dtype), attn_implementation=config.attn_implementation
         ).to(self.device).eval()
         self.sample_rate = self.processor.feature_extractor.sampling_rate
         on_gpu = config.features_on_device == "gpu" or (config.features_on_device == "auto" and self.device.type == "cuda")
@@ -68,6 +68,8 @@ class TransformersWhisperTranscriber:
 
     # ---- short clips: one batched pass -------------------------------------------------------
     def _features(self, waves: list[np.ndarray], long_form: bool = False) -> Any:
+        if not long_form and self.feature_device != "cpu":
+            return {"input_features": log_mel_on_device(waves, self.processor.feature_extractor, self.device).to(self.dtype)}
         kwargs: dict[str, Any] = {"sampling_rate": self.sample_rate, "return_tensors": "pt",
                                   "device": self.feature_device}
         if long_form:
@@ -79,18 +81,20 @@ class TransformersWhisperTranscriber:
         return out
 
     def _generate_kwargs(self) -> dict[str, Any]:
-        kw: dict[str, Any] = {"task": "transcribe", "num_beams": self.config.beam_size,
+        kw: dict[str, Any] = {"num_beams": self.config.beam_size,
                               "max_new_tokens": self.config.max_new_tokens,
                               "return_dict_in_generate": True, "output_scores": True}
         if self.config.min_new_tokens:
             kw["min_new_tokens"] = self.config.min_new_tokens
-        if self.multilingual and self.config.language:
-            kw["language"] = self.config.language
+        if self.multilingual:  # English-only checkpoints refuse task and language
+            kw["task"] = "transcribe"
+            if self.config.language:
+                kw["language"] = self.config.language
         return kw
 
     def _transcribe_short(self, clips: list[np.ndarray]) -> list[Transcription]:
         torch = self.torch
-        waves = [c.astype(np.float32) / 32768.0 for c in clips]
+        waves = clips if self.feature_device != "cpu" else [c.astype(np.float32) / 32768.0 for c in clips]
         with torch.inference_mode():
             inputs = self._features(waves)
             encoder = self.model.get_encoder()(inputs["input_features"])
@@ -148,18 +152,51 @@ class TransformersWhisperTranscriber:
                 kw.pop("max_new_tokens", None)
                 kw.update(return_timestamps=True, condition_on_prev_tokens=False, return_segments=True)
                 out = self.model.generate(**inputs, **kw)
+            length = len(window) / self.sample_rate
             for seg in _segments_of(out):
                 text = self.processor.tokenizer.decode(seg["tokens"], skip_special_tokens=True).strip()
-                if text:
-                    segments.append(Segment(text, offset + float(seg["start"]), offset + float(seg["end"]),
-                                            math.nan, math.nan, len(seg["tokens"])))
+                if text:  # predicted timestamps can overshoot the window's end
+                    start, end = (min(float(seg[k]), length) for k in ("start", "end"))
+                    segments.append(Segment(text, offset + start, offset + end, math.nan, math.nan, len(seg["tokens"])))
         tr = Transcription.from_segments(segments, language or "en")
         tr.compression_ratio = compression_ratio(tr.text)
         return tr
 
 
+def log_mel_on_device(clips: list[np.ndarray], extractor: Any, device: Any) -> Any:
+    """Whisper's log-mel features of a batch, computed on `device` from 16-bit samples.
+
+    The same computation as the feature extractor (its own mel filter bank, STFT size, hop and
+    normalisation), but the 30 s zero-padding and the int16-to-float conversion happen on the
+    GPU: padding 512 clips in float32 on the CPU costs more than the GPU's whole forward pass.
+    """
+    import torch
+
+    n_samples = extractor.n_samples
+    batch = torch.zeros((len(clips), n_samples), dtype=torch.int16, pin_memory=torch.cuda.is_available())
+    for i, c in enumerate(clips):
+        n = min(len(c), n_samples)
+        batch[i, :n] = torch.from_numpy(np.ascontiguousarray(c[:n]))
+    wave = batch.to(device, non_blocking=True).float().div_(32768.0)
+    window = torch.hann_window(extractor.n_fft, device=device)
+    stft = torch.stft(wave, extractor.n_fft, extractor.hop_length, window=window, return_complex=True)
+    power = stft[..., :-1].abs() ** 2
+    filters = torch.as_tensor(extractor.mel_filters, device=device, dtype=torch.float32)
+    log_spec = torch.clamp(filters.T @ power, min=1e-10).log10()
+    log_spec = torch.maximum(log_spec, log_spec.amax(dim=(1, 2), keepdim=True) - 8.0)
+    return (log_spec + 4.0) / 4.0
+
+
 def torch_isfinite(torch: Any, x: Any) -> Any:
     return torch.isfinite(x)
+
+
+def dtype_kwarg(dtype: Any) -> dict[str, Any]:
+    """`dtype=` since transformers 4.56, `torch_dtype=` before."""
+    import transformers
+    from packaging.version import Version
+
+    return {"dtype": dtype} if Version(transformers.__version__) >= Version("4.56") else {"torch_dtype": dtype}
 
 
 def _segments_of(out: Any) -> list[dict]:

@@ -42,11 +42,16 @@ def iter_windows(pcm: np.ndarray, sample_rate: int, max_s: float) -> Iterator[tu
 
 
 def _quietest_point(pcm: np.ndarray, lo: int, hi: int, frame: int) -> int:
+    """Middle of the last stretch of quietest frames in [lo, hi): the centre of the pause
+    nearest the window's end, so neither side of the cut clips a word."""
     n = (hi - lo) // frame
     if n < 1:
         return hi
     seg = pcm[lo:lo + n * frame].astype(np.float32).reshape(n, frame)
     energy = np.einsum("ij,ij->i", seg, seg)
-    # Prefer the latest of the quietest frames, to keep windows long.
-    best = n - 1 - int(np.argmin(energy[::-1]))
-    return lo + best * frame + frame // 2
+    quiet = energy <= energy.min() * 1.5 + 1e-6
+    end = n - 1 - int(np.argmax(quiet[::-1]))  # last quiet frame
+    start = end
+    while start > 0 and quiet[start - 1]:
+        start -= 1
+    return lo + ((start + end + 1) * frame) // 2

@@ -48,7 +48,7 @@ class LlamaCppJudge:
                 raise ValueError(f"label {label!r} is {len(ids)} tokens for this model; labels must be one token")
             self.label_ids.append(ids[0])
         self.prefix_tokens = self.llm.tokenize(profile.prefix().encode(), add_bos=True, special=True)
-        if len(self.prefix_tokens) >= config.n_ctx - 16:
+        if len(self.prefix_tokens) >= config.n_ctx - 4:
             raise ValueError(f"the judge prompt ({len(self.prefix_tokens)} tokens) does not fit n_ctx={config.n_ctx}")
         self.llm.reset()
         self.llm.eval(self.prefix_tokens)

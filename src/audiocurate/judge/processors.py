@@ -111,8 +111,9 @@ class HttpJudgeResult:
         resp = row.get("http_response") or {}
         out = {k: v for k, v in row.items() if k not in ("payload", "http_response")}
         out[LABEL_LOGPROBS], out[JUDGE_ERROR] = None, None
-        if "error" in resp or "choices" not in resp:
-            err = resp.get("error", resp)
+        # Rows pass through Arrow, whose structs give every row every field: test values, not keys.
+        if resp.get("error") or not resp.get("choices"):
+            err = resp.get("error") or resp
             msg = err.get("message") if isinstance(err, dict) else str(err)
             out[JUDGE_ERROR] = f"judge server refused the request: {msg}"[:500]
             return out
@@ -123,14 +124,14 @@ class HttpJudgeResult:
 def top_logprobs_of(choice: dict[str, Any]) -> dict[str, float]:
     """{token: logprob} of the first generated token, from a chat or a completions response."""
     lp = choice.get("logprobs") or {}
-    if isinstance(lp.get("content"), list) and lp["content"]:  # chat completions
+    if lp.get("content") is not None and len(lp["content"]):  # chat completions
         first = lp["content"][0]
         entries = {e["token"]: e["logprob"] for e in first.get("top_logprobs") or []}
         entries.setdefault(first.get("token", ""), first.get("logprob", -math.inf))
         return entries
     tops = lp.get("top_logprobs")  # completions
-    if isinstance(tops, list) and tops:
-        return {str(k): float(v) for k, v in (tops[0] or {}).items()}
+    if tops is not None and len(tops):
+        return {str(k): float(v) for k, v in (tops[0] or {}).items() if v is not None}
     return {}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ..models import resolve_model
@@ -30,11 +31,16 @@ class TransformersJudge:
         self.device = torch.device(device)
         dtype = {"auto": torch.float16 if self.device.type == "cuda" else torch.float32,
                  "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[config.dtype]
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        from ..asr.transformers import dtype_kwarg
+
+        load: dict[str, Any] = {}
+        if path.endswith(".gguf"):  # a GGUF checkpoint, dequantized by transformers
+            path, load["gguf_file"] = os.path.split(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, **load)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype).to(self.device).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(path, **dtype_kwarg(dtype), **load).to(self.device).eval()
         self.use_chat = profile.style == "chat" and bool(getattr(self.tokenizer, "chat_template", None))
         self.label_ids = [self._label_id(label) for label in profile.labels]
         limit = getattr(self.model.config, "max_position_embeddings", None) or config.n_ctx

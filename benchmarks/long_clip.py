@@ -1,0 +1,140 @@
+"""Long recordings: WER of short vs long clips of the same speech, and peak memory of a one-hour clip.
+
+    python benchmarks/long_clip.py [--minutes 60] [--skip-hour]
+
+Speech: tests/data/long_text.txt (the Declaration of Independence and the Gettysburg Address,
+public domain) read by espeak-ng (en-us, 110 wpm: 10.3 minutes).
+1. Short vs long: every sentence as its own clip, versus 1-2 minute clips (consecutive
+   sentences joined) and the whole 10-minute recording; corpus WER of each (Whisper's English
+   normalizer, and basic lowercase/no punctuation).
+2. One hour: the recording repeated to `--minutes`, 48 kHz FLAC (Common Voice's rate), run
+   through `audiocurate run` in a subprocess while the resident memory of the driver and of
+   every Ray process is sampled; peak of the whole run reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import soundfile as sf
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from procmon import run_and_measure  # noqa: E402
+
+from audiocurate.filters import corpus_wer, word_error_rate  # noqa: E402
+
+TEXT = (HERE.parent / "tests/data/long_text.txt").read_text()
+SENTENCES = [s.strip() for s in TEXT.splitlines() if s.strip()]
+CACHE = HERE / ".cache"
+
+
+def espeak(text: str, rate: int = 16000) -> np.ndarray:
+    with tempfile.TemporaryDirectory() as tmp:
+        raw, out = os.path.join(tmp, "a.wav"), os.path.join(tmp, "b.wav")
+        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "110", "-w", raw, text], check=True)
+        subprocess.run(["sox", "-V1", raw, "-r", str(rate), "-b", "16", out, "rate", "-v"], check=True)
+        audio, _ = sf.read(out, dtype="int16")
+    return audio
+
+
+def flac(audio: np.ndarray, rate: int) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, audio, rate, format="FLAC")
+    return buf.getvalue()
+
+
+def short_vs_long() -> dict:
+    import ray
+
+    from audiocurate.config import PipelineConfig
+    from audiocurate.pipeline import run
+
+    groups, cur = [], []
+    for s in SENTENCES:  # 1-2 minute clips: consecutive sentences up to ~220 words
+        cur.append(s)
+        if sum(len(x.split()) for x in cur) >= 160:
+            groups.append(" ".join(cur))
+            cur = []
+    if cur:
+        groups.append(" ".join(cur))
+    rows = [{"id": f"s{i:03d}", "kind": "short", "sentence": s, "audio_bytes": flac(espeak(s), 16000)} for i, s in enumerate(SENTENCES)]
+    rows += [{"id": f"m{i:03d}", "kind": "1-2 min", "sentence": g, "audio_bytes": flac(espeak(g), 16000)} for i, g in enumerate(groups)]
+    rows.append({"id": "whole", "kind": "10 min", "sentence": " ".join(SENTENCES), "audio_bytes": flac(espeak(" ".join(SENTENCES)), 16000)})
+    with tempfile.TemporaryDirectory() as tmp:
+        pq.write_table(pa.Table.from_pylist(rows), f"{tmp}/in.parquet")
+        run(PipelineConfig.load(overrides=["ray.progress=false"]), f"{tmp}/in.parquet", f"{tmp}/out", echo=lambda s: None)
+        ray.shutdown()
+        out = []
+        for s in ("curated", "rejected"):
+            if Path(f"{tmp}/out/{s}").exists():
+                out += pq.read_table(f"{tmp}/out/{s}", columns=["id", "transcript", "duration_s"]).to_pylist()
+    by_id = {r["id"]: r for r in out}
+    res = {}
+    for kind in ("short", "1-2 min", "10 min"):
+        sel = [r for r in rows if r["kind"] == kind]
+        refs, hyps = [r["sentence"] for r in sel], [by_id[r["id"]]["transcript"] or "" for r in sel]
+        durs = [by_id[r["id"]]["duration_s"] for r in sel]
+        res[kind] = {"clips": len(sel), "mean_duration_s": float(np.mean(durs)),
+                     "wer_whisper_normalizer": corpus_wer(refs, hyps, "whisper_english"),
+                     "wer_basic": corpus_wer(refs, hyps, "basic")}
+    return res
+
+
+def one_hour(minutes: float) -> dict:
+    CACHE.mkdir(exist_ok=True)
+    path = CACHE / f"hour_{int(minutes)}.parquet"
+    base = espeak(" ".join(SENTENCES), 48000)
+    reps = int(np.ceil(minutes * 60 * 48000 / len(base)))
+    if not path.exists():
+        audio = np.concatenate([base] * reps)
+        pq.write_table(pa.table({"id": ["hour"], "audio_bytes": [flac(audio, 48000)],
+                                 "sentence": [" ".join([" ".join(SENTENCES)] * reps)]}), path)
+    size_mb = path.stat().st_size / 2**20
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "audiocurate.cli", "run", str(path), f"{tmp}/out", "--no-progress"]
+        code, peaks, wall = run_and_measure(cmd, env={**os.environ, "RAY_ADDRESS": ""})
+        report = json.loads(Path(f"{tmp}/out/report.json").read_text())
+        rows = []
+        for s in ("curated", "rejected", "errors"):
+            if Path(f"{tmp}/out/{s}").exists():
+                rows += pq.read_table(f"{tmp}/out/{s}").to_pylist()
+    r = rows[0]
+    ref = " ".join([" ".join(SENTENCES)] * reps)
+    return {"exit_code": code, "wall_s": wall, "audio_minutes": r.get("duration_s", 0) / 60, "input_parquet_mb": size_mb,
+            "peak_rss_whole_run_mb": peaks.tree_peak_mb, "peak_rss_driver_mb": peaks.driver_peak_mb,
+            "peak_rss_by_process_mb": dict(sorted(peaks.by_name_peak_mb.items(), key=lambda kv: -kv[1])[:8]),
+            "wer_whisper_normalizer": word_error_rate(ref, r.get("transcript") or "", "whisper_english"),
+            "split": "curated" if "audio" in r else ("errors" if r.get("error") else "rejected"),
+            "accounting": report["accounting"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=60)
+    ap.add_argument("--skip-hour", action="store_true")
+    ap.add_argument("--skip-wer", action="store_true")
+    args = ap.parse_args()
+    result = {}
+    if not args.skip_wer:
+        result["wer_short_vs_long"] = short_vs_long()
+        print(json.dumps(result, indent=2), flush=True)
+    if not args.skip_hour:
+        result["one_hour"] = one_hour(args.minutes)
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results/long_clip.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Run a command and sample the resident memory of it and everything it starts (psutil)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+
+import psutil
+
+
+@dataclass
+class MemoryPeaks:
+    driver_peak_mb: float = 0.0
+    tree_peak_mb: float = 0.0
+    by_name_peak_mb: dict[str, float] = field(default_factory=dict)
+    samples: int = 0
+
+
+def _ray_processes() -> list[psutil.Process]:
+    """Processes of a local Ray the command started (they are re-parented, not children)."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if cmd.startswith("ray::") or any(k in cmd for k in ("raylet", "gcs_server", "ray/dashboard", "log_monitor",
+                                                                  "ray/_private/", "ray/autoscaler")):
+            found.append(p)
+    return found
+
+
+def run_and_measure(cmd: list[str], *, env: dict | None = None, interval: float = 0.25,
+                    kill_after: float | None = None) -> tuple[int, MemoryPeaks, float]:
+    """(exit code, memory peaks in MB, wall seconds); `kill_after` SIGKILLs the whole group."""
+    peaks = MemoryPeaks()
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stop = threading.Event()
+
+    def sample() -> None:
+        me = psutil.Process(proc.pid)
+        while not stop.is_set():
+            try:
+                procs = {p.pid: p for p in [me, *me.children(recursive=True), *_ray_processes()]}
+                total = 0.0
+                for p in procs.values():
+                    try:
+                        rss = p.memory_info().rss / 2**20
+                    except (psutil.NoSuchProcess, psutil.AccessDenied):
+                        continue
+                    total += rss
+                    name = " ".join(p.cmdline()[:1])[:60] if p.pid != proc.pid else "driver"
+                    peaks.by_name_peak_mb[name] = max(peaks.by_name_peak_mb.get(name, 0.0), rss)
+                peaks.driver_peak_mb = max(peaks.driver_peak_mb, me.memory_info().rss / 2**20)
+                peaks.tree_peak_mb = max(peaks.tree_peak_mb, total)
+                peaks.samples += 1
+            except psutil.NoSuchProcess:
+                return
+            stop.wait(interval)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    try:
+        proc.wait(timeout=kill_after)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    stop.set()
+    th.join(5)
+    return proc.returncode, peaks, time.time() - t0

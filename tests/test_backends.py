@@ -1,0 +1,255 @@
+"""GPU backends, tested on CPU: HF Whisper and the HF judge from checkpoints saved to disk
+(random weights where the real model is not here, the real SmolLM2 where it is), the vLLM
+judge's requests and parsing, and the HTTP judge against a real llama.cpp server."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from audiocurate.config import AsrConfig, JudgeConfig, PipelineConfig
+from audiocurate.models import resolve_model
+
+from conftest import speak
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+
+# ---- HF Whisper ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_whisper_dir(tmp_path_factory):
+    """A Whisper checkpoint with random weights and tiny.en's real tokenizer, saved the way
+    `save_pretrained` does, so the backend's loading code runs for real."""
+    from tokenizers import AddedToken
+    from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
+                              WhisperForConditionalGeneration, WhisperProcessor, WhisperTokenizerFast)
+
+    d = tmp_path_factory.mktemp("tiny-whisper")
+    tok = WhisperTokenizerFast(tokenizer_file=os.path.join(resolve_model("embedded:whisper-tiny.en"), "tokenizer.json"))
+    tok.add_tokens([AddedToken(f"<|{i * 0.02:.2f}|>", special=True) for i in range(1501)])
+    tok.pad_token = "<|endoftext|>"
+    eot, sot, notime = 50256, 50257, 50362
+    cfg = WhisperConfig(vocab_size=len(tok), num_mel_bins=80, d_model=64, encoder_layers=2, decoder_layers=2,
+                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128,
+                        decoder_start_token_id=sot, eos_token_id=eot, pad_token_id=eot, bos_token_id=eot,
+                        begin_suppress_tokens=[220, eot], suppress_tokens=[])
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration(cfg)
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=sot, eos_token_id=eot, pad_token_id=eot, bos_token_id=eot,
+        no_timestamps_token_id=notime, is_multilingual=False, max_length=448, max_initial_timestamp_index=50,
+        begin_suppress_tokens=[220, eot], suppress_tokens=[])
+    model.save_pretrained(d)
+    WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tok).save_pretrained(d)
+    return str(d)
+
+
+def test_hf_whisper_batches_short_clips_and_windows_long_ones(tiny_whisper_dir):
+    from audiocurate.asr import make_transcriber
+
+    asr = make_transcriber(AsrConfig(backend="transformers", model=tiny_whisper_dir, device="cpu",
+                                     compute_type="float32", beam_size=1, max_new_tokens=12, min_new_tokens=8,
+                                     chunk_s=60))
+    rng = np.random.default_rng(0)
+    short = [(rng.standard_normal(16000 * s) * 2000).astype(np.int16) for s in (1, 3, 5)]
+    long = (rng.standard_normal(16000 * 70) * 2000).astype(np.int16)
+    out = asr.transcribe_batch([short[0], long, short[1], short[2]])
+    assert len(out) == 4
+    for r in (out[0], out[2], out[3]):
+        assert r.text and math.isfinite(r.avg_logprob) and r.avg_logprob <= 0
+        assert 0.0 <= r.no_speech_prob <= 1.0 and r.compression_ratio > 0 and r.language == "en"
+    assert isinstance(out[1].text, str)  # long-form decoding across 70 s ran to the end
+    if out[1].segments:
+        assert max(s.end_s for s in out[1].segments) <= 70.5
+
+
+def test_device_log_mel_equals_the_feature_extractor():
+    from transformers import WhisperFeatureExtractor
+
+    from audiocurate.asr.transformers import log_mel_on_device
+
+    rng = np.random.default_rng(1)
+    clips = [(rng.standard_normal(16000 * s) * 3000).astype(np.int16) for s in (1, 4, 31)]
+    for mels in (80, 128):
+        fe = WhisperFeatureExtractor(feature_size=mels)
+        ref = fe([c.astype(np.float32) / 32768.0 for c in clips], sampling_rate=16000, return_tensors="pt")["input_features"]
+        ours = log_mel_on_device(clips, fe, "cpu")
+        assert ours.shape == ref.shape == (3, mels, 3000)
+        assert torch.allclose(ours, ref.float(), atol=2e-3)
+
+
+def test_hf_whisper_in_the_pipeline_stage(tiny_whisper_dir, tmp_path, ray_local):
+    from audiocurate.pipeline import run
+
+    clip = speak("Hello there.", rate=16000, fmt="flac")
+    pq.write_table(pa.table({"id": ["a", "b"], "audio_bytes": [clip, b"junk"]}), tmp_path / "in.parquet")
+    config = PipelineConfig.load(overrides=[
+        "ray.progress=false", "asr.backend=transformers", f"asr.model={tiny_whisper_dir}", "asr.device=cpu",
+        "asr.compute_type=float32", "asr.beam_size=1", "asr.max_new_tokens=8", "filters.hallucination.enabled=false"])
+    report = run(config, str(tmp_path / "in.parquet"), str(tmp_path / "out"), echo=lambda s: None)
+    assert report["accounting"]["ok"] and report["accounting"]["errors"] == 1
+    rows = [r for s in ("curated", "rejected") if (tmp_path / "out" / s).exists()
+            for r in pq.read_table(tmp_path / "out" / s).to_pylist()]
+    assert rows[0]["asr_model"] == tiny_whisper_dir and rows[0]["transcript"] is not None
+
+
+# ---- HF judge ------------------------------------------------------------------------------
+TEXTS = [
+    "The mitochondria produce most of the energy a cell needs by breaking down sugar with oxygen.",
+    "lol that was so funny, we should totally do that again next weekend.",
+    "Mount Everest, in the Himalayas, is the highest mountain on Earth above sea level.",
+    "I really did not like the ending of that film, it was way too long.",
+]
+
+
+def test_hf_judge_on_the_real_smollm2_agrees_with_llama_cpp():
+    """The same GGUF weights through transformers (dequantized) and llama.cpp give the same answer."""
+    pytest.importorskip("gguf")
+    from audiocurate.judge import make_judge
+
+    hf = make_judge(JudgeConfig(backend="transformers", model="embedded:smollm2-135m", device="cpu", dtype="float32"))
+    cpp = make_judge(JudgeConfig())
+    a, b = hf.score_batch(TEXTS), cpp.score_batch(TEXTS)
+    for x, y in zip(a, b):
+        assert x.error is None and x.score in {1, 2, 3, 4, 5}
+        assert abs(x.mean - y.mean) < 0.25, (x.mean, y.mean)
+    assert np.argsort([x.mean for x in a]).tolist()[-2:] == np.argsort([y.mean for y in b]).tolist()[-2:]
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_dir(tmp_path_factory):
+    """A random-weight Llama with SmolLM2's tokenizer and chat template, saved to disk."""
+    pytest.importorskip("gguf")
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    gguf = resolve_model("embedded:smollm2-135m")
+    tok = AutoTokenizer.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf))
+    d = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                 bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)).save_pretrained(d)
+    tok.save_pretrained(d)
+    return str(d)
+
+
+def test_hf_judge_chat_batch_with_truncation_and_errors(tiny_llama_dir):
+    from audiocurate.judge import make_judge
+
+    judge = make_judge(JudgeConfig(backend="transformers", profile="llama3-edu", model=tiny_llama_dir, device="cpu",
+                                   n_ctx=512))
+    assert judge.use_chat
+    long = "word " * 2000
+    out = judge.score_batch(TEXTS + [long])
+    for s in out:
+        assert s.error is None and s.score in {1, 2, 3, 4, 5} and abs(sum(s.probs) - 1) < 1e-4
+    assert out[-1].truncated and not out[0].truncated
+    strict = make_judge(JudgeConfig(backend="transformers", profile="llama3-edu", model=tiny_llama_dir, device="cpu",
+                                    n_ctx=512, long_text="error"))
+    s = strict.score_batch([TEXTS[0], long])
+    assert s[0].error is None and s[1].error and "context" in s[1].error
+
+
+# ---- vLLM judge: requests and parsing (vLLM itself needs a GPU) -----------------------------
+def test_vllm_requests_are_constrained_to_five_labels():
+    from audiocurate.judge import load_judge_profile
+    from audiocurate.judge.processors import VllmJudgeRequest, VllmJudgeResult, ProcessorJudgeResultStage, LABEL_LOGPROBS
+
+    profile = load_judge_profile("llama3-edu")
+    req = VllmJudgeRequest(profile)({"id": "a", "transcript": "Water boils at 100 C.", "error_stage": None, "drop_reason": None})
+    assert req["messages"][-1]["content"].endswith("Water boils at 100 C.\nEducational value (1-5):")
+    sp = req["sampling_params"]
+    assert sp["max_tokens"] == 1 and sp["temperature"] == 0 and sp["logprobs"] >= 5
+    assert sp["structured_outputs"] == {"choice": ["1", "2", "3", "4", "5"]}
+    skipped = VllmJudgeRequest(profile)({"id": "b", "transcript": "x", "error_stage": "decode", "drop_reason": None})
+    assert "x" not in skipped["messages"][-1]["content"]
+    # What Ray's vLLM stage returns: per generated token, {token_id: {logprob, rank, decoded_token}}.
+    engine_row = {**req, "generated_text": "4", "logprobs": [{
+        19: {"logprob": -0.1, "rank": 1, "decoded_token": "4"}, 18: {"logprob": -2.5, "rank": 2, "decoded_token": "3"},
+        20: {"logprob": -3.0, "rank": 3, "decoded_token": "5"}, 999: {"logprob": -4.0, "rank": 4, "decoded_token": "The"}}]}
+    parsed = VllmJudgeResult(profile)(engine_row)
+    assert "messages" not in parsed and "logprobs" not in parsed
+    assert parsed[LABEL_LOGPROBS][3] == -0.1 and parsed[LABEL_LOGPROBS][0] == -math.inf
+    table = pa.Table.from_pylist([{**parsed, "__inference_error__": ""},
+                                  {"id": "c", "transcript": "y", "error_stage": None, "drop_reason": None,
+                                   LABEL_LOGPROBS: None, "_judge_error": None, "__inference_error__": "prompt too long"}])
+    config = PipelineConfig.load(overrides=["judge.backend=vllm", "judge.profile=llama3-edu"])
+    out = ProcessorJudgeResultStage(config, "m")(table).to_pylist()
+    assert out[0]["edu_score"] == 4 and 3.5 < out[0]["edu_score_mean"] < 4.2 and out[0]["error_stage"] is None
+    assert out[1]["error_stage"] == "judge" and "prompt too long" in out[1]["error"]
+
+
+def test_vllm_processor_is_built_with_rays_api():
+    """`build_processor` + `vLLMEngineProcessorConfig` (Ray 2.60 names), continue-on-error on."""
+    from audiocurate.judge.processors import build_judge_processor
+
+    config = PipelineConfig.load(profile="gpu", overrides=["judge.model=/models/llama"])
+    processor, model = build_judge_processor(config, 2)
+    assert model == "/models/llama"
+    assert processor.config.should_continue_on_error and processor.config.model_source == "/models/llama"
+    assert processor.config.engine_kwargs["enable_prefix_caching"]
+    assert [s.__class__.__name__ for s in processor.stages.values()][-1].startswith("vLLMEngine")
+
+
+# ---- HTTP judge against a real llama.cpp server ----------------------------------------------
+@pytest.fixture(scope="module")
+def llama_server():
+    pytest.importorskip("llama_cpp.server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", resolve_model("embedded:smollm2-135m"),
+         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024", "--n_threads", "1", "--logits_all", "true"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(url + "/v1/models", timeout=1)
+            break
+        except Exception:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("llama.cpp server did not start")
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_http_judge_through_rays_http_processor(llama_server, tmp_path, ray_local):
+    from audiocurate.judge.processors import apply_processor_judge
+    import ray
+
+    rows = [{"id": str(i), "transcript": t, "error_stage": None, "drop_reason": None} for i, t in enumerate(TEXTS)]
+    rows.append({"id": "long", "transcript": "word " * 3000, "error_stage": None, "drop_reason": None})  # too long
+    rows.append({"id": "gone", "transcript": None, "error_stage": "decode", "drop_reason": None})  # passes through
+    config = PipelineConfig.load(overrides=["judge.backend=http", f"judge.url={llama_server}/v1/completions",
+                                            "judge.max_retries=1", "judge.qps=20"])
+    ds = apply_processor_judge(ray.data.from_items(rows), config, 1)
+    out = {r["id"]: r for r in ds.take_all()}
+    assert set(out) == {r["id"] for r in rows}
+    for i in range(len(TEXTS)):
+        r = out[str(i)]
+        assert r["error_stage"] is None and r["edu_score"] in {1, 2, 3, 4, 5}, r.get("error")
+        assert abs(sum(r["edu_probs"]) - 1) < 1e-3
+    assert out["long"]["error_stage"] == "judge" and "refused" in out["long"]["error"]
+    assert out["gone"]["error_stage"] == "decode" and out["gone"]["edu_score"] is None
+    # The same GGUF through the server and in-process: same expected scores.
+    from audiocurate.judge import make_judge
+
+    local = make_judge(JudgeConfig()).score_batch(TEXTS)
+    for i, s in enumerate(local):
+        assert abs(out[str(i)]["edu_score_mean"] - s.mean) < 0.2

@@ -1,0 +1,79 @@
+"""The run's report: summary, report.json and a self-contained report.html that renders with its
+plots in a real browser (headless Chromium), rebuilt by `audiocurate report OUTPUT`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from audiocurate.config import PipelineConfig
+from audiocurate.pipeline import run
+from audiocurate.report import format_summary
+
+from conftest import speak
+
+
+@pytest.fixture(scope="module")
+def output(tmp_path_factory, ray_local):
+    d = tmp_path_factory.mktemp("report")
+    rows = [
+        {"id": "edu", "audio_bytes": speak("Volcanoes form where magma rises through the crust of the Earth.", fmt="flac"),
+         "sentence": "Volcanoes form where magma rises through the crust of the Earth."},
+        {"id": "chat", "audio_bytes": speak("Hey, want to grab a coffee later?", fmt="flac"),
+         "sentence": "Hey, want to grab a coffee later?"},
+        {"id": "bad", "audio_bytes": b"\x00" * 100, "sentence": ""},
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), d / "in.parquet")
+    report = run(PipelineConfig.load(overrides=["ray.progress=false"]), str(d / "in.parquet"), str(d / "out"),
+                 echo=lambda s: None)
+    return d / "out", report
+
+
+def test_summary_names_every_count(output):
+    _, report = output
+    text = format_summary(report)
+    for needle in ("input rows", "curated", "rejected", "errors", "accounting      OK", "throughput",
+                   "audio-hours per hour", "stage busy time", "errors by stage decode 1", "WER"):
+        assert needle in text, needle
+
+
+def test_report_command_rebuilds_the_same_counts(output):
+    out, report = output
+    (out / "report.html").unlink()
+    res = subprocess.run([sys.executable, "-m", "audiocurate.cli", "report", str(out)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    rebuilt = json.loads((out / "report.json").read_text())
+    assert rebuilt["accounting"] == report["accounting"] and (out / "report.html").exists()
+
+
+def test_report_html_renders_with_its_plots_in_chromium(output, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        pytest.skip("chromium is not installed (make sysdeps)")
+    out, _ = output
+    shot = tmp_path / "shot.png"
+    dom = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+         "--dump-dom", (out / "report.html").as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0 and "<table id=\"summary\">" in dom.stdout.replace("'", '"')
+    assert dom.stdout.count("data:image/png;base64,") >= 4
+    subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+         f"--screenshot={shot}", "--window-size=1200,2400", "--hide-scrollbars", (out / "report.html").as_uri()],
+        capture_output=True, timeout=120, check=True)
+    from PIL import Image
+
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    # The plots' bar colours (green = kept scores, blue = stage time) must be on screen.
+    green = np.sum((abs(img[..., 0] - 0x44) < 12) & (abs(img[..., 1] - 0xAA) < 12) & (abs(img[..., 2] - 0x44) < 12))
+    blue = np.sum((abs(img[..., 0] - 0x44) < 12) & (abs(img[..., 1] - 0x88) < 12) & (abs(img[..., 2] - 0xCC) < 12))
+    assert green > 200 and blue > 200, (green, blue)
