@@ -39,7 +39,8 @@ def init_ray(config: RayConfig) -> ClusterShape:
         if address:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(num_cpus=config.num_cpus, include_dashboard=False, **kwargs)
+            # "local": start our own Ray even when a `ray start` cluster runs on this machine.
+            ray.init(address="local", num_cpus=config.num_cpus, include_dashboard=False, **kwargs)
     configure_data_context(config)
     return ClusterShape.current()
 

@@ -80,60 +80,90 @@ class TransformersWhisperTranscriber:
             out["attention_mask"] = feats["attention_mask"].to(self.device)
         return out
 
-    def _generate_kwargs(self) -> dict[str, Any]:
-        kw: dict[str, Any] = {"num_beams": self.config.beam_size,
-                              "max_new_tokens": self.config.max_new_tokens,
-                              "return_dict_in_generate": True, "output_scores": True}
+    def _generate_kwargs(self, languages: list[str] | None = None) -> dict[str, Any]:
+        kw: dict[str, Any] = {"num_beams": self.config.beam_size, "max_new_tokens": self.config.max_new_tokens}
         if self.config.min_new_tokens:
             kw["min_new_tokens"] = self.config.min_new_tokens
         if self.multilingual:  # English-only checkpoints refuse task and language
             kw["task"] = "transcribe"
-            if self.config.language:
-                kw["language"] = self.config.language
+            if languages or self.config.language:
+                kw["language"] = languages or self.config.language
         return kw
 
+    def _prompt_ids(self, batch: int, languages: list[str] | None) -> Any:
+        """The decoder prompt Whisper generates after: <|startoftranscript|> [lang task] <|notimestamps|>."""
+        torch = self.torch
+        tok = self.processor.tokenizer
+        rows = []
+        for i in range(batch):
+            ids = [self.sot_id]
+            if self.multilingual:
+                lang = (languages[i] if languages else None) or self.config.language or "en"
+                ids += [tok.convert_tokens_to_ids(f"<|{lang}|>"), tok.convert_tokens_to_ids("<|transcribe|>")]
+            ids.append(tok.convert_tokens_to_ids("<|notimestamps|>"))
+            rows.append(ids)
+        return torch.tensor(rows, device=self.device, dtype=torch.long)
+
     def _transcribe_short(self, clips: list[np.ndarray]) -> list[Transcription]:
+        """One batch: features, one encoder pass, plain batched `generate`, then one
+        teacher-forced decoder pass for Whisper's confidence signals (asking `generate` for
+        per-step scores makes transformers split them per sample in Python, which at batch 512
+        costs ten times the decoding itself)."""
         torch = self.torch
         waves = clips if self.feature_device != "cpu" else [c.astype(np.float32) / 32768.0 for c in clips]
         with torch.inference_mode():
-            inputs = self._features(waves)
-            encoder = self.model.get_encoder()(inputs["input_features"])
-            languages = self._languages(inputs["input_features"]) if self.multilingual and not self.config.language else None
-            no_speech = self._no_speech(encoder)
-            out = self.model.generate(encoder_outputs=encoder, **self._generate_kwargs(),
-                                      **({"language": languages} if languages else {}))
-            logprobs = self._avg_logprobs(out)
-        texts = self.processor.tokenizer.batch_decode(out.sequences, skip_special_tokens=True)
+            feats = self._features(waves)["input_features"]
+            encoder = self.model.get_encoder()(feats)
+            languages = self._languages(feats) if self.multilingual and not self.config.language else None
+            generated = self.model.generate(encoder_outputs=encoder, **self._generate_kwargs(languages))
+            prompt = self._prompt_ids(len(clips), languages)
+            if generated.shape[1] >= prompt.shape[1] and bool((generated[:, : prompt.shape[1]] == prompt).all()):
+                generated = generated[:, prompt.shape[1]:]  # some versions return the prompt too
+            no_speech, logprobs, n_tokens = self._confidence(encoder, prompt, generated)
+        texts = self.processor.tokenizer.batch_decode(generated, skip_special_tokens=True)
         results = []
-        for i, (text, wave) in enumerate(zip(texts, waves)):
+        for i, (text, wave) in enumerate(zip(texts, clips)):
             text = text.strip()
-            n_tok = len(self.processor.tokenizer(text, add_special_tokens=False).input_ids) if text else 0
-            seg = Segment(text, 0.0, len(wave) / self.sample_rate, logprobs[i], no_speech[i], n_tok)
             lang = languages[i] if languages else (self.config.language or "en")
-            results.append(Transcription.from_segments([seg] if text else [], lang) if text else
-                           Transcription("", lang, math.nan, no_speech[i], 0.0, []))
+            if not text:
+                results.append(Transcription("", lang, math.nan, no_speech[i], 0.0, []))
+                continue
+            seg = Segment(text, 0.0, len(wave) / self.sample_rate, logprobs[i], no_speech[i], n_tokens[i])
+            results.append(Transcription.from_segments([seg], lang))
         return results
 
-    def _no_speech(self, encoder: Any) -> list[float]:
-        """P(<|nospeech|>) right after <|startoftranscript|>, as Whisper defines it."""
-        if self.no_speech_id is None:
-            return [math.nan] * encoder.last_hidden_state.shape[0]
+    def _confidence(self, encoder: Any, prompt: Any, generated: Any, chunk: int = 256) -> tuple[list, list, list]:
+        """P(<|nospeech|>) after <|startoftranscript|>, and the mean log-probability of the
+        generated tokens up to and including the first end-of-text, from one forward pass."""
         torch = self.torch
-        b = encoder.last_hidden_state.shape[0]
-        start = torch.full((b, 1), self.sot_id, device=self.device, dtype=torch.long)
-        logits = self.model(encoder_outputs=encoder, decoder_input_ids=start).logits[:, -1].float()
-        return torch.softmax(logits, -1)[:, self.no_speech_id].tolist()
-
-    def _avg_logprobs(self, out: Any) -> list[float]:
-        if getattr(out, "sequences_scores", None) is not None:
-            return out.sequences_scores.float().tolist()
-        scores = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True).float()
-        pad = self.processor.tokenizer.pad_token_id
-        gen = out.sequences[:, -scores.shape[1]:]
-        valid = (gen != pad) & torch_isfinite(self.torch, scores)
-        sums = (scores.masked_fill(~valid, 0.0)).sum(-1)
-        counts = valid.sum(-1).clamp(min=1)
-        return (sums / counts).tolist()
+        eot = self.processor.tokenizer.eos_token_id
+        no_speech: list[float] = []
+        avg: list[float] = []
+        counts: list[int] = []
+        p = prompt.shape[1]
+        hidden = encoder.last_hidden_state
+        for lo in range(0, generated.shape[0], chunk):
+            gen = generated[lo:lo + chunk]
+            full = torch.cat([prompt[lo:lo + chunk], gen], 1)
+            enc = type(encoder)(last_hidden_state=hidden[lo:lo + chunk])
+            logits = self.model(encoder_outputs=enc, decoder_input_ids=full).logits.float()
+            if self.no_speech_id is not None:
+                no_speech += torch.softmax(logits[:, 0], -1)[:, self.no_speech_id].tolist()
+            else:
+                no_speech += [math.nan] * gen.shape[0]
+            if gen.shape[1] == 0:
+                avg += [math.nan] * gen.shape[0]
+                counts += [0] * gen.shape[0]
+                continue
+            step = logits[:, p - 1:p - 1 + gen.shape[1]]
+            lp = step.gather(-1, gen.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(step, -1)
+            is_eot = gen == eot
+            before_first_eot = (torch.cumsum(is_eot.int(), 1) - is_eot.int()) == 0  # tokens up to the first eot
+            valid = before_first_eot & torch.isfinite(lp)
+            n = valid.sum(1)
+            avg += ((lp.masked_fill(~valid, 0.0)).sum(1) / n.clamp(min=1)).tolist()
+            counts += (n - (is_eot & before_first_eot).sum(1)).tolist()
+        return no_speech, avg, counts
 
     def _languages(self, features: Any) -> list[str]:
         ids = self.model.detect_language(input_features=features)
@@ -150,7 +180,8 @@ class TransformersWhisperTranscriber:
                 inputs = self._features([window], long_form=True)
                 kw = self._generate_kwargs()
                 kw.pop("max_new_tokens", None)
-                kw.update(return_timestamps=True, condition_on_prev_tokens=False, return_segments=True)
+                kw.update(return_timestamps=True, condition_on_prev_tokens=False, return_segments=True,
+                          return_dict_in_generate=True)
                 out = self.model.generate(**inputs, **kw)
             length = len(window) / self.sample_rate
             for seg in _segments_of(out):
@@ -173,11 +204,15 @@ def log_mel_on_device(clips: list[np.ndarray], extractor: Any, device: Any) -> A
     import torch
 
     n_samples = extractor.n_samples
-    batch = torch.zeros((len(clips), n_samples), dtype=torch.int16, pin_memory=torch.cuda.is_available())
-    for i, c in enumerate(clips):
-        n = min(len(c), n_samples)
-        batch[i, :n] = torch.from_numpy(np.ascontiguousarray(c[:n]))
-    wave = batch.to(device, non_blocking=True).float().div_(32768.0)
+    lengths = [min(len(c), n_samples) for c in clips]
+    # Only the real samples cross the bus (16-bit, one transfer); padding happens on the device.
+    flat = torch.from_numpy(np.concatenate([np.asarray(c[:n], dtype=np.int16) for c, n in zip(clips, lengths)]))
+    flat = flat.to(device).float().div_(32768.0)
+    wave = torch.zeros((len(clips), n_samples), dtype=torch.float32, device=device)
+    offset = 0
+    for i, n in enumerate(lengths):
+        wave[i, :n] = flat[offset:offset + n]
+        offset += n
     window = torch.hann_window(extractor.n_fft, device=device)
     stft = torch.stft(wave, extractor.n_fft, extractor.hop_length, window=window, return_complex=True)
     power = stft[..., :-1].abs() ** 2
@@ -185,10 +220,6 @@ def log_mel_on_device(clips: list[np.ndarray], extractor: Any, device: Any) -> A
     log_spec = torch.clamp(filters.T @ power, min=1e-10).log10()
     log_spec = torch.maximum(log_spec, log_spec.amax(dim=(1, 2), keepdim=True) - 8.0)
     return (log_spec + 4.0) / 4.0
-
-
-def torch_isfinite(torch: Any, x: Any) -> Any:
-    return torch.isfinite(x)
 
 
 def dtype_kwarg(dtype: Any) -> dict[str, Any]:
