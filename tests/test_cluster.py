@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -34,21 +35,47 @@ def _free_port() -> int:
 
 @pytest.fixture
 def cluster(tmp_path):
-    """Head (1 CPU) and worker (2 CPUs) on loopback, with Ray's token auth shared by all."""
+    """Head (1 CPU) and worker (2 CPUs) on loopback, with Ray's token auth shared by all.
+
+    The cluster keeps its own temp dir, so teardown ends exactly its processes: `ray stop`
+    would end every Ray on the machine, this test process's local one included.
+    """
+    import ray
+
+    if ray.is_initialized():  # free the two cores for the cluster; later tests start a fresh local Ray
+        ray.shutdown()
     ray_bin = Path(sys.executable).with_name("ray")
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "RAY_ADDRESS": ""}
-    env.pop("RAY_ADDRESS")
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    env.pop("RAY_ADDRESS", None)
+    temp_dir = f"/tmp/ac-cluster-{secrets.token_hex(4)}"  # short: Ray's socket paths must fit 107 bytes
     port = _free_port()
     worker_nm_port = _free_port()
     address = f"127.0.0.1:{port}"
-    subprocess.run([str(ray_bin), "stop", "--force"], env=env, capture_output=True)
-    subprocess.run([str(ray_bin), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-                    "--include-dashboard=false", "--disable-usage-stats"], env=env, check=True, capture_output=True)
-    subprocess.run([str(ray_bin), "start", f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-                    f"--node-manager-port={worker_nm_port}", "--disable-usage-stats"], env=env, check=True,
-                   capture_output=True)
-    yield address, env, worker_nm_port
-    subprocess.run([str(ray_bin), "stop", "--force"], env=env, capture_output=True)
+    try:
+        subprocess.run([str(ray_bin), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+                        "--num-cpus=1", f"--temp-dir={temp_dir}", "--include-dashboard=false",
+                        "--disable-usage-stats"], env=env, check=True, capture_output=True)
+        subprocess.run([str(ray_bin), "start", f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+                        f"--node-manager-port={worker_nm_port}", "--disable-usage-stats"], env=env, check=True,
+                       capture_output=True)
+        yield address, env, worker_nm_port
+    finally:
+        _kill_matching(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _kill_matching(text: str) -> int:
+    """SIGKILL every process whose command line mentions `text`, children first."""
+    killed = 0
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if text in " ".join(p.info["cmdline"] or []):
+                for child in p.children(recursive=True) + [p]:
+                    child.send_signal(signal.SIGKILL)
+                    killed += 1
+        except psutil.NoSuchProcess:
+            pass
+    return killed
 
 
 def _kill_node(node_manager_port: int) -> int:
