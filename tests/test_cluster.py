@@ -60,6 +60,7 @@ def cluster(tmp_path):
                        capture_output=True)
         yield address, env, worker_nm_port
     finally:
+        _kill_node(worker_nm_port)  # already dead when the test got that far
         _kill_matching(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
 

@@ -160,3 +160,29 @@ def test_s3_input_and_output(tmp_path, clips, s3_server, ray_local):
         if "audio" in r:
             audio, sr = sf.read(io.BytesIO(r["audio"]["bytes"]))
             assert sr == 16000
+
+
+def test_users_own_dataset_through_build(demo_parquet, ray_local):
+    """A Ray user's Dataset (read, renamed, filtered their way) goes through `build` lazily."""
+    import ray
+
+    from audiocurate import contract as C
+    from audiocurate.filters import corpus_wer
+    from audiocurate.pipeline import build
+    from audiocurate.sources import from_dataset
+
+    wanted = {"demo_0000", "demo_0007", "demo_0008", "demo_0034", "demo_0035"}  # en-us, rp, en-us, 2 broken
+    ds = (ray.data.read_parquet(demo_parquet)
+          .filter(lambda r: r["id"] in wanted)
+          .rename_columns({"id": "clip", "audio_bytes": "flac"}))
+    config = PipelineConfig.load(overrides=["ray.progress=false", "source.id_column=clip", "source.audio_column=flac"])
+    rows = {r["clip"]: r for r in build(config, ds).take_all()}
+    assert set(rows) == wanted
+    assert {i for i, r in rows.items() if r[C.ERROR_STAGE]} == {"demo_0034", "demo_0035"}
+    assert all(rows[i][C.ERROR_STAGE] == "decode" and "undecodable" in rows[i][C.ERROR] for i in ("demo_0034", "demo_0035"))
+    good = [rows[i] for i in ("demo_0000", "demo_0007", "demo_0008")]
+    assert corpus_wer([r["sentence"] for r in good], [r["transcript"] for r in good], "whisper_english") < 0.3
+    assert all(1 <= r["edu_score_mean"] <= 5 for r in good)
+
+    with pytest.raises(SourceError, match="no audio column 'flac'"):
+        from_dataset(ds.drop_columns(["flac"]), config.source)

@@ -22,7 +22,7 @@ from . import __version__
 from .config import PipelineConfig
 from .runtime import ClusterShape, actor_args, actor_cpu_scale, init_ray, plan_concurrency, task_args
 from .sinks import CurationSink, OutputDir
-from .sources import Source, open_source
+from .sources import Source, from_dataset, open_source
 from .stages import (
     DecodeStage,
     JudgeStage,
@@ -55,7 +55,7 @@ def _first_line(e: BaseException) -> str:
 
 def build(
     config: PipelineConfig,
-    source: Source,
+    source: "Source | ray.data.Dataset",
     *,
     skip_ids: Optional[list[str]] = None,
     keep_ids: Optional[list[str]] = None,
@@ -64,7 +64,11 @@ def build(
 ) -> "ray.data.Dataset":
     """The whole curation as one lazy Dataset of rows ready for `CurationSink`.
 
-    `skip_ids` drops finished rows (resume), `keep_ids` keeps only those (`--limit`)."""
+    `source` is an opened input (`sources.open_source`) or the user's own Dataset with the
+    configured id and audio columns. `skip_ids` drops finished rows (resume), `keep_ids` keeps
+    only those (`--limit`)."""
+    if isinstance(source, ray.data.Dataset):
+        source = from_dataset(source, config.source)
     with warnings.catch_warnings():
         # Restart and retry limits have no named parameter in Ray 2.60; see runtime.actor_args.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")

@@ -5,6 +5,7 @@ Three layouts, local or on object storage:
 * `hf_parquet`: Hugging Face `datasets` Parquet, an `audio` struct of `bytes` and `path`;
 * `folder`: audio files found recursively, joined by path with an optional JSONL/CSV manifest.
   Manifest rows whose file is missing stay in the run and become error rows.
+A Dataset the user built themselves enters through `from_dataset`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Source:
     files: list[str]
     columns: list[str]
     listing: Optional[pa.Table] = field(default=None, repr=False)  # folder sources only
+    provided: Optional["ray.data.Dataset"] = field(default=None, repr=False)  # `from_dataset` only
 
     @property
     def carried_columns(self) -> list[str]:
@@ -55,6 +57,8 @@ class Source:
         return AudioFetcher(self.fs, self.root)
 
     def count(self) -> int:
+        if self.provided is not None:
+            return self.provided.count()
         if self.listing is not None:
             return self.listing.num_rows
         total = 0
@@ -66,6 +70,8 @@ class Source:
     def first_ids(self, n: int) -> tuple[list[str], list[str]]:
         """The first `n` ids in file order, and the files that hold them: a `--limit` that
         picks the same rows on every run, and reads only the files it needs."""
+        if self.provided is not None:
+            return [str(r[self.id_column]) for r in self.provided.select_columns([self.id_column]).take(n)], self.files
         if self.listing is not None:
             return [str(x) for x in self.listing[self.id_column].to_pylist()[:n]], self.files
         ids: list[str] = []
@@ -82,6 +88,8 @@ class Source:
         return ids[:n], used
 
     def dataset(self, files: Optional[list[str]] = None, num_cpus: Optional[float] = None) -> "ray.data.Dataset":
+        if self.provided is not None:
+            return self.provided
         if self.listing is not None:
             t = self.listing
             blocks = [t.slice(i, _BLOCK_ROWS) for i in range(0, t.num_rows, _BLOCK_ROWS)] or [t]
@@ -102,6 +110,28 @@ def open_source(uri: str, config: SourceConfig) -> Source:
         raise SourceError(f"no Parquet files under {uri}")
     with fs.open_input_file(files[0]) as f:
         schema = pq.read_schema(f)
+    kind, audio_col = _check_schema(uri, schema, config, kind)
+    root = files[0].rsplit("/", 1)[0] if len(files) == 1 else path
+    return Source(uri, kind, config.id_column, audio_col, fs, root, files, list(schema.names))
+
+
+
+def from_dataset(ds: "ray.data.Dataset", config: SourceConfig) -> Source:
+    """A Dataset the user already has (read, joined, filtered their way) as the pipeline's
+    input: it needs the id column and an audio column, checked here rather than mid-run."""
+    schema = ds.schema()
+    if schema is None:
+        raise SourceError("the dataset has no schema (is it empty?)")
+    names = list(schema.names)
+    arrow = pa.schema([pa.field(n, t) for n, t in zip(names, schema.types)
+                       if isinstance(t, pa.DataType)])
+    kind, audio_col = _check_schema("the dataset", arrow, config, "auto")
+    return Source("<dataset>", kind, config.id_column, audio_col, pafs.LocalFileSystem(), "", [], names,
+                  provided=ds)
+
+
+def _check_schema(uri: str, schema: pa.Schema, config: SourceConfig, kind: str) -> tuple[str, str]:
+    """The layout and audio column of a Parquet-like schema, or a SourceError saying what is off."""
     audio_col = config.audio_column or _guess_audio_column(schema, kind)
     if audio_col not in schema.names:
         raise SourceError(f"{uri}: no audio column {audio_col!r}; columns are {schema.names}. Set source.audio_column.")
@@ -113,8 +143,7 @@ def open_source(uri: str, config: SourceConfig) -> Source:
     if not (pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_string(t)
             or pa.types.is_large_string(t) or (pa.types.is_struct(t) and t.get_field_index("bytes") >= 0)):
         raise SourceError(f"{uri}: audio column {audio_col!r} is {t}, not bytes, a path, or a {{bytes, path}} struct")
-    root = files[0].rsplit("/", 1)[0] if len(files) == 1 else path
-    return Source(uri, kind, config.id_column, audio_col, fs, root, files, list(schema.names))
+    return kind, audio_col
 
 
 def _detect(fs: pafs.FileSystem, path: str, exts: tuple[str, ...]) -> str:
