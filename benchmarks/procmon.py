@@ -18,6 +18,7 @@ class MemoryPeaks:
     tree_peak_mb: float = 0.0
     by_name_peak_mb: dict[str, float] = field(default_factory=dict)
     samples: int = 0
+    driver_timeline: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, MB)
 
 
 def _ray_processes() -> list[psutil.Process]:
@@ -53,7 +54,9 @@ def run_and_measure(cmd: list[str], *, env: dict | None = None, interval: float 
                     total += rss
                     name = " ".join(p.cmdline()[:1])[:60] if p.pid != proc.pid else "driver"
                     peaks.by_name_peak_mb[name] = max(peaks.by_name_peak_mb.get(name, 0.0), rss)
-                peaks.driver_peak_mb = max(peaks.driver_peak_mb, me.memory_info().rss / 2**20)
+                driver_mb = me.memory_info().rss / 2**20
+                peaks.driver_peak_mb = max(peaks.driver_peak_mb, driver_mb)
+                peaks.driver_timeline.append((time.time() - t0, driver_mb))
                 peaks.tree_peak_mb = max(peaks.tree_peak_mb, total)
                 peaks.samples += 1
             except psutil.NoSuchProcess:

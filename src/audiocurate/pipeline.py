@@ -172,8 +172,10 @@ def run(
         attempt["ray_start_s"] = time.time() - t_start
         attempt["cluster"] = {"cpus": shape.cpus, "gpus": shape.gpus}
         attempt["pools"] = {k: v for k, v in plan_concurrency(config, shape).items()}
+        t_book = time.time()
         out.unmark_complete()
         out.record_attempt(attempt)
+        bookkeeping_s += time.time() - t_book
         ds = build(config, source, skip_ids=done or None, keep_ids=keep_ids, files=files, shape=shape)
         sink = CurationSink(out, source.id_column, source.carried_columns, config.output.rows_per_shard)
         t_exec = time.time()
@@ -188,10 +190,14 @@ def run(
             ) from e
         attempt["execute_s"] = time.time() - t_exec
         attempt["written"] = sink.stats
+    # Resume bookkeeping: output state, finished ids, attempt records (not the shards' own
+    # writes or the report, which any run does); recorded so its cost can be checked against
+    # the wall time.
     t_book = time.time()
     attempt["finished"] = time.time()
     attempt["wall_s"] = attempt["finished"] - t_start
     attempt["status"] = "finished"
+    attempt["bookkeeping_s"] = bookkeeping_s + (time.time() - t_book)
     out.record_attempt(attempt)
     report = build_report(out, config, input_rows=input_rows, keep_ids=keep_ids, id_column=source.id_column,
                           input_uri=input_uri)
@@ -199,10 +205,4 @@ def run(
     if report["accounting"]["ok"]:
         out.mark_complete({"finished": time.time(), "input": input_rows,
                            **{k: report["accounting"][k] for k in ("curated", "rejected", "errors")}})
-    # Resume bookkeeping: output state, finished ids, attempts, report and marker (not the shards'
-    # own writes, which any run does). Recorded so its cost can be checked against the wall time.
-    bookkeeping_s += time.time() - t_book
-    attempt["bookkeeping_s"] = bookkeeping_s
-    out.record_attempt(attempt)
-    report["timing"]["bookkeeping_s"] = bookkeeping_s
     return report

@@ -144,6 +144,7 @@ def build_report(
         "audio_hours": {s: tally.audio_s[s] / 3600 for s in (CURATED, REJECTED, ERRORS)} | {"total": audio_total / 3600},
         "timing": {
             "wall_s": wall_s,
+            "bookkeeping_s": float(sum(a.get("bookkeeping_s") or 0.0 for a in finished)),
             "attempts": len(attempts),
             "interrupted_attempts": len(attempts) - len(finished),
             "ray_start_s": [a.get("ray_start_s") for a in finished if a.get("ray_start_s") is not None],
@@ -164,7 +165,7 @@ def build_report(
         "wer": ({"mean": tally.wer_sum / tally.wer_n, "rows": tally.wer_n,
                  "hist": {"edges": _edges(WER_EDGES), "counts": tally.wer_hist.tolist()}} if tally.wer_n else None),
         "samples": tally.samples,
-        "attempts": [{k: a.get(k) for k in ("id", "status", "started", "wall_s", "execute_s", "ray_start_s",
+        "attempts": [{k: a.get(k) for k in ("id", "status", "started", "wall_s", "execute_s", "ray_start_s", "bookkeeping_s",
                                              "input_rows", "finished_before", "cluster", "pools")} for a in attempts],
     }
     return report
