@@ -115,7 +115,6 @@ def open_source(uri: str, config: SourceConfig) -> Source:
     return Source(uri, kind, config.id_column, audio_col, fs, root, files, list(schema.names))
 
 
-
 def from_dataset(ds: "ray.data.Dataset", config: SourceConfig) -> Source:
     """A Dataset the user already has (read, joined, filtered their way) as the pipeline's
     input: it needs the id column and an audio column, checked here rather than mid-run."""
