@@ -30,8 +30,8 @@ class StorageConfig(_Model):
 
     endpoint_url: Optional[str] = Field(
         None,
-        description="Custom S3-compatible endpoint, e.g. `http://127.0.0.1:9000` for MinIO or "
-        "a test server. The scheme of the URL (http/https) is used for the connection.",
+        description="Custom endpoint: S3-compatible (e.g. `http://127.0.0.1:9000` for MinIO) or "
+        "GCS-compatible (an emulator). The scheme of the URL (http/https) is used for the connection.",
     )
     anonymous: bool = Field(False, description="Access public buckets without credentials.")
     region: Optional[str] = Field(None, description="Bucket region; None lets the client resolve it.")
