@@ -16,6 +16,9 @@ import pyarrow.compute as pc
 ERROR_STAGE = "error_stage"
 ERROR = "error"
 DROP_REASON = "drop_reason"
+# Values of `error_stage`: where a row failed.
+DECODE, TRANSCRIBE, TEXT_FILTERS, JUDGE, SELECT, PACKAGE = (
+    "decode", "transcribe", "text_filters", "judge", "select", "package")
 PCM = "_pcm16"  # 16 kHz mono int16 samples between stages; never written
 AUDIO = "audio"  # the curated output's {bytes, path} struct
 

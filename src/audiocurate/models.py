@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 EMBEDDED_PREFIX = "embedded:"
 
@@ -55,3 +56,11 @@ def resolve_model(ref: str) -> str:
     if name not in EMBEDDED:
         raise ModelNotFoundError(f"unknown embedded model {name!r}; known: {', '.join(EMBEDDED)}")
     return str(EMBEDDED[name].path())
+
+
+def dtype_kwarg(dtype: Any) -> dict[str, Any]:
+    """`dtype=` since transformers 4.56, `torch_dtype=` before."""
+    import transformers
+    from packaging.version import Version
+
+    return {"dtype": dtype} if Version(transformers.__version__) >= Version("4.56") else {"torch_dtype": dtype}

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from . import contract as C
+from .contract import DECODE, JUDGE, TRANSCRIBE
 from .audio import AudioDecodeError, decode_audio, encode_flac
 from .config import PipelineConfig
 from .filters import (
@@ -33,9 +34,6 @@ from .filters import (
     TranscriptFilters,
     word_error_rate,
 )
-
-DECODE, TRANSCRIBE, TEXT_FILTERS, JUDGE, SELECT, PACKAGE = (
-    "decode", "transcribe", "text_filters", "judge", "select", "package")
 
 
 class AudioFetcher:

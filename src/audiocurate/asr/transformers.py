@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from ..models import resolve_model
+from ..models import dtype_kwarg, resolve_model
 from . import Segment, Transcription, compression_ratio
 from .windows import iter_windows
 
@@ -92,17 +92,18 @@ class TransformersWhisperTranscriber:
 
     def _prompt_ids(self, batch: int, languages: list[str] | None) -> Any:
         """The decoder prompt Whisper generates after: <|startoftranscript|> [lang task] <|notimestamps|>."""
-        torch = self.torch
         tok = self.processor.tokenizer
+        by_lang: dict[str, list[int]] = {}  # one lookup per language, not per row
         rows = []
         for i in range(batch):
-            ids = [self.sot_id]
-            if self.multilingual:
-                lang = (languages[i] if languages else None) or self.config.language or "en"
-                ids += [tok.convert_tokens_to_ids(f"<|{lang}|>"), tok.convert_tokens_to_ids("<|transcribe|>")]
-            ids.append(tok.convert_tokens_to_ids("<|notimestamps|>"))
-            rows.append(ids)
-        return torch.tensor(rows, device=self.device, dtype=torch.long)
+            lang = ((languages[i] if languages else None) or self.config.language or "en") if self.multilingual else ""
+            if lang not in by_lang:
+                ids = [self.sot_id]
+                if self.multilingual:
+                    ids += [tok.convert_tokens_to_ids(f"<|{lang}|>"), tok.convert_tokens_to_ids("<|transcribe|>")]
+                by_lang[lang] = ids + [tok.convert_tokens_to_ids("<|notimestamps|>")]
+            rows.append(by_lang[lang])
+        return self.torch.tensor(rows, device=self.device, dtype=self.torch.long)
 
     def _transcribe_short(self, clips: list[np.ndarray]) -> list[Transcription]:
         """One batch: features, one encoder pass, plain batched `generate`, then one
@@ -208,11 +209,10 @@ def log_mel_on_device(clips: list[np.ndarray], extractor: Any, device: Any) -> A
     # Only the real samples cross the bus (16-bit, one transfer); padding happens on the device.
     flat = torch.from_numpy(np.concatenate([np.asarray(c[:n], dtype=np.int16) for c, n in zip(clips, lengths)]))
     flat = flat.to(device).float().div_(32768.0)
+    # One masked copy: row i's first lengths[i] samples, in row-major order, are `flat`.
+    present = torch.arange(n_samples, device=device) < torch.tensor(lengths, device=device)[:, None]
     wave = torch.zeros((len(clips), n_samples), dtype=torch.float32, device=device)
-    offset = 0
-    for i, n in enumerate(lengths):
-        wave[i, :n] = flat[offset:offset + n]
-        offset += n
+    wave[present] = flat
     window = torch.hann_window(extractor.n_fft, device=device)
     stft = torch.stft(wave, extractor.n_fft, extractor.hop_length, window=window, return_complex=True)
     power = stft[..., :-1].abs() ** 2
@@ -220,14 +220,6 @@ def log_mel_on_device(clips: list[np.ndarray], extractor: Any, device: Any) -> A
     log_spec = torch.clamp(filters.T @ power, min=1e-10).log10()
     log_spec = torch.maximum(log_spec, log_spec.amax(dim=(1, 2), keepdim=True) - 8.0)
     return (log_spec + 4.0) / 4.0
-
-
-def dtype_kwarg(dtype: Any) -> dict[str, Any]:
-    """`dtype=` since transformers 4.56, `torch_dtype=` before."""
-    import transformers
-    from packaging.version import Version
-
-    return {"dtype": dtype} if Version(transformers.__version__) >= Version("4.56") else {"torch_dtype": dtype}
 
 
 def _segments_of(out: Any) -> list[dict]:

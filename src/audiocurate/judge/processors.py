@@ -166,11 +166,11 @@ class ProcessorJudgeResultStage:
             values["judge_model"][i] = self.model_name
             reason = ierr[i] or jerr[i]
             if reason:
-                errors[int(i)] = ("judge", f"judge failed: {reason}"[:500])
+                errors[int(i)] = (C.JUDGE, f"judge failed: {reason}"[:500])
                 continue
             s = score_from_logits(np.array(lps[i] if lps[i] is not None else [-math.inf] * 5, dtype=float), self.profile)
             if s.error:
-                errors[int(i)] = ("judge", s.error)
+                errors[int(i)] = (C.JUDGE, s.error)
                 continue
             values["edu_score"][i], values["edu_score_mean"][i], values["edu_probs"][i] = s.score, s.mean, s.probs
             values["judge_truncated"][i] = False

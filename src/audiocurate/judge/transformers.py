@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ..models import resolve_model
+from ..models import dtype_kwarg, resolve_model
 from . import JudgeScore, score_from_logits
 from .profile import JudgeProfile
 
@@ -31,8 +31,6 @@ class TransformersJudge:
         self.device = torch.device(device)
         dtype = {"auto": torch.float16 if self.device.type == "cuda" else torch.float32,
                  "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[config.dtype]
-        from ..asr.transformers import dtype_kwarg
-
         load: dict[str, Any] = {}
         if path.endswith(".gguf"):  # a GGUF checkpoint, dequantized by transformers
             path, load["gguf_file"] = os.path.split(path)
@@ -58,46 +56,37 @@ class TransformersJudge:
         return self.profile.prefix() + self.profile.suffix(text)
 
     def score_batch(self, texts: Sequence[str]) -> list[JudgeScore]:
-        prompts, truncated, errors = [], [], {}
-        for i, text in enumerate(texts):
-            p, cut = self._fit(text)
-            if p is None:
-                errors[i] = cut
-                prompts.append(self.prompt(""))
-                truncated.append(False)
-            else:
-                prompts.append(p)
-                truncated.append(bool(cut))
+        prompts = [self.prompt(text) for text in texts]
+        lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False).input_ids]
+        truncated = [False] * len(texts)
+        errors: dict[int, str] = {}
+        for i, n in enumerate(lengths):
+            if n > self.max_tokens:  # only over-long rows are tokenized again
+                prompts[i], truncated[i], err = self._fit_long(texts[i], n)
+                if err:
+                    errors[i] = err
         torch = self.torch
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=not self.use_chat).to(self.device)
         with torch.inference_mode():
             logits = _last_logits(self.model, enc)
         label_logits = logits[:, self.label_ids].float().cpu().numpy()
-        out = []
-        for i in range(len(texts)):
-            if i in errors:
-                out.append(JudgeScore.failed(errors[i]))
-            else:
-                out.append(score_from_logits(label_logits[i], self.profile, truncated[i]))
-        return out
+        return [JudgeScore.failed(errors[i]) if i in errors else score_from_logits(label_logits[i], self.profile, truncated[i])
+                for i in range(len(texts))]
 
-    def _fit(self, text: str) -> tuple[Any, Any]:
-        """The row's prompt within the context, cut at the transcript's end when allowed."""
-        p = self.prompt(text)
-        n = len(self.tokenizer(p, add_special_tokens=False).input_ids)
-        if n <= self.max_tokens:
-            return p, False
+    def _fit_long(self, text: str, n: int) -> tuple[str, bool, str | None]:
+        """(prompt, truncated, error) for a prompt of `n` tokens over the context: cut at the
+        transcript's end when allowed, else an error (and a short stand-in prompt)."""
         if self.config.long_text == "error":
-            return None, (f"transcript makes a {n}-token prompt, the judge's context has room for "
-                          f"{self.max_tokens}; set judge.long_text=truncate to score its head")
+            return self.prompt(""), False, (f"transcript makes a {n}-token prompt, the judge's context has room for "
+                                            f"{self.max_tokens}; set judge.long_text=truncate to score its head")
         words = (text or "").split()
         keep = max(1, int(len(words) * self.max_tokens / n * 0.9))
         while keep > 1:
             p = self.prompt(" ".join(words[:keep]))
             if len(self.tokenizer(p, add_special_tokens=False).input_ids) <= self.max_tokens:
-                return p, True
+                return p, True, None
             keep = int(keep * 0.8)
-        return self.prompt(" ".join(words[:1])), True
+        return self.prompt(" ".join(words[:1])), True, None
 
 
 def _last_logits(model: Any, enc: Any) -> Any:
