@@ -4,6 +4,7 @@ judge's requests and parsing, and the HTTP judge against a real llama.cpp server
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -90,19 +91,73 @@ def test_device_log_mel_equals_the_feature_extractor():
         assert torch.allclose(ours, ref.float(), atol=2e-3)
 
 
-def test_hf_whisper_in_the_pipeline_stage(tiny_whisper_dir, tmp_path, ray_local):
+@pytest.fixture(scope="module")
+def embedded_whisper_hf_dir(tmp_path_factory):
+    """tiny.en's real weights, converted from the embedded CTranslate2 model to a HF checkpoint."""
+    from ct2_whisper import convert_to_hf
+
+    return convert_to_hf(resolve_model("embedded:whisper-tiny.en"), str(tmp_path_factory.mktemp("tiny-en-hf")))
+
+
+SPOKEN = [
+    "Mount Everest is the highest mountain on Earth above sea level.",
+    "I really did not like the ending of that film.",
+    "The French Revolution began in seventeen eighty nine.",
+    "The sun is a star at the center of our solar system.",
+    "We should go to the beach next weekend.",
+]
+
+
+def test_hf_whisper_in_the_pipeline_stage(embedded_whisper_hf_dir, tmp_path, ray_local):
+    """The whole pipeline on the transformers backend with tiny.en's real weights."""
     from audiocurate.pipeline import run
 
-    clip = speak("Hello there.", rate=16000, fmt="flac")
+    clip = speak(SPOKEN[0], rate=16000, fmt="flac")
     pq.write_table(pa.table({"id": ["a", "b"], "audio_bytes": [clip, b"junk"]}), tmp_path / "in.parquet")
     config = PipelineConfig.load(overrides=[
-        "ray.progress=false", "asr.backend=transformers", f"asr.model={tiny_whisper_dir}", "asr.device=cpu",
-        "asr.compute_type=float32", "asr.beam_size=1", "asr.max_new_tokens=8", "filters.hallucination.enabled=false"])
+        "ray.progress=false", "asr.backend=transformers", f"asr.model={embedded_whisper_hf_dir}", "asr.device=cpu",
+        "asr.compute_type=float32", "asr.beam_size=1"])
     report = run(config, str(tmp_path / "in.parquet"), str(tmp_path / "out"), echo=lambda s: None)
     assert report["accounting"]["ok"] and report["accounting"]["errors"] == 1
     rows = [r for s in ("curated", "rejected") if (tmp_path / "out" / s).exists()
             for r in pq.read_table(tmp_path / "out" / s).to_pylist()]
-    assert rows[0]["asr_model"] == tiny_whisper_dir and rows[0]["transcript"] is not None
+    assert len(rows) == 1 and rows[0]["asr_model"] == embedded_whisper_hf_dir
+    assert rows[0]["transcript"] == SPOKEN[0]
+    assert rows[0].get("drop_reason") in (None, "low_edu_score")  # curated, or judged: past the filters
+
+
+def test_hf_whisper_on_tiny_en_weights_decodes_as_ctranslate2(embedded_whisper_hf_dir):
+    """Same weights, same features: the transformers backend gives CTranslate2's transcripts,
+    no-speech probabilities and average log-probabilities (faster-whisper's definition), and
+    the transcripts match the speech."""
+    import ctranslate2
+    import soundfile as sf
+    from faster_whisper import WhisperModel
+    from transformers import WhisperFeatureExtractor
+
+    from audiocurate.asr import make_transcriber
+    from audiocurate.filters import corpus_wer
+
+    clips = [sf.read(io.BytesIO(speak(t)), dtype="int16")[0] for t in SPOKEN] + [np.zeros(16000 * 2, np.int16)]
+    asr = make_transcriber(AsrConfig(backend="transformers", model=embedded_whisper_hf_dir, device="cpu",
+                                     compute_type="float32", beam_size=1, max_new_tokens=64, threads=2))
+    ours = asr.transcribe_batch(clips)
+
+    ct2 = WhisperModel(resolve_model("embedded:whisper-tiny.en"), device="cpu", compute_type="float32", cpu_threads=2)
+    feats = WhisperFeatureExtractor(feature_size=80)([c.astype(np.float32) / 32768.0 for c in clips],
+                                                     sampling_rate=16000, return_tensors="np")["input_features"]
+    sot, notimestamps = 50257, 50362
+    refs = ct2.model.generate(ctranslate2.StorageView.from_array(np.ascontiguousarray(feats)),
+                              [[sot, notimestamps]] * len(clips), beam_size=1, max_length=66,
+                              return_no_speech_prob=True, return_scores=True)
+    for got, ref in zip(ours, refs):
+        ids = ref.sequences_ids[0]
+        assert got.text == ct2.hf_tokenizer.decode(ids).strip()
+        assert got.no_speech_prob == pytest.approx(ref.no_speech_prob, abs=1e-3)
+        # faster-whisper: avg_logprob = score * n / (n + 1), the end-of-text token included
+        assert got.avg_logprob == pytest.approx(ref.scores[0] * len(ids) / (len(ids) + 1), abs=1e-3)
+    assert ours[-1].no_speech_prob > 0.5  # silence
+    assert corpus_wer(SPOKEN, [r.text for r in ours[:-1]], "whisper_english") < 0.2
 
 
 # ---- HF judge ------------------------------------------------------------------------------
@@ -201,6 +256,58 @@ def test_vllm_processor_is_built_with_rays_api():
     assert processor.config.should_continue_on_error and processor.config.model_source == "/models/llama"
     assert processor.config.engine_kwargs["enable_prefix_caching"]
     assert [s.__class__.__name__ for s in processor.stages.values()][-1].startswith("vLLMEngine")
+
+
+def test_vllm_judge_through_rays_vllm_stage_with_a_stand_in_engine(tiny_llama_dir, ray_local, monkeypatch):
+    """The vLLM judge's whole path through Ray (`build_processor`, Ray's tokenize stage and
+    vLLM stage, our request and result functions, continue-on-error), with only vLLM's engine
+    stood in for by llama.cpp on the embedded SmolLM2: scores equal the llama.cpp judge's."""
+    import ray
+    import ray.cloudpickle
+
+    import vllm_standin
+    from audiocurate.judge import make_judge
+    from audiocurate.judge import processors
+
+    ray.cloudpickle.register_pickle_by_value(vllm_standin)  # Ray's workers cannot import tests/
+    build = processors.build_judge_processor
+
+    def with_stand_in_engine(config, concurrency):
+        processor, model = build(config, concurrency)
+        engine = [s for s in processor.stages.values() if type(s).__name__ == "vLLMEngineStage"]
+        assert len(engine) == 1 and engine[0].map_batches_kwargs["num_gpus"] == 1  # a whole GPU, as vLLM wants
+        engine[0].fn = vllm_standin.LlamaCppVllmStageUDF
+        engine[0].map_batches_kwargs.update(num_gpus=0, num_cpus=0.5)
+        return processor, model
+
+    monkeypatch.setattr(processors, "build_judge_processor", with_stand_in_engine)
+    rows = [{"id": str(i), "transcript": t, "error_stage": None, "drop_reason": None} for i, t in enumerate(TEXTS)]
+    rows.append({"id": "long", "transcript": "word " * 3000, "error_stage": None, "drop_reason": None})
+    rows.append({"id": "gone", "transcript": None, "error_stage": "decode", "drop_reason": None})
+    config = PipelineConfig.load(overrides=["judge.backend=vllm", f"judge.model={tiny_llama_dir}",
+                                            "judge.n_ctx=512", "judge.resources.concurrency=1"])
+    ds = processors.apply_processor_judge(ray.data.from_items(rows), config, 1)
+    out = {r["id"]: r for r in ds.take_all()}
+    assert set(out) == {r["id"] for r in rows}
+    local = make_judge(JudgeConfig()).score_batch(TEXTS)
+    for i, s in enumerate(local):
+        r = out[str(i)]
+        assert r["error_stage"] is None and r["edu_score"] in {1, 2, 3, 4, 5}, r.get("error")
+        assert r["judge_model"] == tiny_llama_dir and abs(sum(r["edu_probs"]) - 1) < 1e-3
+        assert r["edu_score_mean"] == pytest.approx(s.mean, abs=0.05) and r["edu_score"] == s.score
+    assert out["long"]["error_stage"] == "judge" and "longer than the maximum model length" in out["long"]["error"]
+    assert out["gone"]["error_stage"] == "decode" and out["gone"]["edu_score"] is None
+
+
+def test_vllm_judge_takes_its_share_of_a_gpu():
+    """judge.resources.num_gpus=0.5 reaches Ray's vLLM stage (it would take a whole GPU)."""
+    from audiocurate.judge.processors import build_judge_processor
+
+    config = PipelineConfig.load(profile="gpu", overrides=["judge.model=/models/llama"])
+    processor, _ = build_judge_processor(config, 1)
+    engine = [s for s in processor.stages.values() if type(s).__name__ == "vLLMEngineStage"][0]
+    assert engine.map_batches_kwargs["num_gpus"] == 0.5
+    assert engine.fn_constructor_kwargs["engine_kwargs"]["gpu_memory_utilization"] <= 0.5  # its share of memory too
 
 
 # ---- HTTP judge against a real llama.cpp server ----------------------------------------------

@@ -206,6 +206,17 @@ class AsrConfig(_Model):
         "by the window, not the recording. Within a window Whisper runs with timestamps "
         "(tiny.en without them stops early inside 30 s windows).",
     )
+    temperatures: list[float] = Field(
+        [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], min_length=1, description="Whisper's temperature fallback: "
+        "a window whose text loops (compression ratio) or has low confidence (log-probability) is "
+        "decoded again at the next temperature. transformers: long clips only.")
+    compression_ratio_threshold: float = Field(
+        2.4, description="Fallback above this gzip ratio of the text (faster-whisper's measure).")
+    token_compression_ratio_threshold: float = Field(
+        1.35, description="transformers: the same test, on token ids (the value its docs recommend).")
+    log_prob_threshold: float = Field(-1.0, description="Fallback below this average log-probability.")
+    no_speech_threshold: float = Field(
+        0.6, description="A window with P(no speech) above this and low confidence is silence.")
     attn_implementation: str = Field("sdpa", description="transformers: attention kernel.")
     max_new_tokens: int = Field(440, description="transformers: token budget per 30 s window.")
     min_new_tokens: int = Field(0, ge=0, description="transformers: tokens decoded at least per clip "
@@ -236,7 +247,9 @@ class JudgeConfig(_Model):
     n_ctx: int = Field(2048, description="Context window in tokens (prompt prefix + transcript).")
     long_text: Literal["truncate", "error"] = Field(
         "truncate", description="A transcript too long for the context: `truncate` scores its "
-        "head (`judge_truncated` is set), `error` makes the row an error row."
+        "head (`judge_truncated` is set), `error` makes the row an error row. llama_cpp and "
+        "transformers judges; for vllm and http the engine counts tokens, so a transcript that "
+        "still does not fit after the profile's `max_text_chars` cut is an error row."
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: str = Field("auto", description="transformers/vllm weights dtype.")

@@ -62,6 +62,10 @@ class FasterWhisperTranscriber:
                 # Carry the last words over a window cut so the next window continues the text.
                 initial_prompt=previous or None,
                 vad_filter=False,
+                temperature=self.config.temperatures,
+                compression_ratio_threshold=self.config.compression_ratio_threshold,
+                log_prob_threshold=self.config.log_prob_threshold,
+                no_speech_threshold=self.config.no_speech_threshold,
             )
             for s in result:
                 segments.append(Segment(s.text, offset + s.start, offset + s.end, s.avg_logprob,

@@ -54,6 +54,9 @@ class TransformersWhisperTranscriber:
         self.multilingual = bool(getattr(self.model.generation_config, "is_multilingual", False))
         self.no_speech_id = _first_token_id(tok, ("<|nospeech|>", "<|nocaptions|>"))
         self.sot_id = tok.convert_tokens_to_ids("<|startoftranscript|>")
+        gen = self.model.generation_config
+        self.suppress = [t for t in getattr(gen, "suppress_tokens", None) or [] if t >= 0]
+        self.begin_suppress = [t for t in getattr(gen, "begin_suppress_tokens", None) or [] if t >= 0]
 
     # ---- public ------------------------------------------------------------------------------
     def transcribe_batch(self, clips: Sequence[np.ndarray]) -> list[Transcription]:
@@ -134,8 +137,13 @@ class TransformersWhisperTranscriber:
         return results
 
     def _confidence(self, encoder: Any, prompt: Any, generated: Any, chunk: int = 256) -> tuple[list, list, list]:
-        """P(<|nospeech|>) after <|startoftranscript|>, and the mean log-probability of the
-        generated tokens up to and including the first end-of-text, from one forward pass."""
+        """P(<|nospeech|>) after <|startoftranscript|>, and Whisper's average log-probability
+        of the generated text, from one forward pass.
+
+        As in OpenAI Whisper and faster-whisper: log-probabilities over the tokens decoding may
+        choose (suppressed tokens masked as `generate` masks them), summed over the text and its
+        end-of-text, divided by the text's length + 1; so `avg_logprob` and the filters'
+        thresholds mean the same on both backends."""
         torch = self.torch
         eot = self.processor.tokenizer.eos_token_id
         no_speech: list[float] = []
@@ -145,6 +153,8 @@ class TransformersWhisperTranscriber:
         hidden = encoder.last_hidden_state
         for lo in range(0, generated.shape[0], chunk):
             gen = generated[lo:lo + chunk]
+            # `generate` drops the end-of-text of the longest rows; score it for every row.
+            gen = torch.cat([gen, torch.full_like(gen[:, :1], eot)], 1)
             full = torch.cat([prompt[lo:lo + chunk], gen], 1)
             enc = type(encoder)(last_hidden_state=hidden[lo:lo + chunk])
             logits = self.model(encoder_outputs=enc, decoder_input_ids=full).logits.float()
@@ -152,18 +162,21 @@ class TransformersWhisperTranscriber:
                 no_speech += torch.softmax(logits[:, 0], -1)[:, self.no_speech_id].tolist()
             else:
                 no_speech += [math.nan] * gen.shape[0]
-            if gen.shape[1] == 0:
-                avg += [math.nan] * gen.shape[0]
-                counts += [0] * gen.shape[0]
-                continue
             step = logits[:, p - 1:p - 1 + gen.shape[1]]
+            if self.suppress:
+                step[..., self.suppress] = -math.inf
+            if self.begin_suppress:
+                step[:, 0, self.begin_suppress] = -math.inf
             lp = step.gather(-1, gen.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(step, -1)
             is_eot = gen == eot
-            before_first_eot = (torch.cumsum(is_eot.int(), 1) - is_eot.int()) == 0  # tokens up to the first eot
-            valid = before_first_eot & torch.isfinite(lp)
-            n = valid.sum(1)
-            avg += ((lp.masked_fill(~valid, 0.0)).sum(1) / n.clamp(min=1)).tolist()
-            counts += (n - (is_eot & before_first_eot).sum(1)).tolist()
+            up_to_first_eot = (torch.cumsum(is_eot.int(), 1) - is_eot.int()) == 0
+            n_text = (up_to_first_eot & ~is_eot).sum(1)
+            # A row cut off by the token budget never chose its end-of-text.
+            cut = n_text >= self.config.max_new_tokens
+            counted = up_to_first_eot & torch.isfinite(lp) & ~(is_eot & cut[:, None])
+            mean = lp.masked_fill(~counted, 0.0).sum(1) / (n_text + 1)
+            avg += [m if n else math.nan for m, n in zip(mean.tolist(), n_text.tolist())]
+            counts += n_text.tolist()
         return no_speech, avg, counts
 
     def _languages(self, features: Any) -> list[str]:
@@ -181,8 +194,12 @@ class TransformersWhisperTranscriber:
                 inputs = self._features([window], long_form=True)
                 kw = self._generate_kwargs()
                 kw.pop("max_new_tokens", None)
+                c = self.config
                 kw.update(return_timestamps=True, condition_on_prev_tokens=False, return_segments=True,
-                          return_dict_in_generate=True)
+                          return_dict_in_generate=True, temperature=tuple(c.temperatures),
+                          compression_ratio_threshold=c.token_compression_ratio_threshold,
+                          logprob_threshold=c.log_prob_threshold, no_speech_threshold=c.no_speech_threshold)
+                torch.manual_seed(0)  # fallback samples; same clip, same transcript on any worker
                 out = self.model.generate(**inputs, **kw)
             length = len(window) / self.sample_rate
             for seg in _segments_of(out):

@@ -191,14 +191,20 @@ def build_judge_processor(config: PipelineConfig, concurrency: Any) -> tuple[Any
         engine = {"max_model_len": j.n_ctx, "enable_prefix_caching": True, **j.vllm_engine_kwargs}
         if j.dtype != "auto":
             engine.setdefault("dtype", j.dtype)
-        if res.num_gpus and res.num_gpus < 1:
-            engine.setdefault("gpu_memory_utilization", 0.9 * res.num_gpus)
+        placement = None
+        if res.num_gpus:
+            # Without a bundle Ray gives each engine a whole GPU (its "uni" executor), and a
+            # judge meant to share one GPU with Whisper would wait for it forever.
+            placement = {"bundle_per_worker": {"GPU": res.num_gpus, "CPU": res.num_cpus or 1}}
+            if res.num_gpus < 1:
+                engine.setdefault("gpu_memory_utilization", 0.9 * res.num_gpus)
         proc_config = vLLMEngineProcessorConfig(
             model_source=resolve_model(model),
             engine_kwargs=engine,
             batch_size=res.batch_size,
             concurrency=concurrency,
             should_continue_on_error=True,
+            placement_group_config=placement,
             chat_template_stage=profile.style == "chat",
             tokenize_stage=True,
             detokenize_stage=False,
