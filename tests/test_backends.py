@@ -1,6 +1,7 @@
 """GPU backends, tested on CPU: HF Whisper and the HF judge from checkpoints saved to disk
-(random weights where the real model is not here, the real SmolLM2 where it is), the vLLM
-judge's requests and parsing, and the HTTP judge against a real llama.cpp server."""
+(tiny.en's real weights converted from the embedded CTranslate2 model, the real SmolLM2, random
+weights where no real model is here), the vLLM judge through Ray's own vLLM stage with only the
+engine stood in for, and the HTTP judge against a real llama.cpp server."""
 
 from __future__ import annotations
 
