@@ -59,7 +59,11 @@ def convert_to_hf(ct2_dir: str, out_dir: str) -> str:
     dec_layers = sum(1 for k in v if k.startswith("decoder/layer_") and k.endswith("ffn/linear_0/weight"))
     ffn = v["encoder/layer_0/ffn/linear_0/weight"].shape[0]
     heads = int(v["encoder/num_heads"])
-    eot, sot = 50256, 50257
+    tok = WhisperTokenizerFast(tokenizer_file=os.path.join(ct2_dir, "tokenizer.json"))
+    tok.add_tokens([AddedToken(f"<|{i * 0.02:.2f}|>", special=True) for i in range(vocab - len(tok))])
+    tok.pad_token = "<|endoftext|>"
+    eot, sot, prev_sot, notimestamps = tok.convert_tokens_to_ids(
+        ["<|endoftext|>", "<|startoftranscript|>", "<|startofprev|>", "<|notimestamps|>"])
     cfg = WhisperConfig(
         vocab_size=vocab, num_mel_bins=v["encoder/conv1/weight"].shape[1], d_model=d_model,
         encoder_layers=enc_layers, decoder_layers=dec_layers, encoder_attention_heads=heads,
@@ -117,14 +121,11 @@ def convert_to_hf(ct2_dir: str, out_dir: str) -> str:
         raise ValueError(f"weights not mapped: missing {missing}, unexpected {unexpected}")
     model.generation_config = GenerationConfig(
         decoder_start_token_id=sot, eos_token_id=eot, pad_token_id=eot, bos_token_id=eot,
-        no_timestamps_token_id=50362, prev_sot_token_id=50360, is_multilingual=False, max_length=448,
+        no_timestamps_token_id=notimestamps, prev_sot_token_id=prev_sot, is_multilingual=False, max_length=448,
         max_initial_timestamp_index=50, alignment_heads=meta.get("alignment_heads"),
         begin_suppress_tokens=meta["suppress_ids_begin"], suppress_tokens=meta["suppress_ids"])
     model.save_pretrained(out_dir)
 
-    tok = WhisperTokenizerFast(tokenizer_file=os.path.join(ct2_dir, "tokenizer.json"))
-    tok.add_tokens([AddedToken(f"<|{i * 0.02:.2f}|>", special=True) for i in range(vocab - len(tok))])
-    tok.pad_token = "<|endoftext|>"
     WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=cfg.num_mel_bins),
                      tokenizer=tok).save_pretrained(out_dir)
     return out_dir

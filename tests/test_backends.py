@@ -147,7 +147,7 @@ def test_hf_whisper_on_tiny_en_weights_decodes_as_ctranslate2(embedded_whisper_h
     ct2 = WhisperModel(resolve_model("embedded:whisper-tiny.en"), device="cpu", compute_type="float32", cpu_threads=2)
     feats = WhisperFeatureExtractor(feature_size=80)([c.astype(np.float32) / 32768.0 for c in clips],
                                                      sampling_rate=16000, return_tensors="np")["input_features"]
-    sot, notimestamps = 50257, 50362
+    sot, notimestamps = (ct2.hf_tokenizer.token_to_id(t) for t in ("<|startoftranscript|>", "<|notimestamps|>"))
     refs = ct2.model.generate(ctranslate2.StorageView.from_array(np.ascontiguousarray(feats)),
                               [[sot, notimestamps]] * len(clips), beam_size=1, max_length=66,
                               return_no_speech_prob=True, return_scores=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -51,8 +52,7 @@ class LlamaCppEngine:
             n_vocab = self.llm.n_vocab()
             logits = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,)).copy()
         logprobs = logits - np.logaddexp.reduce(logits.astype(np.float64))
-        choices = params["structured_outputs"]["choice"]
-        choice_ids = [self.llm.tokenize(c.encode(), add_bos=False)[0] for c in choices]
+        choice_ids = [self._token(c) for c in params["structured_outputs"]["choice"]]
         chosen = choice_ids[int(np.argmax(logprobs[choice_ids]))]
         top = np.argsort(-logprobs)[: params["logprobs"]]
         entry = {int(t): {"logprob": float(logprobs[t]), "rank": r + 1,
@@ -62,6 +62,10 @@ class LlamaCppEngine:
                              generated_tokens=[int(chosen)], generated_text=self.llm.detokenize([chosen]).decode(),
                              num_generated_tokens=1, logprobs=[entry])
         return request, out.model_dump(), time.perf_counter() - t0
+
+    @functools.lru_cache(maxsize=None)
+    def _token(self, label: str) -> int:
+        return self.llm.tokenize(label.encode(), add_bos=False)[0]
 
     def shutdown(self) -> None:
         pass

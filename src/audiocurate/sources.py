@@ -46,7 +46,6 @@ class Source:
     files: list[str]
     columns: list[str]
     listing: Optional[pa.Table] = field(default=None, repr=False)  # folder sources only
-    provided: Optional["ray.data.Dataset"] = field(default=None, repr=False)  # `from_dataset` only
 
     @property
     def carried_columns(self) -> list[str]:
@@ -57,8 +56,6 @@ class Source:
         return AudioFetcher(self.fs, self.root)
 
     def count(self) -> int:
-        if self.provided is not None:
-            return self.provided.count()
         if self.listing is not None:
             return self.listing.num_rows
         total = 0
@@ -70,8 +67,6 @@ class Source:
     def first_ids(self, n: int) -> tuple[list[str], list[str]]:
         """The first `n` ids in file order, and the files that hold them: a `--limit` that
         picks the same rows on every run, and reads only the files it needs."""
-        if self.provided is not None:
-            return [str(r[self.id_column]) for r in self.provided.select_columns([self.id_column]).take(n)], self.files
         if self.listing is not None:
             return [str(x) for x in self.listing[self.id_column].to_pylist()[:n]], self.files
         ids: list[str] = []
@@ -88,13 +83,27 @@ class Source:
         return ids[:n], used
 
     def dataset(self, files: Optional[list[str]] = None, num_cpus: Optional[float] = None) -> "ray.data.Dataset":
-        if self.provided is not None:
-            return self.provided
         if self.listing is not None:
             t = self.listing
             blocks = [t.slice(i, _BLOCK_ROWS) for i in range(0, t.num_rows, _BLOCK_ROWS)] or [t]
             return ray.data.from_arrow(blocks)
         return ray.data.read_parquet(files or self.files, filesystem=self.fs, num_cpus=num_cpus)
+
+
+@dataclass
+class DatasetSource(Source):
+    """A Dataset the user built: read as it is, counted and sampled through Ray."""
+
+    provided: Optional["ray.data.Dataset"] = field(default=None, repr=False)
+
+    def count(self) -> int:
+        return self.provided.count()
+
+    def first_ids(self, n: int) -> tuple[list[str], list[str]]:
+        return [str(r[self.id_column]) for r in self.provided.select_columns([self.id_column]).take(n)], self.files
+
+    def dataset(self, files: Optional[list[str]] = None, num_cpus: Optional[float] = None) -> "ray.data.Dataset":
+        return self.provided
 
 
 def open_source(uri: str, config: SourceConfig) -> Source:
@@ -125,8 +134,8 @@ def from_dataset(ds: "ray.data.Dataset", config: SourceConfig) -> Source:
     arrow = pa.schema([pa.field(n, t) for n, t in zip(names, schema.types)
                        if isinstance(t, pa.DataType)])
     kind, audio_col = _check_schema("the dataset", arrow, config, "auto")
-    return Source("<dataset>", kind, config.id_column, audio_col, pafs.LocalFileSystem(), "", [], names,
-                  provided=ds)
+    return DatasetSource("<dataset>", kind, config.id_column, audio_col, pafs.LocalFileSystem(), "", [], names,
+                         provided=ds)
 
 
 def _check_schema(uri: str, schema: pa.Schema, config: SourceConfig, kind: str) -> tuple[str, str]:

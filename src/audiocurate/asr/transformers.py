@@ -55,8 +55,10 @@ class TransformersWhisperTranscriber:
         self.no_speech_id = _first_token_id(tok, ("<|nospeech|>", "<|nocaptions|>"))
         self.sot_id = tok.convert_tokens_to_ids("<|startoftranscript|>")
         gen = self.model.generation_config
-        self.suppress = [t for t in getattr(gen, "suppress_tokens", None) or [] if t >= 0]
-        self.begin_suppress = [t for t in getattr(gen, "begin_suppress_tokens", None) or [] if t >= 0]
+        # Index tensors on the device once per actor, not a list copied over for every chunk.
+        self.suppress, self.begin_suppress = (
+            torch.tensor([t for t in getattr(gen, name, None) or [] if t >= 0], dtype=torch.long, device=self.device)
+            for name in ("suppress_tokens", "begin_suppress_tokens"))
 
     # ---- public ------------------------------------------------------------------------------
     def transcribe_batch(self, clips: Sequence[np.ndarray]) -> list[Transcription]:
@@ -163,10 +165,8 @@ class TransformersWhisperTranscriber:
             else:
                 no_speech += [math.nan] * gen.shape[0]
             step = logits[:, p - 1:p - 1 + gen.shape[1]]
-            if self.suppress:
-                step[..., self.suppress] = -math.inf
-            if self.begin_suppress:
-                step[:, 0, self.begin_suppress] = -math.inf
+            step[..., self.suppress] = -math.inf
+            step[:, 0, self.begin_suppress] = -math.inf
             lp = step.gather(-1, gen.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(step, -1)
             is_eot = gen == eot
             up_to_first_eot = (torch.cumsum(is_eot.int(), 1) - is_eot.int()) == 0
