@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import functools
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -33,6 +32,7 @@ class LlamaCppEngine:
         self.max_model_len = max_model_len
         self.lock = asyncio.Lock()
         self.requests = 0
+        self.label_tokens: dict[str, int] = {}
 
     async def generate_async(self, row: dict[str, Any]) -> tuple[Any, dict[str, Any], float]:
         params = row["sampling_params"]
@@ -63,9 +63,12 @@ class LlamaCppEngine:
                              num_generated_tokens=1, logprobs=[entry])
         return request, out.model_dump(), time.perf_counter() - t0
 
-    @functools.lru_cache(maxsize=None)
     def _token(self, label: str) -> int:
-        return self.llm.tokenize(label.encode(), add_bos=False)[0]
+        # A dict, not functools.lru_cache: the module is pickled by value, and an lru_cache
+        # wrapper is pickled by reference, which Ray's workers cannot import.
+        if label not in self.label_tokens:
+            self.label_tokens[label] = self.llm.tokenize(label.encode(), add_bos=False)[0]
+        return self.label_tokens[label]
 
     def shutdown(self) -> None:
         pass
