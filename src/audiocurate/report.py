@@ -128,6 +128,7 @@ def build_report(
     report: dict[str, Any] = {
         "output": out.uri,
         "input": input_uri,
+        "engines": (out.identity() or {}).get("engines", {}),
         "accounting": {
             "input": input_rows,
             CURATED: tally.rows[CURATED],
@@ -166,7 +167,7 @@ def build_report(
                  "hist": {"edges": _edges(WER_EDGES), "counts": tally.wer_hist.tolist()}} if tally.wer_n else None),
         "samples": tally.samples,
         "attempts": [{k: a.get(k) for k in ("id", "status", "started", "wall_s", "execute_s", "ray_start_s", "bookkeeping_s",
-                                             "input_rows", "finished_before", "cluster", "pools")} for a in attempts],
+                                             "input_rows", "finished_before", "cluster", "pools", "probe_s")} for a in attempts],
     }
     return report
 

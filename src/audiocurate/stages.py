@@ -26,6 +26,7 @@ from . import contract as C
 from .contract import DECODE, JUDGE, TRANSCRIBE
 from .audio import AudioDecodeError, decode_audio, encode_flac
 from .config import PipelineConfig
+from .engines import CrashWitness
 from .filters import (
     LOW_EDU_SCORE,
     WER_ABOVE_MAX,
@@ -136,6 +137,9 @@ class TranscribeStage:
         from .asr import make_transcriber
 
         self.config = config
+        # A restarted actor whose engine died from a signal says so instead of loading it again.
+        self.crash_witness = CrashWitness("asr", config.asr.backend)
+        self.crash_witness.arm()
         self.transcriber = make_transcriber(config.asr)
 
     def __call__(self, table: pa.Table) -> pa.Table:
@@ -218,6 +222,8 @@ class JudgeStage:
         from .judge import make_judge
 
         self.config = config
+        self.crash_witness = CrashWitness("judge", config.judge.backend)
+        self.crash_witness.arm()
         self.judge = make_judge(config.judge)
 
     def __call__(self, table: pa.Table) -> pa.Table:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ctypes
-from typing import TYPE_CHECKING, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
@@ -13,6 +14,28 @@ from .profile import JudgeProfile
 
 if TYPE_CHECKING:
     from ..config import JudgeConfig
+
+
+@contextmanager
+def model_params(llama_cpp: Any, **fields: Any) -> Iterator[None]:
+    """Set `llama_model_params` fields that `Llama()` has no argument for (`use_extra_bufts`).
+
+    `Llama()` starts from `llama_model_default_params()` and loads the model in its
+    constructor, so the fields go in there, for the construction only."""
+    module = llama_cpp.llama_cpp
+    default = module.llama_model_default_params
+
+    def with_fields() -> Any:
+        params = default()
+        for name, value in fields.items():
+            setattr(params, name, value)
+        return params
+
+    module.llama_model_default_params = with_fields
+    try:
+        yield
+    finally:
+        module.llama_model_default_params = default
 
 
 class LlamaCppJudge:
@@ -31,15 +54,16 @@ class LlamaCppJudge:
         self.config = config
         self.profile = profile
         self.model_name = config.model or profile.model
-        self.llm = llama_cpp.Llama(
-            model_path=resolve_model(self.model_name),
-            n_ctx=config.n_ctx,
-            n_threads=config.threads,
-            n_threads_batch=config.threads,
-            n_batch=512,
-            logits_all=False,
-            verbose=False,
-        )
+        with model_params(llama_cpp, use_extra_bufts=config.extra_buffer_types):
+            self.llm = llama_cpp.Llama(
+                model_path=resolve_model(self.model_name),
+                n_ctx=config.n_ctx,
+                n_threads=config.threads,
+                n_threads_batch=config.threads,
+                n_batch=512,
+                logits_all=False,
+                verbose=False,
+            )
         self.n_vocab = self.llm.n_vocab()
         self.label_ids = []
         for label in profile.labels:

