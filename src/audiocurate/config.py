@@ -193,10 +193,17 @@ class DecodeConfig(_Model):
         0.05, description="A stream that decodes shorter than its header declares by more than "
         "this is reported as truncated instead of being used as if whole.",
     )
+    read_block_mb: float = Field(
+        8.0, gt=0, json_schema_extra=SPEED_ONLY, description="Parquet input is decoded in blocks "
+        "of about this many MB of encoded audio (rows estimated from the first file's bytes per "
+        "row; 8 MB is about 200 Common Voice clips), one decode task each, spread over all cores. "
+        "Rows that fail or are rejected while decoding are written there and then; the rest go "
+        "on to the model stages in blocks of `asr.resources.batch_size` clips.",
+    )
     resources: StageResources = Field(
         default_factory=lambda: StageResources(num_cpus=0.25, batch_size=8),
-        description="Decode runs as CPU tasks (`concurrency` is not used) on blocks of "
-        "`asr.resources.batch_size` rows, so each clip reaches Whisper as soon as its block is decoded.",
+        description="Decode runs as CPU tasks (`concurrency` and `batch_size` are not used), one "
+        "per block (`read_block_mb`).",
     )
 
 

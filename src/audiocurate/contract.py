@@ -77,6 +77,13 @@ def put_column(table: pa.Table, name: str, values: Sequence[Any] | pa.Array, typ
     return table.set_column(idx, name, arr) if idx >= 0 else table.append_column(name, arr)
 
 
+def put_null_columns(table: pa.Table, columns: dict[str, pa.DataType]) -> pa.Table:
+    """A stage's columns for a block it has no active row in: nulls, without a Python list."""
+    for name, typ in columns.items():
+        table = put_column(table, name, pa.nulls(table.num_rows, typ), typ)
+    return table
+
+
 def put_columns(table: pa.Table, columns: dict[str, pa.DataType], values: dict[str, list[Any]]) -> pa.Table:
     for name, typ in columns.items():
         table = put_column(table, name, values.get(name, [None] * table.num_rows), typ)

@@ -24,7 +24,7 @@ from .config import PipelineConfig
 from .engines import engine_of, engine_versions
 from .probe import check_engines
 from .runtime import ClusterShape, actor_args, actor_cpu_scale, init_ray, plan_concurrency, task_args
-from .sinks import CurationSink, OutputDir
+from .sinks import CurationSink, OutputDir, SettledRowsStage
 from .sources import Source, from_dataset, open_source
 from .stages import (
     DecodeStage,
@@ -32,7 +32,6 @@ from .stages import (
     PackageStage,
     SelectStage,
     SkipIdsStage,
-    TextFilterStage,
     TranscribeStage,
 )
 
@@ -83,26 +82,32 @@ def build(
     keep_ids: Optional[list[str]] = None,
     files: Optional[list[str]] = None,
     shape: Optional[ClusterShape] = None,
+    sink: Optional[CurationSink] = None,
 ) -> "ray.data.Dataset":
     """The whole curation as one lazy Dataset of rows ready for `CurationSink`.
 
     `source` is an opened input (`sources.open_source`) or the user's own Dataset with the
     configured id and audio columns. `skip_ids` drops finished rows (resume), `keep_ids` keeps
-    only those (`--limit`)."""
+    only those (`--limit`). With `sink`, rows that fail or are rejected while decoding are
+    written by it there and then, and the Dataset carries only the others."""
     if isinstance(source, ray.data.Dataset):
         source = from_dataset(source, config.source)
     with warnings.catch_warnings():
         # Restart and retry limits have no named parameter in Ray 2.60; see runtime.actor_args.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
-        return _build(config, source, skip_ids, keep_ids, files, shape or ClusterShape.current())
+        return _build(config, source, skip_ids, keep_ids, files, shape or ClusterShape.current(), sink)
 
 
 def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]], keep_ids: Optional[list[str]],
-           files: Optional[list[str]], shape: ClusterShape) -> "ray.data.Dataset":
+           files: Optional[list[str]], shape: ClusterShape, sink: Optional[CurationSink]) -> "ray.data.Dataset":
     pools = plan_concurrency(config, shape)
     scale = actor_cpu_scale(config, pools, shape)
     rc = config.ray
-    ds = source.dataset(files, num_cpus=config.decode.resources.num_cpus)
+    # Blocks of about `decode.read_block_mb` of encoded audio: a unit of work sized by bytes,
+    # not rows. It bounds what a model actor answers at once (and what a crash can cost),
+    # and spreads decoding over every core even when one file holds the whole input.
+    ds = source.dataset(files, num_cpus=config.decode.resources.num_cpus,
+                        block_bytes=int(config.decode.read_block_mb * 2**20))
     if skip_ids or keep_ids is not None:
         ds = ds.map_batches(
             SkipIdsStage,
@@ -114,19 +119,21 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
             batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.05,
             max_restarts=rc.actor_max_restarts, max_task_retries=rc.actor_max_task_retries,
         )
-    # Small blocks from here on: an actor task answers for its whole input block, so a
-    # Parquet row group of thousands of clips would reach the sink (and survive a crash) only
-    # when all of it was transcribed. Blocks of one ASR batch stream through every stage.
-    ds = ds.repartition(target_num_rows_per_block=config.asr.resources.batch_size)
-    light = task_args(rc)
-    light["num_cpus"] = config.decode.resources.num_cpus
-    # Per block (batch_size=None): bundling blocks back up for decoding would undo the above.
+    # Per block (batch_size=None): each read block, sized by bytes, is one unit of work from
+    # here on; bundling blocks up again would undo that.
     ds = ds.map_batches(DecodeStage(config, source.audio_column, source.fetcher()), **_PYARROW,
                         **{**task_args(rc, config.decode.resources), "batch_size": None})
-    ds = ds.map_batches(TranscribeStage, fn_constructor_kwargs={"config": config}, **_PYARROW,
-                        **actor_args(rc, config.asr.resources, pools["asr"], scale))
-    ds = ds.map_batches(TextFilterStage(config), **_PYARROW, **light)
+    if sink is not None:
+        # Rows that settled while decoding (corrupt, silent, too short) go to their outputs
+        # here, in the decode task (fused), instead of riding through every model stage.
+        ds = ds.map_batches(SettledRowsStage(sink), batch_format="pyarrow", udf_modifying_row_count=True,
+                            **{**task_args(rc, config.decode.resources), "batch_size": None})
+    # Model stages take blocks of one ASR batch of clips still in play.
+    ds = ds.repartition(target_num_rows_per_block=config.asr.resources.batch_size)
+    ds = ds.map_batches(TranscribeStage, fn_constructor_kwargs={"config": config, "text_filters": True}, **_PYARROW,
+                        **{**actor_args(rc, config.asr.resources, pools["asr"], scale), "batch_size": None})
     ds = apply_judge(ds, config, pools["judge"], scale)
+    light = {**task_args(rc), "num_cpus": config.decode.resources.num_cpus, "batch_size": None}
     ds = ds.map_batches(SelectStage(config), **_PYARROW, **light)
     ds = ds.map_batches(PackageStage(config, source.audio_column, source.id_column), **_PYARROW, **light)
     return ds
@@ -137,8 +144,11 @@ def apply_judge(ds: "ray.data.Dataset", config: PipelineConfig, concurrency: Any
     """Per-actor judges (llama.cpp, transformers) as a stage; vLLM and HTTP judges through
     `ray.data.llm` processors, which bring their own actor pools."""
     if config.judge.backend in ("llama_cpp", "transformers"):
+        # Whole blocks (batch_size=None): the stage batches its active rows itself, so a block
+        # of rows already rejected costs one call, not one per `judge.resources.batch_size` rows.
         return ds.map_batches(JudgeStage, fn_constructor_kwargs={"config": config}, **_PYARROW,
-                              **actor_args(config.ray, config.judge.resources, concurrency, cpu_scale))
+                              **{**actor_args(config.ray, config.judge.resources, concurrency, cpu_scale),
+                                 "batch_size": None})
     from .judge.processors import apply_processor_judge
 
     return apply_processor_judge(ds, config, concurrency)
@@ -206,8 +216,8 @@ def run(
         out.unmark_complete()
         out.record_attempt(attempt)
         bookkeeping_s += time.time() - t_book
-        ds = build(config, source, skip_ids=done or None, keep_ids=keep_ids, files=files, shape=shape)
         sink = CurationSink(out, source.id_column, source.carried_columns, config.output.rows_per_shard)
+        ds = build(config, source, skip_ids=done or None, keep_ids=keep_ids, files=files, shape=shape, sink=sink)
         t_exec = time.time()
         try:
             ds.write_datasink(sink, ray_remote_args={"num_cpus": config.decode.resources.num_cpus})
@@ -220,7 +230,7 @@ def run(
                 "run the same command again to resume."
             ) from e
         attempt["execute_s"] = time.time() - t_exec
-        attempt["written"] = sink.stats
+        attempt["written_at_the_end"] = sink.stats  # rows settled while decoding were written there
     # Resume bookkeeping: output state, finished ids, attempt records (not the shards' own
     # writes or the report, which any run does); recorded so its cost can be checked against
     # the wall time.

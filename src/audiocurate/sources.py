@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterator, Optional
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -82,12 +82,43 @@ class Source:
                         break
         return ids[:n], used
 
-    def dataset(self, files: Optional[list[str]] = None, num_cpus: Optional[float] = None) -> "ray.data.Dataset":
+    def dataset(self, files: Optional[list[str]] = None, num_cpus: Optional[float] = None,
+                block_bytes: int = 1 << 20) -> "ray.data.Dataset":
+        """The rows as a lazy Dataset in blocks of about `block_bytes` of encoded input.
+
+        One read task per Parquet file streams it; the blocks are then cut by rows at the
+        first file's bytes per row (a streaming split, no shuffle). The files are known
+        already, so no listing task runs."""
         if self.listing is not None:
             t = self.listing
             blocks = [t.slice(i, _BLOCK_ROWS) for i in range(0, t.num_rows, _BLOCK_ROWS)] or [t]
             return ray.data.from_arrow(blocks)
-        return ray.data.read_parquet(files or self.files, filesystem=self.fs, num_cpus=num_cpus)
+        files = files or self.files
+        with self.fs.open_input_file(files[0]) as f:
+            rows = pq.ParquetFile(f).metadata.num_rows
+            rows_per_block = max(1, int(block_bytes * rows / max(f.size(), 1)))
+        paths = ray.data.from_items([{"path": p} for p in files], override_num_blocks=len(files))
+        ds = paths.map_batches(ParquetFileReader(self.fs), batch_size=1, batch_format="pyarrow",
+                               num_cpus=num_cpus, udf_modifying_row_count=True)
+        return ds.repartition(target_num_rows_per_block=rows_per_block)
+
+
+class ParquetFileReader:
+    """A Ray Data UDF: each input row names a Parquet file; yields its record batches."""
+
+    def __init__(self, fs: pafs.FileSystem):
+        self.fs = fs
+
+    def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
+        for path in batch["path"].to_pylist():
+            try:
+                f = self.fs.open_input_file(path)
+                pf = pq.ParquetFile(f)
+            except (OSError, pa.ArrowInvalid) as e:
+                raise SourceError(f"cannot read {path} as Parquet: {e}") from None
+            with f:
+                for record_batch in pf.iter_batches(batch_size=4096):
+                    yield pa.Table.from_batches([record_batch])
 
 
 @dataclass
@@ -102,7 +133,8 @@ class DatasetSource(Source):
     def first_ids(self, n: int) -> tuple[list[str], list[str]]:
         return [str(r[self.id_column]) for r in self.provided.select_columns([self.id_column]).take(n)], self.files
 
-    def dataset(self, files: Optional[list[str]] = None, num_cpus: Optional[float] = None) -> "ray.data.Dataset":
+    def dataset(self, files: Optional[list[str]] = None, num_cpus: Optional[float] = None,
+                block_bytes: int = 1 << 20) -> "ray.data.Dataset":
         return self.provided
 
 

@@ -14,8 +14,10 @@ becomes an error row naming this stage. Source columns are never modified.
 
 from __future__ import annotations
 
+import functools
 import time
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +37,10 @@ from .filters import (
     TranscriptFilters,
     word_error_rate,
 )
+
+if TYPE_CHECKING:
+    from .asr import Transcriber
+    from .judge import Judge
 
 
 class AudioFetcher:
@@ -88,83 +94,114 @@ class DecodeStage:
 
     def __call__(self, table: pa.Table) -> pa.Table:
         table = C.ensure_status(table)
-        n = table.num_rows
         active = C.active_mask(table)
-        values: dict[str, list[Any]] = {k: [None] * n for k in C.DECODE_COLUMNS}
-        pcm: list[Optional[bytes]] = [None] * n
-        errors: dict[int, tuple[str, str]] = {}
-        drops: dict[int, str] = {}
-        d = self.config.decode
         cells = table[self.audio_column]
-        for i in range(n):
-            if not active[i]:
-                continue
-            t0 = time.perf_counter()
-            try:
-                clip = decode_audio(
-                    audio_bytes_of(cells[i].as_py(), self.fetcher),
-                    target_rate=d.sample_rate,
-                    min_source_rate=d.min_source_sample_rate,
-                    max_source_rate=d.max_source_sample_rate,
-                    truncation_tolerance_s=d.truncation_tolerance_s,
-                )
-            except AudioDecodeError as e:
-                errors[i] = (DECODE, e.reason)
-            except Exception as e:  # a decoder bug must cost one row, not the run
-                errors[i] = (DECODE, f"unexpected {type(e).__name__}: {e}")
-            else:
-                values["duration_s"][i] = clip.duration_s
-                values["source_sample_rate"][i] = clip.source_sample_rate
-                values["source_channels"][i] = clip.source_channels
-                values["source_format"][i] = clip.source_format
-                values["peak_dbfs"][i] = max(clip.peak_dbfs, -200.0)
-                values["rms_dbfs"][i] = max(clip.rms_dbfs, -200.0)
-                reason = self.filters.reason(clip.duration_s, clip.peak_dbfs)
-                if reason:
-                    drops[i] = reason
-                else:
-                    pcm[i] = clip.pcm.tobytes()
-            values["decode_s"][i] = time.perf_counter() - t0
+        return self._assemble(table, [self._decode_row(cells[i]) if active[i] else None for i in range(table.num_rows)])
+
+    def _decode_row(self, cell: Any) -> "_DecodedRow":
+        d = self.config.decode
+        row = _DecodedRow()
+        t0 = time.perf_counter()
+        try:
+            clip = decode_audio(
+                audio_bytes_of(cell.as_py(), self.fetcher),
+                target_rate=d.sample_rate,
+                min_source_rate=d.min_source_sample_rate,
+                max_source_rate=d.max_source_sample_rate,
+                truncation_tolerance_s=d.truncation_tolerance_s,
+            )
+        except AudioDecodeError as e:
+            row.error = e.reason
+        except Exception as e:  # a decoder bug must cost one row, not the run
+            row.error = f"unexpected {type(e).__name__}: {e}"
+        else:
+            row.values = {
+                "duration_s": clip.duration_s,
+                "source_sample_rate": clip.source_sample_rate,
+                "source_channels": clip.source_channels,
+                "source_format": clip.source_format,
+                "peak_dbfs": max(clip.peak_dbfs, -200.0),
+                "rms_dbfs": max(clip.rms_dbfs, -200.0),
+            }
+            row.drop = self.filters.reason(clip.duration_s, clip.peak_dbfs)
+            if row.drop is None:
+                row.pcm = clip.pcm.tobytes()
+        row.values["decode_s"] = time.perf_counter() - t0
+        return row
+
+    @staticmethod
+    def _assemble(table: pa.Table, rows: list[Optional["_DecodedRow"]]) -> pa.Table:
+        values = {k: [r.values.get(k) if r is not None else None for r in rows] for k in C.DECODE_COLUMNS}
         table = C.put_columns(table, C.DECODE_COLUMNS, values)
-        table = C.put_column(table, C.PCM, pcm, pa.large_binary())
+        table = C.put_column(table, C.PCM, [r.pcm if r is not None else None for r in rows], pa.large_binary())
+        errors = {i: (DECODE, r.error) for i, r in enumerate(rows) if r is not None and r.error is not None}
+        drops = {i: r.drop for i, r in enumerate(rows) if r is not None and r.drop is not None}
         return C.mark(table, errors=errors, drops=drops)
+
+
+@dataclass
+class _DecodedRow:
+    values: dict[str, Any] = field(default_factory=dict)
+    pcm: Optional[bytes] = None
+    error: Optional[str] = None
+    drop: Optional[str] = None
 
 
 class TranscribeStage:
     """Whisper on every active row (actor: the model loads once)."""
 
-    def __init__(self, config: PipelineConfig):
-        from .asr import make_transcriber
-
+    def __init__(self, config: PipelineConfig, text_filters: bool = False):
         self.config = config
+        # The transcript filters need only what this stage produces: run here, they cost no
+        # task of their own, and a row they reject never travels to the judge's actor as work.
+        self.text_filters = TextFilterStage(config) if text_filters else None
         # A restarted actor whose engine died from a signal says so instead of loading it again.
         self.crash_witness = CrashWitness("asr", config.asr.backend)
         self.crash_witness.arm()
-        self.transcriber = make_transcriber(config.asr)
+
+    @functools.cached_property
+    def transcriber(self) -> "Transcriber":
+        """Loaded with the first block that has a row to transcribe: blocks of rows already
+        rejected pass without waiting for a model."""
+        from .asr import make_transcriber
+
+        return make_transcriber(self.config.asr)
 
     def __call__(self, table: pa.Table) -> pa.Table:
         table = C.ensure_status(table)
-        n = table.num_rows
         idx = np.flatnonzero(C.active_mask(table))
+        if not len(idx):
+            table = C.put_null_columns(table, C.ASR_COLUMNS)
+        else:
+            table = self._transcribe(table, idx)
+        return self.text_filters(table) if self.text_filters is not None else table
+
+    def _transcribe(self, table: pa.Table, idx: np.ndarray) -> pa.Table:
+        n = table.num_rows
         values: dict[str, list[Any]] = {k: [None] * n for k in C.ASR_COLUMNS}
         errors: dict[int, tuple[str, str]] = {}
         clips = [C.pcm_of(table, int(i)) for i in idx]
-        t0 = time.perf_counter()
-        try:
-            results: list[Any] = self.transcriber.transcribe_batch(clips)
-        except Exception:
-            # Find the row that broke the batch: one call per row, each failing alone.
-            results = []
-            for clip in clips:
-                try:
-                    results.extend(self.transcriber.transcribe_batch([clip]))
-                except Exception as e:
-                    results.append(e)
-        elapsed = time.perf_counter() - t0
-        total_samples = max(sum(len(c) for c in clips), 1)
+        results: list[Any] = []
+        seconds: list[float] = []
+        step = self.config.asr.resources.batch_size
+        for lo in range(0, len(clips), step):
+            batch = clips[lo:lo + step]
+            t0 = time.perf_counter()
+            try:
+                results.extend(self.transcriber.transcribe_batch(batch))
+            except Exception:
+                # Find the row that broke the batch: one call per row, each failing alone.
+                for clip in batch:
+                    try:
+                        results.extend(self.transcriber.transcribe_batch([clip]))
+                    except Exception as e:
+                        results.append(e)
+            elapsed = time.perf_counter() - t0
+            samples = max(sum(len(c) for c in batch), 1)
+            seconds.extend(elapsed * len(c) / samples for c in batch)
         for j, i in enumerate(idx):
             r = results[j]
-            values["asr_s"][i] = elapsed * len(clips[j]) / total_samples
+            values["asr_s"][i] = seconds[j]
             if isinstance(r, Exception):
                 errors[int(i)] = (TRANSCRIBE, f"transcription failed: {type(r).__name__}: {r}")
                 continue
@@ -191,6 +228,8 @@ class TextFilterStage:
         active = C.active_mask(table)
         wer_cfg = self.config.filters.wer
         ref_col = wer_cfg.reference_column if wer_cfg.reference_column in table.column_names else None
+        if not active.any():
+            return C.put_null_columns(table, C.WER_COLUMNS) if ref_col else table
         wers: list[Optional[float]] = [None] * n
         drops: dict[int, str] = {}
         cols = {k: table[k].to_pylist() for k in ("transcript", "duration_s", "avg_logprob", "no_speech_prob", "compression_ratio")}
@@ -219,25 +258,37 @@ class JudgeStage:
     """The educational-value judge on every active transcript (actor)."""
 
     def __init__(self, config: PipelineConfig):
-        from .judge import make_judge
-
         self.config = config
         self.crash_witness = CrashWitness("judge", config.judge.backend)
         self.crash_witness.arm()
-        self.judge = make_judge(config.judge)
+
+    @functools.cached_property
+    def judge(self) -> "Judge":
+        """Loaded with the first block that has a row to judge (see TranscribeStage.transcriber)."""
+        from .judge import make_judge
+
+        return make_judge(self.config.judge)
 
     def __call__(self, table: pa.Table) -> pa.Table:
         table = C.ensure_status(table)
         n = table.num_rows
         idx = np.flatnonzero(C.active_mask(table))
+        if not len(idx):
+            return C.put_null_columns(table, C.JUDGE_COLUMNS)
         values: dict[str, list[Any]] = {k: [None] * n for k in C.JUDGE_COLUMNS}
         errors: dict[int, tuple[str, str]] = {}
-        texts = table["transcript"].to_pylist()
-        t0 = time.perf_counter()
-        scores = self.judge.score_batch([texts[i] or "" for i in idx]) if len(idx) else []
-        per_row = (time.perf_counter() - t0) / max(len(idx), 1)
-        for i, s in zip(idx, scores):
-            values["judge_s"][i] = per_row
+        transcripts = table["transcript"]
+        texts = [transcripts[int(i)].as_py() or "" for i in idx]
+        scores: list[Any] = []
+        per_row: list[float] = []
+        step = self.config.judge.resources.batch_size
+        for lo in range(0, len(texts), step):
+            t0 = time.perf_counter()
+            batch = self.judge.score_batch(texts[lo:lo + step])
+            scores.extend(batch)
+            per_row.extend([(time.perf_counter() - t0) / len(batch)] * len(batch))
+        for i, s, seconds in zip(idx, scores, per_row):
+            values["judge_s"][i] = seconds
             values["judge_model"][i] = self.judge.model_name
             if s.error:
                 errors[int(i)] = (JUDGE, s.error)

@@ -1,0 +1,125 @@
+"""Per-row overhead of the pipeline: clips every one of which the silence filter rejects before
+Whisper, against one plain process that decodes and measures each clip with soundfile.
+
+    python benchmarks/plumbing.py [--rows 20000] [--runs 2]
+
+Data: N distinct 0.5 s clips of near-silence (Gaussian noise at -80 dBFS, each its own random
+draw), 16 kHz FLAC, in Common Voice's layout (`id`, `audio_bytes`, `sentence`), one Parquet file
+with row groups of 1,000; made once in benchmarks/.cache/.
+* loop: pyarrow reads the file batch by batch; soundfile decodes each clip; numpy takes its peak.
+* pipeline: `audiocurate run DATA OUT --restart` on the default configuration, as a user runs it
+  (a fresh local Ray each run, its start included in the wall time; the report's
+  `ray_start_s` and `execute_s` are given too).
+CPU: the whole machine's user+system seconds over each run (psutil.cpu_times; the machine is
+otherwise idle), divided by the rows: everything Ray runs counts, the driver, its daemons and
+workers. Writes benchmarks/results/plumbing.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import soundfile as sf
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE / ".cache"
+RESULTS = HERE / "results" / "plumbing.json"
+
+
+def dataset(rows: int) -> Path:
+    path = CACHE / f"plumbing-{rows}.parquet"
+    if path.exists():
+        return path
+    CACHE.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    blobs = []
+    for _ in range(rows):
+        buf = io.BytesIO()
+        sf.write(buf, (rng.standard_normal(8000) * 3).astype(np.int16), 16000, format="FLAC")
+        blobs.append(buf.getvalue())
+    table = pa.table({"id": [f"clip{i:07d}" for i in range(rows)], "audio_bytes": blobs, "sentence": [""] * rows})
+    pq.write_table(table, path, row_group_size=1000)
+    return path
+
+
+def machine_cpu_s() -> float:
+    t = psutil.cpu_times()
+    return t.user + t.system + getattr(t, "nice", 0.0)
+
+
+def plain_loop(path: Path) -> dict:
+    c0, t0 = machine_cpu_s(), time.time()
+    n = 0
+    for batch in pq.ParquetFile(path).iter_batches(columns=["id", "audio_bytes"], batch_size=1000):
+        for blob in batch.column("audio_bytes").to_pylist():
+            pcm, _ = sf.read(io.BytesIO(blob), dtype="int16")
+            np.abs(pcm).max()
+            n += 1
+    wall, cpu = time.time() - t0, machine_cpu_s() - c0
+    return {"rows": n, "wall_s": wall, "rows_per_s": n / wall, "cpu_s": cpu, "cpu_ms_per_row": 1000 * cpu / n}
+
+
+def pipeline(path: Path, out: Path) -> dict:
+    exe = Path(sys.executable).parent / "audiocurate"
+    c0, t0 = machine_cpu_s(), time.time()
+    proc = subprocess.run([str(exe), "run", str(path), str(out), "--restart", "--no-progress"],
+                          capture_output=True, text=True)
+    wall, cpu = time.time() - t0, machine_cpu_s() - c0
+    if proc.returncode != 0:
+        raise SystemExit(f"audiocurate failed:\n{proc.stderr[-3000:]}")
+    report = json.loads((out / "report.json").read_text())
+    attempt = report["attempts"][-1]
+    n = report["accounting"]["input"]
+    return {"rows": n, "wall_s": wall, "rows_per_s": n / wall, "cpu_s": cpu, "cpu_ms_per_row": 1000 * cpu / n,
+            "ray_start_s": attempt["ray_start_s"], "execute_s": attempt["execute_s"],
+            "rows_per_execute_s": n / attempt["execute_s"], "accounting": report["accounting"],
+            "drop_reasons": report["drop_reasons"],
+            "files": {s: len(list((out / s).glob("*.parquet"))) for s in ("curated", "rejected", "errors")}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=20000)
+    ap.add_argument("--runs", type=int, default=2)
+    args = ap.parse_args()
+    path = dataset(args.rows)
+    loops, runs = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.runs):
+            loops.append(plain_loop(path))
+            runs.append(pipeline(path, Path(tmp) / "out"))
+            print(f"run {i + 1}: loop {loops[-1]['rows_per_s']:.0f} rows/s, pipeline {runs[-1]['rows_per_s']:.0f} "
+                  f"rows/s ({runs[-1]['cpu_ms_per_row']:.2f} ms CPU/row, {runs[-1]['wall_s']:.1f} s wall)", flush=True)
+    loop_rate = float(np.median([r["rows_per_s"] for r in loops]))
+    pipe_rate = float(np.median([r["rows_per_s"] for r in runs]))
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "rows": args.rows,
+        "loop_rows_per_s": loop_rate,
+        "pipeline_rows_per_s": pipe_rate,
+        "ratio": pipe_rate / loop_rate,
+        "pipeline_cpu_ms_per_row": float(np.median([r["cpu_ms_per_row"] for r in runs])),
+        "loop_cpu_ms_per_row": float(np.median([r["cpu_ms_per_row"] for r in loops])),
+        "loops": loops,
+        "runs": runs,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k not in ("loops", "runs")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
