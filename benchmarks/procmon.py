@@ -73,3 +73,59 @@ def run_and_measure(cmd: list[str], *, env: dict | None = None, interval: float 
     stop.set()
     th.join(5)
     return proc.returncode, peaks, time.time() - t0
+
+
+class CpuByRole:
+    """CPU seconds of this process and of the local Ray's processes while it runs, by role:
+    Whisper actors, judge actors, task workers (read, decode, select, write), Ray's daemons.
+
+    A background thread samples each process's cumulative CPU time and its name (Ray names a
+    worker after what it runs: `ray::MapWorker(MapBatches(TranscribeStage))`)."""
+
+    ROLES = (("TranscribeStage", "whisper actors"), ("JudgeStage", "judge actors"), ("ray::", "task workers"))
+
+    def __init__(self, interval: float = 0.2):
+        self.interval = interval
+        self.last: dict[int, tuple[str, float]] = {}
+        self.driver0 = 0.0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _role(self, cmd: str) -> str:
+        for key, role in self.ROLES:
+            if key in cmd:
+                return role
+        return "ray daemons"
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            for p in _ray_processes():
+                try:
+                    t = p.cpu_times()
+                    cmd = " ".join(p.cmdline())
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+                role = self._role(cmd)
+                previous = self.last.get(p.pid, (role, 0.0))[0]
+                # A task worker that became an actor keeps the actor's role.
+                keep = previous if previous in ("whisper actors", "judge actors") else role
+                self.last[p.pid] = (keep, t.user + t.system)
+            self.stop.wait(self.interval)
+
+    def __enter__(self) -> "CpuByRole":
+        t = psutil.Process().cpu_times()
+        self.driver0 = t.user + t.system
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        t = psutil.Process().cpu_times()
+        self.driver_s = t.user + t.system - self.driver0
+
+    def seconds(self) -> dict[str, float]:
+        out: dict[str, float] = {"driver": round(self.driver_s, 2)}
+        for role, cpu in self.last.values():
+            out[role] = round(out.get(role, 0.0) + cpu, 2)
+        return out

@@ -28,6 +28,16 @@ def tests_importable(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])))
 
 
+@pytest.fixture
+def ray_running(ray_local):
+    """The session's local Ray, started again if an earlier test module shut it down."""
+    from audiocurate.config import RayConfig
+    from audiocurate.runtime import init_ray
+
+    init_ray(RayConfig(num_cpus=2, progress=False))
+    return ray_local
+
+
 def judge_spec(factory: str) -> ProbeSpec:
     config = PipelineConfig()
     (spec,) = [s for s in probe_specs(config) if s.stage == "judge"]
@@ -69,7 +79,7 @@ def test_the_demo_engines_run_in_a_fresh_process_with_the_users_configuration():
     assert [(r.stage, r.ok, r.signal, r.error) for r in results] == [("asr", True, None, ""), ("judge", True, None, "")]
 
 
-def test_probes_run_on_every_node_and_a_passing_one_is_cached(ray_local, tmp_path):
+def test_probes_run_on_every_node_and_a_passing_one_is_cached(ray_running, tmp_path):
     config = PipelineConfig.load(overrides={"ray.num_cpus": 2})
     t0 = time.time()
     first = check_engines(config, cache_dir=str(tmp_path))
@@ -103,7 +113,7 @@ def test_the_built_llama_cpp_has_no_amx_or_avx512_code():
         assert not avx512, f"{lib.name}: AVX-512 registers {sorted(set(avx512))[:5]}"
 
 
-def test_a_restarted_actor_names_the_signal_its_engine_died_from(ray_local):
+def test_a_restarted_actor_names_the_signal_its_engine_died_from(ray_running):
     import ray
 
     import crashing_engine
@@ -123,7 +133,7 @@ def test_a_restarted_actor_names_the_signal_its_engine_died_from(ray_local):
     assert time.time() - t0 < 120
 
 
-def test_a_model_actor_that_keeps_dying_without_a_signal_is_named(ray_local):
+def test_a_model_actor_that_keeps_dying_without_a_signal_is_named(ray_running):
     import ray
 
     import crashing_engine

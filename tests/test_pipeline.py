@@ -147,3 +147,14 @@ def test_resuming_across_an_engine_upgrade_is_refused(demo_run, demo_parquet):
             run(PipelineConfig.load(overrides=["ray.progress=false"]), demo_parquet, str(out), echo=lambda s: None)
     finally:
         state.write_json("_state/run.json", original)
+
+
+def test_every_shard_of_an_output_has_one_schema(demo_run):
+    """Rows rejected while decoding (the silent clip) are written early, the rest at the end:
+    readers of the folder must still see one schema."""
+    _, tables, out, _ = demo_run
+    reasons = set(tables["rejected"]["drop_reason"].to_pylist())
+    assert {"silence", "low_edu_score"} <= reasons  # both paths are in this output
+    for split in SPLITS:
+        schemas = {pq.read_schema(p).remove_metadata() for p in (out / split).glob("*.parquet")}
+        assert len(schemas) == 1, (split, schemas)

@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 import ray
 
 from . import __version__
+from . import contract as C
 from .config import PipelineConfig
 from .engines import engine_of, engine_versions
 from .probe import check_engines
@@ -126,7 +127,9 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
     if sink is not None:
         # Rows that settled while decoding (corrupt, silent, too short) go to their outputs
         # here, in the decode task (fused), instead of riding through every model stage.
-        ds = ds.map_batches(SettledRowsStage(sink), batch_format="pyarrow", udf_modifying_row_count=True,
+        wer = C.WER_COLUMNS if config.filters.wer.reference_column in source.columns else {}
+        later = {**C.ASR_COLUMNS, **wer, **C.JUDGE_COLUMNS}  # in the order the stages add them
+        ds = ds.map_batches(SettledRowsStage(sink, later, source.audio_column), batch_format="pyarrow", udf_modifying_row_count=True,
                             **{**task_args(rc, config.decode.resources), "batch_size": None})
     # Model stages take blocks of one ASR batch of clips still in play.
     ds = ds.repartition(target_num_rows_per_block=config.asr.resources.batch_size)

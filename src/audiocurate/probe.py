@@ -204,9 +204,9 @@ def _probe_in_this_process(spec: dict[str, Any]) -> None:
         noise = (np.random.default_rng(0).standard_normal(16000) * 300).astype(np.int16)
         engine.transcribe_batch([noise])
     else:
-        (score,) = engine.score_batch([PROBE_TEXT])
-        if score.error:
-            raise EngineProbeFailed(score.error)
+        # A row the engine refuses (too long for a small `n_ctx`) is an error row in a run, not
+        # a broken engine: the probe is about loading and computing, so it passes.
+        engine.score_batch([PROBE_TEXT])
 
 
 def main(argv: Optional[list[str]] = None) -> int:

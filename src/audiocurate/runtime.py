@@ -59,12 +59,14 @@ def _is_gpu_stage(res: StageResources) -> bool:
 
 
 def plan_concurrency(config: PipelineConfig, shape: ClusterShape) -> dict[str, Union[int, tuple[int, int]]]:
-    """Actor pool sizes for the model stages.
+    """Actor pool sizes for the model stages (those set to `auto`).
 
-    `auto` on CPUs: one model thread per core, never more model actors than cores (threads
-    competing for a core slow llama.cpp ~60x and faster-whisper 1.4x). The judge costs about
-    a fifth of Whisper per clip, so it gets one actor per six cores and Whisper the rest.
-    `auto` on GPUs: one actor per GPU for each stage (stages share GPUs by fractions)."""
+    On CPUs every core runs a Whisper actor (`asr.threads` threads each; one thread per actor
+    is fastest, and single-threaded engines never spin-wait on each other) and the judge gets
+    one actor per four cores besides, at least one: it costs about a quarter of Whisper per
+    clip, so it would leave a core of its own idle most of the time, and the OS shares the
+    cores between them instead. On GPUs: one actor per GPU for each stage (stages share GPUs
+    by fractions)."""
     asr, judge = config.asr.resources, config.judge.resources
     cores = max(int(shape.cpus), 1)
     out: dict[str, Union[int, tuple[int, int]]] = {}
@@ -73,15 +75,13 @@ def plan_concurrency(config: PipelineConfig, shape: ClusterShape) -> dict[str, U
     elif _is_gpu_stage(judge):
         out["judge"] = max(int(shape.gpus), 1)
     else:
-        out["judge"] = max(1, round(cores / 6))
-    judge_cpu_actors = 0 if _is_gpu_stage(judge) or config.judge.backend in ("vllm", "http") else _max_actors(out["judge"])
+        out["judge"] = max(1, round(cores / 4))
     if asr.concurrency != "auto":
         out["asr"] = asr.concurrency
     elif _is_gpu_stage(asr):
         out["asr"] = max(int(shape.gpus), 1)
     else:
-        free = cores - judge_cpu_actors * max(config.judge.threads, 1)
-        out["asr"] = max(1, free // max(config.asr.threads, 1))
+        out["asr"] = max(1, cores // max(config.asr.threads, 1))
     return out
 
 

@@ -260,13 +260,20 @@ class SettledRowsStage:
     call per block and stage, which cost more than decoding them (measured: 20,000 silent
     clips, `benchmarks/plumbing.py`). Same shards, same names, same outputs as at the end."""
 
-    def __init__(self, sink: CurationSink):
+    def __init__(self, sink: CurationSink, later_columns: dict[str, pa.DataType], audio_column: str):
         self.sink = sink
+        # What later stages would have done to a row they pass through: add their columns (as
+        # nulls) and drop the audio, so every shard of an output has one schema wherever its
+        # rows settled.
+        self.later_columns = later_columns
+        self.transport = [C.PCM, audio_column]
 
     def __call__(self, table: pa.Table) -> pa.Table:
         active = pa.array(C.active_mask(table), pa.bool_())
         if not pc.all(active).as_py():
-            self.sink.write_table(table.filter(pc.invert(active)))
+            settled = table.filter(pc.invert(active))
+            settled = settled.drop_columns([c for c in self.transport if c in settled.column_names])
+            self.sink.write_table(C.put_null_columns(settled, self.later_columns))
             table = table.filter(active)
         return table
 
