@@ -172,7 +172,11 @@ class StageResources(_Model):
     concurrency: Concurrency = Field(
         "auto",
         description="Actors in the pool: an int for a fixed pool, `[min, max]` for an "
-        "autoscaling pool, `auto` to size it from the cluster's CPUs/GPUs at start.",
+        "autoscaling pool, `auto` to plan it from the cluster at start: on CPUs one Whisper "
+        "actor per core (per `asr.threads` cores) and one judge actor per four cores besides, "
+        "at least one (2 cores: two Whisper actors and a judge, 1.3x one Whisper actor and "
+        "1.03x faster-whisper alone on both cores, `benchmarks/throughput.py`); on GPUs one "
+        "actor per GPU and stage.",
     )
     batch_size: int = Field(8, ge=1, description="Rows per call. Larger batches feed GPUs "
                             "better; smaller ones lose less work when a worker dies.")
@@ -223,8 +227,9 @@ class AsrConfig(_Model):
         "default", description="faster-whisper: `int8`, `float16`, `int8_float16`...; transformers: "
         "`float16`, `bfloat16`, `float32`. `default`: int8 on CPU, float16 on GPU."
     )
-    threads: int = Field(1, ge=1, json_schema_extra=SPEED_ONLY, description="Intra-op threads per actor. One per actor is "
-                         "fastest on small machines (1.4x for faster-whisper); raise it only on big ones.")
+    threads: int = Field(1, ge=1, json_schema_extra=SPEED_ONLY, description="Intra-op threads per actor. One is the "
+                         "most work per core (the planner then runs one actor per core): two actors of one "
+                         "thread beat one actor of two threads on 2 cores.")
     beam_size: int = Field(5, ge=1, description="Beam width (faster-whisper's default 5); 1 is "
                            "greedy. On CPU the encoder dominates, so a beam of 5 costs little.")
     language: Optional[str] = Field(
