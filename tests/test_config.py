@@ -57,6 +57,42 @@ def test_fingerprint_ignores_speed_settings_only():
     assert base.fingerprint_hash() != different.fingerprint_hash()
 
 
+def test_fingerprint_is_derived_from_the_fields_speed_only_marks():
+    """A moved server, another GPU memory share or a longer timeout keeps a run resumable; a
+    different model, prompt or threshold does not. No hand-kept list decides it."""
+    from audiocurate.config import changes_results
+
+    http = ["judge.backend=http", "judge.url=http://a:8000/v1/completions"]
+    base = PipelineConfig.load(overrides=http)
+    moved = PipelineConfig.load(overrides=[*http[:1], "judge.url=http://b:9000/v1/completions", "judge.timeout_s=5",
+                                           "judge.qps=2", "judge.vllm_engine_kwargs={gpu_memory_utilization: 0.3}",
+                                           "decode.read_block_mb=2", "output.rows_per_shard=5", "ray.probe_engines=false"])
+    assert base.fingerprint_hash() == moved.fingerprint_hash()
+    for change in ("asr.beam_size=1", "judge.profile=llama3-edu", "filters.silence.max_peak_dbfs=-40",
+                   "judge.extra_buffer_types=true", "asr.model=/models/x"):
+        assert PipelineConfig.load(overrides=[*http, change]).fingerprint_hash() != base.fingerprint_hash(), change
+
+    speed_only = []
+
+    def walk(model, prefix=""):
+        for name, field in model.model_fields.items():
+            if not changes_results(field):
+                speed_only.append(prefix + name)
+            elif isinstance(field.annotation, type) and issubclass(field.annotation, PipelineConfig.__mro__[1]):
+                walk(field.annotation, f"{prefix}{name}.")
+    walk(PipelineConfig)
+    assert sorted(speed_only) == sorted([
+        "source.storage", "decode.read_block_mb", "decode.resources", "asr.device", "asr.threads", "asr.resources",
+        "judge.threads", "judge.device", "judge.url", "judge.api_key_env", "judge.max_retries", "judge.qps",
+        "judge.timeout_s", "judge.vllm_engine_kwargs", "judge.resources", "output.storage", "output.rows_per_shard",
+        "output.report_samples", "ray"])
+
+
+def test_http_qps_is_a_whole_number():
+    with pytest.raises(ValidationError):
+        PipelineConfig.load(overrides=["judge.qps=0.5"])
+
+
 def test_round_trip_yaml(tmp_path):
     c = PipelineConfig.load(overrides=["asr.beam_size=2"])
     f = tmp_path / "c.yaml"

@@ -158,3 +158,11 @@ def test_every_shard_of_an_output_has_one_schema(demo_run):
     for split in SPLITS:
         schemas = {pq.read_schema(p).remove_metadata() for p in (out / split).glob("*.parquet")}
         assert len(schemas) == 1, (split, schemas)
+
+
+def test_a_run_leaves_the_callers_ray_data_context_alone(demo_run):
+    """Library code: the run's Ray Data settings (here `ray.progress=false`) live on its own
+    Dataset's context, not on the caller's global one."""
+    import ray
+
+    assert ray.data.DataContext.get_current().enable_progress_bars is True

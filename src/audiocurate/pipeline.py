@@ -24,7 +24,8 @@ from . import contract as C
 from .config import PipelineConfig
 from .engines import engine_of, engine_versions
 from .probe import check_engines
-from .runtime import ClusterShape, actor_args, actor_cpu_scale, init_ray, plan_concurrency, task_args
+from .runtime import (ClusterShape, actor_args, actor_cpu_scale, configure_dataset, init_ray, plan_concurrency,
+                      task_args)
 from .sinks import CurationSink, OutputDir, SettledRowsStage
 from .sources import Source, from_dataset, open_source
 from .stages import (
@@ -55,9 +56,9 @@ def explain_failure(e: BaseException, config: PipelineConfig) -> str:
     crash = re.search(r"EngineCrashed: ([^\n]+)", text)
     if crash:
         return crash.group(1).strip()
-    actor = re.search(r"MapBatches\((\w+)\)", text)
-    if actor and actor.group(1) in _STAGE_OF_ACTOR and re.search(r"actor died|ActorDiedError|ActorUnavailable", text, re.I):
-        stage = _STAGE_OF_ACTOR[actor.group(1)]
+    actors = [name for name in re.findall(r"MapBatches\((\w+)\)", text) if name in _STAGE_OF_ACTOR]
+    if actors and re.search(r"actor died|ActorDiedError|ActorUnavailable", text, re.I):
+        stage = _STAGE_OF_ACTOR[actors[0]]
         engine = engine_of(stage, getattr(config, stage).backend)
         return (f"{stage}: {engine.name}: its Ray actor process kept dying (restarted "
                 f"{config.ray.actor_max_restarts} times, ray.actor_max_restarts) and recorded no fatal signal, "
@@ -139,7 +140,7 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
     light = {**task_args(rc), "num_cpus": config.decode.resources.num_cpus, "batch_size": None}
     ds = ds.map_batches(SelectStage(config), **_PYARROW, **light)
     ds = ds.map_batches(PackageStage(config, source.audio_column, source.id_column), **_PYARROW, **light)
-    return ds
+    return configure_dataset(ds, rc)
 
 
 def apply_judge(ds: "ray.data.Dataset", config: PipelineConfig, concurrency: Any,

@@ -261,22 +261,24 @@ def _fmt(v: Any) -> str:
 
 
 def _figures(report: dict[str, Any]) -> list[tuple[str, str]]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # Figures drawn without pyplot: no backend switch, no global figure registry, so a
+    # notebook that builds a report keeps its own matplotlib state.
+    from matplotlib.figure import Figure
 
     figs: list[tuple[str, str]] = []
+
+    def subplots(*grid: int, figsize: tuple[float, float]) -> tuple[Any, Any]:
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots(*grid)
 
     def save(name: str, fig: Any) -> None:
         buf = io.BytesIO()
         fig.tight_layout()
         fig.savefig(buf, format="png", dpi=80)
-        plt.close(fig)
         figs.append((name, base64.b64encode(buf.getvalue()).decode()))
 
     sc = report["scores"]
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, ax = subplots(1, 2, figsize=(9, 3.2))
     ks = list(sc["edu_score"].keys())
     ax[0].bar(ks, [sc["edu_score"][k] for k in ks],
               color=["#c44" if int(k) < sc["min_score"] else "#4a4" for k in ks])
@@ -286,7 +288,7 @@ def _figures(report: dict[str, Any]) -> list[tuple[str, str]]:
     ax[1].set_title("edu_score_mean (judge's expected score)")
     save("Score histogram", fig)
 
-    fig, ax = plt.subplots(figsize=(9, 3.2))
+    fig, ax = subplots(figsize=(9, 3.2))
     labels = [f"<{e}" if e != "inf" else "longer" for e in report["durations"][CURATED]["edges"][1:]]
     bottom = np.zeros(len(labels))
     for split, color in ((CURATED, "#4a4"), (REJECTED, "#c84"), (ERRORS, "#c44")):
@@ -298,7 +300,7 @@ def _figures(report: dict[str, Any]) -> list[tuple[str, str]]:
     ax.tick_params(axis="x", rotation=60)
     save("Duration histogram", fig)
 
-    fig, ax = plt.subplots(figsize=(9, 3.2))
+    fig, ax = subplots(figsize=(9, 3.2))
     reasons = {**{f"drop: {k}": v for k, v in report["drop_reasons"].items()},
                **{f"error: {k}": v for k, v in report["error_stages"].items()}}
     if reasons:
@@ -306,7 +308,7 @@ def _figures(report: dict[str, Any]) -> list[tuple[str, str]]:
     ax.set_title("Drop reasons and errors by stage")
     save("Drop reasons", fig)
 
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, ax = subplots(1, 2, figsize=(9, 3.2))
     busy = report["timing"]["stage_busy_s"]
     ax[0].bar(list(busy.keys()), list(busy.values()), color="#48c")
     ax[0].set_title("Busy time per stage (s)")
@@ -316,7 +318,7 @@ def _figures(report: dict[str, Any]) -> list[tuple[str, str]]:
     save("Stage time and throughput", fig)
 
     if report.get("wer"):
-        fig, ax = plt.subplots(figsize=(6, 3.2))
+        fig, ax = subplots(figsize=(6, 3.2))
         e = report["wer"]["hist"]["edges"]
         ax.bar([f"{x}" for x in e[:-1]], report["wer"]["hist"]["counts"], color="#888")
         ax.set_title(f"WER vs reference (mean {report['wer']['mean']:.3f})")

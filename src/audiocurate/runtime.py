@@ -41,17 +41,20 @@ def init_ray(config: RayConfig) -> ClusterShape:
         else:
             # "local": start our own Ray even when a `ray start` cluster runs on this machine.
             ray.init(address="local", num_cpus=config.num_cpus, include_dashboard=False, **kwargs)
-    configure_data_context(config)
     return ClusterShape.current()
 
 
-def configure_data_context(config: RayConfig) -> None:
-    ctx = ray.data.DataContext.get_current()
+def configure_dataset(ds: "ray.data.Dataset", config: RayConfig) -> "ray.data.Dataset":
+    """Ray Data settings for this Dataset alone: a copy of `ds` with its own DataContext, so
+    the caller's global context (and a Dataset they passed in) stay as they were."""
+    ds = ray.data.Dataset.copy(ds, _deep_copy=True)
+    ctx = ds.context
     ctx.max_errored_blocks = config.max_errored_blocks
     ctx.enable_progress_bars = config.progress
     ctx.print_on_execution_start = False
     # Row order does not matter for curation; streaming throughput does.
     ctx.execution_options.preserve_order = False
+    return ds
 
 
 def _is_gpu_stage(res: StageResources) -> bool:

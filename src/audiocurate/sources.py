@@ -83,7 +83,7 @@ class Source:
         return ids[:n], used
 
     def dataset(self, files: Optional[list[str]] = None, num_cpus: Optional[float] = None,
-                block_bytes: int = 1 << 20) -> "ray.data.Dataset":
+                block_bytes: int = 8 << 20) -> "ray.data.Dataset":
         """The rows as a lazy Dataset in blocks of about `block_bytes` of encoded input.
 
         One read task per Parquet file streams it; the blocks are then cut by rows at the
@@ -134,7 +134,7 @@ class DatasetSource(Source):
         return [str(r[self.id_column]) for r in self.provided.select_columns([self.id_column]).take(n)], self.files
 
     def dataset(self, files: Optional[list[str]] = None, num_cpus: Optional[float] = None,
-                block_bytes: int = 1 << 20) -> "ray.data.Dataset":
+                block_bytes: int = 8 << 20) -> "ray.data.Dataset":
         return self.provided
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
@@ -94,57 +93,46 @@ class DecodeStage:
 
     def __call__(self, table: pa.Table) -> pa.Table:
         table = C.ensure_status(table)
+        n = table.num_rows
         active = C.active_mask(table)
-        cells = table[self.audio_column]
-        return self._assemble(table, [self._decode_row(cells[i]) if active[i] else None for i in range(table.num_rows)])
-
-    def _decode_row(self, cell: Any) -> "_DecodedRow":
+        values: dict[str, list[Any]] = {k: [None] * n for k in C.DECODE_COLUMNS}
+        pcm: list[Optional[bytes]] = [None] * n
+        errors: dict[int, tuple[str, str]] = {}
+        drops: dict[int, str] = {}
         d = self.config.decode
-        row = _DecodedRow()
-        t0 = time.perf_counter()
-        try:
-            clip = decode_audio(
-                audio_bytes_of(cell.as_py(), self.fetcher),
-                target_rate=d.sample_rate,
-                min_source_rate=d.min_source_sample_rate,
-                max_source_rate=d.max_source_sample_rate,
-                truncation_tolerance_s=d.truncation_tolerance_s,
-            )
-        except AudioDecodeError as e:
-            row.error = e.reason
-        except Exception as e:  # a decoder bug must cost one row, not the run
-            row.error = f"unexpected {type(e).__name__}: {e}"
-        else:
-            row.values = {
-                "duration_s": clip.duration_s,
-                "source_sample_rate": clip.source_sample_rate,
-                "source_channels": clip.source_channels,
-                "source_format": clip.source_format,
-                "peak_dbfs": max(clip.peak_dbfs, -200.0),
-                "rms_dbfs": max(clip.rms_dbfs, -200.0),
-            }
-            row.drop = self.filters.reason(clip.duration_s, clip.peak_dbfs)
-            if row.drop is None:
-                row.pcm = clip.pcm.tobytes()
-        row.values["decode_s"] = time.perf_counter() - t0
-        return row
-
-    @staticmethod
-    def _assemble(table: pa.Table, rows: list[Optional["_DecodedRow"]]) -> pa.Table:
-        values = {k: [r.values.get(k) if r is not None else None for r in rows] for k in C.DECODE_COLUMNS}
+        cells = table[self.audio_column]
+        for i in range(n):
+            if not active[i]:
+                continue
+            t0 = time.perf_counter()
+            try:
+                clip = decode_audio(
+                    audio_bytes_of(cells[i].as_py(), self.fetcher),
+                    target_rate=d.sample_rate,
+                    min_source_rate=d.min_source_sample_rate,
+                    max_source_rate=d.max_source_sample_rate,
+                    truncation_tolerance_s=d.truncation_tolerance_s,
+                )
+            except AudioDecodeError as e:
+                errors[i] = (DECODE, e.reason)
+            except Exception as e:  # a decoder bug must cost one row, not the run
+                errors[i] = (DECODE, f"unexpected {type(e).__name__}: {e}")
+            else:
+                values["duration_s"][i] = clip.duration_s
+                values["source_sample_rate"][i] = clip.source_sample_rate
+                values["source_channels"][i] = clip.source_channels
+                values["source_format"][i] = clip.source_format
+                values["peak_dbfs"][i] = max(clip.peak_dbfs, -200.0)
+                values["rms_dbfs"][i] = max(clip.rms_dbfs, -200.0)
+                reason = self.filters.reason(clip.duration_s, clip.peak_dbfs)
+                if reason:
+                    drops[i] = reason
+                else:
+                    pcm[i] = clip.pcm.tobytes()
+            values["decode_s"][i] = time.perf_counter() - t0
         table = C.put_columns(table, C.DECODE_COLUMNS, values)
-        table = C.put_column(table, C.PCM, [r.pcm if r is not None else None for r in rows], pa.large_binary())
-        errors = {i: (DECODE, r.error) for i, r in enumerate(rows) if r is not None and r.error is not None}
-        drops = {i: r.drop for i, r in enumerate(rows) if r is not None and r.drop is not None}
+        table = C.put_column(table, C.PCM, pcm, pa.large_binary())
         return C.mark(table, errors=errors, drops=drops)
-
-
-@dataclass
-class _DecodedRow:
-    values: dict[str, Any] = field(default_factory=dict)
-    pcm: Optional[bytes] = None
-    error: Optional[str] = None
-    drop: Optional[str] = None
 
 
 class TranscribeStage:
