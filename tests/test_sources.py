@@ -239,3 +239,18 @@ def test_users_own_dataset_through_build(demo_parquet, ray_local):
 
     with pytest.raises(SourceError, match="no audio column 'flac'"):
         from_dataset(ds.drop_columns(["flac"]), config.source)
+
+
+def test_a_corrupt_parquet_input_is_an_error_naming_the_file(tmp_path):
+    from audiocurate.config import SourceConfig
+    from audiocurate.sources import SourceError, open_source
+
+    good = tmp_path / "a.parquet"
+    pq.write_table(pa.table({"id": ["x"], "audio_bytes": [b"RIFF"]}), good)
+    bad = tmp_path / "b.parquet"
+    bad.write_bytes(b"PAR1 this is not Parquet")
+    with pytest.raises(SourceError, match=r"b\.parquet is not a readable Parquet file: .*magic bytes"):
+        open_source(str(bad), SourceConfig())
+    source = open_source(str(tmp_path), SourceConfig())  # the first file is fine, the second is not
+    with pytest.raises(SourceError, match=r"b\.parquet is not a readable Parquet file"):
+        source.count()

@@ -11,8 +11,9 @@ A Dataset the user built themselves enters through `from_dataset`.
 from __future__ import annotations
 
 import io
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -60,8 +61,8 @@ class Source:
             return self.listing.num_rows
         total = 0
         for path in self.files:
-            with self.fs.open_input_file(path) as f:
-                total += pq.ParquetFile(f).metadata.num_rows
+            with open_parquet(self.fs, path) as (_, pf):
+                total += pf.metadata.num_rows
         return total
 
     def first_ids(self, n: int) -> tuple[list[str], list[str]]:
@@ -75,8 +76,8 @@ class Source:
             if len(ids) >= n:
                 break
             used.append(path)
-            with self.fs.open_input_file(path) as f:
-                for batch in pq.ParquetFile(f).iter_batches(columns=[self.id_column], batch_size=4096):
+            with open_parquet(self.fs, path) as (_, pf):
+                for batch in pf.iter_batches(columns=[self.id_column], batch_size=4096):
                     ids.extend(str(x) for x in batch.column(0).to_pylist())
                     if len(ids) >= n:
                         break
@@ -94,13 +95,31 @@ class Source:
             blocks = [t.slice(i, _BLOCK_ROWS) for i in range(0, t.num_rows, _BLOCK_ROWS)] or [t]
             return ray.data.from_arrow(blocks)
         files = files or self.files
-        with self.fs.open_input_file(files[0]) as f:
-            rows = pq.ParquetFile(f).metadata.num_rows
-            rows_per_block = max(1, int(block_bytes * rows / max(f.size(), 1)))
+        with open_parquet(self.fs, files[0]) as (f, pf):
+            rows_per_block = max(1, int(block_bytes * pf.metadata.num_rows / max(f.size(), 1)))
         paths = ray.data.from_items([{"path": p} for p in files], override_num_blocks=len(files))
         ds = paths.map_batches(ParquetFileReader(self.fs), batch_size=1, batch_format="pyarrow",
                                num_cpus=num_cpus, udf_modifying_row_count=True)
         return ds.repartition(target_num_rows_per_block=rows_per_block)
+
+
+@contextmanager
+def open_parquet(fs: pafs.FileSystem, path: str) -> Iterator[tuple[Any, pq.ParquetFile]]:
+    """A Parquet file and its reader; a file that cannot be read is a `SourceError` naming it
+    (pyarrow's own message names no file)."""
+    try:
+        f = fs.open_input_file(path)
+    except OSError as e:
+        raise SourceError(f"cannot open {path}: {e}") from None
+    with f:
+        try:
+            pf = pq.ParquetFile(f)
+        except (OSError, pa.ArrowException) as e:
+            raise SourceError(f"{path} is not a readable Parquet file: {e}") from None
+        try:
+            yield f, pf
+        except (OSError, pa.ArrowException) as e:  # a corrupt row group, met while reading
+            raise SourceError(f"{path}: {e}") from None
 
 
 class ParquetFileReader:
@@ -111,12 +130,7 @@ class ParquetFileReader:
 
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
         for path in batch["path"].to_pylist():
-            try:
-                f = self.fs.open_input_file(path)
-                pf = pq.ParquetFile(f)
-            except (OSError, pa.ArrowInvalid) as e:
-                raise SourceError(f"cannot read {path} as Parquet: {e}") from None
-            with f:
+            with open_parquet(self.fs, path) as (_, pf):
                 for record_batch in pf.iter_batches(batch_size=4096):
                     yield pa.Table.from_batches([record_batch])
 
@@ -149,8 +163,8 @@ def open_source(uri: str, config: SourceConfig) -> Source:
     files = storage.expand(fs, path, (".parquet", ".pq"))
     if not files:
         raise SourceError(f"no Parquet files under {uri}")
-    with fs.open_input_file(files[0]) as f:
-        schema = pq.read_schema(f)
+    with open_parquet(fs, files[0]) as (_, pf):
+        schema = pf.schema_arrow
     kind, audio_col = _check_schema(uri, schema, config, kind)
     root = files[0].rsplit("/", 1)[0] if len(files) == 1 else path
     return Source(uri, kind, config.id_column, audio_col, fs, root, files, list(schema.names))
