@@ -110,6 +110,14 @@ def test_worker_node_dies_mid_run_and_the_output_is_exact(cluster, tmp_path):
         time.sleep(0.2)
     assert proc.poll() is None, proc.stdout.read()
     assert _kill_node(worker_port) > 0
+    # Right after a node dies Ray can still list it alive: the engine probe of a run started
+    # now must skip it, not fail on it (a rerun did, before).
+    probe = subprocess.run(
+        [sys.executable, "-c", "import ray, sys; from audiocurate.config import PipelineConfig; "
+         "from audiocurate.probe import check_engines; ray.init(address=sys.argv[1], logging_level='ERROR'); "
+         "print('probed', len(check_engines(PipelineConfig())))", address],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert probe.returncode == 0 and "probed" in probe.stdout, probe.stderr[-3000:]
     log, _ = proc.communicate(timeout=900)
     if proc.returncode != 0:  # the run may stop when its node goes; a rerun must complete it
         assert "run the same command again to resume" in log, log[-3000:]

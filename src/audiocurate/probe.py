@@ -142,9 +142,20 @@ def check_engines(config: "PipelineConfig", *, specs: Optional[list[ProbeSpec]] 
     nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
     refs = [remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
             .remote(specs, use_cache, cache_dir) for n in nodes]
-    results = [r for per_node in ray.get(refs) for r in per_node]
+    results: list[ProbeResult] = []
+    for node, ref in zip(nodes, refs):
+        try:
+            results.extend(ray.get(ref))
+        except (ray.exceptions.TaskUnschedulableError, ray.exceptions.NodeDiedError) as e:
+            # A node that died just before the run can still be listed alive for a while;
+            # nothing will be scheduled there, so there is nothing to probe.
+            log.warning("engine probe skipped node %s, which is gone: %s", _node_address(node), type(e).__name__)
     raise_for(results)
     return results
+
+
+def _node_address(node: dict[str, Any]) -> str:
+    return str(node.get("NodeManagerAddress") or node.get("NodeID"))
 
 
 def raise_for(results: list[ProbeResult]) -> None:
