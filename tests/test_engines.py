@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from audiocurate.config import PipelineConfig
-from audiocurate.engines import CrashWitness, EngineCrashed, describe_signal, engine_versions
+from audiocurate.engines import EngineCrashed, describe_signal, engine_versions
 from audiocurate.probe import EngineProbeFailed, ProbeSpec, check_engines, probe_specs, raise_for, run_probe
 
 HERE = Path(__file__).resolve().parent

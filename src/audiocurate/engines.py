@@ -9,7 +9,6 @@ is named: the stage and engine, the signal, what it usually means and what to do
 from __future__ import annotations
 
 import faulthandler
-import logging
 import os
 import signal
 import socket
@@ -22,7 +21,6 @@ from typing import TYPE_CHECKING, Any, Optional
 if TYPE_CHECKING:
     from .config import PipelineConfig
 
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -146,7 +144,8 @@ class CrashWitness:
     Ray restarts a dead actor under the same actor id but says nothing of the signal. The
     actor's process records fatal signals (faulthandler) in a file named by the actor id;
     the restarted process finds that record and raises `EngineCrashed` instead of loading the
-    engine again, so the run stops after one crash with the signal named."""
+    engine again, so the run stops after one crash with the signal named. An actor that ends
+    cleanly leaves its record empty (0 bytes, in the temp folder)."""
 
     def __init__(self, stage: str, backend: str, directory: Optional[str] = None):
         self.stage, self.backend = stage, backend
@@ -171,14 +170,6 @@ class CrashWitness:
                                     detail=f"The engine's last Python frames:\n{frames}")
         self._file = open(self.path, "w")
         faulthandler.enable(file=self._file, all_threads=False)
-
-    def disarm(self) -> None:
-        if self._file is not None:
-            faulthandler.disable()
-            self._file.close()
-            if self.path is not None:
-                self.path.unlink(missing_ok=True)
-            self._file = None
 
 
 def _signal_in(record: str) -> Optional[int]:
