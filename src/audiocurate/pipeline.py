@@ -25,7 +25,7 @@ from .config import PipelineConfig
 from .engines import engine_of, engine_versions
 from .probe import check_engines
 from .runtime import (ClusterShape, actor_args, actor_cpu_scale, configure_dataset, init_ray, plan_concurrency,
-                      task_args)
+                      split_blocks, task_args)
 from .sinks import CurationSink, OutputDir, SettledRowsStage
 from .sources import Source, from_dataset, open_source
 from .stages import (
@@ -133,7 +133,7 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
         ds = ds.map_batches(SettledRowsStage(sink, later, source.audio_column), batch_format="pyarrow", udf_modifying_row_count=True,
                             **{**task_args(rc, config.decode.resources), "batch_size": None})
     # Model stages take blocks of one ASR batch of clips still in play.
-    ds = ds.repartition(target_num_rows_per_block=config.asr.resources.batch_size)
+    ds = split_blocks(ds, config.asr.resources.batch_size, config.decode.resources.num_cpus)
     ds = ds.map_batches(TranscribeStage, fn_constructor_kwargs={"config": config, "text_filters": True}, **_PYARROW,
                         **{**actor_args(rc, config.asr.resources, pools["asr"], scale), "batch_size": None})
     ds = apply_judge(ds, config, pools["judge"], scale)

@@ -57,6 +57,20 @@ def configure_dataset(ds: "ray.data.Dataset", config: RayConfig) -> "ray.data.Da
     return ds
 
 
+def split_blocks(ds: "ray.data.Dataset", rows_per_block: int, num_cpus: float) -> "ray.data.Dataset":
+    """`ds.repartition(target_num_rows_per_block=...)` whose tasks reserve `num_cpus`.
+
+    Ray's streaming repartition only slices blocks, yet its tasks reserve a whole CPU, and
+    `repartition` takes no resource arguments: on a one-CPU node beside model actors it waits
+    forever (a rerun after a node loss did). Its logical operator carries `ray_remote_args`;
+    they are set here (tested in test_runtime, so a Ray upgrade that moves them is caught)."""
+    ds = ds.repartition(target_num_rows_per_block=rows_per_block)
+    op = ds._logical_plan.dag
+    if hasattr(op, "ray_remote_args"):
+        object.__setattr__(op, "ray_remote_args", {**(op.ray_remote_args or {}), "num_cpus": num_cpus})
+    return ds
+
+
 def _is_gpu_stage(res: StageResources) -> bool:
     return res.num_gpus > 0
 

@@ -24,6 +24,7 @@ import ray
 
 from . import storage
 from .config import SourceConfig
+from .runtime import split_blocks
 from .stages import AudioFetcher
 
 FOLDER_PATH_COLUMN = "path"
@@ -100,7 +101,7 @@ class Source:
         paths = ray.data.from_items([{"path": p} for p in files], override_num_blocks=len(files))
         ds = paths.map_batches(ParquetFileReader(self.fs), batch_size=1, batch_format="pyarrow",
                                num_cpus=num_cpus, udf_modifying_row_count=True)
-        return ds.repartition(target_num_rows_per_block=rows_per_block)
+        return split_blocks(ds, rows_per_block, num_cpus if num_cpus is not None else 1.0)
 
 
 @contextmanager

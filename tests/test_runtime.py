@@ -1,0 +1,40 @@
+"""Planning without Ray running: pool sizes, actor reservations, block splitting."""
+
+from __future__ import annotations
+
+import ray
+
+from audiocurate.config import PipelineConfig
+from audiocurate.runtime import ClusterShape, actor_cpu_scale, plan_concurrency, split_blocks
+
+
+def test_cpu_plan_gives_every_core_a_whisper_actor_and_a_shared_judge():
+    config = PipelineConfig()
+    assert plan_concurrency(config, ClusterShape(2, 0)) == {"asr": 2, "judge": 1}
+    assert plan_concurrency(config, ClusterShape(16, 0)) == {"asr": 16, "judge": 4}
+    two_threads = PipelineConfig.load(overrides=["asr.threads=2"])
+    assert plan_concurrency(two_threads, ClusterShape(16, 0))["asr"] == 8
+
+
+def test_gpu_plan_is_one_actor_per_gpu_and_fixed_pools_are_kept():
+    config = PipelineConfig.load(profile="gpu")
+    assert plan_concurrency(config, ClusterShape(32, 4)) == {"asr": 4, "judge": 4}
+    fixed = PipelineConfig.load(overrides=["asr.resources.concurrency=3", "judge.resources.concurrency=[1, 2]"])
+    assert plan_concurrency(fixed, ClusterShape(2, 0)) == {"asr": 3, "judge": (1, 2)}
+
+
+def test_actor_reservations_shrink_on_a_small_node_so_tasks_still_run():
+    config = PipelineConfig()
+    assert actor_cpu_scale(config, {"asr": 2, "judge": 1}, ClusterShape(16, 0)) == 1.0
+    scale = actor_cpu_scale(config, {"asr": 2, "judge": 1}, ClusterShape(1, 0))
+    reserved = scale * (2 * config.asr.resources.num_cpus + config.judge.resources.num_cpus)
+    assert 0 < reserved < 1 - config.decode.resources.num_cpus
+
+
+def test_split_blocks_reserves_what_it_is_given_not_a_whole_cpu():
+    # Ray's own repartition reserves a whole CPU per task: on a one-CPU node beside model
+    # actors it never ran (a rerun after a node loss hung).
+    ds = split_blocks(ray.data.range(10), 4, 0.25)
+    op = ds._logical_plan.dag
+    assert type(op).__name__ == "StreamingRepartition"
+    assert op.ray_remote_args["num_cpus"] == 0.25
