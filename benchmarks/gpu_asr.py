@@ -114,7 +114,7 @@ def ours(model_dir: str, device: str, budget_s: float, batch: int) -> dict:
     config = PipelineConfig.load(overrides=[
         "asr.backend=transformers", f"asr.model={model_dir}", f"asr.device={device}", "asr.compute_type=float16",
         "asr.beam_size=1", f"asr.max_new_tokens={TOKENS}", f"asr.min_new_tokens={TOKENS}", "asr.features_on_device=auto"])
-    stage = TranscribeStage(config)
+    stage = TranscribeStage(config.asr)
     table = pa.table({"id": [str(i) for i in range(batch)],
                       C.PCM: pa.array([c.tobytes() for c in clips(batch)], pa.large_binary())})
 

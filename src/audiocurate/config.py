@@ -154,11 +154,34 @@ class WerFilter(_Model):
     )
 
 
+class CustomFilter(_Model):
+    """A filter of your own: a subclass of `audiocurate.filters.Filter` in any importable module."""
+
+    type: str = Field(..., description="`package.module:Class` of the filter.")
+    name: Optional[str] = Field(None, description="Its name in `filters.order` and in logs; default: the "
+                                "class's `name`, else the class name.")
+    args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the class's constructor.")
+
+
 class FiltersConfig(_Model):
+    """Every filter runs at the earliest stage whose columns cover what it needs: duration and
+    silence right after decoding, hallucination and WER right after Whisper, `min_score`
+    (`select`) after the judge."""
+
     duration: DurationFilter = Field(default_factory=DurationFilter)
     silence: SilenceFilter = Field(default_factory=SilenceFilter)
     hallucination: HallucinationFilter = Field(default_factory=HallucinationFilter)
     wer: WerFilter = Field(default_factory=WerFilter)
+    custom: list[CustomFilter] = Field(
+        default_factory=list, description="Your own filters, e.g. `[{type: \"my_filters:LoudEnough\", args: "
+        "{min_dbfs: -30}}]`. Ray ships their code to the workers (pickled by value), so the module need "
+        "only be importable where you start the run.",
+    )
+    order: Optional[list[str]] = Field(
+        None, description="Run order by name: built-ins `duration`, `silence`, `hallucination`, `wer`, "
+        "`min_score`, and custom filters' names. Where two filters reject the same row, the first one's "
+        "reason is recorded. None: built-ins in that order, then custom filters in list order.",
+    )
 
 
 class StageResources(_Model):

@@ -17,8 +17,7 @@ ERROR_STAGE = "error_stage"
 ERROR = "error"
 DROP_REASON = "drop_reason"
 # Values of `error_stage`: where a row failed.
-DECODE, TRANSCRIBE, TEXT_FILTERS, JUDGE, SELECT, PACKAGE = (
-    "decode", "transcribe", "text_filters", "judge", "select", "package")
+DECODE, TRANSCRIBE, JUDGE, SELECT, PACKAGE = ("decode", "transcribe", "judge", "select", "package")
 PCM = "_pcm16"  # 16 kHz mono int16 samples between stages; never written
 AUDIO = "audio"  # the curated output's {bytes, path} struct
 
@@ -52,6 +51,24 @@ JUDGE_COLUMNS = {
 STATUS_COLUMNS = {ERROR_STAGE: pa.string(), ERROR: pa.string(), DROP_REASON: pa.string()}
 AUDIO_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 PRODUCED = {**DECODE_COLUMNS, **ASR_COLUMNS, **WER_COLUMNS, **JUDGE_COLUMNS}
+
+
+class ColumnCollision(ValueError):
+    """An input column has the name of a column the pipeline produces."""
+
+
+def check_columns(input_columns: Sequence[str], produced_by: dict[str, str], audio_column: str) -> None:
+    """Produced columns never overwrite input columns: a collision is refused before the run,
+    naming the columns and the stages that produce them. The exception is a Hugging Face
+    `audio` column, which the packaged audio replaces by design (same `{bytes, path}` layout)."""
+    owned = {**{c: "the row contract" for c in (*STATUS_COLUMNS, PCM)}, **produced_by, AUDIO: "package"}
+    clashes = [(c, owned[c]) for c in input_columns if c in owned and not (c == AUDIO == audio_column)]
+    if clashes:
+        named = ", ".join(f"{c!r} (written by {stage})" for c, stage in clashes)
+        raise ColumnCollision(
+            f"the input has columns the pipeline writes: {named}. Produced columns never overwrite "
+            "input columns: rename those in the input (or, for a Dataset you pass to "
+            "`pipeline.build`, with `ds.rename_columns`), then run again.")
 
 
 def ensure_status(table: pa.Table) -> pa.Table:

@@ -23,6 +23,8 @@ from . import __version__
 from . import contract as C
 from .config import PipelineConfig
 from .engines import engine_of, engine_versions
+from .judge.backends import judge_backend
+from .plan import columns_after_decode, placed_filters, produced_by
 from .probe import check_engines
 from .runtime import (ClusterShape, actor_args, actor_cpu_scale, configure_dataset, init_ray, plan_concurrency,
                       split_blocks, task_args)
@@ -30,7 +32,6 @@ from .sinks import CurationSink, OutputDir, SettledRowsStage
 from .sources import Source, from_dataset, open_source
 from .stages import (
     DecodeStage,
-    JudgeStage,
     PackageStage,
     SelectStage,
     SkipIdsStage,
@@ -121,41 +122,34 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
             batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.05,
             max_restarts=rc.actor_max_restarts, max_task_retries=rc.actor_max_task_retries,
         )
+    placed = placed_filters(config, source.columns)
+    C.check_columns(source.columns, produced_by(placed), source.audio_column)
     # Per block (batch_size=None): each read block, sized by bytes, is one unit of work from
     # here on; bundling blocks up again would undo that.
-    ds = ds.map_batches(DecodeStage(config, source.audio_column, source.fetcher()), **_PYARROW,
-                        **{**task_args(rc, config.decode.resources), "batch_size": None})
+    decode = DecodeStage(config.decode, source.audio_column, source.fetcher(), placed[C.DECODE])
+    ds = ds.map_batches(decode, **_PYARROW, **{**task_args(rc, config.decode.resources), "batch_size": None})
     if sink is not None:
         # Rows that settled while decoding (corrupt, silent, too short) go to their outputs
         # here, in the decode task (fused), instead of riding through every model stage.
-        wer = C.WER_COLUMNS if config.filters.wer.reference_column in source.columns else {}
-        later = {**C.ASR_COLUMNS, **wer, **C.JUDGE_COLUMNS}  # in the order the stages add them
-        ds = ds.map_batches(SettledRowsStage(sink, later, source.audio_column), batch_format="pyarrow", udf_modifying_row_count=True,
+        ds = ds.map_batches(SettledRowsStage(sink, columns_after_decode(placed), source.audio_column),
+                            batch_format="pyarrow", udf_modifying_row_count=True,
                             **{**task_args(rc, config.decode.resources), "batch_size": None})
     # Model stages take blocks of one ASR batch of clips still in play.
     ds = split_blocks(ds, config.asr.resources.batch_size, config.decode.resources.num_cpus)
-    ds = ds.map_batches(TranscribeStage, fn_constructor_kwargs={"config": config, "text_filters": True}, **_PYARROW,
-                        **{**actor_args(rc, config.asr.resources, pools["asr"], scale), "batch_size": None})
+    ds = ds.map_batches(TranscribeStage, fn_constructor_kwargs={"config": config.asr, "filters": placed[C.TRANSCRIBE]},
+                        **_PYARROW, **{**actor_args(rc, config.asr.resources, pools["asr"], scale), "batch_size": None})
     ds = apply_judge(ds, config, pools["judge"], scale)
     light = {**task_args(rc), "num_cpus": config.decode.resources.num_cpus, "batch_size": None}
-    ds = ds.map_batches(SelectStage(config), **_PYARROW, **light)
-    ds = ds.map_batches(PackageStage(config, source.audio_column, source.id_column), **_PYARROW, **light)
+    ds = ds.map_batches(SelectStage(placed[C.SELECT]), **_PYARROW, **light)
+    ds = ds.map_batches(PackageStage(config.output, source.audio_column, source.id_column), **_PYARROW, **light)
     return configure_dataset(ds, rc)
 
 
 def apply_judge(ds: "ray.data.Dataset", config: PipelineConfig, concurrency: Any,
                 cpu_scale: float = 1.0) -> "ray.data.Dataset":
-    """Per-actor judges (llama.cpp, transformers) as a stage; vLLM and HTTP judges through
-    `ray.data.llm` processors, which bring their own actor pools."""
-    if config.judge.backend in ("llama_cpp", "transformers"):
-        # Whole blocks (batch_size=None): the stage batches its active rows itself, so a block
-        # of rows already rejected costs one call, not one per `judge.resources.batch_size` rows.
-        return ds.map_batches(JudgeStage, fn_constructor_kwargs={"config": config}, **_PYARROW,
-                              **{**actor_args(config.ray, config.judge.resources, concurrency, cpu_scale),
-                                 "batch_size": None})
-    from .judge.processors import apply_processor_judge
-
-    return apply_processor_judge(ds, config, concurrency)
+    """The judge stage as its backend runs it: per-actor judges (llama.cpp, transformers) as
+    `JudgeStage`, vLLM and HTTP judges as `ray.data.llm` processors with their own pools."""
+    return judge_backend(config.judge.backend).apply(ds, config, concurrency, cpu_scale)
 
 
 def run(

@@ -14,6 +14,7 @@ from typing import Any, Optional, Union
 import ray
 
 from .config import PipelineConfig, RayConfig, StageResources
+from .judge.backends import judge_backend
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ def actor_cpu_scale(config: PipelineConfig, pools: dict[str, Union[int, tuple[in
     cluster, read and decode tasks can always be scheduled beside them."""
     reserved = (_max_actors(pools["asr"]) * config.asr.resources.num_cpus
                 + (_max_actors(pools["judge"]) * config.judge.resources.num_cpus
-                   if config.judge.backend in ("llama_cpp", "transformers") else 0.0))
+                   if judge_backend(config.judge.backend).runs_as == "actor" else 0.0))
     budget = shape.cpus - _RESERVED_FOR_TASKS
     if reserved <= budget or reserved == 0:
         return 1.0

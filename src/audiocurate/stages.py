@@ -1,22 +1,21 @@
-"""The pipeline's stages as Ray Data batch UDFs over Arrow tables.
+"""The pipeline's stages, each on `core.stage.Stage`: a Ray Data batch UDF over Arrow tables
+that gets only its own config section. Use them in your own `map_batches` calls with
+`batch_format="pyarrow"`, or call them on a `pyarrow.Table` directly (the unit tests do):
 
-Each stage is a class: `__init__` loads what it needs once (per task for CPU stages, per actor
-for model stages), `__call__(table) -> table` adds its columns. Use them in your own
-`map_batches` calls with `batch_format="pyarrow"`:
-
->>> ds = ds.map_batches(DecodeStage(config, "audio_bytes"), batch_format="pyarrow")  # doctest: +SKIP
->>> ds = ds.map_batches(TranscribeStage, fn_constructor_kwargs={"config": config},    # doctest: +SKIP
+>>> ds = ds.map_batches(DecodeStage(config.decode, "audio_bytes"), batch_format="pyarrow")  # doctest: +SKIP
+>>> ds = ds.map_batches(TranscribeStage, fn_constructor_kwargs={"config": config.asr},      # doctest: +SKIP
 ...                     concurrency=2, num_cpus=0.5, batch_format="pyarrow")
 
 Rows that failed or were rejected upstream pass through untouched; a row that fails here
-becomes an error row naming this stage. Source columns are never modified.
+becomes an error row naming this stage. Source columns are never modified: a produced
+column that an input column would collide with is refused at start (`contract.check_columns`).
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -24,18 +23,11 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from . import contract as C
-from .contract import DECODE, JUDGE, TRANSCRIBE
 from .audio import AudioDecodeError, decode_audio, encode_flac
-from .config import PipelineConfig
+from .config import AsrConfig, DecodeConfig, JudgeConfig, OutputConfig
+from .core.stage import ModelStage, Outcome, Stage
 from .engines import CrashWitness
-from .filters import (
-    LOW_EDU_SCORE,
-    WER_ABOVE_MAX,
-    AudioFilters,
-    TranscriptFacts,
-    TranscriptFilters,
-    word_error_rate,
-)
+from .filters.base import Filter
 
 if TYPE_CHECKING:
     from .asr import Transcriber
@@ -82,69 +74,76 @@ def audio_bytes_of(value: Any, fetcher: Optional[AudioFetcher]) -> bytes:
     raise AudioDecodeError(f"audio cell holds {type(value).__name__}, not bytes or a path")
 
 
-class DecodeStage:
-    """Decode + resample to 16 kHz mono (CPU task), then the cheap audio filters."""
+class DecodeStage(Stage):
+    """Decode + resample to 16 kHz mono (CPU task); the audio filters run on what it measured,
+    and a row they reject drops its samples here."""
 
-    def __init__(self, config: PipelineConfig, audio_column: str, fetcher: Optional[AudioFetcher] = None):
+    name = C.DECODE
+    produces = {**C.DECODE_COLUMNS, C.PCM: pa.large_binary()}
+
+    def __init__(self, config: DecodeConfig, audio_column: str, fetcher: Optional[AudioFetcher] = None,
+                 filters: Sequence[Filter] = ()):
+        super().__init__(filters)
         self.config = config
         self.audio_column = audio_column
+        self.needs = (audio_column,)
         self.fetcher = fetcher
-        self.filters = AudioFilters(config.filters)
 
-    def __call__(self, table: pa.Table) -> pa.Table:
-        table = C.ensure_status(table)
-        n = table.num_rows
-        active = C.active_mask(table)
-        values: dict[str, list[Any]] = {k: [None] * n for k in C.DECODE_COLUMNS}
-        pcm: list[Optional[bytes]] = [None] * n
-        errors: dict[int, tuple[str, str]] = {}
-        drops: dict[int, str] = {}
-        d = self.config.decode
+    def process(self, table: pa.Table, rows: np.ndarray) -> Outcome:
+        d = self.config
+        out = Outcome(values={k: [None] * len(rows) for k in self.produces})
+        v = out.values
         cells = table[self.audio_column]
-        for i in range(n):
-            if not active[i]:
-                continue
+        for j, i in enumerate(rows):
             t0 = time.perf_counter()
             try:
                 clip = decode_audio(
-                    audio_bytes_of(cells[i].as_py(), self.fetcher),
+                    audio_bytes_of(cells[int(i)].as_py(), self.fetcher),
                     target_rate=d.sample_rate,
                     min_source_rate=d.min_source_sample_rate,
                     max_source_rate=d.max_source_sample_rate,
                     truncation_tolerance_s=d.truncation_tolerance_s,
                 )
             except AudioDecodeError as e:
-                errors[i] = (DECODE, e.reason)
+                out.errors[j] = e.reason
             except Exception as e:  # a decoder bug must cost one row, not the run
-                errors[i] = (DECODE, f"unexpected {type(e).__name__}: {e}")
+                out.errors[j] = f"unexpected {type(e).__name__}: {e}"
             else:
-                values["duration_s"][i] = clip.duration_s
-                values["source_sample_rate"][i] = clip.source_sample_rate
-                values["source_channels"][i] = clip.source_channels
-                values["source_format"][i] = clip.source_format
-                values["peak_dbfs"][i] = max(clip.peak_dbfs, -200.0)
-                values["rms_dbfs"][i] = max(clip.rms_dbfs, -200.0)
-                reason = self.filters.reason(clip.duration_s, clip.peak_dbfs)
-                if reason:
-                    drops[i] = reason
-                else:
-                    pcm[i] = clip.pcm.tobytes()
-            values["decode_s"][i] = time.perf_counter() - t0
-        table = C.put_columns(table, C.DECODE_COLUMNS, values)
-        table = C.put_column(table, C.PCM, pcm, pa.large_binary())
-        return C.mark(table, errors=errors, drops=drops)
+                v["duration_s"][j] = clip.duration_s
+                v["source_sample_rate"][j] = clip.source_sample_rate
+                v["source_channels"][j] = clip.source_channels
+                v["source_format"][j] = clip.source_format
+                v["peak_dbfs"][j] = max(clip.peak_dbfs, -200.0)
+                v["rms_dbfs"][j] = max(clip.rms_dbfs, -200.0)
+                v[C.PCM][j] = clip.pcm.tobytes()
+            v["decode_s"][j] = time.perf_counter() - t0
+        return out
+
+    def finish(self, table: pa.Table) -> pa.Table:
+        """Samples only for rows still in play: a rejected clip's audio goes no further."""
+        if not self.filters:
+            return table
+        keep = pa.array(C.active_mask(table), pa.bool_())
+        pcm = pc.if_else(keep, table[C.PCM], pa.scalar(None, pa.large_binary()))
+        return C.put_column(table, C.PCM, pcm, pa.large_binary())
 
 
-class TranscribeStage:
-    """Whisper on every active row (actor: the model loads once)."""
+class TranscribeStage(ModelStage):
+    """Whisper on every active row (actor: the model loads once), then the filters placed
+    here (transcript checks, WER): they cost no task of their own, and a row they reject
+    never travels to the judge's actor."""
 
-    def __init__(self, config: PipelineConfig, text_filters: bool = False):
+    name = C.TRANSCRIBE
+    produces = C.ASR_COLUMNS
+    needs = (C.PCM,)
+    timing_column = "asr_s"
+    error_prefix = "transcription failed: "
+
+    def __init__(self, config: AsrConfig, filters: Sequence[Filter] = ()):
+        super().__init__(config.resources.batch_size, filters)
         self.config = config
-        # The transcript filters need only what this stage produces: run here, they cost no
-        # task of their own, and a row they reject never travels to the judge's actor as work.
-        self.text_filters = TextFilterStage(config) if text_filters else None
         # A restarted actor whose engine died from a signal says so instead of loading it again.
-        self.crash_witness = CrashWitness("asr", config.asr.backend)
+        self.crash_witness = CrashWitness("asr", config.backend)
         self.crash_witness.arm()
 
     @functools.cached_property
@@ -153,101 +152,41 @@ class TranscribeStage:
         rejected pass without waiting for a model."""
         from .asr import make_transcriber
 
-        return make_transcriber(self.config.asr)
+        return make_transcriber(self.config)
 
-    def __call__(self, table: pa.Table) -> pa.Table:
-        table = C.ensure_status(table)
-        idx = np.flatnonzero(C.active_mask(table))
-        if not len(idx):
-            table = C.put_null_columns(table, C.ASR_COLUMNS)
-        else:
-            table = self._transcribe(table, idx)
-        return self.text_filters(table) if self.text_filters is not None else table
+    def inputs(self, table: pa.Table, rows: np.ndarray) -> list[Any]:
+        return [C.pcm_of(table, int(i)) for i in rows]
 
-    def _transcribe(self, table: pa.Table, idx: np.ndarray) -> pa.Table:
-        n = table.num_rows
-        values: dict[str, list[Any]] = {k: [None] * n for k in C.ASR_COLUMNS}
-        errors: dict[int, tuple[str, str]] = {}
-        clips = [C.pcm_of(table, int(i)) for i in idx]
-        results: list[Any] = []
-        seconds: list[float] = []
-        step = self.config.asr.resources.batch_size
-        for lo in range(0, len(clips), step):
-            batch = clips[lo:lo + step]
-            t0 = time.perf_counter()
-            try:
-                results.extend(self.transcriber.transcribe_batch(batch))
-            except Exception:
-                # Find the row that broke the batch: one call per row, each failing alone.
-                for clip in batch:
-                    try:
-                        results.extend(self.transcriber.transcribe_batch([clip]))
-                    except Exception as e:
-                        results.append(e)
-            elapsed = time.perf_counter() - t0
-            samples = max(sum(len(c) for c in batch), 1)
-            seconds.extend(elapsed * len(c) / samples for c in batch)
-        for j, i in enumerate(idx):
-            r = results[j]
-            values["asr_s"][i] = seconds[j]
-            if isinstance(r, Exception):
-                errors[int(i)] = (TRANSCRIBE, f"transcription failed: {type(r).__name__}: {r}")
-                continue
-            values["transcript"][i] = r.text
-            values["language"][i] = r.language
-            values["avg_logprob"][i] = _finite_or_none(r.avg_logprob)
-            values["no_speech_prob"][i] = _finite_or_none(r.no_speech_prob)
-            values["compression_ratio"][i] = r.compression_ratio
-            values["asr_model"][i] = self.transcriber.model_name
-        table = C.put_columns(table, C.ASR_COLUMNS, values)
-        return C.mark(table, errors=errors)
+    def run_batch(self, items: list[Any]) -> list[Any]:
+        return self.transcriber.transcribe_batch(items)
+
+    def weight(self, item: Any) -> float:
+        return float(max(len(item), 1))
+
+    def row_values(self, r: Any) -> tuple[dict[str, Any], Optional[str]]:
+        return {
+            "transcript": r.text,
+            "language": r.language,
+            "avg_logprob": _finite_or_none(r.avg_logprob),
+            "no_speech_prob": _finite_or_none(r.no_speech_prob),
+            "compression_ratio": r.compression_ratio,
+            "asr_model": self.transcriber.model_name,
+        }, None
 
 
-class TextFilterStage:
-    """Hallucination checks and WER against a reference column (CPU task)."""
-
-    def __init__(self, config: PipelineConfig):
-        self.config = config
-        self.filters = TranscriptFilters(config.filters)
-
-    def __call__(self, table: pa.Table) -> pa.Table:
-        table = C.ensure_status(table)
-        n = table.num_rows
-        active = C.active_mask(table)
-        wer_cfg = self.config.filters.wer
-        ref_col = wer_cfg.reference_column if wer_cfg.reference_column in table.column_names else None
-        if not active.any():
-            return C.put_null_columns(table, C.WER_COLUMNS) if ref_col else table
-        wers: list[Optional[float]] = [None] * n
-        drops: dict[int, str] = {}
-        cols = {k: table[k].to_pylist() for k in ("transcript", "duration_s", "avg_logprob", "no_speech_prob", "compression_ratio")}
-        refs = table[ref_col].to_pylist() if ref_col else None
-        for i in np.flatnonzero(active):
-            facts = TranscriptFacts(
-                text=cols["transcript"][i] or "",
-                duration_s=cols["duration_s"][i] or 0.0,
-                avg_logprob=_nan_if_none(cols["avg_logprob"][i]),
-                no_speech_prob=_nan_if_none(cols["no_speech_prob"][i]),
-                compression_ratio=cols["compression_ratio"][i] or 0.0,
-            )
-            if refs is not None and refs[i] is not None:
-                wers[i] = word_error_rate(str(refs[i]), facts.text, wer_cfg.normalizer)
-            reason = self.filters.reason(facts)
-            if reason is None and wer_cfg.max_wer is not None and wers[i] is not None and wers[i] > wer_cfg.max_wer:
-                reason = WER_ABOVE_MAX
-            if reason:
-                drops[int(i)] = reason
-        if ref_col:
-            table = C.put_column(table, "wer", wers, pa.float32())
-        return C.mark(table, drops=drops)
-
-
-class JudgeStage:
+class JudgeStage(ModelStage):
     """The educational-value judge on every active transcript (actor)."""
 
-    def __init__(self, config: PipelineConfig):
+    name = C.JUDGE
+    produces = C.JUDGE_COLUMNS
+    needs = ("transcript",)
+    timing_column = "judge_s"
+    error_prefix = "judge failed: "
+
+    def __init__(self, config: JudgeConfig, filters: Sequence[Filter] = ()):
+        super().__init__(config.resources.batch_size, filters)
         self.config = config
-        self.crash_witness = CrashWitness("judge", config.judge.backend)
+        self.crash_witness = CrashWitness("judge", config.backend)
         self.crash_witness.arm()
 
     @functools.cached_property
@@ -255,81 +194,63 @@ class JudgeStage:
         """Loaded with the first block that has a row to judge (see TranscribeStage.transcriber)."""
         from .judge import make_judge
 
-        return make_judge(self.config.judge)
+        return make_judge(self.config)
 
-    def __call__(self, table: pa.Table) -> pa.Table:
-        table = C.ensure_status(table)
-        n = table.num_rows
-        idx = np.flatnonzero(C.active_mask(table))
-        if not len(idx):
-            return C.put_null_columns(table, C.JUDGE_COLUMNS)
-        values: dict[str, list[Any]] = {k: [None] * n for k in C.JUDGE_COLUMNS}
-        errors: dict[int, tuple[str, str]] = {}
-        transcripts = table["transcript"]
-        texts = [transcripts[int(i)].as_py() or "" for i in idx]
-        scores: list[Any] = []
-        per_row: list[float] = []
-        step = self.config.judge.resources.batch_size
-        for lo in range(0, len(texts), step):
-            t0 = time.perf_counter()
-            batch = self.judge.score_batch(texts[lo:lo + step])
-            scores.extend(batch)
-            per_row.extend([(time.perf_counter() - t0) / len(batch)] * len(batch))
-        for i, s, seconds in zip(idx, scores, per_row):
-            values["judge_s"][i] = seconds
-            values["judge_model"][i] = self.judge.model_name
-            if s.error:
-                errors[int(i)] = (JUDGE, s.error)
-                continue
-            values["edu_score"][i] = s.score
-            values["edu_score_mean"][i] = s.mean
-            values["edu_probs"][i] = s.probs
-            values["judge_truncated"][i] = s.truncated
-        table = C.put_columns(table, C.JUDGE_COLUMNS, values)
-        return C.mark(table, errors=errors)
+    def inputs(self, table: pa.Table, rows: np.ndarray) -> list[Any]:
+        return [t or "" for t in table["transcript"].take(pa.array(rows, pa.int64())).to_pylist()]
+
+    def run_batch(self, items: list[Any]) -> list[Any]:
+        return self.judge.score_batch(items)
+
+    def row_values(self, s: Any) -> tuple[dict[str, Any], Optional[str]]:
+        if s.error:
+            return {"judge_model": self.judge.model_name}, s.error
+        return {"edu_score": s.score, "edu_score_mean": s.mean, "edu_probs": s.probs,
+                "judge_model": self.judge.model_name, "judge_truncated": s.truncated}, None
 
 
-class SelectStage:
-    """Keep rows scoring at least `select.min_score`; the rest go to `rejected/`."""
+class SelectStage(Stage):
+    """The filters that need the judge's columns, `min_score` first: the rows they reject go
+    to `rejected/`, the rest are curated."""
 
-    def __init__(self, config: PipelineConfig):
-        self.min_score = config.select.min_score
-
-    def __call__(self, table: pa.Table) -> pa.Table:
-        table = C.ensure_status(table)
-        active = C.active_mask(table)
-        scores = table["edu_score"].to_pylist()
-        drops = {int(i): LOW_EDU_SCORE for i in np.flatnonzero(active)
-                 if scores[i] is None or scores[i] < self.min_score}
-        return C.mark(table, drops=drops)
+    name = C.SELECT
 
 
-class PackageStage:
+class PackageStage(Stage):
     """The curated rows' audio as an `{bytes, path}` struct; transport columns removed."""
 
-    def __init__(self, config: PipelineConfig, audio_column: str, id_column: str):
+    name = C.PACKAGE
+    produces = {C.AUDIO: C.AUDIO_TYPE}
+
+    def __init__(self, config: OutputConfig, audio_column: str, id_column: str):
+        super().__init__()
         self.config = config
         self.audio_column = audio_column
         self.id_column = id_column
+        self.needs = (id_column, C.PCM)
 
-    def __call__(self, table: pa.Table) -> pa.Table:
-        table = C.ensure_status(table)
-        active = C.active_mask(table)
-        ids = table[self.id_column].to_pylist()
+    def process(self, table: pa.Table, rows: np.ndarray) -> Outcome:
+        ids = table[self.id_column]
         source = table[self.audio_column] if self.audio_column in table.column_names else None
-        audio: list[Optional[dict[str, Any]]] = [None] * table.num_rows
-        for i in np.flatnonzero(active):
-            if self.config.output.audio_format == "original" and source is not None:
-                cell = source[int(i)].as_py()
+        audio: list[Optional[dict[str, Any]]] = []
+        for i in rows:
+            i = int(i)
+            rid = str(ids[i].as_py())
+            if self.config.audio_format == "original" and source is not None:
+                cell = source[i].as_py()
                 data = cell.get("bytes") if isinstance(cell, dict) else cell
-                name = (cell.get("path") if isinstance(cell, dict) else None) or str(ids[i])
+                name = (cell.get("path") if isinstance(cell, dict) else None) or rid
                 if isinstance(data, (bytes, bytearray)):
-                    audio[i] = {"bytes": bytes(data), "path": _basename(name)}
+                    audio.append({"bytes": bytes(data), "path": _basename(name)})
                     continue
-            audio[i] = {"bytes": encode_flac(C.pcm_of(table, int(i))), "path": f"{_stem(str(ids[i]))}.flac"}
-        drop = [c for c in (C.PCM, self.audio_column) if c in table.column_names]
-        table = table.drop_columns(drop)
-        return C.put_column(table, C.AUDIO, audio, C.AUDIO_TYPE)
+            audio.append({"bytes": encode_flac(C.pcm_of(table, i)), "path": f"{_stem(rid)}.flac"})
+        return Outcome(values={C.AUDIO: audio})
+
+    def finish(self, table: pa.Table) -> pa.Table:
+        # In Hugging Face layouts the source's audio column is `audio` too, and was just
+        # replaced by the packaged one.
+        drop = [c for c in (C.PCM, self.audio_column) if c in table.column_names and c != C.AUDIO]
+        return table.drop_columns(drop)
 
 
 class SkipIdsStage:
@@ -353,10 +274,6 @@ class SkipIdsStage:
 
 def _finite_or_none(x: float) -> Optional[float]:
     return None if x is None or not np.isfinite(x) else float(x)
-
-
-def _nan_if_none(x: Optional[float]) -> float:
-    return float("nan") if x is None else float(x)
 
 
 def _basename(path: str) -> str:

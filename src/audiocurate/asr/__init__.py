@@ -10,9 +10,11 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
+
+from ..core.registry import Registry
 
 if TYPE_CHECKING:
     from ..config import AsrConfig
@@ -65,14 +67,13 @@ def compression_ratio(text: str) -> float:
     return len(raw) / len(zlib.compress(raw)) if raw else 0.0
 
 
+# ASR engines by `asr.backend`; each backend module registers its class (`cls(config)`).
+ASR_BACKENDS: Registry[Any] = Registry("ASR backend", lazy={
+    "faster_whisper": "audiocurate.asr.faster_whisper",
+    "transformers": "audiocurate.asr.transformers",
+})
+
+
 def make_transcriber(config: "AsrConfig") -> Transcriber:
-    """The configured engine; heavy imports happen here, once per actor."""
-    if config.backend == "faster_whisper":
-        from .faster_whisper import FasterWhisperTranscriber
-
-        return FasterWhisperTranscriber(config)
-    if config.backend == "transformers":
-        from .transformers import TransformersWhisperTranscriber
-
-        return TransformersWhisperTranscriber(config)
-    raise ValueError(f"unknown ASR backend {config.backend!r}")
+    """The configured engine; heavy imports happen in it, once per actor."""
+    return ASR_BACKENDS.get(config.backend)(config)

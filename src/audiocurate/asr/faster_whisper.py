@@ -7,13 +7,14 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from ..models import resolve_model
-from . import Segment, Transcription
+from . import ASR_BACKENDS, Segment, Transcription
 from .windows import iter_windows
 
 if TYPE_CHECKING:
     from ..config import AsrConfig
 
 
+@ASR_BACKENDS.register("faster_whisper")
 class FasterWhisperTranscriber:
     """Whisper through CTranslate2; one model per actor, `threads` intra-op threads."""
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from ..models import dtype_kwarg, resolve_model
-from . import Segment, Transcription, compression_ratio
+from . import ASR_BACKENDS, Segment, Transcription, compression_ratio
 from .windows import iter_windows
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 _WINDOW_S = 30.0
 
 
+@ASR_BACKENDS.register("transformers")
 class TransformersWhisperTranscriber:
     """`WhisperForConditionalGeneration` behind the `Transcriber` protocol."""
 

@@ -61,13 +61,9 @@ def score_from_logits(label_logits: np.ndarray, profile: JudgeProfile, truncated
 def make_judge(config: "JudgeConfig") -> Judge:
     """The configured per-actor judge (llama.cpp, transformers). vLLM and HTTP judges run as
     `ray.data.llm` processors instead; see `judge.processors`."""
-    profile = load_judge_profile(config.profile)
-    if config.backend == "llama_cpp":
-        from .llama_cpp import LlamaCppJudge
+    from .backends import judge_backend
 
-        return LlamaCppJudge(config, profile)
-    if config.backend == "transformers":
-        from .transformers import TransformersJudge
-
-        return TransformersJudge(config, profile)
-    raise ValueError(f"judge backend {config.backend!r} is not a per-actor judge")
+    backend = judge_backend(config.backend)
+    if backend.runs_as != "actor":
+        raise ValueError(f"judge backend {config.backend!r} runs as a {backend.runs_as}, not inside a judge actor")
+    return backend(config, load_judge_profile(config.profile))

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..models import resolve_model
 from . import JudgeScore, score_from_logits
+from .backends import JUDGE_BACKENDS, ActorJudge
 from .profile import JudgeProfile
 
 if TYPE_CHECKING:
@@ -38,7 +39,8 @@ def model_params(llama_cpp: Any, **fields: Any) -> Iterator[None]:
         module.llama_model_default_params = default
 
 
-class LlamaCppJudge:
+@JUDGE_BACKENDS.register("llama_cpp")
+class LlamaCppJudge(ActorJudge):
     """One forward pass per transcript over a KV-cached prompt prefix.
 
     The prefix (instructions and few-shot examples, ~300 tokens) is evaluated once per actor;

@@ -29,6 +29,7 @@ from .. import contract as C
 from ..config import PipelineConfig
 from ..models import resolve_model
 from . import score_from_logits
+from .backends import JUDGE_BACKENDS
 from .profile import JudgeProfile, load_judge_profile
 
 LABEL_LOGPROBS = "_judge_label_logprobs"
@@ -248,3 +249,19 @@ def _values(d: Any) -> list[dict[str, Any]]:
     if isinstance(d, dict):
         return [v for v in d.values() if isinstance(v, dict)]
     return []
+
+
+class ProcessorJudge:
+    """A judge backend that runs as a `ray.data.llm` processor (vllm, http)."""
+
+    runs_as = "processor"
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def apply(self, ds: Any, config: PipelineConfig, concurrency: Any, cpu_scale: float = 1.0) -> Any:
+        return apply_processor_judge(ds, config, concurrency)
+
+
+JUDGE_BACKENDS.register("vllm")(ProcessorJudge("vllm"))
+JUDGE_BACKENDS.register("http")(ProcessorJudge("http"))

@@ -7,13 +7,15 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from ..models import dtype_kwarg, resolve_model
 from . import JudgeScore, score_from_logits
+from .backends import JUDGE_BACKENDS, ActorJudge
 from .profile import JudgeProfile
 
 if TYPE_CHECKING:
     from ..config import JudgeConfig
 
 
-class TransformersJudge:
+@JUDGE_BACKENDS.register("transformers")
+class TransformersJudge(ActorJudge):
     """Left-padded batch, logits of the last position only, the five labels' softmax."""
 
     def __init__(self, config: "JudgeConfig", profile: JudgeProfile):

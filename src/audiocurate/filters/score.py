@@ -1,0 +1,23 @@
+"""The curation decision itself: keep rows the judge scored at least `select.min_score`."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+from ..config import SelectConfig
+from .base import FILTERS, Filter
+
+LOW_EDU_SCORE = "low_edu_score"
+
+
+@FILTERS.register("min_score")
+class MinScore(Filter):
+    name = "min_score"
+    needs = ("edu_score",)
+
+    def __init__(self, config: SelectConfig):
+        self.min_score = config.min_score
+
+    def reason(self, row: Mapping[str, Any]) -> Optional[str]:
+        s = row["edu_score"]
+        return LOW_EDU_SCORE if s is None or s < self.min_score else None

@@ -1,0 +1,45 @@
+"""Judge backends by name. How a judge runs is a property of its backend: `actor` judges
+(llama.cpp, transformers) are created once per Ray actor inside `stages.JudgeStage`;
+`processor` judges (vllm, http) run as `ray.data.llm` processors that bring their own pools.
+A backend module registers itself here; adding one is that module and its test."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..core.registry import Registry
+
+if TYPE_CHECKING:
+    import ray
+
+    from ..config import PipelineConfig
+
+JUDGE_BACKENDS: Registry[Any] = Registry("judge backend", lazy={
+    "llama_cpp": "audiocurate.judge.llama_cpp",
+    "transformers": "audiocurate.judge.transformers",
+    "vllm": "audiocurate.judge.processors",
+    "http": "audiocurate.judge.processors",
+})
+
+
+def judge_backend(name: str) -> Any:
+    return JUDGE_BACKENDS.get(name)
+
+
+class ActorJudge:
+    """Base of judges built once per actor: `cls(config, profile)`, then `score_batch`."""
+
+    runs_as: ClassVar[str] = "actor"
+
+    @classmethod
+    def apply(cls, ds: "ray.data.Dataset", config: "PipelineConfig", concurrency: Any,
+              cpu_scale: float = 1.0) -> "ray.data.Dataset":
+        from ..runtime import actor_args
+        from ..stages import JudgeStage
+
+        # Whole blocks (batch_size=None): the stage batches its active rows itself, so a block
+        # of rows already rejected costs one call, not one per `judge.resources.batch_size` rows.
+        return ds.map_batches(JudgeStage, fn_constructor_kwargs={"config": config.judge}, batch_format="pyarrow",
+                              udf_modifying_row_count=False,
+                              **{**actor_args(config.ray, config.judge.resources, concurrency, cpu_scale),
+                                 "batch_size": None})

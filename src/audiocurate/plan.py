@@ -1,0 +1,55 @@
+"""From configuration to stages, without Ray: where each filter runs and which stage owns
+which column (unit-tested in test_stages)."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import pyarrow as pa
+
+from . import contract as C
+from .config import PipelineConfig
+from .filters import Filter, build_filters, place_filters
+
+# The points a filter can run at, in pipeline order, with the columns each stage adds.
+_STAGE_COLUMNS = (
+    (C.DECODE, {**C.DECODE_COLUMNS, C.PCM: pa.large_binary()}),
+    (C.TRANSCRIBE, C.ASR_COLUMNS),
+    (C.SELECT, C.JUDGE_COLUMNS),  # after the judge
+)
+
+
+def placed_filters(config: PipelineConfig, input_columns: Iterable[str]) -> dict[str, list[Filter]]:
+    """The configured filters by the stage that runs them: each at the first stage where the
+    input's and the earlier stages' columns cover its `needs`."""
+    available: set[str] = set(input_columns)
+    points = []
+    for stage, columns in _STAGE_COLUMNS:
+        available = available | set(columns)
+        points.append((stage, set(available)))
+    return place_filters(build_filters(config, input_columns), points)
+
+
+def produced_by(placed: dict[str, list[Filter]]) -> dict[str, str]:
+    """Every column the pipeline writes, and the stage that writes it."""
+    out: dict[str, str] = {}
+    for stage, columns in _STAGE_COLUMNS:
+        if stage != C.SELECT:
+            out.update({c: stage for c in columns})
+        else:
+            out.update({c: C.JUDGE for c in columns})
+        for f in placed.get(stage, []):
+            out.update({c: f"{stage} (filter {f.name or type(f).__name__})" for c in f.produces})
+    return out
+
+
+def columns_after_decode(placed: dict[str, list[Filter]]) -> dict[str, pa.DataType]:
+    """The columns later stages add, in the order they add them: what a row settled while
+    decoding gets as nulls, so every output shard has one schema."""
+    out: dict[str, pa.DataType] = dict(C.ASR_COLUMNS)
+    for f in placed.get(C.TRANSCRIBE, []):
+        out.update(f.produces)
+    out.update(C.JUDGE_COLUMNS)
+    for f in placed.get(C.SELECT, []):
+        out.update(f.produces)
+    return out
