@@ -166,3 +166,49 @@ def test_a_run_leaves_the_callers_ray_data_context_alone(demo_run):
     import ray
 
     assert ray.data.DataContext.get_current().enable_progress_bars is True
+
+
+def test_a_custom_filter_module_runs_on_ray_workers_that_cannot_import_it(tmp_path, monkeypatch, ray_local,
+                                                                          demo_parquet):
+    """The README's "Extending" example, end to end: a filter in a module only the driver can
+    import rejects rows right after Whisper, so they never reach the judge."""
+    import textwrap
+
+    import ray
+
+    from audiocurate.config import PipelineConfig
+
+    (tmp_path / "my_filters_e2e.py").write_text(textwrap.dedent('''
+        from audiocurate.filters import Filter
+
+        class HasWord(Filter):
+            needs = ("transcript",)
+
+            def __init__(self, word):
+                self.word = word
+
+            def reason(self, row):
+                words = (row["transcript"] or "").lower().replace(",", " ").replace(".", " ").split()
+                return "says_" + self.word if self.word in words else None
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    @ray.remote(num_cpus=0)
+    def importable() -> bool:
+        import importlib.util
+
+        return importlib.util.find_spec("my_filters_e2e") is not None
+
+    assert not ray.get(importable.remote()), "the workers must not see the module for this test to mean anything"
+    config = PipelineConfig.load(overrides={"ray.progress": False, "filters.custom": [
+        {"type": "my_filters_e2e:HasWord", "args": {"word": "the"}}]})
+    out = tmp_path / "out"
+    report = run(config, demo_parquet, str(out), echo=lambda s: None)
+    assert report["accounting"]["ok"]
+    rejected = pq.read_table(out / "rejected").to_pylist()
+    hits = [r for r in rejected if r["drop_reason"] == "says_the"]
+    assert hits, "the demo's transcripts say 'the'; the filter rejected none"
+    assert all(r["judge_s"] is None and r["edu_score"] is None for r in hits), "rejected rows reached the judge"
+    curated = pq.read_table(out / "curated", columns=["transcript"])["transcript"].to_pylist()
+    assert not any("the" in t.lower().replace(",", " ").replace(".", " ").split() for t in curated)
+    assert report["drop_reasons"]["says_the"] == len(hits)

@@ -58,7 +58,7 @@ def load_custom_filter(spec: str, args: Mapping[str, Any]) -> Filter:
 
     Its module is pickled by value when Ray ships the stages, so workers need not be able to
     import it (a module beside your config, not installed anywhere, works on a cluster too)."""
-    import cloudpickle
+    from ray import cloudpickle  # Ray's own copy pickles the stages; the PyPI one is another registry
 
     cls = import_object(spec)
     if not (isinstance(cls, type) and issubclass(cls, Filter)):

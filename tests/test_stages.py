@@ -1,0 +1,265 @@
+"""Stages and filters on `pyarrow.Table`s, without Ray: what each stage writes, what it
+marks, and where each filter runs."""
+
+from __future__ import annotations
+
+import io
+import math
+import sys
+import textwrap
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import soundfile as sf
+
+from audiocurate import contract as C
+from audiocurate.config import PipelineConfig
+from audiocurate.filters import Filter, FilterPlacementError, build_filters
+from audiocurate.plan import columns_after_decode, placed_filters, produced_by
+from audiocurate.stages import DecodeStage, JudgeStage, PackageStage, SelectStage, TranscribeStage
+
+
+def tone(seconds: float, *, rate: int = 48000, amplitude: float = 0.5) -> bytes:
+    t = np.arange(int(seconds * rate)) / rate
+    buf = io.BytesIO()
+    sf.write(buf, amplitude * np.sin(2 * math.pi * 440 * t), rate, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def decoded(config: PipelineConfig, rows: list[dict]) -> tuple[pa.Table, dict]:
+    placed = placed_filters(config, list(rows[0]))
+    stage = DecodeStage(config.decode, "audio_bytes", filters=placed[C.DECODE])
+    return stage(pa.Table.from_pylist(rows)), placed
+
+
+def test_decode_measures_keeps_samples_of_kept_rows_only_and_marks_each_fate():
+    config = PipelineConfig()
+    out, _ = decoded(config, [
+        {"id": "ok", "audio_bytes": tone(1.0)},
+        {"id": "corrupt", "audio_bytes": b"RIFF\x00\x00not audio at all"},
+        {"id": "silent", "audio_bytes": tone(1.0, amplitude=0.0)},
+        {"id": "short", "audio_bytes": tone(0.1)},
+    ])
+    rows = {r["id"]: r for r in out.to_pylist()}
+    assert rows["ok"]["duration_s"] == pytest.approx(1.0, abs=1e-3) and rows["ok"]["source_sample_rate"] == 48000
+    assert len(rows["ok"][C.PCM]) == 2 * 16000  # 16 kHz mono int16
+    assert rows["corrupt"][C.ERROR_STAGE] == "decode" and rows["corrupt"][C.ERROR]
+    assert rows["corrupt"]["duration_s"] is None
+    assert rows["silent"][C.DROP_REASON] == "silence" and rows["silent"][C.PCM] is None
+    assert rows["short"][C.DROP_REASON] == "too_short" and rows["short"][C.PCM] is None
+    for name, typ in C.DECODE_COLUMNS.items():
+        assert out.schema.field(name).type == typ
+
+
+def test_rows_settled_upstream_pass_through_untouched():
+    table = pa.Table.from_pylist([{"id": "a", "audio_bytes": tone(1.0), C.ERROR_STAGE: "read", C.ERROR: "x",
+                                   C.DROP_REASON: None}])
+    out = DecodeStage(PipelineConfig().decode, "audio_bytes")(table)
+    assert out["duration_s"].to_pylist() == [None] and out[C.ERROR_STAGE].to_pylist() == ["read"]
+    assert out.schema.field("peak_dbfs").type == pa.float32()  # same schema as a block with work
+
+
+class ClipsShorterThan:
+    """A transcriber that raises on any batch holding a clip shorter than `n` samples."""
+
+    model_name = "stand-in"
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def transcribe_batch(self, clips):
+        from audiocurate.asr import Transcription
+
+        if any(len(c) < self.n for c in clips):
+            raise RuntimeError("clip too short for this engine")
+        return [Transcription(f"{len(c)} samples", "en", -0.2, 0.01, 1.1) for c in clips]
+
+
+def pcm_table(lengths: list[int]) -> pa.Table:
+    return pa.table({"id": [f"r{i}" for i in range(len(lengths))],
+                     C.PCM: pa.array([np.zeros(n, "<i2").tobytes() for n in lengths], pa.large_binary())})
+
+
+def test_a_row_that_breaks_a_batch_fails_alone():
+    config = PipelineConfig.load(overrides=["asr.resources.batch_size=4"])
+    stage = TranscribeStage(config.asr)
+    stage.transcriber = ClipsShorterThan(100)
+    out = stage(pcm_table([16000, 50, 8000, 16000, 4000]))
+    rows = out.to_pylist()
+    assert [r[C.ERROR_STAGE] for r in rows] == [None, "transcribe", None, None, None]
+    assert "clip too short" in rows[1][C.ERROR]
+    assert [r["transcript"] for r in rows] == ["16000 samples", None, "8000 samples", "16000 samples", "4000 samples"]
+    assert all(r["asr_s"] is not None and r["asr_s"] >= 0 for r in rows)
+
+
+def test_transcript_filters_run_inside_the_transcribe_stage():
+    config = PipelineConfig()
+    placed = placed_filters(config, ["id", "audio_bytes", "sentence"])
+    stage = TranscribeStage(config.asr, filters=placed[C.TRANSCRIBE])
+
+    class Says:
+        model_name = "stand-in"
+
+        def transcribe_batch(self, clips):
+            from audiocurate.asr import Transcription
+
+            texts = ["the cat sat on the mat", "go go go go go go go", "", "the cat sat on a hat"]
+            return [Transcription(t, "en", -0.2, 0.01, 1.1) for t in texts[:len(clips)]]
+
+    stage.transcriber = Says()
+    table = pcm_table([32000] * 4).append_column("duration_s", pa.array([2.0] * 4)).append_column(
+        "sentence", pa.array(["the cat sat on the mat"] * 4))
+    rows = stage(table).to_pylist()
+    assert [r[C.DROP_REASON] for r in rows] == [None, "repeated_ngrams", "empty_transcript", None]
+    # WER is measured for every transcribed row, rejected or not
+    assert rows[0]["wer"] == 0.0 and rows[3]["wer"] == pytest.approx(2 / 6) and rows[1]["wer"] is not None
+
+
+def test_judge_isolates_a_failing_row_and_records_refusals():
+    from audiocurate.judge import JudgeScore
+
+    class Judge:
+        model_name = "stand-in"
+
+        def score_batch(self, texts):
+            if any("boom" in t for t in texts):
+                raise ValueError("engine choked")
+            return [JudgeScore.failed("too long") if t == "long" else JudgeScore(4, 3.9, [0.1] * 5) for t in texts]
+
+    stage = JudgeStage(PipelineConfig().judge)
+    stage.judge = Judge()
+    table = pa.table({"id": ["a", "b", "c", "d"], "transcript": ["fine", "boom", "long", "fine too"],
+                      C.DROP_REASON: [None, None, None, "silence"]})
+    rows = stage(table).to_pylist()
+    assert [r[C.ERROR_STAGE] for r in rows] == [None, "judge", "judge", None]
+    assert "engine choked" in rows[1][C.ERROR] and rows[2][C.ERROR] == "too long"
+    assert [r["edu_score"] for r in rows] == [4, None, None, None]  # "d" was rejected upstream: never judged
+    assert rows[3]["judge_s"] is None
+
+
+def test_select_keeps_scores_at_or_above_min_score():
+    config = PipelineConfig.load(overrides=["select.min_score=3"])
+    stage = SelectStage(placed_filters(config, ["id", "audio_bytes"])[C.SELECT])
+    rows = stage(pa.table({"id": list("abcd"), "edu_score": pa.array([1, 3, 5, None], pa.int8())})).to_pylist()
+    assert [r[C.DROP_REASON] for r in rows] == ["low_edu_score", None, None, "low_edu_score"]
+
+
+def test_package_writes_flac_for_kept_rows_and_drops_transport_columns():
+    table = pcm_table([16000, 16000]).append_column("audio_bytes", pa.array([b"x", b"y"]))
+    table = C.mark(table, drops={1: "silence"})
+    out = PackageStage(PipelineConfig().output, "audio_bytes", "id")(table)
+    assert C.PCM not in out.column_names and "audio_bytes" not in out.column_names
+    kept, dropped = out[C.AUDIO].to_pylist()
+    assert dropped is None and kept["path"] == "r0.flac"
+    audio, rate = sf.read(io.BytesIO(kept["bytes"]))
+    assert rate == 16000 and len(audio) == 16000
+
+
+class NeedsRms(Filter):
+    needs = ("rms_dbfs",)
+
+    def reason(self, row):
+        return "quiet" if row["rms_dbfs"] < -30 else None
+
+
+class NeedsTranscript(Filter):
+    name = "keyword"
+    needs = ("transcript",)
+
+    def reason(self, row):
+        return "keyword" if "cat" in (row["transcript"] or "") else None
+
+
+class NeedsScore(Filter):
+    needs = ("edu_score_mean",)
+
+    def reason(self, row):
+        return None
+
+
+def test_each_filter_runs_where_its_needs_are_first_met():
+    from audiocurate.filters import place_filters
+
+    points = [("decode", {"rms_dbfs", "id"}), ("transcribe", {"rms_dbfs", "id", "transcript"}),
+              ("select", {"rms_dbfs", "id", "transcript", "edu_score_mean"})]
+    placed = place_filters([NeedsScore(), NeedsTranscript(), NeedsRms()], points)
+    assert [type(f) for f in placed["decode"]] == [NeedsRms]
+    assert [type(f) for f in placed["transcribe"]] == [NeedsTranscript]
+    assert [type(f) for f in placed["select"]] == [NeedsScore]
+
+    class NeedsNothingThere(Filter):
+        needs = ("speaker_id",)
+
+    with pytest.raises(FilterPlacementError, match="speaker_id"):
+        place_filters([NeedsNothingThere()], points)
+
+
+def test_a_filter_that_raises_costs_its_row_only():
+    class Fragile(Filter):
+        name = "fragile"
+        needs = ("transcript",)
+
+        def reason(self, row):
+            if row["transcript"] == "bad":
+                raise KeyError("no such thing")
+            return None
+
+    out = SelectStage([Fragile()])(pa.table({"id": ["a", "b"], "transcript": ["good", "bad"]})).to_pylist()
+    assert out[0][C.ERROR_STAGE] is None
+    assert out[1][C.ERROR_STAGE] == "select" and "filter fragile failed: KeyError" in out[1][C.ERROR]
+
+
+@pytest.fixture
+def filter_module(tmp_path, monkeypatch):
+    """A filter in a module of its own, importable only by this process (not installed)."""
+    (tmp_path / "my_filters_x1.py").write_text(textwrap.dedent('''
+        from audiocurate.filters import Filter
+
+        class HasWord(Filter):
+            needs = ("transcript",)
+
+            def __init__(self, word: str):
+                self.word = word
+
+            def reason(self, row):
+                return f"says_{self.word}" if self.word in (row["transcript"] or "").lower().split() else None
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "my_filters_x1"
+    sys.modules.pop("my_filters_x1", None)
+
+
+def test_custom_filter_from_config_is_built_placed_and_ordered(filter_module):
+    config = PipelineConfig.load(overrides={"filters.custom": [
+        {"type": f"{filter_module}:HasWord", "name": "has_the", "args": {"word": "the"}}]})
+    placed = placed_filters(config, ["id", "audio_bytes"])
+    assert [type(f).__name__ for f in placed[C.TRANSCRIBE]] == ["Hallucination", "HasWord"]
+    first = PipelineConfig.load(overrides={"filters.custom": config.model_dump()["filters"]["custom"],
+                                           "filters.order": ["has_the", "hallucination"]})
+    assert [type(f).__name__ for f in build_filters(first, ["id", "audio_bytes"])][:2] == ["HasWord", "Hallucination"]
+    with pytest.raises(ValueError, match="nope"):
+        build_filters(PipelineConfig.load(overrides={"filters.order": ["nope"]}), ["id"])
+    with pytest.raises(ValueError, match="cannot import"):
+        build_filters(PipelineConfig.load(overrides={"filters.custom": [{"type": "no_such_mod:X"}]}), ["id"])
+    with pytest.raises(ValueError, match="cannot build"):
+        build_filters(PipelineConfig.load(overrides={"filters.custom": [{"type": f"{filter_module}:HasWord"}]}), ["id"])
+
+
+def test_an_input_column_the_pipeline_writes_is_refused_by_name():
+    config = PipelineConfig()
+    placed = placed_filters(config, ["id", "audio_bytes", "sentence", "language"])
+    with pytest.raises(C.ColumnCollision, match=r"'language' \(written by transcribe\)"):
+        C.check_columns(["id", "audio_bytes", "sentence", "language"], produced_by(placed), "audio_bytes")
+    with pytest.raises(C.ColumnCollision, match=r"'wer' \(written by transcribe \(filter wer\)\)"):
+        C.check_columns(["id", "audio_bytes", "sentence", "wer"], produced_by(placed), "audio_bytes")
+    # A Hugging Face `audio` column is replaced by the packaged audio by design.
+    C.check_columns(["id", "audio", "sentence"], produced_by(placed), "audio")
+
+
+def test_rows_settled_while_decoding_get_every_later_column_in_order():
+    placed = placed_filters(PipelineConfig(), ["id", "audio_bytes", "sentence"])
+    later = list(columns_after_decode(placed))
+    assert later[:len(C.ASR_COLUMNS)] == list(C.ASR_COLUMNS)
+    assert later.index("wer") < later.index("edu_score")
+    assert "wer" not in columns_after_decode(placed_filters(PipelineConfig(), ["id", "audio_bytes"]))
