@@ -69,9 +69,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 0
         from .pipeline import run
         from .report import format_summary
+        from .terminal import harmless_native_lines_held_back
 
         input_uri = demo_dataset_path() if args.command == "demo" else args.input
-        report = run(config, input_uri, args.output, limit=args.limit, restart=args.restart)
+        with harmless_native_lines_held_back():
+            report = run(config, input_uri, args.output, limit=args.limit, restart=args.restart)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"audiocurate: error: {e}", file=sys.stderr)
         return 2

@@ -7,9 +7,11 @@ config written on a laptop runs unchanged on a cluster.
 
 from __future__ import annotations
 
+import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 import ray
 
@@ -41,8 +43,32 @@ def init_ray(config: RayConfig) -> ClusterShape:
             ray.init(address=address, **kwargs)
         else:
             # "local": start our own Ray even when a `ray start` cluster runs on this machine.
-            ray.init(address="local", num_cpus=config.num_cpus, include_dashboard=False, **kwargs)
+            with _token_auth_default_unannounced():
+                ray.init(address="local", num_cpus=config.num_cpus, include_dashboard=False, **kwargs)
     return ClusterShape.current()
+
+
+class _DropRecord(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+@contextmanager
+def _token_auth_default_unannounced() -> Iterator[None]:
+    """Ray 2.60 turns token auth on for every new local cluster and warns about it each time
+    (a WARNING on every run that needs no action). The default stays; the announcement of it
+    is held back while our own local Ray starts. Set RAY_AUTH_MODE to choose otherwise."""
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    drop = _DropRecord("Token authentication is enabled for this Ray cluster")
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def configure_dataset(ds: "ray.data.Dataset", config: RayConfig) -> "ray.data.Dataset":
