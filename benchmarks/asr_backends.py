@@ -32,7 +32,7 @@ from ct2_whisper import convert_to_hf  # noqa: E402
 
 from audiocurate.asr import make_transcriber  # noqa: E402
 from audiocurate.audio import decode_audio  # noqa: E402
-from audiocurate.config import AsrConfig  # noqa: E402
+from audiocurate.config import FasterWhisperConfig, TransformersAsrConfig  # noqa: E402
 from audiocurate.filters import corpus_wer, normalize_text  # noqa: E402
 from audiocurate.models import resolve_model  # noqa: E402
 
@@ -50,9 +50,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir = convert_to_hf(resolve_model("embedded:whisper-tiny.en"), tmp)
-        backends = {"faster_whisper": AsrConfig(compute_type="float32", threads=2),
-                    "transformers": AsrConfig(backend="transformers", model=hf_dir, device="cpu",
-                                              compute_type="float32", threads=2)}
+        backends = {"faster_whisper": FasterWhisperConfig(compute_type="float32", threads=2),
+                    "transformers": TransformersAsrConfig(model=hf_dir, device="cpu",
+                                              compute_type="float32")}
         out: dict[str, list] = {}
         seconds: dict[str, float] = {}
         for name, cfg in backends.items():

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpora  # noqa: E402
 
 from audiocurate.audio import decode_audio  # noqa: E402
-from audiocurate.config import AsrConfig, JudgeConfig  # noqa: E402
+from audiocurate.config import FasterWhisperConfig, LlamaCppJudgeConfig  # noqa: E402
 from audiocurate.judge import load_judge_profile  # noqa: E402
 
 PROFILE = Path(__file__).resolve().parents[1] / "src/audiocurate/judge/profiles/smollm2-135m-edu.yaml"
@@ -46,7 +46,7 @@ def _transcribe_part(args: tuple[list[bytes], dict]) -> list[str]:
     from audiocurate.asr import make_transcriber
 
     blobs, cfg = args
-    asr = make_transcriber(AsrConfig(**cfg))
+    asr = make_transcriber(FasterWhisperConfig(**cfg))
     return [asr.transcribe(decode_audio(b).pcm).text for b in blobs]
 
 
@@ -56,7 +56,7 @@ def transcribe_all(path: Path, workers: int = 2) -> dict[str, str]:
         return json.loads(cache.read_text())
     t = pq.read_table(path, columns=["id", "audio_bytes"])
     ids, blobs = t["id"].to_pylist(), t["audio_bytes"].to_pylist()
-    parts = [(blobs[i::workers], AsrConfig().model_dump()) for i in range(workers)]
+    parts = [(blobs[i::workers], FasterWhisperConfig().model_dump()) for i in range(workers)]
     t0 = time.time()
     with mp.get_context("spawn").Pool(workers) as pool:
         results = pool.map(_transcribe_part, parts)
@@ -74,7 +74,7 @@ def judge_means(texts: list[str], profile_name: str = "smollm2-135m-edu") -> np.
     from audiocurate.judge.llama_cpp import LlamaCppJudge
 
     profile = load_judge_profile(profile_name).model_copy(update={"calibration": None})
-    judge = LlamaCppJudge(JudgeConfig(threads=1), profile)
+    judge = LlamaCppJudge(LlamaCppJudgeConfig(threads=1), profile)
     t0 = time.time()
     means = np.array([judge.score(t).mean for t in texts])
     print(f"judged {len(texts)} transcripts in {time.time() - t0:.1f} s ({(time.time() - t0) / len(texts):.3f} s each)")

@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpora  # noqa: E402
 
-from audiocurate.config import JudgeConfig, PipelineConfig, RayConfig  # noqa: E402
+from audiocurate.config import LlamaCppJudgeConfig, PipelineConfig, RayConfig  # noqa: E402
 from audiocurate.judge import load_judge_profile  # noqa: E402
 from audiocurate.judge.llama_cpp import LlamaCppJudge  # noqa: E402
 
@@ -34,7 +34,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "engine_start.json"
 
 
 def judge_rate(texts: list[str], extra: bool) -> tuple[float, list[float]]:
-    config = JudgeConfig(extra_buffer_types=extra)
+    config = LlamaCppJudgeConfig(extra_buffer_types=extra)
     judge = LlamaCppJudge(config, load_judge_profile(config.profile))
     t0 = time.perf_counter()
     scores = judge.score_batch(texts)

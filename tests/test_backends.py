@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from audiocurate.config import AsrConfig, JudgeConfig, PipelineConfig
+from audiocurate.config import LlamaCppJudgeConfig, PipelineConfig, TransformersAsrConfig, TransformersJudgeConfig
 from audiocurate.models import resolve_model
 
 from conftest import speak
@@ -61,7 +61,7 @@ def tiny_whisper_dir(tmp_path_factory):
 def test_hf_whisper_batches_short_clips_and_windows_long_ones(tiny_whisper_dir):
     from audiocurate.asr import make_transcriber
 
-    asr = make_transcriber(AsrConfig(backend="transformers", model=tiny_whisper_dir, device="cpu",
+    asr = make_transcriber(TransformersAsrConfig(model=tiny_whisper_dir, device="cpu",
                                      compute_type="float32", beam_size=1, max_new_tokens=12, min_new_tokens=8,
                                      chunk_s=60))
     rng = np.random.default_rng(0)
@@ -140,8 +140,8 @@ def test_hf_whisper_on_tiny_en_weights_decodes_as_ctranslate2(embedded_whisper_h
     from audiocurate.filters import corpus_wer
 
     clips = [sf.read(io.BytesIO(speak(t)), dtype="int16")[0] for t in SPOKEN] + [np.zeros(16000 * 2, np.int16)]
-    asr = make_transcriber(AsrConfig(backend="transformers", model=embedded_whisper_hf_dir, device="cpu",
-                                     compute_type="float32", beam_size=1, max_new_tokens=64, threads=2))
+    asr = make_transcriber(TransformersAsrConfig(model=embedded_whisper_hf_dir, device="cpu",
+                                     compute_type="float32", beam_size=1, max_new_tokens=64))
     ours = asr.transcribe_batch(clips)
 
     ct2 = WhisperModel(resolve_model("embedded:whisper-tiny.en"), device="cpu", compute_type="float32", cpu_threads=2)
@@ -175,8 +175,8 @@ def test_hf_judge_on_the_real_smollm2_agrees_with_llama_cpp():
     pytest.importorskip("gguf")
     from audiocurate.judge import make_judge
 
-    hf = make_judge(JudgeConfig(backend="transformers", model="embedded:smollm2-135m", device="cpu", dtype="float32"))
-    cpp = make_judge(JudgeConfig())
+    hf = make_judge(TransformersJudgeConfig(model="embedded:smollm2-135m", device="cpu", dtype="float32"))
+    cpp = make_judge(LlamaCppJudgeConfig())
     a, b = hf.score_batch(TEXTS), cpp.score_batch(TEXTS)
     for x, y in zip(a, b):
         assert x.error is None and x.score in {1, 2, 3, 4, 5}
@@ -204,7 +204,7 @@ def tiny_llama_dir(tmp_path_factory):
 def test_hf_judge_chat_batch_with_truncation_and_errors(tiny_llama_dir):
     from audiocurate.judge import make_judge
 
-    judge = make_judge(JudgeConfig(backend="transformers", profile="llama3-edu", model=tiny_llama_dir, device="cpu",
+    judge = make_judge(TransformersJudgeConfig(profile="llama3-edu", model=tiny_llama_dir, device="cpu",
                                    n_ctx=512))
     assert judge.use_chat
     long = "word " * 2000
@@ -212,7 +212,7 @@ def test_hf_judge_chat_batch_with_truncation_and_errors(tiny_llama_dir):
     for s in out:
         assert s.error is None and s.score in {1, 2, 3, 4, 5} and abs(sum(s.probs) - 1) < 1e-4
     assert out[-1].truncated and not out[0].truncated
-    strict = make_judge(JudgeConfig(backend="transformers", profile="llama3-edu", model=tiny_llama_dir, device="cpu",
+    strict = make_judge(TransformersJudgeConfig(profile="llama3-edu", model=tiny_llama_dir, device="cpu",
                                     n_ctx=512, long_text="error"))
     s = strict.score_batch([TEXTS[0], long])
     assert s[0].error is None and s[1].error and "context" in s[1].error
@@ -290,7 +290,7 @@ def test_vllm_judge_through_rays_vllm_stage_with_a_stand_in_engine(tiny_llama_di
     ds = processors.apply_processor_judge(ray.data.from_items(rows), config, 1)
     out = {r["id"]: r for r in ds.take_all()}
     assert set(out) == {r["id"] for r in rows}
-    local = make_judge(JudgeConfig()).score_batch(TEXTS)
+    local = make_judge(LlamaCppJudgeConfig()).score_batch(TEXTS)
     for i, s in enumerate(local):
         r = out[str(i)]
         assert r["error_stage"] is None and r["edu_score"] in {1, 2, 3, 4, 5}, r.get("error")
@@ -358,6 +358,6 @@ def test_http_judge_through_rays_http_processor(llama_server, tmp_path, ray_loca
     # The same GGUF through the server and in-process: same expected scores.
     from audiocurate.judge import make_judge
 
-    local = make_judge(JudgeConfig()).score_batch(TEXTS)
+    local = make_judge(LlamaCppJudgeConfig()).score_batch(TEXTS)
     for i, s in enumerate(local):
         assert abs(out[str(i)]["edu_score_mean"] - s.mean) < 0.2

@@ -60,24 +60,30 @@ def test_fingerprint_ignores_speed_settings_only():
 def test_fingerprint_is_derived_from_the_fields_speed_only_marks():
     """A moved server, another GPU memory share or a longer timeout keeps a run resumable; a
     different model, prompt or threshold does not. No hand-kept list decides it."""
-    from audiocurate.config import changes_results
+    from audiocurate.config import BACKEND_SECTIONS, changes_results
 
     http = ["judge.backend=http", "judge.url=http://a:8000/v1/completions"]
     base = PipelineConfig.load(overrides=http)
     moved = PipelineConfig.load(overrides=[*http[:1], "judge.url=http://b:9000/v1/completions", "judge.timeout_s=5",
-                                           "judge.qps=2", "judge.vllm_engine_kwargs={gpu_memory_utilization: 0.3}",
-                                           "decode.read_block_mb=2", "output.rows_per_shard=5", "ray.probe_engines=false"])
+                                           "judge.qps=2", "decode.read_block_mb=2", "output.rows_per_shard=5",
+                                           "ray.probe_engines=false"])
     assert base.fingerprint_hash() == moved.fingerprint_hash()
-    for change in ("asr.beam_size=1", "judge.profile=llama3-edu", "filters.silence.max_peak_dbfs=-40",
-                   "judge.extra_buffer_types=true", "asr.model=/models/x"):
+    vllm = PipelineConfig.load(profile="gpu")
+    less_memory = PipelineConfig.load(profile="gpu", overrides=["judge.vllm_engine_kwargs={gpu_memory_utilization: 0.3}"])
+    assert vllm.fingerprint_hash() == less_memory.fingerprint_hash()
+    for change in ("asr.beam_size=1", "judge.profile=llama3-edu", "filters.silence.max_peak_dbfs=-40", "asr.model=/models/x"):
         assert PipelineConfig.load(overrides=[*http, change]).fingerprint_hash() != base.fingerprint_hash(), change
+    assert PipelineConfig.load(overrides=["judge.extra_buffer_types=true"]).fingerprint_hash() != PipelineConfig().fingerprint_hash()
 
-    speed_only = []
+    speed_only = set()
 
     def walk(model, prefix=""):
         for name, field in model.model_fields.items():
             if not changes_results(field):
-                speed_only.append(prefix + name)
+                speed_only.add(prefix + name)
+            elif name in BACKEND_SECTIONS and not prefix:
+                for backend_class in BACKEND_SECTIONS[name].values():
+                    walk(backend_class, f"{name}.")
             elif isinstance(field.annotation, type) and issubclass(field.annotation, PipelineConfig.__mro__[1]):
                 walk(field.annotation, f"{prefix}{name}.")
     walk(PipelineConfig)
@@ -89,8 +95,25 @@ def test_fingerprint_is_derived_from_the_fields_speed_only_marks():
 
 
 def test_http_qps_is_a_whole_number():
-    with pytest.raises(ValidationError):
-        PipelineConfig.load(overrides=["judge.qps=0.5"])
+    with pytest.raises(ValidationError, match="qps"):
+        PipelineConfig.load(overrides=["judge.backend=http", "judge.url=http://a/v1/completions", "judge.qps=0.5"])
+
+
+def test_each_backend_has_its_own_fields():
+    c = PipelineConfig.load(overrides=["judge.backend=http", "judge.url=http://a/v1/completions"])
+    assert type(c.judge).__name__ == "HttpJudgeConfig" and c.judge.timeout_s == 60.0
+    assert type(PipelineConfig().judge).__name__ == "LlamaCppJudgeConfig"
+    # A field another backend has is an error, not a silently ignored setting.
+    with pytest.raises(ValidationError, match="extra_buffer_types"):
+        PipelineConfig.load(overrides=["judge.backend=http", "judge.url=http://a/v1/completions",
+                                       "judge.extra_buffer_types=true"])
+    with pytest.raises(ValidationError, match="url"):
+        PipelineConfig.load(overrides=["judge.backend=http"])
+    # A layer that switches the backend leaves the old backend's fields behind.
+    switched = PipelineConfig.load(overrides=["judge.threads=2", "judge.profile=llama3-edu", "judge.backend=vllm"])
+    assert type(switched.judge).__name__ == "VllmJudgeConfig" and switched.judge.profile == "llama3-edu"
+    gpu = PipelineConfig.load(profile="gpu", overrides=["asr.backend=faster_whisper"])
+    assert gpu.asr.compute_type == "float16" and gpu.asr.threads == 1
 
 
 def test_round_trip_yaml(tmp_path):

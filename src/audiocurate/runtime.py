@@ -125,7 +125,7 @@ def plan_concurrency(config: PipelineConfig, shape: ClusterShape) -> dict[str, U
     elif _is_gpu_stage(asr):
         out["asr"] = max(int(shape.gpus), 1)
     else:
-        out["asr"] = max(1, cores // max(config.asr.threads, 1))
+        out["asr"] = max(1, cores // max(getattr(config.asr, "threads", 1), 1))
     return out
 
 

@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Literal, Sequence
 
 import numpy as np
+from pydantic import Field
 
 from ..models import resolve_model
 from . import ASR_BACKENDS, Segment, Transcription
+from ..core.settings import SPEED_ONLY
+from .settings import AsrSettings
 from .windows import iter_windows
 
-if TYPE_CHECKING:
-    from ..config import AsrConfig
 
+class FasterWhisperConfig(AsrSettings):
+    """`asr.backend: faster_whisper`: Whisper through CTranslate2, on CPU or GPU."""
+
+    backend: Literal["faster_whisper"] = "faster_whisper"
+    threads: int = Field(1, ge=1, json_schema_extra=SPEED_ONLY, description="Intra-op threads per actor. One is the "
+                         "most work per core (the planner then runs one actor per core): two actors of one "
+                         "thread beat one actor of two threads on 2 cores.")
+    compression_ratio_threshold: float = Field(
+        2.4, description="Fallback above this gzip ratio of the text (faster-whisper's measure).")
 
 @ASR_BACKENDS.register("faster_whisper")
 class FasterWhisperTranscriber:
     """Whisper through CTranslate2; one model per actor, `threads` intra-op threads."""
 
-    def __init__(self, config: "AsrConfig"):
+    def __init__(self, config: FasterWhisperConfig):
         from faster_whisper import WhisperModel
 
         self.config = config

@@ -10,25 +10,40 @@ generation with timestamps.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Literal, Any, Sequence
 
 import numpy as np
+from pydantic import Field
 
 from ..models import dtype_kwarg, resolve_model
 from . import ASR_BACKENDS, Segment, Transcription, compression_ratio
+from .settings import AsrSettings
 from .windows import iter_windows
-
-if TYPE_CHECKING:
-    from ..config import AsrConfig
 
 _WINDOW_S = 30.0
 
+
+class TransformersAsrConfig(AsrSettings):
+    """`asr.backend: transformers`: Hugging Face Whisper, fp16/bf16 on GPU."""
+
+    backend: Literal["transformers"] = "transformers"
+    token_compression_ratio_threshold: float = Field(
+        1.35, description="Temperature fallback above this gzip ratio of the token ids "
+        "(the value transformers recommends).")
+    attn_implementation: str = Field("sdpa", description="Attention kernel.")
+    max_new_tokens: int = Field(440, description="Token budget per 30 s window.")
+    min_new_tokens: int = Field(0, ge=0, description="Tokens decoded at least per clip "
+                                "(benchmarks with random weights use it to decode a fixed length).")
+    features_on_device: Literal["auto", "cpu", "gpu"] = Field(
+        "auto", description="Where log-mel features are computed. `auto` uses "
+        "the GPU when the model is there, so CPU preprocessing cannot starve it."
+    )
 
 @ASR_BACKENDS.register("transformers")
 class TransformersWhisperTranscriber:
     """`WhisperForConditionalGeneration` behind the `Transcriber` protocol."""
 
-    def __init__(self, config: "AsrConfig"):
+    def __init__(self, config: TransformersAsrConfig):
         import torch
         from transformers import AutoProcessor, WhisperForConditionalGeneration
 

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import ctypes
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import Literal, Any, Iterator, Sequence
 
 import numpy as np
 
+from pydantic import Field
+
+from ..core.settings import SPEED_ONLY
 from ..models import resolve_model
 from . import JudgeScore, score_from_logits
 from .backends import JUDGE_BACKENDS, ActorJudge
 from .profile import JudgeProfile
-
-if TYPE_CHECKING:
-    from ..config import JudgeConfig
+from .settings import JudgeSettings
 
 
 @contextmanager
@@ -39,6 +40,22 @@ def model_params(llama_cpp: Any, **fields: Any) -> Iterator[None]:
         module.llama_model_default_params = default
 
 
+class LlamaCppJudgeConfig(JudgeSettings):
+    """`judge.backend: llama_cpp`: a GGUF model on CPU through llama.cpp (the embedded default)."""
+
+    backend: Literal["llama_cpp"] = "llama_cpp"
+    threads: int = Field(1, ge=1, json_schema_extra=SPEED_ONLY, description="Llama.cpp threads per actor; more threads than "
+                         "free cores makes llama.cpp spin (60x slower seen on 2 cores).")
+    extra_buffer_types: bool = Field(
+        False, description="Llama_cpp: let llama.cpp repack the weights into its CPU-specific "
+        "buffer types (AMX tiles, interleaved Q4_0/Q8_0 layouts). Off by default: on some "
+        "machines that advertise AMX (cloud VMs) the AMX path dies with SIGILL. For the embedded "
+        "Q4_1 judge it buys nothing with the portable build: 6.50 rows/s off, 6.51 on, identical "
+        "scores (2-core AMD EPYC, `benchmarks/engine_start.py`); Q4_0/Q8_0 models on AMX or "
+        "AVX-512 builds are where it helps. Turn it on where the probe and a benchmark say so.",
+    )
+
+
 @JUDGE_BACKENDS.register("llama_cpp")
 class LlamaCppJudge(ActorJudge):
     """One forward pass per transcript over a KV-cached prompt prefix.
@@ -47,7 +64,7 @@ class LlamaCppJudge(ActorJudge):
     each row rewinds the cache to the end of the prefix and evaluates only its own tokens.
     """
 
-    def __init__(self, config: "JudgeConfig", profile: JudgeProfile):
+    def __init__(self, config: LlamaCppJudgeConfig, profile: JudgeProfile):
         import llama_cpp
 
         if profile.style != "completion":

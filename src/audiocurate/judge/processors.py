@@ -20,22 +20,61 @@ import functools
 
 import math
 import os
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
 from .. import contract as C
-from ..config import PipelineConfig
+from ..core.settings import SPEED_ONLY
 from ..models import resolve_model
 from . import score_from_logits
 from .backends import JUDGE_BACKENDS
 from .profile import JudgeProfile, load_judge_profile
+from .settings import JudgeSettings
+
+if TYPE_CHECKING:
+    from ..config import PipelineConfig
 
 LABEL_LOGPROBS = "_judge_label_logprobs"
 JUDGE_ERROR = "_judge_error"
 INFERENCE_ERROR = "__inference_error__"
 TOP_LOGPROBS = 20
+
+
+
+class VllmJudgeConfig(JudgeSettings):
+    """`judge.backend: vllm`: vLLM on GPUs, through `ray.data.llm`."""
+
+    backend: Literal["vllm"] = "vllm"
+    dtype: str = Field("auto", description="Weights dtype (`auto`, `float16`, `bfloat16`, `float32`).")
+    vllm_engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, json_schema_extra=SPEED_ONLY, description="Extra engine arguments (`max_model_len`, "
+        "`gpu_memory_utilization`, `tensor_parallel_size`...)."
+    )
+
+
+class HttpJudgeConfig(JudgeSettings):
+    """`judge.backend: http`: any OpenAI-compatible completions server, through `ray.data.llm`."""
+
+    backend: Literal["http"] = "http"
+    url: str = Field(..., json_schema_extra=SPEED_ONLY, description="The server's "
+                               "chat/completions URL (moving the server keeps a run resumable).")
+    api_key_env: Optional[str] = Field(None, json_schema_extra=SPEED_ONLY,
+                                       description="Environment variable holding a bearer token.")
+    max_retries: int = Field(3, ge=0, json_schema_extra=SPEED_ONLY,
+                             description="Retries per request on errors and 429/5xx.")
+    qps: Optional[int] = Field(None, ge=1, json_schema_extra=SPEED_ONLY, description="Most "
+                               "requests per second per worker, a whole number (Ray's limiter counts "
+                               "whole requests); None sends each worker's requests one after another.")
+    timeout_s: float = Field(60.0, gt=0, json_schema_extra=SPEED_ONLY,
+                             description="Seconds one request may take before it counts as failed and is retried.")
+    http_extra: dict[str, Any] = Field(
+        default_factory=dict, description="Fields merged into every request body, for a "
+        "server's own way of constraining the answer (vLLM: `structured_outputs: {choice: [...]}`; "
+        "llama.cpp: `grammar`). The score never depends on them: it is read from the five labels' "
+        "log-probabilities.")
 
 
 def _active(row: dict[str, Any]) -> bool:

@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Literal, Any, Sequence
 
+from pydantic import Field
+
+from ..core.settings import SPEED_ONLY
 from ..models import dtype_kwarg, resolve_model
 from . import JudgeScore, score_from_logits
 from .backends import JUDGE_BACKENDS, ActorJudge
 from .profile import JudgeProfile
+from .settings import JudgeSettings
 
-if TYPE_CHECKING:
-    from ..config import JudgeConfig
+
+class TransformersJudgeConfig(JudgeSettings):
+    """`judge.backend: transformers`: any causal LM through Hugging Face transformers."""
+
+    backend: Literal["transformers"] = "transformers"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", json_schema_extra=SPEED_ONLY, description="Where the model runs; `auto` takes a GPU when one is there.")
+    dtype: str = Field("auto", description="Weights dtype (`auto`, `float16`, `bfloat16`, `float32`).")
 
 
 @JUDGE_BACKENDS.register("transformers")
 class TransformersJudge(ActorJudge):
     """Left-padded batch, logits of the last position only, the five labels' softmax."""
 
-    def __init__(self, config: "JudgeConfig", profile: JudgeProfile):
+    def __init__(self, config: TransformersJudgeConfig, profile: JudgeProfile):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

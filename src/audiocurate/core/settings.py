@@ -1,0 +1,62 @@
+"""The base of every configuration section: strict pydantic models whose field descriptions are
+the manual, and the mark that says a field changes only speed, never results."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.fields import FieldInfo
+
+Concurrency = Union[int, tuple[int, int], Literal["auto"]]
+
+
+class Settings(BaseModel):
+    """A configuration section: unknown fields are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# A setting that changes how fast or where a result comes, never the result. The resume
+# fingerprint (`PipelineConfig.result_fingerprint`) is every setting without this mark, so a
+# resumed run may change these and nothing else. On a field: `Field(..., json_schema_extra=SPEED_ONLY)`;
+# on a whole section: its `model_config`'s `json_schema_extra=SPEED_ONLY`.
+SPEED_ONLY: dict[str, Any] = {"changes_results": False}
+SPEED_ONLY_SECTION = ConfigDict(extra="forbid", validate_assignment=True, json_schema_extra=SPEED_ONLY)
+
+
+def changes_results(field: FieldInfo) -> bool:
+    """Whether a field is part of a result's identity (see SPEED_ONLY)."""
+    section = getattr(field.annotation, "model_config", None) or {}
+    for extra in (field.json_schema_extra, section.get("json_schema_extra")):
+        if isinstance(extra, dict) and extra.get("changes_results") is False:
+            return False
+    return True
+
+
+class StageResources(Settings):
+    """Ray resources of one stage. Logical reservations only: a model's threads are set in
+    the backend's own `threads`, so fractions here never oversubscribe the machine."""
+
+    model_config = SPEED_ONLY_SECTION
+
+    num_cpus: float = Field(0.5, ge=0, description="CPUs Ray reserves per task or actor (fractions allowed).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; fractions let stages share one GPU.")
+    concurrency: Concurrency = Field(
+        "auto",
+        description="Actors in the pool: an int for a fixed pool, `[min, max]` for an "
+        "autoscaling pool, `auto` to plan it from the cluster at start: on CPUs one Whisper "
+        "actor per core (per `asr.threads` cores) and one judge actor per four cores besides, "
+        "at least one (2 cores: two Whisper actors and a judge, 1.3x one Whisper actor and "
+        "1.03x faster-whisper alone on both cores, `benchmarks/throughput.py`); on GPUs one "
+        "actor per GPU and stage.",
+    )
+    batch_size: int = Field(8, ge=1, description="Rows per call. Larger batches feed GPUs "
+                            "better; smaller ones lose less work when a worker dies.")
+
+    @field_validator("concurrency", mode="before")
+    @classmethod
+    def _list_to_tuple(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v
+
+
