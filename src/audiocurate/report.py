@@ -26,6 +26,7 @@ DURATION_EDGES = [0, 1, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 60, 120, 300, 600, 1800
 MEAN_EDGES = list(np.round(np.linspace(1, 5, 33), 3))
 WER_EDGES = list(np.round(np.linspace(0, 1, 21), 3)) + [math.inf]
 STAGE_TIME_COLUMNS = {"decode": "decode_s", "transcribe": "asr_s", "judge": "judge_s"}
+PIPELINE_STAGES = (C.DECODE, C.TRANSCRIBE, C.JUDGE, C.SELECT)
 _MAX_REASON_KEYS = 40
 
 
@@ -37,6 +38,10 @@ class _Tally:
         self.error_stages: Counter = Counter()
         self.error_reasons: Counter = Counter()
         self.stage_s: Counter = Counter()
+        # Per stage: rows that reached it, errors there, drops there by reason.
+        self.stage_in: Counter = Counter()
+        self.stage_errors: Counter = Counter()
+        self.stage_drops: dict[str, Counter] = {s: Counter() for s in PIPELINE_STAGES}
         self.edu_score: Counter = Counter()
         self.mean_hist = np.zeros(len(MEAN_EDGES) - 1, dtype=np.int64)
         self.duration_hist = {s: np.zeros(len(DURATION_EDGES) - 1, dtype=np.int64) for s in SPLITS}
@@ -76,6 +81,7 @@ class _Tally:
             self.wer_sum += float(w.sum())
             self.wer_n += len(w)
             self.wer_hist += np.histogram(w, bins=WER_EDGES)[0]
+        self._count_stages(split, t)
         if split == REJECTED:
             self.drop_reasons.update(t[C.DROP_REASON].to_pylist())
         if split == ERRORS:
@@ -86,6 +92,40 @@ class _Tally:
                     self.error_reasons[key] += 1
                 else:
                     self.error_reasons["(other)"] += 1
+
+    def _count_stages(self, split: str, t: Any) -> None:
+        """Where each row went: a model stage writes its timing column (and the judge its
+        model name) for every row it was given, so the columns tell how far a row got."""
+        n = t.num_rows
+
+        def present(col: str) -> np.ndarray:
+            if col not in t.column_names:
+                return np.zeros(n, dtype=bool)
+            return np.asarray(t[col].is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+
+        transcribed = present("asr_s")
+        judged = present("judge_s") | present("judge_model")
+        failed = present(C.ERROR_STAGE)
+        self.stage_in[C.DECODE] += n
+        self.stage_in[C.TRANSCRIBE] += int(transcribed.sum())
+        self.stage_in[C.JUDGE] += int(judged.sum())
+        self.stage_in[C.SELECT] += int((judged & ~failed).sum())
+        if split == ERRORS:
+            self.stage_errors.update(t[C.ERROR_STAGE].to_pylist())
+        if split == REJECTED:
+            where = np.where(judged, C.SELECT, np.where(transcribed, C.TRANSCRIBE, C.DECODE))
+            for stage, reason in zip(where, t[C.DROP_REASON].to_pylist()):
+                self.stage_drops[str(stage)][reason] += 1
+
+    def stages(self) -> dict[str, Any]:
+        out = {}
+        for stage in PIPELINE_STAGES:
+            dropped = dict(self.stage_drops[stage].most_common())
+            errors = self.stage_errors.get(stage, 0)
+            out[stage] = {"rows_in": self.stage_in[stage], "errors": errors, "dropped": dropped,
+                          "passed": self.stage_in[stage] - errors - sum(dropped.values()),
+                          "busy_s": self.stage_s.get(stage)}
+        return out
 
     def duplicates(self) -> int:
         if not self.id_hashes:
@@ -105,7 +145,7 @@ def build_report(
 ) -> dict[str, Any]:
     tally = _Tally(keep_ids, config.output.report_samples)
     wanted = [id_column, "duration_s", "edu_score", "edu_score_mean", "wer", C.DROP_REASON, C.ERROR_STAGE,
-              C.ERROR, *STAGE_TIME_COLUMNS.values()]
+              C.ERROR, "judge_model", *STAGE_TIME_COLUMNS.values()]
     for split in SPLITS:
         for path in out.part_files(split):
             with out.fs.open_input_file(path) as f:
@@ -141,6 +181,7 @@ def build_report(
         },
         "drop_reasons": dict(tally.drop_reasons.most_common()),
         "error_stages": dict(tally.error_stages.most_common()),
+        "stages": tally.stages(),
         "error_reasons": dict(tally.error_reasons.most_common()),
         "audio_hours": {s: tally.audio_s[s] / 3600 for s in (CURATED, REJECTED, ERRORS)} | {"total": audio_total / 3600},
         "timing": {
@@ -195,10 +236,11 @@ def format_summary(report: dict[str, Any]) -> str:
         f"  accounting      {'OK' if a['ok'] else 'MISMATCH'}: {a['curated']} + {a['rejected']} + {a['errors']} = "
         f"{a['accounted']} of {a['input']} input rows, {a['duplicates']} duplicates",
     ]
-    if report["drop_reasons"]:
-        lines.append("  drop reasons    " + ", ".join(f"{k} {v}" for k, v in report["drop_reasons"].items()))
-    if report["error_stages"]:
-        lines.append("  errors by stage " + ", ".join(f"{k} {v}" for k, v in report["error_stages"].items()))
+    for stage, c in (report.get("stages") or {}).items():
+        fates = [f"{c['passed']} passed"] + [f"{n} {reason}" for reason, n in c["dropped"].items()]
+        if c["errors"]:
+            fates.append(f"{c['errors']} errors")
+        lines.append(f"  {stage:<15} {c['rows_in']:>10,} in: " + ", ".join(fates))
     lines.append(f"  audio           {report['audio_hours']['total']:.3f} h in {t['wall_s']:.1f} s wall "
                  f"over {t['attempts']} attempt(s)")
     if th["audio_hours_per_hour"]:
@@ -233,6 +275,7 @@ def render_html(report: dict[str, Any]) -> str:
         f"<h1>audiocurate report</h1><p>Input <code>{html.escape(str(report['input']))}</code>, "
         f"output <code>{html.escape(str(report['output']))}</code></p>",
         "<table id='summary'>" + "".join(f"<tr><th>{k}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows) + "</table>",
+        _stages_table(report.get("stages") or {}),
         "<h2>Plots</h2><div class='plots'>",
         *[f"<figure><img class='plot' alt='{html.escape(name)}' src='data:image/png;base64,{b64}'>"
           f"<figcaption>{html.escape(name)}</figcaption></figure>" for name, b64 in figures],
@@ -250,6 +293,19 @@ def render_html(report: dict[str, Any]) -> str:
         parts.append("</table>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _stages_table(stages: dict[str, Any]) -> str:
+    """Per stage: rows in, passed on, dropped by each filter's reason, errors, busy time."""
+    if not stages:
+        return ""
+    head = "<h2>Stages and filters</h2><table id='stages'><tr><th>stage</th><th>rows in</th><th>passed</th>" \
+           "<th>dropped (by reason)</th><th>errors</th><th>busy s</th></tr>"
+    body = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{c['rows_in']}</td><td>{c['passed']}</td><td>"
+        + html.escape(", ".join(f"{r} {n}" for r, n in c["dropped"].items())) + f"</td><td>{c['errors']}</td>"
+        f"<td>{_fmt(c['busy_s'])}</td></tr>" for name, c in stages.items())
+    return head + body + "</table>"
 
 
 def _fmt(v: Any) -> str:

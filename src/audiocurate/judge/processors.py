@@ -28,6 +28,7 @@ from pydantic import Field
 
 from .. import contract as C
 from ..core.settings import SPEED_ONLY
+from ..core.stage import Outcome, Stage
 from ..models import resolve_model
 from . import score_from_logits
 from .backends import JUDGE_BACKENDS
@@ -188,37 +189,42 @@ def label_logprobs_from_tokens(tokens: dict[str, float], labels: list[str]) -> l
     return [best[label] for label in labels]
 
 
-class ProcessorJudgeResultStage:
+class ProcessorJudgeResultStage(Stage):
     """After a processor: scores from the label log-probabilities, errors as error rows."""
 
-    def __init__(self, config: PipelineConfig, model_name: str):
+    name = C.JUDGE
+    produces = C.JUDGE_COLUMNS
+
+    def __init__(self, config: "PipelineConfig", model_name: str):
+        super().__init__()
         self.profile = load_judge_profile(config.judge.profile)
         self.model_name = model_name
 
-    def __call__(self, table: pa.Table) -> pa.Table:
-        table = C.ensure_status(table)
-        n = table.num_rows
-        active = C.active_mask(table)
-        values: dict[str, list[Any]] = {k: [None] * n for k in C.JUDGE_COLUMNS}
-        errors: dict[int, tuple[str, str]] = {}
-        lps = table[LABEL_LOGPROBS].to_pylist() if LABEL_LOGPROBS in table.column_names else [None] * n
-        jerr = table[JUDGE_ERROR].to_pylist() if JUDGE_ERROR in table.column_names else [None] * n
-        ierr = table[INFERENCE_ERROR].to_pylist() if INFERENCE_ERROR in table.column_names else [None] * n
-        for i in np.flatnonzero(active):
-            values["judge_model"][i] = self.model_name
-            reason = ierr[i] or jerr[i]
+    def process(self, table: pa.Table, rows: np.ndarray) -> Outcome:
+        out = Outcome(values={k: [None] * len(rows) for k in self.produces})
+        v = out.values
+        index = pa.array(rows, pa.int64())
+
+        def column(name: str) -> list[Any]:
+            return table[name].take(index).to_pylist() if name in table.column_names else [None] * len(rows)
+
+        lps, jerr, ierr = column(LABEL_LOGPROBS), column(JUDGE_ERROR), column(INFERENCE_ERROR)
+        for j in range(len(rows)):
+            v["judge_model"][j] = self.model_name
+            reason = ierr[j] or jerr[j]
             if reason:
-                errors[int(i)] = (C.JUDGE, f"judge failed: {reason}"[:500])
+                out.errors[j] = f"judge failed: {reason}"[:500]
                 continue
-            s = score_from_logits(np.array(lps[i] if lps[i] is not None else [-math.inf] * 5, dtype=float), self.profile)
+            s = score_from_logits(np.array(lps[j] if lps[j] is not None else [-math.inf] * 5, dtype=float), self.profile)
             if s.error:
-                errors[int(i)] = (C.JUDGE, s.error)
+                out.errors[j] = s.error
                 continue
-            values["edu_score"][i], values["edu_score_mean"][i], values["edu_probs"][i] = s.score, s.mean, s.probs
-            values["judge_truncated"][i] = False
-        drop = [c for c in (LABEL_LOGPROBS, JUDGE_ERROR, INFERENCE_ERROR) if c in table.column_names]
-        table = C.put_columns(table.drop_columns(drop), C.JUDGE_COLUMNS, values)
-        return C.mark(table, errors=errors)
+            v["edu_score"][j], v["edu_score_mean"][j], v["edu_probs"][j] = s.score, s.mean, s.probs
+            v["judge_truncated"][j] = False
+        return out
+
+    def finish(self, table: pa.Table) -> pa.Table:
+        return table.drop_columns([c for c in (LABEL_LOGPROBS, JUDGE_ERROR, INFERENCE_ERROR) if c in table.column_names])
 
 
 def build_judge_processor(config: PipelineConfig, concurrency: Any) -> tuple[Any, str]:
