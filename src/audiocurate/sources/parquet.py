@@ -1,0 +1,86 @@
+"""Parquet sources: Common Voice style (`id`, encoded `audio_bytes`) and Hugging Face
+`datasets` layout (an `audio` struct of `bytes` and `path`)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from .. import storage
+from ..config import SourceConfig
+from . import SOURCE_FORMATS, Source, SourceError
+
+
+@SOURCE_FORMATS.register("parquet")
+@SOURCE_FORMATS.register("hf_parquet")
+@SOURCE_FORMATS.register("auto_parquet")
+def open_parquet_source(uri: str, fs: pafs.FileSystem, path: str, config: SourceConfig) -> Source:
+    files = storage.expand(fs, path, (".parquet", ".pq"))
+    if not files:
+        raise SourceError(f"no Parquet files under {uri}")
+    with open_parquet(fs, files[0]) as (_, pf):
+        schema = pf.schema_arrow
+    requested = config.format if config.format in ("parquet", "hf_parquet") else "auto"
+    kind, audio_col = check_schema(uri, schema, config, requested)
+    root = files[0].rsplit("/", 1)[0] if len(files) == 1 else path
+    return Source(uri, kind, config.id_column, audio_col, fs, root, files, list(schema.names))
+
+
+@contextmanager
+def open_parquet(fs: pafs.FileSystem, path: str) -> Iterator[tuple[Any, pq.ParquetFile]]:
+    """A Parquet file and its reader; a file that cannot be read is a `SourceError` naming it
+    (pyarrow's own message names no file)."""
+    try:
+        f = fs.open_input_file(path)
+    except OSError as e:
+        raise SourceError(f"cannot open {path}: {e}") from None
+    with f:
+        try:
+            pf = pq.ParquetFile(f)
+        except (OSError, pa.ArrowException) as e:
+            raise SourceError(f"{path} is not a readable Parquet file: {e}") from None
+        try:
+            yield f, pf
+        except (OSError, pa.ArrowException) as e:  # a corrupt row group, met while reading
+            raise SourceError(f"{path}: {e}") from None
+
+
+class ParquetFileReader:
+    """A Ray Data UDF: each input row names a Parquet file; yields its record batches."""
+
+    def __init__(self, fs: pafs.FileSystem):
+        self.fs = fs
+
+    def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
+        for path in batch["path"].to_pylist():
+            with open_parquet(self.fs, path) as (_, pf):
+                for record_batch in pf.iter_batches(batch_size=4096):
+                    yield pa.Table.from_batches([record_batch])
+
+
+def check_schema(uri: str, schema: pa.Schema, config: SourceConfig, kind: str) -> tuple[str, str]:
+    """The layout and audio column of a Parquet-like schema, or a SourceError saying what is off."""
+    audio_col = config.audio_column or _guess_audio_column(schema, kind)
+    if audio_col not in schema.names:
+        raise SourceError(f"{uri}: no audio column {audio_col!r}; columns are {schema.names}. Set source.audio_column.")
+    t = schema.field(audio_col).type
+    if kind == "auto":
+        kind = "hf_parquet" if pa.types.is_struct(t) else "parquet"
+    if config.id_column not in schema.names:
+        raise SourceError(f"{uri}: no id column {config.id_column!r}; columns are {schema.names}. Set source.id_column.")
+    if not (pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_string(t)
+            or pa.types.is_large_string(t) or (pa.types.is_struct(t) and t.get_field_index("bytes") >= 0)):
+        raise SourceError(f"{uri}: audio column {audio_col!r} is {t}, not bytes, a path, or a {{bytes, path}} struct")
+    return kind, audio_col
+
+
+def _guess_audio_column(schema: pa.Schema, kind: str) -> str:
+    if kind == "hf_parquet" or (kind == "auto" and "audio" in schema.names and "audio_bytes" not in schema.names):
+        return "audio"
+    return "audio_bytes"
+
+
