@@ -1,4 +1,4 @@
-"""`audiocurate run|demo|report`: the command line over `pipeline.run`."""
+"""`audiocurate run|demo|report|export|config`: the command line over `pipeline.run`."""
 
 from __future__ import annotations
 
@@ -42,6 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(demo)
     rep = sub.add_parser("report", help="rebuild OUTPUT/report.json and report.html from the output files")
     rep.add_argument("output")
+    exp = sub.add_parser("export", help="write OUTPUT's curated clips in a training format: nemo, webdataset, "
+                         "lhotse, hf (resumable: a rerun completes an interrupted export)")
+    exp.add_argument("output", help="an audiocurate output folder, local or s3:// / gs://")
+    exp.add_argument("format", choices=["nemo", "webdataset", "lhotse", "hf"])
+    exp.add_argument("dest", help="destination folder, local or s3:// / gs://")
+    exp.add_argument("--from", dest="split", choices=["curated", "rejected"], default="curated",
+                     help="which rows (rejected clips are read back from the run's input)")
+    exp.add_argument("--shard-size", type=int, default=1000, help="clips per tar shard (webdataset, nemo --tarred)")
+    exp.add_argument("--tarred", type=int, default=None, metavar="N",
+                     help="nemo: NeMo's tarred layout, N clips per audio_K.tar")
+    exp.add_argument("--input", default=None, help="with --from rejected: the run's input, if it moved")
     cfg = sub.add_parser("config", help="print the effective configuration as YAML")
     _add_run_options(cfg)
     return parser
@@ -63,6 +74,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         if args.command == "report":
             return _report(args.output)
+        if args.command == "export":
+            return _export(args)
         config = load_config(args)
         if args.command == "config":
             print(config.to_yaml(), end="")
@@ -81,6 +94,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     where = args.output.rstrip("/")
     print(f"\n  curated clips in {where}/curated/, report in {where}/report.html")
     return 0 if report["accounting"]["ok"] else 1
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .exports import ExportOptions, export
+
+    options = ExportOptions(shard_size=args.tarred or args.shard_size, tarred=args.tarred is not None)
+    summary = export(args.output, args.format, args.dest, split=args.split, options=options, input_uri=args.input)
+    print(f"  exported {summary['clips']:,} clips in {summary['shards']} shards to {summary['dest']} "
+          f"({summary['exported_now']} shards written now, {summary['wall_s']:.1f} s)")
+    return 0
 
 
 def _report(output: str) -> int:

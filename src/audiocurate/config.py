@@ -223,6 +223,12 @@ class OutputConfig(_Model):
         "less work redone after a crash (finished shards are never redone); larger ones, fewer files.",
     )
     report_samples: int = Field(12, ge=0, json_schema_extra=SPEED_ONLY, description="Curated and rejected rows shown in report.html.")
+    formats: list[Literal["nemo", "webdataset", "lhotse", "hf"]] = Field(
+        default_factory=list, json_schema_extra=SPEED_ONLY, description="Exports written at the end of a run, "
+        "each to `OUTPUT/exports/<format>/`, as `audiocurate export` writes them (resumable: every curated "
+        "clip once). `lhotse` needs the `lhotse` package.")
+    export_shard_size: int = Field(1000, ge=1, json_schema_extra=SPEED_ONLY,
+                                   description="Clips per tar shard of the `webdataset` export.")
 
 
 class RayConfig(_Model):

@@ -241,6 +241,14 @@ def run(
     report = build_report(out, config, input_rows=input_rows, keep_ids=keep_ids, id_column=source.id_column,
                           input_uri=input_uri)
     write_report(out, report, config)
+    if config.output.formats:
+        from .exports import ExportOptions, export
+
+        report["exports"] = [export(output_uri, fmt, f"{output_uri.rstrip('/')}/exports/{fmt}",
+                                    options=ExportOptions(shard_size=config.output.export_shard_size),
+                                    storage=config.output.storage, echo=echo)
+                             for fmt in config.output.formats]
+        write_report(out, report, config)
     if report["accounting"]["ok"]:
         out.mark_complete({"finished": time.time(), "input": input_rows,
                            **{k: report["accounting"][k] for k in ("curated", "rejected", "errors")}})

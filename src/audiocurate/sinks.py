@@ -36,6 +36,7 @@ from .config import StorageConfig
 
 CURATED, REJECTED, ERRORS = SPLITS = ("curated", "rejected", "errors")
 STATE_DIR = "_state"
+EXPORTS_DIR = "exports"  # run-time exports (`output.formats`), one folder per format
 SUCCESS = "_SUCCESS"
 _TMP_PREFIX = ".tmp-"
 
@@ -67,6 +68,9 @@ class OutputDir:
         return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
                       and not i.base_name.startswith(_TMP_PREFIX))
 
+    def exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type == pafs.FileType.File
+
     def has_content(self) -> bool:
         info = self.fs.get_file_info(self.root)
         if info.type != pafs.FileType.Directory:
@@ -75,21 +79,22 @@ class OutputDir:
 
     # ---- files ------------------------------------------------------------------------------
     def write_bytes(self, path: str, data: bytes) -> None:
-        """Atomic: readers see the whole file or nothing."""
+        """Atomic: readers see the whole file or nothing. Bytes are written as given (pyarrow
+        would otherwise gzip a `.gz` name a second time)."""
         parent = path.rsplit("/", 1)[0]
         self.fs.create_dir(parent, recursive=True)
         if storage.is_local(self.fs):
             tmp = f"{parent}/{_TMP_PREFIX}{uuid.uuid4().hex}-{path.rsplit('/', 1)[1]}"
-            with self.fs.open_output_stream(tmp) as f:
+            with self.fs.open_output_stream(tmp, compression=None) as f:
                 f.write(data)
             self.fs.move(tmp, path)
         else:  # an object store's PUT is already all-or-nothing
-            with self.fs.open_output_stream(path) as f:
+            with self.fs.open_output_stream(path, compression=None) as f:
                 f.write(data)
 
     def read_bytes(self, path: str) -> Optional[bytes]:
         try:
-            with self.fs.open_input_stream(path) as f:
+            with self.fs.open_input_stream(path, compression=None) as f:
                 return f.read()
         except FileNotFoundError:
             return None
@@ -114,7 +119,7 @@ class OutputDir:
 
     def clear(self) -> None:
         """Delete everything this tool writes in the folder (for `--restart`)."""
-        for sub in (*SPLITS, STATE_DIR):
+        for sub in (*SPLITS, STATE_DIR, EXPORTS_DIR):
             if self.fs.get_file_info(self.path(sub)).type == pafs.FileType.Directory:
                 self.fs.delete_dir(self.path(sub))
         for name in (SUCCESS, "report.json", "report.html"):
@@ -153,7 +158,7 @@ class OutputDir:
         return False
 
     def _has_foreign_files(self) -> bool:
-        ours = {*SPLITS, STATE_DIR, SUCCESS, "report.json", "report.html"}
+        ours = {*SPLITS, STATE_DIR, SUCCESS, "report.json", "report.html", EXPORTS_DIR}
         infos = self.fs.get_file_info(pafs.FileSelector(self.root))
         return any(i.base_name not in ours for i in infos)
 

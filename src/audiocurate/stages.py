@@ -49,7 +49,7 @@ class AudioFetcher:
         else:
             fs = self.fs
         try:
-            with fs.open_input_stream(full) as f:
+            with fs.open_input_stream(full, compression=None) as f:
                 return f.read()
         except FileNotFoundError:
             raise AudioDecodeError(f"file not found: {path}") from None

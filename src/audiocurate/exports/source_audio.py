@@ -1,0 +1,55 @@
+"""`rejected/` keeps no audio (it is not training data): to export or listen to rejected rows,
+their clips are read back from the run's input by id and encoded as 16 kHz mono FLAC."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from .. import contract as C
+from ..audio import AudioDecodeError, decode_audio, encode_flac
+from ..config import SourceConfig, StorageConfig
+
+
+class SourceAudio:
+    """Adds an `audio` {bytes, path} column to rows, read from the input by their ids."""
+
+    def __init__(self, input_uri: Optional[str], storage: Optional[StorageConfig], run_config: dict[str, Any]):
+        if not input_uri:
+            raise ValueError("this output records no input; pass the input to read rejected clips from")
+        source = dict(run_config.get("source") or {})
+        if storage is not None:
+            source["storage"] = storage.model_dump()
+        self.input_uri = input_uri
+        self.config = SourceConfig.model_validate(source)
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        from ..sources import open_source
+        from ..stages import audio_bytes_of
+
+        src = open_source(self.input_uri, self.config)
+        ids = pc.cast(table[src.id_column], pa.string())
+        wanted = pa.array(sorted(set(ids.to_pylist())), pa.string())
+        if src.listing is not None:
+            found = src.listing.filter(pc.is_in(pc.cast(src.listing[src.id_column], pa.string()), wanted))
+        else:
+            ds = pads.dataset(src.files, filesystem=src.fs, format="parquet")
+            found = ds.to_table(columns=[src.id_column, src.audio_column],
+                                filter=pads.field(src.id_column).cast(pa.string()).isin(wanted))
+        by_id = dict(zip(pc.cast(found[src.id_column], pa.string()).to_pylist(), found[src.audio_column].to_pylist()))
+        fetcher = src.fetcher()
+        audio = []
+        for clip_id in ids.to_pylist():
+            if clip_id not in by_id:
+                raise ValueError(f"{clip_id}: not in the input {self.input_uri} any more")
+            try:
+                clip = decode_audio(audio_bytes_of(by_id[clip_id], fetcher), target_rate=16000)
+            except AudioDecodeError as e:
+                raise ValueError(f"{clip_id}: the input's audio no longer decodes ({e.reason})") from None
+            name = clip_id.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+            audio.append({"bytes": encode_flac(clip.pcm), "path": f"{name}.flac"})
+        table = table.drop_columns([c for c in (C.AUDIO,) if c in table.column_names])
+        return table.append_column(C.AUDIO, pa.array(audio, C.AUDIO_TYPE))
