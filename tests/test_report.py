@@ -68,6 +68,8 @@ def test_report_command_rebuilds_the_same_counts(output):
     assert res.returncode == 0, res.stderr
     rebuilt = json.loads((out / "report.json").read_text())
     assert rebuilt["accounting"] == report["accounting"] and (out / "report.html").exists()
+    assert rebuilt["samples"] == json.loads(json.dumps(report["samples"])), "the same sample rows on every rebuild"
+    assert set(rebuilt["samples"]) == {"curated", "rejected: low_edu_score", "error: decode"}
 
 
 def test_report_html_renders_with_its_plots_in_chromium(output, tmp_path):
@@ -82,6 +84,17 @@ def test_report_html_renders_with_its_plots_in_chromium(output, tmp_path):
          "--dump-dom", (out / "report.html").as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0 and "<table id=\"summary\">" in dom.stdout.replace("'", '"')
     assert dom.stdout.count("data:image/png;base64,") >= 4 and "<table id=\"stages\">" in dom.stdout.replace("'", "\"")
+    # The players: the curated clip and the rejected one (read back from the input) decode in the
+    # browser; the corrupt row has none. The page's own script records each clip's duration.
+    played = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+         "--virtual-time-budget=10000", "--dump-dom", (out / "report.html").as_uri()],
+        capture_output=True, text=True, timeout=120).stdout
+    durations = [float(d) for d in re.findall(r'<audio[^>]*data-duration="([0-9.]+)"', played)]
+    assert len(durations) == played.count("<audio") == 2 and all(d > 1.0 for d in durations), durations
+    assert "data-error" not in played
+    assert (out / "report.html").stat().st_size < 2_000_000
     subprocess.run(
         [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",

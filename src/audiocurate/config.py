@@ -222,7 +222,13 @@ class OutputConfig(_Model):
         64, ge=1, json_schema_extra=SPEED_ONLY, description="Rows gathered before a shard is written. Smaller shards mean "
         "less work redone after a crash (finished shards are never redone); larger ones, fewer files.",
     )
-    report_samples: int = Field(12, ge=0, json_schema_extra=SPEED_ONLY, description="Curated and rejected rows shown in report.html.")
+    report_samples: int = Field(6, ge=0, json_schema_extra=SPEED_ONLY, description="Sample rows per outcome "
+                                "(curated, each drop reason, each error stage) in report.html, picked by a hash of "
+                                "the id, so a rerun shows the same rows.")
+    report_clips: int = Field(3, ge=0, json_schema_extra=SPEED_ONLY, description="Of those, how many get an "
+                              "audio player: the first 8 s as Opus at 24 kb/s, about 24 KB each, so the page stays "
+                              "under 2 MB (16 outcomes at most). Rejected and error rows' clips are read back "
+                              "from the input.")
     formats: list[Literal["nemo", "webdataset", "lhotse", "hf"]] = Field(
         default_factory=list, json_schema_extra=SPEED_ONLY, description="Exports written at the end of a run, "
         "each to `OUTPUT/exports/<format>/`, as `audiocurate export` writes them (resumable: every curated "

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from . import contract as C
 from .config import PipelineConfig
+from .report_audio import SamplePicker, players_for
 from .sinks import CURATED, ERRORS, REJECTED, SPLITS, OutputDir
 
 DURATION_EDGES = [0, 1, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 60, 120, 300, 600, 1800, 3600, math.inf]
@@ -27,6 +28,11 @@ MEAN_EDGES = list(np.round(np.linspace(1, 5, 33), 3))
 WER_EDGES = list(np.round(np.linspace(0, 1, 21), 3)) + [math.inf]
 STAGE_TIME_COLUMNS = {"decode": "decode_s", "transcribe": "asr_s", "judge": "judge_s"}
 PIPELINE_STAGES = (C.DECODE, C.TRANSCRIBE, C.JUDGE, C.SELECT)
+# Shown for each sample row (those present).
+SAMPLE_COLUMNS = ("transcript", "edu_score", "edu_score_mean", "duration_s", "wer", C.DROP_REASON, C.ERROR_STAGE, C.ERROR)
+# Source columns the score histogram is split by, when the input has them (Common Voice's).
+GROUP_COLUMNS = ("accent", "accents", "gender", "age", "locale", "variant")
+_MAX_GROUPS = 12
 _MAX_REASON_KEYS = 40
 
 
@@ -51,10 +57,11 @@ class _Tally:
         self.id_hashes: list[np.ndarray] = []
         self.keep = frozenset(keep_ids) if keep_ids is not None else None
         self.in_scope = 0
-        self.samples: dict[str, list[dict[str, Any]]] = {CURATED: [], REJECTED: [], ERRORS: []}
-        self.max_samples = samples
+        self.picker = SamplePicker(samples)
+        # edu_score counts per value of a source column (Common Voice `accent`, `gender`...)
+        self.by_group: dict[str, Counter] = {}
 
-    def add(self, split: str, t: Any) -> None:
+    def add(self, split: str, t: Any, part: str = "") -> None:
         n = t.num_rows
         self.rows[split] += n
         ids = [str(x) for x in t.column(0).to_pylist()]
@@ -82,6 +89,8 @@ class _Tally:
             self.wer_n += len(w)
             self.wer_hist += np.histogram(w, bins=WER_EDGES)[0]
         self._count_stages(split, t)
+        self._pick_samples(split, t, part)
+        self._count_groups(split, t)
         if split == REJECTED:
             self.drop_reasons.update(t[C.DROP_REASON].to_pylist())
         if split == ERRORS:
@@ -117,6 +126,43 @@ class _Tally:
             for stage, reason in zip(where, t[C.DROP_REASON].to_pylist()):
                 self.stage_drops[str(stage)][reason] += 1
 
+    def _pick_samples(self, split: str, t: Any, part: str) -> None:
+        cols = [c for c in SAMPLE_COLUMNS if c in t.column_names]
+        id_col = t.column_names[0]
+        for row in t.select([id_col, *[c for c in cols if c != id_col]]).to_pylist():
+            cid = str(row[id_col])
+            if split == CURATED:
+                outcome = CURATED
+            elif split == REJECTED:
+                outcome = f"rejected: {row.get(C.DROP_REASON)}"
+            else:
+                outcome = f"error: {row.get(C.ERROR_STAGE)}"
+            self.picker.add(outcome, cid, row, part)
+
+    def _count_groups(self, split: str, t: Any) -> None:
+        if split == ERRORS or "edu_score" not in t.column_names:
+            return
+        scores = t["edu_score"].to_pylist()
+        for col in GROUP_COLUMNS:
+            if col not in t.column_names:
+                continue
+            counts = self.by_group.setdefault(col, Counter())
+            for value, score in zip(t[col].to_pylist(), scores):
+                if score is None:
+                    continue
+                key = str(value) if value not in (None, "") else "(none)"
+                if len({g for g, _ in counts}) >= _MAX_GROUPS and not any(g == key for g, _ in counts):
+                    key = "(other)"
+                counts[(key, int(score))] += 1
+
+    def groups(self) -> dict[str, dict[str, dict[str, int]]]:
+        out: dict[str, dict[str, dict[str, int]]] = {}
+        for col, counts in self.by_group.items():
+            values = sorted({g for g, _ in counts}, key=lambda g: -sum(n for (h, _), n in counts.items() if h == g))
+            if len(values) >= 2:
+                out[col] = {g: {str(k): counts.get((g, k), 0) for k in range(1, 6)} for g in values}
+        return out
+
     def stages(self) -> dict[str, Any]:
         out = {}
         for stage in PIPELINE_STAGES:
@@ -145,19 +191,14 @@ def build_report(
 ) -> dict[str, Any]:
     tally = _Tally(keep_ids, config.output.report_samples)
     wanted = [id_column, "duration_s", "edu_score", "edu_score_mean", "wer", C.DROP_REASON, C.ERROR_STAGE,
-              C.ERROR, "judge_model", *STAGE_TIME_COLUMNS.values()]
+              C.ERROR, "judge_model", "transcript", *GROUP_COLUMNS, *STAGE_TIME_COLUMNS.values()]
     for split in SPLITS:
         for path in out.part_files(split):
             with out.fs.open_input_file(path) as f:
                 pf = pq.ParquetFile(f)
                 names = pf.schema_arrow.names
-                t = pf.read(columns=[c for c in wanted if c in names])
-                if len(tally.samples[split]) < tally.max_samples:
-                    sample_cols = [c for c in (id_column, "transcript", "edu_score", "edu_score_mean", "duration_s",
-                                               C.DROP_REASON, C.ERROR_STAGE, C.ERROR, "wer") if c in names]
-                    rows = pf.read(columns=sample_cols).slice(0, tally.max_samples - len(tally.samples[split]))
-                    tally.samples[split].extend(rows.to_pylist())
-            tally.add(split, t)
+                t = pf.read(columns=[c for c in dict.fromkeys(wanted) if c in names])
+            tally.add(split, t, path)
     accounted = sum(tally.rows[s] for s in SPLITS)
     dups = tally.duplicates()
     in_scope = tally.in_scope if keep_ids is not None else accounted
@@ -206,16 +247,40 @@ def build_report(
         "durations": {s: {"edges": _edges(DURATION_EDGES), "counts": tally.duration_hist[s].tolist()} for s in SPLITS},
         "wer": ({"mean": tally.wer_sum / tally.wer_n, "rows": tally.wer_n,
                  "hist": {"edges": _edges(WER_EDGES), "counts": tally.wer_hist.tolist()}} if tally.wer_n else None),
-        "samples": tally.samples,
+        "samples": {o: [row for _, row, _ in rows] for o, rows in tally.picker.picked().items()},
+        "scores_by": tally.groups(),
         "attempts": [{k: a.get(k) for k in ("id", "status", "started", "wall_s", "execute_s", "ray_start_s", "bookkeeping_s",
                                              "input_rows", "finished_before", "cluster", "pools", "probe_s")} for a in attempts],
     }
+    report["_listen"] = _players(out, tally.picker.picked(), config, id_column, input_uri)
     return report
 
 
+def _players(out: OutputDir, picked: dict[str, Any], config: PipelineConfig, id_column: str,
+             input_uri: str) -> dict[str, list[dict[str, Any]]]:
+    """Audio for the first `output.report_clips` samples of each outcome (report.html only)."""
+    k = config.output.report_clips
+    if k <= 0:
+        return {}
+    picked = {o: rows[:k] for o, rows in picked.items()}
+    source = None
+    if input_uri and any(o != CURATED for o in picked):
+        try:
+            from .exports.source_audio import SourceAudio
+
+            source = SourceAudio(input_uri, config.source.storage, {"source": config.source.model_dump(mode="json")})
+        except ValueError:
+            source = None
+    try:
+        return players_for(picked, out.fs, id_column, source)
+    except Exception as e:  # the input moved or went away: the report stays, without players
+        return {"_error": [{"error": f"{type(e).__name__}: {e}"}]}
+
+
 def write_report(out: OutputDir, report: dict[str, Any], config: PipelineConfig) -> None:
-    out.write_json("report.json", report)
-    out.write_bytes(out.path("report.html"), render_html(report).encode())
+    listen = report.get("_listen") or {}
+    out.write_json("report.json", {k: v for k, v in report.items() if k != "_listen"})
+    out.write_bytes(out.path("report.html"), render_html(report, listen).encode())
 
 
 def _edges(edges: list[float]) -> list[Any]:
@@ -255,7 +320,7 @@ def format_summary(report: dict[str, Any]) -> str:
 
 
 # ---- HTML ------------------------------------------------------------------------------------
-def render_html(report: dict[str, Any]) -> str:
+def render_html(report: dict[str, Any], listen: Optional[dict[str, list[dict[str, Any]]]] = None) -> str:
     figures = _figures(report)
     a = report["accounting"]
     rows = [
@@ -281,18 +346,39 @@ def render_html(report: dict[str, Any]) -> str:
           f"<figcaption>{html.escape(name)}</figcaption></figure>" for name, b64 in figures],
         "</div>",
     ]
-    for split, title in ((CURATED, "Sample curated rows"), (REJECTED, "Sample rejected rows"), (ERRORS, "Sample errors")):
-        samples = report["samples"].get(split) or []
-        if not samples:
-            continue
-        cols = list(samples[0].keys())
-        parts.append(f"<h2>{title}</h2><table class='samples' id='{split}'><tr>"
-                     + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>")
-        for r in samples:
-            parts.append("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in cols) + "</tr>")
-        parts.append("</table>")
+    parts.append(_samples_html(report.get("samples") or {}, listen))
+    parts.append(_PLAYER_CHECK)
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+# Marks each player with what the browser made of its clip (tests read it back).
+_PLAYER_CHECK = ("<script>document.querySelectorAll('audio').forEach(a=>{"
+                 "a.addEventListener('loadedmetadata',()=>{a.dataset.duration=a.duration.toFixed(2)});"
+                 "a.addEventListener('error',()=>{a.dataset.error='1'});a.load();});</script>")
+
+
+def _samples_html(samples: dict[str, list[dict[str, Any]]], listen: Optional[dict[str, list[dict[str, Any]]]]) -> str:
+    """Per outcome (curated, each drop reason, each error stage): sample rows, the first ones
+    with a player."""
+    listen = listen or {}
+    parts = ["<h2>Listen: samples per outcome</h2>"]
+    if "_error" in listen:
+        parts.append(f"<p>No clips: {html.escape(listen['_error'][0]['error'])}</p>")
+    for outcome, rows in samples.items():
+        if not rows:
+            continue
+        cols = [c for c in rows[0].keys() if c != "audio"]
+        parts.append(f"<h3>{html.escape(outcome)}</h3><table class='samples'><tr><th>listen</th>"
+                     + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>")
+        players = listen.get(outcome, [])
+        for i, r in enumerate(rows):
+            uri = players[i].get("audio") if i < len(players) else None
+            player = f"<audio controls preload='metadata' src='{uri}'></audio>" if uri else ""
+            parts.append(f"<tr><td>{player}</td>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in cols)
+                         + "</tr>")
+        parts.append("</table>")
+    return "".join(parts)
 
 
 def _stages_table(stages: dict[str, Any]) -> str:
@@ -372,6 +458,19 @@ def _figures(report: dict[str, Any]) -> list[tuple[str, str]]:
     ax[1].bar(list(tput.keys()), list(tput.values()), color="#4ac")
     ax[1].set_title("Audio s per busy s, per worker")
     save("Stage time and throughput", fig)
+
+    for col, groups in (report.get("scores_by") or {}).items():
+        fig, ax = subplots(figsize=(9, 3.2))
+        names = list(groups)
+        bottom = np.zeros(len(names))
+        for k, color in zip(range(1, 6), ("#c44", "#c84", "#cc4", "#8c4", "#4a4")):
+            counts = np.array([groups[g][str(k)] for g in names])
+            ax.bar(names, counts, bottom=bottom, label=f"score {k}", color=color)
+            bottom += counts
+        ax.set_title(f"edu_score by {col}")
+        ax.legend(fontsize=7)
+        ax.tick_params(axis="x", rotation=45)
+        save(f"Scores by {col}", fig)
 
     if report.get("wer"):
         fig, ax = subplots(figsize=(6, 3.2))

@@ -26,21 +26,37 @@ class SourceAudio:
         self.input_uri = input_uri
         self.config = SourceConfig.model_validate(source)
 
-    def __call__(self, table: pa.Table) -> pa.Table:
-        from ..sources import open_source
+    def raw_audio(self, ids: list[str]) -> dict[str, Optional[bytes]]:
+        """The input's encoded audio for these ids (None where it cannot be read)."""
         from ..stages import audio_bytes_of
 
+        by_id, fetcher = self._lookup(pa.array(sorted(set(ids)), pa.string()))
+        out: dict[str, Optional[bytes]] = {}
+        for clip_id in ids:
+            try:
+                out[clip_id] = audio_bytes_of(by_id.get(clip_id), fetcher) or None
+            except (AudioDecodeError, ValueError):
+                out[clip_id] = None
+        return out
+
+    def _lookup(self, wanted: pa.Array) -> tuple[dict[str, Any], Any]:
+        from ..sources import open_source
+
         src = open_source(self.input_uri, self.config)
-        ids = pc.cast(table[src.id_column], pa.string())
-        wanted = pa.array(sorted(set(ids.to_pylist())), pa.string())
         if src.listing is not None:
             found = src.listing.filter(pc.is_in(pc.cast(src.listing[src.id_column], pa.string()), wanted))
         else:
             ds = pads.dataset(src.files, filesystem=src.fs, format="parquet")
             found = ds.to_table(columns=[src.id_column, src.audio_column],
                                 filter=pads.field(src.id_column).cast(pa.string()).isin(wanted))
-        by_id = dict(zip(pc.cast(found[src.id_column], pa.string()).to_pylist(), found[src.audio_column].to_pylist()))
-        fetcher = src.fetcher()
+        return (dict(zip(pc.cast(found[src.id_column], pa.string()).to_pylist(), found[src.audio_column].to_pylist())),
+                src.fetcher())
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        from ..stages import audio_bytes_of
+
+        ids = pc.cast(table[self.config.id_column], pa.string())
+        by_id, fetcher = self._lookup(pa.array(sorted(set(ids.to_pylist())), pa.string()))
         audio = []
         for clip_id in ids.to_pylist():
             if clip_id not in by_id:

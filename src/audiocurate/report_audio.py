@@ -1,0 +1,107 @@
+"""Clips to listen to in report.html: short Opus data URIs, picked the same on every rerun.
+
+Per outcome (curated, each drop reason, each error stage) the report keeps the rows whose
+id hashes lowest: a stable choice that does not depend on which worker wrote which shard.
+Curated audio comes from `curated/`; rejected and error rows keep no audio, so theirs is read
+back from the input (an error row whose audio does not decode has no player: that is its error).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import heapq
+import io
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+CLIP_S = 8.0  # seconds of each clip in the page
+OPUS_BITRATE = 24_000  # 24 kb/s: about 24 KB per 8 s clip
+
+
+def stable_rank(clip_id: str) -> int:
+    return int.from_bytes(hashlib.sha1(clip_id.encode()).digest()[:8], "big")
+
+
+class SamplePicker:
+    """The `k` rows per outcome with the lowest id hash, while streaming over the shards."""
+
+    def __init__(self, k: int, max_outcomes: int = 16):
+        self.k = k
+        self.max_outcomes = max_outcomes
+        self.heaps: dict[str, list[tuple[int, str, dict[str, Any], str]]] = {}
+
+    def add(self, outcome: str, clip_id: str, row: dict[str, Any], part: str) -> None:
+        if self.k <= 0:
+            return
+        if outcome not in self.heaps:
+            if len(self.heaps) >= self.max_outcomes:
+                return
+            self.heaps[outcome] = []
+        heap = self.heaps[outcome]
+        item = (-stable_rank(clip_id), clip_id, row, part)
+        if len(heap) < self.k:
+            heapq.heappush(heap, item)
+        elif item[0] > heap[0][0]:
+            heapq.heapreplace(heap, item)
+
+    def picked(self) -> dict[str, list[tuple[str, dict[str, Any], str]]]:
+        return {o: [(cid, row, part) for _, cid, row, part in sorted(h, key=lambda x: -x[0])]
+                for o, h in sorted(self.heaps.items())}
+
+
+def opus_data_uri(pcm: np.ndarray, rate: int = 16000) -> str:
+    """The first `CLIP_S` seconds of 16-bit mono PCM as an Ogg Opus data URI."""
+    import av
+
+    pcm = np.ascontiguousarray(pcm[: int(CLIP_S * rate)], dtype=np.int16)
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="ogg") as container:
+        stream = container.add_stream("libopus", rate=rate, layout="mono")
+        stream.bit_rate = OPUS_BITRATE
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = rate
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return "data:audio/ogg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def curated_audio(fs: Any, part: str, ids: list[str], id_column: str) -> dict[str, bytes]:
+    """Encoded audio of some curated rows, from the shard that holds them."""
+    with fs.open_input_file(part) as f:
+        t = pq.read_table(f, columns=[id_column, "audio"])
+    t = t.filter(pc.is_in(pc.cast(t[id_column], pa.string()), pa.array(ids, pa.string())))
+    return {str(i): (a or {}).get("bytes") for i, a in zip(t[id_column].to_pylist(), t["audio"].to_pylist())}
+
+
+def players_for(picked: dict[str, list[tuple[str, dict[str, Any], str]]], fs: Any, id_column: str,
+                source_audio: Optional[Any]) -> dict[str, list[dict[str, Any]]]:
+    """Sample rows per outcome, each with an `audio` data URI where its clip decodes."""
+    from .audio import AudioDecodeError, decode_audio
+
+    out: dict[str, list[dict[str, Any]]] = {}
+    for outcome, rows in picked.items():
+        encoded: dict[str, Optional[bytes]] = {}
+        if outcome == "curated":
+            for part in {p for _, _, p in rows}:
+                encoded.update(curated_audio(fs, part, [cid for cid, _, p in rows if p == part], id_column))
+        elif source_audio is not None:
+            encoded.update(source_audio.raw_audio([cid for cid, _, _ in rows]))
+        samples = []
+        for cid, row, _ in rows:
+            uri = None
+            data = encoded.get(cid)
+            if data:
+                try:
+                    uri = opus_data_uri(decode_audio(data, target_rate=16000).pcm)
+                except (AudioDecodeError, ValueError):
+                    uri = None
+            samples.append({**row, "audio": uri})
+        out[outcome] = samples
+    return out
