@@ -178,3 +178,42 @@ def test_rejected_rows_export_with_audio_read_back_from_the_input(curated, tmp_p
                                                                    shardshuffle=False)}
     assert sorted(got) == sorted(r["id"] for r in rejected)
     assert all(sf.read(io.BytesIO(s["flac"]))[1] == 16000 for s in got.values())
+
+
+def test_segment_rows_export_with_their_parent_and_times(tmp_path, ray_local):
+    """Rows cut from a long recording (`parent_id`, `start_s`, `end_s`, word timestamps) keep
+    them in every export; lhotse gets the words as the supervision's alignment."""
+    import webdataset as wds
+    from lhotse import CutSet
+
+    from audiocurate.audio import decode_audio, encode_flac
+    from audiocurate.exports import export
+    from audiocurate.sinks import OutputDir
+
+    clip = decode_audio(speak("Rivers carry water to the sea.", fmt="flac"), target_rate=16000)
+    words = [{"word": "Rivers", "start_s": 0.1, "end_s": 0.5, "probability": 0.9},
+             {"word": "carry", "start_s": 0.5, "end_s": 0.8, "probability": 0.8}]
+    rows = [{"id": f"talk.mp3@{s:09.3f}", "parent_id": "talk.mp3", "start_s": s, "end_s": s + clip.duration_s,
+             "audio": {"bytes": encode_flac(clip.pcm), "path": f"seg{k}.flac"}, "transcript": "Rivers carry water to the sea.",
+             "duration_s": clip.duration_s, "edu_score": 4, "words": words} for k, s in enumerate((0.0, 12.5))]
+    out = tmp_path / "out"
+    (out / "curated").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), out / "curated" / "part-seg.parquet")
+    OutputDir(str(out)).write_json("_state/run.json", {"input": "n/a"})
+
+    export(str(out), "lhotse", str(tmp_path / "shar"), echo=lambda s: None)
+    cuts = {c.id: c for c in CutSet.from_shar(in_dir=str(tmp_path / "shar"))}
+    assert sorted(cuts) == sorted(r["id"] for r in rows)
+    c = cuts[rows[1]["id"]]
+    assert c.custom["parent_id"] == "talk.mp3" and c.custom["start_s"] == 12.5
+    assert [a.symbol for a in c.supervisions[0].alignment["word"]] == ["Rivers", "carry"]
+
+    export(str(out), "nemo", str(tmp_path / "nemo"), echo=lambda s: None)
+    entries = nemo_entries(str(tmp_path / "nemo" / "manifest.jsonl"))
+    assert {(e["parent_id"], e["start_s"]) for e in entries} == {("talk.mp3", 0.0), ("talk.mp3", 12.5)}
+
+    export(str(out), "webdataset", str(tmp_path / "wds"), echo=lambda s: None)
+    metas = [json.loads(s["json"]) for s in wds.WebDataset(sorted(glob.glob(str(tmp_path / "wds" / "*.tar"))),
+                                                            shardshuffle=False)]
+    assert sorted((m["parent_id"], m["start_s"], m["end_s"]) for m in metas) == sorted(
+        (r["parent_id"], r["start_s"], r["end_s"]) for r in rows)
