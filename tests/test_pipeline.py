@@ -112,7 +112,9 @@ def test_report_html_has_plots_and_samples(demo_run):
     _, _, out, _ = demo_run
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4
-    assert "Sample curated rows" in html and "Sample rejected rows" in html
+    for outcome in ("curated", "rejected: low_edu_score", "rejected: silence", "error: decode"):
+        assert f"<h3>{outcome}</h3>" in html, outcome
+    assert html.count("<audio ") >= 7  # 3 curated, 3 low score, the silent one; corrupt rows have none
 
 
 def test_readme_demo_figures_are_what_the_pinned_install_curates(demo_run):
