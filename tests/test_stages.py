@@ -263,3 +263,23 @@ def test_rows_settled_while_decoding_get_every_later_column_in_order():
     assert later[:len(C.ASR_COLUMNS)] == list(C.ASR_COLUMNS)
     assert later.index("wer") < later.index("edu_score")
     assert "wer" not in columns_after_decode(placed_filters(PipelineConfig(), ["id", "audio_bytes"]))
+
+
+def test_dnsmos_separates_clean_speech_from_speech_in_noise_and_gates_only_when_asked():
+    from conftest import speak
+
+    from audiocurate.audio import decode_audio, encode_flac
+
+    clean = decode_audio(speak("The mitochondria produce energy for the cell through respiration.", fmt="flac"),
+                         target_rate=16000).pcm.astype(np.float64)
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal(len(clean)) * np.sqrt(np.mean(clean ** 2))  # 0 dB SNR
+    noisy = np.clip(clean + noise, -32768, 32767)
+    rows = [{"id": "clean", "audio_bytes": encode_flac(clean.astype(np.int16))},
+            {"id": "noisy", "audio_bytes": encode_flac(noisy.astype(np.int16))}]
+    measured, _ = decoded(PipelineConfig.load(overrides=["filters.dnsmos.enabled=true"]), rows)
+    ovrl = dict(zip(measured["id"].to_pylist(), measured["dnsmos_ovrl"].to_pylist()))
+    assert ovrl["clean"] > ovrl["noisy"] + 0.8, ovrl
+    assert measured[C.DROP_REASON].to_pylist() == [None, None]  # measuring only, by default
+    gated, _ = decoded(PipelineConfig.load(overrides=["filters.dnsmos.enabled=true", "filters.dnsmos.min_ovrl=2.5"]), rows)
+    assert gated[C.DROP_REASON].to_pylist() == [None, "low_dnsmos"]

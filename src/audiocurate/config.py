@@ -162,6 +162,20 @@ class CustomFilter(_Model):
     args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the class's constructor.")
 
 
+class DnsmosFilter(_Model):
+    """DNSMOS P.835 (Microsoft's no-reference speech quality model, ONNX on CPU): SIG (speech),
+    BAK (background) and OVRL (overall) on a 1-5 scale, written as `dnsmos_sig`, `dnsmos_bak`,
+    `dnsmos_ovrl` right after decoding. Measured here: clean espeak-ng speech OVRL about 3.0,
+    the same with white noise at 10 dB SNR 1.9, at 0 dB 1.6 (`benchmarks/dnsmos.py`). Emilia
+    keeps OVRL >= 3.0 on real speech; that gate would reject much clean synthetic speech, so
+    gating is a choice you make (`min_ovrl`), measuring is on in the `longform` profile."""
+
+    enabled: bool = Field(False, description="Measure DNSMOS for every decoded clip (about 10 ms of CPU per 9 s).")
+    min_ovrl: Optional[float] = Field(None, ge=1, le=5, description="Reject clips whose OVRL is below this "
+                                      "(`low_dnsmos`); None only measures.")
+    model: str = Field("embedded:dnsmos-p835", description="The P.835 `sig_bak_ovr.onnx`; embedded: from `speechmos`.")
+
+
 class FiltersConfig(_Model):
     """Every filter runs at the earliest stage whose columns cover what it needs: duration and
     silence right after decoding, hallucination and WER right after Whisper, `min_score`
@@ -171,6 +185,7 @@ class FiltersConfig(_Model):
     silence: SilenceFilter = Field(default_factory=SilenceFilter)
     hallucination: HallucinationFilter = Field(default_factory=HallucinationFilter)
     wer: WerFilter = Field(default_factory=WerFilter)
+    dnsmos: DnsmosFilter = Field(default_factory=DnsmosFilter)
     custom: list[CustomFilter] = Field(
         default_factory=list, description="Your own filters, e.g. `[{type: \"my_filters:LoudEnough\", args: "
         "{min_dbfs: -30}}]`. Ray ships their code to the workers (pickled by value), so the module need "

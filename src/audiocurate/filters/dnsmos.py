@@ -1,0 +1,71 @@
+"""DNSMOS P.835 speech quality on the decoded 16 kHz samples, with onnxruntime alone.
+
+The model scores 9.01 s windows of raw audio (hop 1 s; shorter clips are repeated to fill
+one window, as DNSMOS's reference code does) and a polynomial maps its raw outputs to MOS;
+the clip's score is the mean over windows. Same windows, same polynomials as Microsoft's
+`dnsmos_local.py` (non-personalized)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import pyarrow as pa
+
+from .. import contract as C
+from ..config import DnsmosFilter
+from ..models import resolve_model
+from .base import FILTERS, Filter
+
+LOW_DNSMOS = "low_dnsmos"
+RATE = 16000
+WINDOW = int(9.01 * RATE)
+# Microsoft's polynomials from raw model outputs to P.835 MOS (non-personalized model).
+_SIG = np.poly1d([-0.08397278, 1.22083953, 0.0052439])
+_BAK = np.poly1d([-0.13166888, 1.60915514, -0.39604546])
+_OVRL = np.poly1d([-0.06766283, 1.11546468, 0.04602535])
+
+
+@functools.lru_cache(maxsize=2)
+def _session(path: str) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1  # decode tasks share the cores; one thread each
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
+def dnsmos(pcm: np.ndarray, model: str = "embedded:dnsmos-p835", max_windows: int = 60) -> tuple[float, float, float]:
+    """(SIG, BAK, OVRL) of 16 kHz mono samples (int16 or float in [-1, 1])."""
+    audio = pcm.astype(np.float32) / 32768.0 if pcm.dtype == np.int16 else pcm.astype(np.float32)
+    if not len(audio):
+        raise ValueError("no samples")
+    while len(audio) < WINDOW:
+        audio = np.concatenate([audio, audio])
+    starts = list(range(0, len(audio) - WINDOW + 1, RATE))
+    if len(starts) > max_windows:  # long recordings: windows spread evenly over the whole
+        starts = [starts[int(i)] for i in np.linspace(0, len(starts) - 1, max_windows)]
+    batch = np.stack([audio[s:s + WINDOW] for s in starts])
+    raw = _session(resolve_model(model)).run(None, {"input_1": batch})[0]
+    sig, bak, ovrl = raw.mean(axis=0)
+    return float(_SIG(sig)), float(_BAK(bak)), float(_OVRL(ovrl))
+
+
+@FILTERS.register("dnsmos")
+class Dnsmos(Filter):
+    name = "dnsmos"
+    needs = (C.PCM,)
+    produces = {"dnsmos_sig": pa.float32(), "dnsmos_bak": pa.float32(), "dnsmos_ovrl": pa.float32()}
+
+    def __init__(self, config: DnsmosFilter):
+        self.min_ovrl, self.model = config.min_ovrl, config.model
+
+    def measure(self, row: Mapping[str, Any]) -> Mapping[str, Any]:
+        pcm = np.frombuffer(row[C.PCM], dtype="<i2") if row[C.PCM] else np.zeros(0, np.int16)
+        sig, bak, ovrl = dnsmos(pcm, self.model)
+        return {"dnsmos_sig": sig, "dnsmos_bak": bak, "dnsmos_ovrl": ovrl}
+
+    def reason(self, row: Mapping[str, Any]) -> Optional[str]:
+        return LOW_DNSMOS if self.min_ovrl is not None and row["dnsmos_ovrl"] < self.min_ovrl else None
