@@ -198,6 +198,23 @@ class FiltersConfig(_Model):
     )
 
 
+class SegmentConfig(_Model):
+    """Long recordings into segments (`--profile longform`): Silero VAD finds speech, regions
+    are packed into segments of `min_s`..`max_s` cut only in pauses, and each segment is a row
+    of its own through transcription, filters, judge and selection (`id` = `<parent id>@<start>`,
+    `parent_id`, `start_s`, `end_s` in the recording). A recording with no speech is one
+    rejected row (`no_speech`)."""
+
+    enabled: bool = Field(False, description="Cut recordings into segments.")
+    min_s: float = Field(2.0, gt=0, description="Segments shorter than this are joined to a neighbour when they fit.")
+    max_s: float = Field(30.0, gt=0, description="Longest segment; longer speech is split at its shortest pauses.")
+    pad_s: float = Field(0.2, ge=0, description="Silence kept on each side of a segment (at most half the pause).")
+    vad_threshold: float = Field(0.5, gt=0, lt=1, description="Silero VAD speech probability threshold.")
+    min_silence_s: float = Field(0.3, gt=0, description="A pause at least this long may separate segments.")
+    vad_window_s: float = Field(300.0, ge=30, json_schema_extra=SPEED_ONLY,
+                                description="VAD runs window by window: its memory follows the window.")
+
+
 class DecodeConfig(_Model):
     sample_rate: Literal[16000] = Field(16000, description="Whisper's rate; every clip is resampled to it, mono.")
     max_source_sample_rate: int = Field(
@@ -306,6 +323,7 @@ BACKEND_SECTIONS: dict[str, dict[str, type[Settings]]] = {
 class PipelineConfig(_Model):
     source: SourceConfig = Field(default_factory=SourceConfig)
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
+    segment: SegmentConfig = Field(default_factory=SegmentConfig)
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
     asr: AsrConfig = Field(default_factory=FasterWhisperConfig, description="Speech recognition; the fields "
                            "depend on `backend` (`faster_whisper`, `transformers`).")

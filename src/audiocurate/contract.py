@@ -17,7 +17,7 @@ ERROR_STAGE = "error_stage"
 ERROR = "error"
 DROP_REASON = "drop_reason"
 # Values of `error_stage`: where a row failed.
-DECODE, TRANSCRIBE, JUDGE, SELECT, PACKAGE = ("decode", "transcribe", "judge", "select", "package")
+DECODE, SEGMENT, TRANSCRIBE, JUDGE, SELECT, PACKAGE = ("decode", "segment", "transcribe", "judge", "select", "package")
 PCM = "_pcm16"  # 16 kHz mono int16 samples between stages; never written
 AUDIO = "audio"  # the curated output's {bytes, path} struct
 
@@ -40,6 +40,12 @@ ASR_COLUMNS = {
     "asr_s": pa.float32(),
 }
 WER_COLUMNS = {"wer": pa.float32()}
+SEGMENT_COLUMNS = {
+    "parent_id": pa.string(),  # the input row's id
+    "start_s": pa.float64(),  # in the recording
+    "end_s": pa.float64(),
+    "segments": pa.int32(),  # segments the recording was cut into: resume knows when a parent is done
+}
 JUDGE_COLUMNS = {
     "edu_score": pa.int8(),
     "edu_score_mean": pa.float32(),

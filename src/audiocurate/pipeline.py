@@ -28,6 +28,7 @@ from .plan import columns_after_decode, placed_filters, produced_by
 from .probe import check_engines
 from .runtime import (ClusterShape, actor_args, actor_cpu_scale, configure_dataset, init_ray, plan_concurrency,
                       split_blocks, task_args)
+from .segment.stage import SegmentStage
 from .sinks import CurationSink, OutputDir, SettledRowsStage
 from .sources import Source, from_dataset, open_source
 from .stages import (
@@ -86,6 +87,7 @@ def build(
     files: Optional[list[str]] = None,
     shape: Optional[ClusterShape] = None,
     sink: Optional[CurationSink] = None,
+    skip_segments: Optional[list[str]] = None,
 ) -> "ray.data.Dataset":
     """The whole curation as one lazy Dataset of rows ready for `CurationSink`.
 
@@ -98,11 +100,12 @@ def build(
     with warnings.catch_warnings():
         # Restart and retry limits have no named parameter in Ray 2.60; see runtime.actor_args.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
-        return _build(config, source, skip_ids, keep_ids, files, shape or ClusterShape.current(), sink)
+        return _build(config, source, skip_ids, keep_ids, files, shape or ClusterShape.current(), sink, skip_segments)
 
 
 def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]], keep_ids: Optional[list[str]],
-           files: Optional[list[str]], shape: ClusterShape, sink: Optional[CurationSink]) -> "ray.data.Dataset":
+           files: Optional[list[str]], shape: ClusterShape, sink: Optional[CurationSink],
+           skip_segments: Optional[list[str]] = None) -> "ray.data.Dataset":
     pools = plan_concurrency(config, shape)
     scale = actor_cpu_scale(config, pools, shape)
     rc = config.ray
@@ -123,11 +126,19 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
             max_restarts=rc.actor_max_restarts, max_task_retries=rc.actor_max_task_retries,
         )
     placed = placed_filters(config, source.columns)
-    C.check_columns(source.columns, produced_by(placed), source.audio_column)
+    C.check_columns(source.columns, produced_by(placed, config.segment.enabled), source.audio_column)
     # Per block (batch_size=None): each read block, sized by bytes, is one unit of work from
     # here on; bundling blocks up again would undo that.
     decode = DecodeStage(config.decode, source.audio_column, source.fetcher(), placed[C.DECODE])
     ds = ds.map_batches(decode, **_PYARROW, **{**task_args(rc, config.decode.resources), "batch_size": None})
+    if config.segment.enabled:
+        ds = ds.map_batches(SegmentStage(config.segment, source.id_column, placed[C.SEGMENT]), batch_format="pyarrow",
+                            udf_modifying_row_count=True, **{**task_args(rc, config.decode.resources), "batch_size": None})
+        if skip_segments:  # resume: segments of unfinished recordings already written
+            ds = ds.map_batches(SkipIdsStage, fn_constructor_kwargs={
+                "id_column": source.id_column, "skip_ref": [ray.put(list(skip_segments))]},
+                batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.05,
+                max_restarts=rc.actor_max_restarts, max_task_retries=rc.actor_max_task_retries)
     if sink is not None:
         # Rows that settled while decoding (corrupt, silent, too short) go to their outputs
         # here, in the decode task (fused), instead of riding through every model stage.
@@ -182,7 +193,13 @@ def run(
     out.clean_tmp()
     keep_ids, files = source.first_ids(limit) if limit is not None else (None, None)
     input_rows = len(keep_ids) if keep_ids is not None else source.count()
-    done = out.finished_ids(source.id_column) if resumed else []
+    skip_segments: list[str] = []
+    if resumed and config.segment.enabled:
+        # A recording is done when all its segments are written; the segments written of one
+        # that is not are skipped again after it is cut anew.
+        done, skip_segments = out.segment_progress(source.id_column)
+    else:
+        done = out.finished_ids(source.id_column) if resumed else []
     done_in_scope = len(set(done) & set(keep_ids)) if keep_ids is not None else len(set(done))
     remaining = input_rows - done_in_scope
     bookkeeping_s = time.time() - t_book
@@ -215,7 +232,8 @@ def run(
         out.record_attempt(attempt)
         bookkeeping_s += time.time() - t_book
         sink = CurationSink(out, source.id_column, source.carried_columns, config.output.rows_per_shard)
-        ds = build(config, source, skip_ids=done or None, keep_ids=keep_ids, files=files, shape=shape, sink=sink)
+        ds = build(config, source, skip_ids=done or None, keep_ids=keep_ids, files=files, shape=shape, sink=sink,
+                   skip_segments=skip_segments or None)
         t_exec = time.time()
         try:
             ds.write_datasink(sink, ray_remote_args={"num_cpus": config.decode.resources.num_cpus})

@@ -27,18 +27,22 @@ def placed_filters(config: PipelineConfig, input_columns: Iterable[str]) -> dict
     for stage, columns in _STAGE_COLUMNS:
         available = available | set(columns)
         points.append((stage, set(available)))
-    return place_filters(build_filters(config, input_columns), points)
+    placed = place_filters(build_filters(config, input_columns), points)
+    # Segmenting: the audio filters judge each segment, in the segment stage, not the recording.
+    placed[C.SEGMENT] = placed.pop(C.DECODE) if config.segment.enabled else []
+    placed[C.DECODE] = []
+    return placed
 
 
-def produced_by(placed: dict[str, list[Filter]]) -> dict[str, str]:
+def produced_by(placed: dict[str, list[Filter]], segmenting: bool = False) -> dict[str, str]:
     """Every column the pipeline writes, and the stage that writes it."""
-    out: dict[str, str] = {}
+    out: dict[str, str] = {c: C.SEGMENT for c in C.SEGMENT_COLUMNS} if segmenting else {}
     for stage, columns in _STAGE_COLUMNS:
         if stage != C.SELECT:
             out.update({c: stage for c in columns})
         else:
             out.update({c: C.JUDGE for c in columns})
-        for f in placed.get(stage, []):
+        for f in placed.get(stage, []) + (placed.get(C.SEGMENT, []) if stage == C.DECODE else []):
             out.update({c: f"{stage} (filter {f.name or type(f).__name__})" for c in f.produces})
     return out
 

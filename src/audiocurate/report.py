@@ -56,7 +56,7 @@ class _Tally:
         self.wer_n = 0
         self.id_hashes: list[np.ndarray] = []
         self.keep = frozenset(keep_ids) if keep_ids is not None else None
-        self.in_scope = 0
+        self.parent_hashes: list[np.ndarray] = []  # input rows (recordings, when segmenting) in scope
         self.picker = SamplePicker(samples)
         # edu_score counts per value of a source column (Common Voice `accent`, `gender`...)
         self.by_group: dict[str, Counter] = {}
@@ -66,8 +66,10 @@ class _Tally:
         self.rows[split] += n
         ids = [str(x) for x in t.column(0).to_pylist()]
         self.id_hashes.append(np.fromiter((hash(x) for x in ids), dtype=np.int64, count=n))
+        parents = [str(x) for x in t["parent_id"].to_pylist()] if "parent_id" in t.column_names else ids
         if self.keep is not None:
-            self.in_scope += sum(1 for x in ids if x in self.keep)
+            parents = [p for p in parents if p in self.keep]
+        self.parent_hashes.append(np.fromiter((hash(p) for p in parents), dtype=np.int64, count=len(parents)))
         cols = set(t.column_names)
         if "duration_s" in cols:
             d = t["duration_s"].to_numpy(zero_copy_only=False).astype(float)
@@ -173,6 +175,10 @@ class _Tally:
                           "busy_s": self.stage_s.get(stage)}
         return out
 
+    def parents(self) -> int:
+        """Distinct input rows accounted for: each is in errors/ or the parent of output rows."""
+        return int(len(np.unique(np.concatenate(self.parent_hashes)))) if self.parent_hashes else 0
+
     def duplicates(self) -> int:
         if not self.id_hashes:
             return 0
@@ -190,7 +196,7 @@ def build_report(
     input_uri: str = "",
 ) -> dict[str, Any]:
     tally = _Tally(keep_ids, config.output.report_samples)
-    wanted = [id_column, "duration_s", "edu_score", "edu_score_mean", "wer", C.DROP_REASON, C.ERROR_STAGE,
+    wanted = [id_column, "parent_id", "duration_s", "edu_score", "edu_score_mean", "wer", C.DROP_REASON, C.ERROR_STAGE,
               C.ERROR, "judge_model", "transcript", *GROUP_COLUMNS, *STAGE_TIME_COLUMNS.values()]
     for split in SPLITS:
         for path in out.part_files(split):
@@ -201,7 +207,7 @@ def build_report(
             tally.add(split, t, path)
     accounted = sum(tally.rows[s] for s in SPLITS)
     dups = tally.duplicates()
-    in_scope = tally.in_scope if keep_ids is not None else accounted
+    in_scope = tally.parents()
     attempts = out.attempts()
     finished = [a for a in attempts if a.get("status") == "finished"]
     wall_s = float(sum(a.get("wall_s", 0.0) for a in finished))
@@ -217,6 +223,7 @@ def build_report(
             ERRORS: tally.rows[ERRORS],
             "accounted": accounted,
             "in_scope": in_scope,
+            "recordings": in_scope if config.segment.enabled else None,
             "duplicates": dups,
             "ok": dups == 0 and in_scope == input_rows,
         },
@@ -299,7 +306,9 @@ def format_summary(report: dict[str, Any]) -> str:
         f"  rejected        {a['rejected']:>10,}",
         f"  errors          {a['errors']:>10,}",
         f"  accounting      {'OK' if a['ok'] else 'MISMATCH'}: {a['curated']} + {a['rejected']} + {a['errors']} = "
-        f"{a['accounted']} of {a['input']} input rows, {a['duplicates']} duplicates",
+        + (f"{a['accounted']} rows (segments) from {a['recordings']} of {a['input']} recordings, "
+           if a.get("recordings") is not None else f"{a['accounted']} of {a['input']} input rows, ")
+        + f"{a['duplicates']} duplicates",
     ]
     for stage, c in (report.get("stages") or {}).items():
         fates = [f"{c['passed']} passed"] + [f"{n} {reason}" for reason, n in c["dropped"].items()]

@@ -194,6 +194,25 @@ class OutputDir:
                 ids.extend(self.read_column(path, id_column).to_pylist())
         return ids
 
+    def segment_progress(self, id_column: str) -> tuple[list[str], list[str]]:
+        """(recordings whose segments are all written, segment ids written of the others)."""
+        seen: dict[str, list[str]] = {}
+        expected: dict[str, int] = {}
+        for split in SPLITS:
+            for path in self.part_files(split):
+                with self.fs.open_input_file(path) as f:
+                    names = pq.ParquetFile(f).schema_arrow.names
+                    t = pq.read_table(f, columns=[c for c in (id_column, "parent_id", "segments") if c in names])
+                ids = pc.cast(t[id_column], pa.string()).to_pylist()
+                parents = pc.cast(t["parent_id"], pa.string()).to_pylist() if "parent_id" in names else ids
+                totals = t["segments"].to_pylist() if "segments" in names else [1] * len(ids)
+                for i, p, n in zip(ids, parents, totals):
+                    seen.setdefault(p, []).append(i)
+                    expected[p] = max(expected.get(p, 1), n or 1)
+        done = [p for p, ids in seen.items() if len(ids) >= expected[p]]
+        partial = [i for p, ids in seen.items() if len(ids) < expected[p] for i in ids]
+        return done, partial
+
     def read_column(self, path: str, column: str) -> pa.ChunkedArray:
         with self.fs.open_input_file(path) as f:
             return pc.cast(pq.read_table(f, columns=[column])[column], pa.string())
