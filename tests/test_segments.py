@@ -133,3 +133,16 @@ def test_longform_run_accounts_per_recording_resumes_per_segment_and_transcribes
            for i in pq.read_table(out / s, columns=["id"])["id"].to_pylist()]
     assert again["accounting"]["ok"] and len(ids) == len(set(ids)) == a["accounted"]
     assert set(lost) <= set(ids)
+
+
+def test_word_timestamps_lie_inside_the_clip_in_order():
+    from audiocurate.asr import make_transcriber
+    from audiocurate.config import FasterWhisperConfig
+
+    pcm, _ = sf.read(io.BytesIO(speak(SENTENCES[3], fmt="wav")), dtype="int16")
+    tr = make_transcriber(FasterWhisperConfig(word_timestamps=True)).transcribe_batch([pcm])[0]
+    words = tr.words
+    assert [w["word"].strip(".,").lower() for w in words][:3] == ["sound", "travels", "faster"]
+    starts = [w["start_s"] for w in words]
+    assert starts == sorted(starts) and words[-1]["end_s"] <= len(pcm) / RATE + 0.05
+    assert all(0 <= w["probability"] <= 1 and w["end_s"] >= w["start_s"] for w in words)

@@ -250,19 +250,24 @@ def test_an_input_column_the_pipeline_writes_is_refused_by_name():
     config = PipelineConfig()
     placed = placed_filters(config, ["id", "audio_bytes", "sentence", "language"])
     with pytest.raises(C.ColumnCollision, match=r"'language' \(written by transcribe\)"):
-        C.check_columns(["id", "audio_bytes", "sentence", "language"], produced_by(placed), "audio_bytes")
+        C.check_columns(["id", "audio_bytes", "sentence", "language"], produced_by(placed, config), "audio_bytes")
     with pytest.raises(C.ColumnCollision, match=r"'wer' \(written by transcribe \(filter wer\)\)"):
-        C.check_columns(["id", "audio_bytes", "sentence", "wer"], produced_by(placed), "audio_bytes")
+        C.check_columns(["id", "audio_bytes", "sentence", "wer"], produced_by(placed, config), "audio_bytes")
     # A Hugging Face `audio` column is replaced by the packaged audio by design.
-    C.check_columns(["id", "audio", "sentence"], produced_by(placed), "audio")
+    C.check_columns(["id", "audio", "sentence"], produced_by(placed, config), "audio")
 
 
 def test_rows_settled_while_decoding_get_every_later_column_in_order():
-    placed = placed_filters(PipelineConfig(), ["id", "audio_bytes", "sentence"])
-    later = list(columns_after_decode(placed))
+    config = PipelineConfig()
+    placed = placed_filters(config, ["id", "audio_bytes", "sentence"])
+    later = list(columns_after_decode(placed, config))
     assert later[:len(C.ASR_COLUMNS)] == list(C.ASR_COLUMNS)
     assert later.index("wer") < later.index("edu_score")
-    assert "wer" not in columns_after_decode(placed_filters(PipelineConfig(), ["id", "audio_bytes"]))
+    assert "wer" not in columns_after_decode(placed_filters(config, ["id", "audio_bytes"]), config)
+    detailed = PipelineConfig.load(overrides=["asr.word_timestamps=true", "asr.language=null"])
+    extra = columns_after_decode(placed_filters(detailed, ["id", "audio_bytes"]), detailed)
+    assert extra["words"] == C.WORDS_TYPE and "language_prob" in extra
+    assert "words" not in later and "language_prob" not in later  # a default run's schema is unchanged
 
 
 def test_dnsmos_separates_clean_speech_from_speech_in_noise_and_gates_only_when_asked():

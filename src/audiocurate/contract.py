@@ -39,6 +39,8 @@ ASR_COLUMNS = {
     "asr_model": pa.string(),
     "asr_s": pa.float32(),
 }
+WORDS_TYPE = pa.list_(pa.struct([("word", pa.string()), ("start_s", pa.float32()), ("end_s", pa.float32()),
+                                  ("probability", pa.float32())]))
 WER_COLUMNS = {"wer": pa.float32()}
 SEGMENT_COLUMNS = {
     "parent_id": pa.string(),  # the input row's id
@@ -54,6 +56,17 @@ JUDGE_COLUMNS = {
     "judge_truncated": pa.bool_(),
     "judge_s": pa.float32(),
 }
+def asr_columns(asr: Any) -> dict[str, pa.DataType]:
+    """What the transcribe stage writes under this ASR configuration: the optional columns
+    only when asked for, so a default run's schema does not change."""
+    cols = dict(ASR_COLUMNS)
+    if asr.language is None:
+        cols["language_prob"] = pa.float32()
+    if getattr(asr, "word_timestamps", False):
+        cols["words"] = WORDS_TYPE
+    return cols
+
+
 STATUS_COLUMNS = {ERROR_STAGE: pa.string(), ERROR: pa.string(), DROP_REASON: pa.string()}
 AUDIO_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 PRODUCED = {**DECODE_COLUMNS, **ASR_COLUMNS, **WER_COLUMNS, **JUDGE_COLUMNS}

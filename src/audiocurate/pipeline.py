@@ -126,7 +126,7 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
             max_restarts=rc.actor_max_restarts, max_task_retries=rc.actor_max_task_retries,
         )
     placed = placed_filters(config, source.columns)
-    C.check_columns(source.columns, produced_by(placed, config.segment.enabled), source.audio_column)
+    C.check_columns(source.columns, produced_by(placed, config), source.audio_column)
     # Per block (batch_size=None): each read block, sized by bytes, is one unit of work from
     # here on; bundling blocks up again would undo that.
     decode = DecodeStage(config.decode, source.audio_column, source.fetcher(), placed[C.DECODE])
@@ -142,7 +142,7 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
     if sink is not None:
         # Rows that settled while decoding (corrupt, silent, too short) go to their outputs
         # here, in the decode task (fused), instead of riding through every model stage.
-        ds = ds.map_batches(SettledRowsStage(sink, columns_after_decode(placed), source.audio_column),
+        ds = ds.map_batches(SettledRowsStage(sink, columns_after_decode(placed, config), source.audio_column),
                             batch_format="pyarrow", udf_modifying_row_count=True,
                             **{**task_args(rc, config.decode.resources), "batch_size": None})
     # Model stages take blocks of one ASR batch of clips still in play.

@@ -11,12 +11,14 @@ from . import contract as C
 from .config import PipelineConfig
 from .filters import Filter, build_filters, place_filters
 
-# The points a filter can run at, in pipeline order, with the columns each stage adds.
-_STAGE_COLUMNS = (
-    (C.DECODE, {**C.DECODE_COLUMNS, C.PCM: pa.large_binary()}),
-    (C.TRANSCRIBE, C.ASR_COLUMNS),
-    (C.SELECT, C.JUDGE_COLUMNS),  # after the judge
-)
+
+def _stage_columns(config: PipelineConfig) -> tuple[tuple[str, dict[str, pa.DataType]], ...]:
+    """The points a filter can run at, in pipeline order, with the columns each stage adds."""
+    return (
+        (C.DECODE, {**C.DECODE_COLUMNS, C.PCM: pa.large_binary()}),
+        (C.TRANSCRIBE, C.asr_columns(config.asr)),
+        (C.SELECT, C.JUDGE_COLUMNS),  # after the judge
+    )
 
 
 def placed_filters(config: PipelineConfig, input_columns: Iterable[str]) -> dict[str, list[Filter]]:
@@ -24,20 +26,22 @@ def placed_filters(config: PipelineConfig, input_columns: Iterable[str]) -> dict
     input's and the earlier stages' columns cover its `needs`."""
     available: set[str] = set(input_columns)
     points = []
-    for stage, columns in _STAGE_COLUMNS:
+    for stage, columns in _stage_columns(config):
         available = available | set(columns)
         points.append((stage, set(available)))
     placed = place_filters(build_filters(config, input_columns), points)
     # Segmenting: the audio filters judge each segment, in the segment stage, not the recording.
-    placed[C.SEGMENT] = placed.pop(C.DECODE) if config.segment.enabled else []
-    placed[C.DECODE] = []
+    if config.segment.enabled:
+        placed[C.SEGMENT], placed[C.DECODE] = placed[C.DECODE], []
+    else:
+        placed[C.SEGMENT] = []
     return placed
 
 
-def produced_by(placed: dict[str, list[Filter]], segmenting: bool = False) -> dict[str, str]:
+def produced_by(placed: dict[str, list[Filter]], config: PipelineConfig) -> dict[str, str]:
     """Every column the pipeline writes, and the stage that writes it."""
-    out: dict[str, str] = {c: C.SEGMENT for c in C.SEGMENT_COLUMNS} if segmenting else {}
-    for stage, columns in _STAGE_COLUMNS:
+    out: dict[str, str] = {c: C.SEGMENT for c in C.SEGMENT_COLUMNS} if config.segment.enabled else {}
+    for stage, columns in _stage_columns(config):
         if stage != C.SELECT:
             out.update({c: stage for c in columns})
         else:
@@ -47,10 +51,10 @@ def produced_by(placed: dict[str, list[Filter]], segmenting: bool = False) -> di
     return out
 
 
-def columns_after_decode(placed: dict[str, list[Filter]]) -> dict[str, pa.DataType]:
+def columns_after_decode(placed: dict[str, list[Filter]], config: PipelineConfig) -> dict[str, pa.DataType]:
     """The columns later stages add, in the order they add them: what a row settled while
     decoding gets as nulls, so every output shard has one schema."""
-    out: dict[str, pa.DataType] = dict(C.ASR_COLUMNS)
+    out: dict[str, pa.DataType] = C.asr_columns(config.asr)
     for f in placed.get(C.TRANSCRIBE, []):
         out.update(f.produces)
     out.update(C.JUDGE_COLUMNS)

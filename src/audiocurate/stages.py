@@ -134,7 +134,6 @@ class TranscribeStage(ModelStage):
     never travels to the judge's actor."""
 
     name = C.TRANSCRIBE
-    produces = C.ASR_COLUMNS
     needs = (C.PCM,)
     timing_column = "asr_s"
     error_prefix = "transcription failed: "
@@ -142,6 +141,7 @@ class TranscribeStage(ModelStage):
     def __init__(self, config: AsrConfig, filters: Sequence[Filter] = ()):
         super().__init__(config.resources.batch_size, filters)
         self.config = config
+        self.produces = C.asr_columns(config)
         # A restarted actor whose engine died from a signal says so instead of loading it again.
         self.crash_witness = CrashWitness("asr", config.backend)
         self.crash_witness.arm()
@@ -171,6 +171,8 @@ class TranscribeStage(ModelStage):
             "no_speech_prob": _finite_or_none(r.no_speech_prob),
             "compression_ratio": r.compression_ratio,
             "asr_model": self.transcriber.model_name,
+            "language_prob": _finite_or_none(r.language_prob),
+            "words": r.words,
         }, None
 
 

@@ -28,6 +28,7 @@ class Segment:
     avg_logprob: float
     no_speech_prob: float
     n_tokens: int
+    words: list[dict] = field(default_factory=list)  # {word, start_s, end_s, probability}, in the clip
 
 
 @dataclass
@@ -40,6 +41,11 @@ class Transcription:
     no_speech_prob: float  # duration-weighted mean over segments; NaN when nothing was decoded
     compression_ratio: float  # of the whole transcript, as Whisper defines it
     segments: list[Segment] = field(default_factory=list, repr=False)
+    language_prob: float = math.nan  # the detector's probability of `language` (when detected)
+
+    @property
+    def words(self) -> list[dict]:
+        return [w for s in self.segments for w in s.words]
 
     @classmethod
     def from_segments(cls, segments: list[Segment], language: str | None) -> "Transcription":

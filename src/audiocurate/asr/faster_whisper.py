@@ -18,6 +18,8 @@ class FasterWhisperConfig(AsrSettings):
     """`asr.backend: faster_whisper`: Whisper through CTranslate2, on CPU or GPU."""
 
     backend: Literal["faster_whisper"] = "faster_whisper"
+    word_timestamps: bool = Field(False, description="Word-level timestamps (a `words` column: word, start_s, "
+                                  "end_s, probability, in the clip), from faster-whisper's cross-attention alignment.")
     threads: int = Field(1, ge=1, json_schema_extra=SPEED_ONLY, description="Intra-op threads per actor. One is the "
                          "most work per core (the planner then runs one actor per core): two actors of one "
                          "thread beat one actor of two threads on 2 cores.")
@@ -62,6 +64,7 @@ class FasterWhisperTranscriber:
         segments: list[Segment] = []
         language = self.config.language
         previous = ""
+        language_prob = float("nan")
         for offset, window in iter_windows(pcm, self.sample_rate, self.config.chunk_s):
             result, info = self.model.transcribe(
                 window,
@@ -77,11 +80,17 @@ class FasterWhisperTranscriber:
                 compression_ratio_threshold=self.config.compression_ratio_threshold,
                 log_prob_threshold=self.config.log_prob_threshold,
                 no_speech_threshold=self.config.no_speech_threshold,
+                word_timestamps=self.config.word_timestamps,
             )
             for s in result:
+                words = [{"word": w.word.strip(), "start_s": offset + w.start, "end_s": offset + w.end,
+                          "probability": w.probability} for w in (s.words or [])]
                 segments.append(Segment(s.text, offset + s.start, offset + s.end, s.avg_logprob,
-                                        s.no_speech_prob, len(s.tokens)))
+                                        s.no_speech_prob, len(s.tokens), words))
             language = info.language or language
+            language_prob = info.language_probability
             if segments:
                 previous = " ".join(segments[-1].text.split()[-24:])
-        return Transcription.from_segments(segments, language)
+        tr = Transcription.from_segments(segments, language)
+        tr.language_prob = language_prob
+        return tr

@@ -194,7 +194,8 @@ class ModelStage(Stage):
                 if error:
                     out.errors[j] = error
             for k, v in values.items():
-                out.values[k][j] = v
+                if k in out.values:  # a backend may report more than this configuration writes
+                    out.values[k][j] = v
             if self.timing_column:
                 out.values[self.timing_column][j] = seconds[j]
         return out
