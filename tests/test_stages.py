@@ -288,3 +288,28 @@ def test_dnsmos_separates_clean_speech_from_speech_in_noise_and_gates_only_when_
     assert measured[C.DROP_REASON].to_pylist() == [None, None]  # measuring only, by default
     gated, _ = decoded(PipelineConfig.load(overrides=["filters.dnsmos.enabled=true", "filters.dnsmos.min_ovrl=2.5"]), rows)
     assert gated[C.DROP_REASON].to_pylist() == [None, "low_dnsmos"]
+
+
+def test_language_gate_and_granary_rules_reject_with_their_own_reasons():
+    config = PipelineConfig.load(overrides=["filters.language.min_avg_logprob=-0.8",
+                                            "filters.hallucination.min_unique_word_ratio=0.3",
+                                            "filters.hallucination.max_word_chars=40"])
+    stage = SelectStage(placed_filters(config, ["id", "audio_bytes"])[C.TRANSCRIBE])
+    table = pa.Table.from_pylist([
+        {"id": "en", "transcript": "The heart pumps blood through the body.", "avg_logprob": -0.3},
+        {"id": "cs", "transcript": "Prague is the main town of the river moldau.", "avg_logprob": -1.1},
+        {"id": "loop", "transcript": "yes no yes maybe no yes no maybe yes no yes maybe", "avg_logprob": -0.2},
+        {"id": "garbage", "transcript": "and then " + "x" * 60, "avg_logprob": -0.2},
+    ]).append_column("duration_s", pa.array([3.0] * 4)).append_column(
+        "no_speech_prob", pa.array([0.01] * 4, pa.float32())).append_column("compression_ratio", pa.array([1.2] * 4))
+    reasons = dict(zip(table["id"].to_pylist(), stage(table)[C.DROP_REASON].to_pylist()))
+    assert reasons == {"en": None, "cs": "low_confidence", "loop": "low_unique_words", "garbage": "long_word"}
+    # Detection-based gating applies only when Whisper detects the language.
+    multi = PipelineConfig.load(overrides=["asr.language=null", "filters.language.allowed=[en]",
+                                           "filters.language.min_prob=0.7"])
+    lang = [f for f in placed_filters(multi, ["id"])[C.TRANSCRIBE] if f.name == "language"][0]
+    assert lang.reason({"language": "de", "language_prob": 0.99}) == "language"
+    assert lang.reason({"language": "en", "language_prob": 0.5}) == "language"
+    assert lang.reason({"language": "en", "language_prob": 0.9}) is None
+    fixed = PipelineConfig.load(overrides=["filters.language.min_prob=0.7"])  # asr.language: en, nothing detected
+    assert not [f for f in placed_filters(fixed, ["id"])[C.TRANSCRIBE] if f.name == "language"]

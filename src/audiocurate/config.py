@@ -134,6 +134,13 @@ class HallucinationFilter(_Model):
         "(`too_many_chars_per_s`).",
     )
     drop_empty: bool = Field(True, description="Reject clips whose transcript is empty (`empty_transcript`).")
+    min_unique_word_ratio: Optional[float] = Field(
+        None, ge=0, le=1, description="Granary's rule for loops the n-gram check misses: in a transcript of 10 "
+        "words or more, distinct words / words below this is a loop (`low_unique_words`). None: off (0.3 in "
+        "`--profile longform`).")
+    max_word_chars: Optional[int] = Field(
+        None, ge=10, description="A 'word' longer than this many characters is decoding garbage (`long_word`). "
+        "None: off (40 in `--profile longform`).")
 
 
 class WerFilter(_Model):
@@ -162,6 +169,23 @@ class CustomFilter(_Model):
     args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the class's constructor.")
 
 
+class LanguageFilter(_Model):
+    """Speech the model cannot understand, caught before the judge. With a multilingual model
+    (`asr.language: null`), Whisper's detected language and its probability; with an
+    English-only one (tiny.en), speech in another language comes out as fluent English
+    nonsense that only Whisper's own confidence gives away (`min_avg_logprob`)."""
+
+    allowed: Optional[list[str]] = Field(None, description="Languages kept (Whisper's codes: `en`, `de`...); "
+                                         "others are rejected (`language`). None: any.")
+    min_prob: float = Field(0.0, ge=0, le=1, description="With `asr.language: null`: reject clips whose detected "
+                            "language has a lower probability (`language`). Granary uses 0.7, Emilia 0.8.")
+    min_avg_logprob: Optional[float] = Field(
+        None, le=0, description="Reject transcripts whose mean token log-probability is below this "
+        "(`low_confidence`). Measured on tiny.en (`benchmarks/language_gate.py`): -0.9 keeps all 18 real "
+        "English recordings and 88% of 60 espeak-ng English clips, and lets through 8% of Czech, 17% of "
+        "Dutch and 17% of German espeak-ng clips (12 each); -0.9 in `--profile longform`. None: off.")
+
+
 class DnsmosFilter(_Model):
     """DNSMOS P.835 (Microsoft's no-reference speech quality model, ONNX on CPU): SIG (speech),
     BAK (background) and OVRL (overall) on a 1-5 scale, written as `dnsmos_sig`, `dnsmos_bak`,
@@ -186,6 +210,7 @@ class FiltersConfig(_Model):
     hallucination: HallucinationFilter = Field(default_factory=HallucinationFilter)
     wer: WerFilter = Field(default_factory=WerFilter)
     dnsmos: DnsmosFilter = Field(default_factory=DnsmosFilter)
+    language: LanguageFilter = Field(default_factory=LanguageFilter)
     custom: list[CustomFilter] = Field(
         default_factory=list, description="Your own filters, e.g. `[{type: \"my_filters:LoudEnough\", args: "
         "{min_dbfs: -30}}]`. Ray ships their code to the workers (pickled by value), so the module need "

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 __all__ = ["FILTERS", "Filter", "FilterPlacementError", "build_filters", "place_filters", "corpus_wer",
            "max_consecutive_ngram_repeats", "normalize_text", "word_error_rate"]
 
-BUILT_IN_ORDER = ("duration", "silence", "dnsmos", "hallucination", "wer", "min_score")
+BUILT_IN_ORDER = ("duration", "silence", "dnsmos", "language", "hallucination", "wer", "min_score")
 
 
 class FilterPlacementError(ValueError):
@@ -35,7 +35,11 @@ def build_filters(config: "PipelineConfig", input_columns: Iterable[str]) -> lis
             continue
         if name == "wer" and section.reference_column not in columns:
             continue  # no reference in this input: nothing to measure
-        named[name] = FILTERS.get(name)(section)
+        if name == "language" and not (section.allowed or section.min_prob or section.min_avg_logprob is not None):
+            continue
+        f = FILTERS.get(name)(section, config) if name == "language" else FILTERS.get(name)(section)
+        if f.needs:  # a filter with nothing to read under this configuration has nothing to decide
+            named[name] = f
     for i, spec in enumerate(config.filters.custom):
         f = load_custom_filter(spec.type, spec.args)
         key = spec.name or f.name or type(f).__name__

@@ -72,6 +72,6 @@ class Filter:
 FILTERS: Registry[type[Filter]] = Registry("filter", lazy={
     "duration": "audiocurate.filters.audio", "silence": "audiocurate.filters.audio",
     "hallucination": "audiocurate.filters.hallucination", "wer": "audiocurate.filters.wer",
-    "dnsmos": "audiocurate.filters.dnsmos",
+    "dnsmos": "audiocurate.filters.dnsmos", "language": "audiocurate.filters.language",
     "min_score": "audiocurate.filters.score",
 })

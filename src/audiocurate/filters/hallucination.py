@@ -15,6 +15,8 @@ REPEATED_NGRAMS = "repeated_ngrams"
 NO_SPEECH = "no_speech"
 TOO_FEW_CHARS = "too_few_chars_per_s"
 TOO_MANY_CHARS = "too_many_chars_per_s"
+LOW_UNIQUE_WORDS = "low_unique_words"
+LONG_WORD = "long_word"
 
 
 @FILTERS.register("hallucination")
@@ -38,6 +40,11 @@ class Hallucination(Filter):
             return REPETITIVE
         if max_consecutive_ngram_repeats(text, 3) > c.max_ngram_repeats:
             return REPEATED_NGRAMS
+        words = text.lower().split()
+        if c.min_unique_word_ratio is not None and len(words) >= 10 and len(set(words)) / len(words) < c.min_unique_word_ratio:
+            return LOW_UNIQUE_WORDS
+        if c.max_word_chars is not None and any(len(w.strip(".,!?;:\"'")) > c.max_word_chars for w in words):
+            return LONG_WORD
         duration = row["duration_s"] or 0.0
         cps = len(text) / max(duration, 1e-6)
         if duration >= 2.0 and cps < c.min_chars_per_s:

@@ -1,0 +1,40 @@
+"""Speech in a language the model does not handle: by Whisper's detection, or, for an
+English-only model, by its own confidence in what it wrote."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+from ..config import LanguageFilter, PipelineConfig
+from .base import FILTERS, Filter
+
+LANGUAGE = "language"
+LOW_CONFIDENCE = "low_confidence"
+
+
+@FILTERS.register("language")
+class Language(Filter):
+    name = "language"
+
+    def __init__(self, config: LanguageFilter, pipeline: Optional[PipelineConfig] = None):
+        self.allowed = set(config.allowed) if config.allowed else None
+        detecting = pipeline is None or pipeline.asr.language is None
+        self.min_prob = config.min_prob if detecting else 0.0
+        self.min_avg_logprob = config.min_avg_logprob
+        needs = []
+        if self.allowed:
+            needs.append("language")
+        if self.min_prob:
+            needs.append("language_prob")
+        if self.min_avg_logprob is not None:
+            needs.append("avg_logprob")
+        self.needs = tuple(needs)
+
+    def reason(self, row: Mapping[str, Any]) -> Optional[str]:
+        if self.allowed is not None and row["language"] not in self.allowed:
+            return LANGUAGE
+        if self.min_prob and (row["language_prob"] is None or row["language_prob"] < self.min_prob):
+            return LANGUAGE
+        if self.min_avg_logprob is not None and row["avg_logprob"] is not None and row["avg_logprob"] < self.min_avg_logprob:
+            return LOW_CONFIDENCE
+        return None
