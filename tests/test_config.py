@@ -91,7 +91,8 @@ def test_fingerprint_is_derived_from_the_fields_speed_only_marks():
         "source.storage", "decode.read_block_mb", "decode.resources", "asr.device", "asr.threads", "asr.resources",
         "judge.threads", "judge.device", "judge.url", "judge.api_key_env", "judge.max_retries", "judge.qps",
         "judge.timeout_s", "judge.vllm_engine_kwargs", "judge.resources", "output.storage", "output.rows_per_shard",
-        "output.report_samples", "output.report_clips", "output.formats", "output.export_shard_size", "ray"])
+        "output.report_samples", "output.report_clips", "output.formats", "output.export_shard_size", "ray",
+        "segment.vad_window_s"])
 
 
 def test_http_qps_is_a_whole_number():
