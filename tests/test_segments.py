@@ -107,6 +107,10 @@ def test_longform_run_accounts_per_recording_resumes_per_segment_and_transcribes
         by_parent.setdefault(r["parent_id"], []).append(r)
     assert set(by_parent) == {"rec/one.flac", "rec/two.flac"}
     assert all(r["dnsmos_ovrl"] is not None for r in kept)
+    assert all(r["words"] and r["words"][0]["start_s"] >= 0 for r in kept)  # word timestamps, in the segment
+    rec = {r["id"]: r for r in report["recordings"]["least_kept"] + report["recordings"]["most_kept"]}
+    assert report["recordings"]["recordings"] == 3 and rec["rec/silent.flac"]["kept_share"] == 0.0
+    assert rec["rec/one.flac"]["kept_share"] > 0.5 and rec["rec/one.flac"]["mean_score"] is not None
 
     # The joined segment transcripts against whole-recording transcripts. With tiny.en on these
     # two recordings segments do worse (0.18 vs 0.13 measured: a lost "eighty degrees", digits

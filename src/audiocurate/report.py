@@ -57,6 +57,8 @@ class _Tally:
         self.id_hashes: list[np.ndarray] = []
         self.keep = frozenset(keep_ids) if keep_ids is not None else None
         self.parent_hashes: list[np.ndarray] = []  # input rows (recordings, when segmenting) in scope
+        # segmented runs: per recording [speech s, kept s, score sum, scored segments]
+        self.recordings: dict[str, list[float]] = {}
         self.picker = SamplePicker(samples)
         # edu_score counts per value of a source column (Common Voice `accent`, `gender`...)
         self.by_group: dict[str, Counter] = {}
@@ -91,6 +93,7 @@ class _Tally:
             self.wer_n += len(w)
             self.wer_hist += np.histogram(w, bins=WER_EDGES)[0]
         self._count_stages(split, t)
+        self._count_recordings(split, t)
         self._pick_samples(split, t, part)
         self._count_groups(split, t)
         if split == REJECTED:
@@ -127,6 +130,36 @@ class _Tally:
             where = np.where(judged, C.SELECT, np.where(transcribed, C.TRANSCRIBE, C.DECODE))
             for stage, reason in zip(where, t[C.DROP_REASON].to_pylist()):
                 self.stage_drops[str(stage)][reason] += 1
+
+    def _count_recordings(self, split: str, t: Any) -> None:
+        if "parent_id" not in t.column_names or "segments" not in t.column_names or split == ERRORS:
+            return
+        scores = t["edu_score_mean"].to_pylist() if "edu_score_mean" in t.column_names else [None] * t.num_rows
+        for parent, d, s in zip(t["parent_id"].to_pylist(), t["duration_s"].to_pylist(), scores):
+            acc = self.recordings.setdefault(str(parent), [0.0, 0.0, 0.0, 0.0])
+            acc[0] += d or 0.0
+            acc[1] += (d or 0.0) if split == CURATED else 0.0
+            if s is not None:
+                acc[2] += s
+                acc[3] += 1
+
+    def recording_summary(self) -> Optional[dict[str, Any]]:
+        """Per recording: the share of its speech kept and its segments' mean score."""
+        if not self.recordings:
+            return None
+        kept = np.array([a[1] / a[0] if a[0] else 0.0 for a in self.recordings.values()])
+        means = np.array([a[2] / a[3] for a in self.recordings.values() if a[3]])
+        by_kept = sorted(self.recordings.items(), key=lambda kv: (kv[1][1] / kv[1][0] if kv[1][0] else 0.0, kv[0]))
+
+        def row(k: str, a: list[float]) -> dict[str, Any]:
+            return {"id": k, "speech_s": round(a[0], 2), "kept_share": round(a[1] / a[0], 3) if a[0] else 0.0,
+                    "mean_score": round(a[2] / a[3], 3) if a[3] else None}
+
+        return {"recordings": len(self.recordings), "kept_share_mean": float(kept.mean()),
+                "kept_share_hist": {"edges": [0, 0.2, 0.4, 0.6, 0.8, 1.0001],
+                                    "counts": np.histogram(kept, bins=[0, 0.2, 0.4, 0.6, 0.8, 1.0001])[0].tolist()},
+                "mean_score_hist": {"edges": MEAN_EDGES, "counts": np.histogram(means, bins=MEAN_EDGES)[0].tolist()},
+                "least_kept": [row(k, a) for k, a in by_kept[:5]], "most_kept": [row(k, a) for k, a in by_kept[-5:][::-1]]}
 
     def _pick_samples(self, split: str, t: Any, part: str) -> None:
         cols = [c for c in SAMPLE_COLUMNS if c in t.column_names]
@@ -196,7 +229,7 @@ def build_report(
     input_uri: str = "",
 ) -> dict[str, Any]:
     tally = _Tally(keep_ids, config.output.report_samples)
-    wanted = [id_column, "parent_id", "duration_s", "edu_score", "edu_score_mean", "wer", C.DROP_REASON, C.ERROR_STAGE,
+    wanted = [id_column, "parent_id", "segments", "duration_s", "edu_score", "edu_score_mean", "wer", C.DROP_REASON, C.ERROR_STAGE,
               C.ERROR, "judge_model", "transcript", *GROUP_COLUMNS, *STAGE_TIME_COLUMNS.values()]
     for split in SPLITS:
         for path in out.part_files(split):
@@ -256,6 +289,7 @@ def build_report(
                  "hist": {"edges": _edges(WER_EDGES), "counts": tally.wer_hist.tolist()}} if tally.wer_n else None),
         "samples": {o: [row for _, row, _ in rows] for o, rows in tally.picker.picked().items()},
         "scores_by": tally.groups(),
+        "recordings": tally.recording_summary(),
         "attempts": [{k: a.get(k) for k in ("id", "status", "started", "wall_s", "execute_s", "ray_start_s", "bookkeeping_s",
                                              "input_rows", "finished_before", "cluster", "pools", "probe_s")} for a in attempts],
     }
@@ -323,6 +357,9 @@ def format_summary(report: dict[str, Any]) -> str:
     busy = t["stage_busy_s"]
     if busy:
         lines.append("  stage busy time " + ", ".join(f"{k} {v:.1f} s" for k, v in busy.items()))
+    rec = report.get("recordings")
+    if rec:
+        lines.append(f"  recordings      {rec['recordings']:>10,}   mean share of speech kept {rec['kept_share_mean']:.2f}")
     if report.get("wer"):
         lines.append(f"  WER vs reference mean {report['wer']['mean']:.3f} over {report['wer']['rows']} rows")
     return "\n".join(lines)
@@ -350,6 +387,7 @@ def render_html(report: dict[str, Any], listen: Optional[dict[str, list[dict[str
         f"output <code>{html.escape(str(report['output']))}</code></p>",
         "<table id='summary'>" + "".join(f"<tr><th>{k}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows) + "</table>",
         _stages_table(report.get("stages") or {}),
+        _recordings_table(report.get("recordings")),
         "<h2>Plots</h2><div class='plots'>",
         *[f"<figure><img class='plot' alt='{html.escape(name)}' src='data:image/png;base64,{b64}'>"
           f"<figcaption>{html.escape(name)}</figcaption></figure>" for name, b64 in figures],
@@ -388,6 +426,18 @@ def _samples_html(samples: dict[str, list[dict[str, Any]]], listen: Optional[dic
                          + "</tr>")
         parts.append("</table>")
     return "".join(parts)
+
+
+def _recordings_table(rec: Optional[dict[str, Any]]) -> str:
+    """Segmented runs: per recording, the share of its speech kept and its mean score."""
+    if not rec:
+        return ""
+    rows = "".join(f"<tr><td>{html.escape(which)}</td><td>{html.escape(r['id'])}</td><td>{r['speech_s']}</td>"
+                   f"<td>{r['kept_share']}</td><td>{_fmt(r['mean_score'])}</td></tr>"
+                   for which, key in (("least kept", "least_kept"), ("most kept", "most_kept")) for r in rec[key])
+    return (f"<h2>Recordings</h2><p>{rec['recordings']} recordings; mean share of speech kept "
+            f"{rec['kept_share_mean']:.2f}</p><table id='recordings'><tr><th></th><th>recording</th><th>speech s</th>"
+            f"<th>kept share</th><th>mean score</th></tr>{rows}</table>")
 
 
 def _stages_table(stages: dict[str, Any]) -> str:
