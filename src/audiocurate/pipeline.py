@@ -132,7 +132,8 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
     decode = DecodeStage(config.decode, source.audio_column, source.fetcher(), placed[C.DECODE])
     ds = ds.map_batches(decode, **_PYARROW, **{**task_args(rc, config.decode.resources), "batch_size": None})
     if config.segment.enabled:
-        ds = ds.map_batches(SegmentStage(config.segment, source.id_column, placed[C.SEGMENT]), batch_format="pyarrow",
+        ds = ds.map_batches(SegmentStage(config.segment, source.id_column, placed[C.SEGMENT],
+                                         source.audio_column), batch_format="pyarrow",
                             udf_modifying_row_count=True, **{**task_args(rc, config.decode.resources), "batch_size": None})
         if skip_segments:  # resume: segments of unfinished recordings already written
             ds = ds.map_batches(SkipIdsStage, fn_constructor_kwargs={

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -40,10 +40,12 @@ class SegmentStage(Stage):
     name = C.SEGMENT
     produces = C.SEGMENT_COLUMNS
 
-    def __init__(self, config: SegmentConfig, id_column: str, filters: Sequence[Filter] = ()):
+    def __init__(self, config: SegmentConfig, id_column: str, filters: Sequence[Filter] = (),
+                 audio_column: Optional[str] = None):
         super().__init__(filters)
         self.config = config
         self.id_column = id_column
+        self.audio_column = audio_column
         self.vad = VadSettings(config.vad_threshold, config.min_silence_s, 0.25, config.vad_window_s)
 
     def __call__(self, table: pa.Table) -> pa.Table:
@@ -74,7 +76,11 @@ class SegmentStage(Stage):
                              ("peak_dbfs", peak), ("rms_dbfs", rms), (C.PCM, piece.tobytes()),
                              (C.DROP_REASON, None)):
                     extra[k].append(v)
-        out = table.take(pa.array(take, pa.int64()))
+        # The recording's encoded audio and samples are not copied into each of its segment
+        # rows (an hour's 115 MB times 200 segments): samples are set per segment below, and
+        # the source audio is dropped (segments are packaged from their own samples).
+        heavy = [c for c in (C.PCM, self.audio_column) if c in table.column_names]
+        out = table.drop_columns(heavy).take(pa.array(take, pa.int64()))
         types = {**C.SEGMENT_COLUMNS, "duration_s": pa.float64(), "peak_dbfs": pa.float32(), "rms_dbfs": pa.float32(),
                  C.PCM: pa.large_binary(), C.DROP_REASON: pa.string(), "id": out.schema.field(self.id_column).type}
         for k, typ in types.items():
