@@ -44,27 +44,45 @@ def speech_regions(pcm: np.ndarray, settings: VadSettings, max_region_s: float) 
 
 def plan_segments(regions: list[tuple[float, float]], duration_s: float, min_s: float, max_s: float,
                   pad_s: float) -> list[tuple[float, float]]:
-    """Pack consecutive speech regions into segments no longer than `max_s` (a region longer
-    than that is its own segment: VAD already split long speech at its shortest pauses), join
-    a segment shorter than `min_s` to a neighbour when the two fit, and pad each into the
-    pause around it (at most half of the pause, never past the recording)."""
-    packed: list[list[float]] = []
-    for s, e in regions:
-        if packed and e - packed[-1][0] <= max_s:
-            packed[-1][1] = e
-        else:
-            packed.append([s, e])
-    merged: list[list[float]] = []
-    for seg in packed:  # a short segment left over joins its predecessor when they fit
-        if merged and seg[1] - seg[0] < min_s and seg[1] - merged[-1][0] <= max_s:
-            merged[-1][1] = seg[1]
-        else:
-            merged.append(seg)
+    """Split at the longest pauses first: a span of speech regions longer than `max_s` is cut
+    at its longest internal pause, and each side again, until every segment fits (a single
+    region longer than `max_s` stays whole: VAD already split long speech). Segments shorter
+    than `min_s` then join the neighbour across the shorter pause when the two fit. Each is
+    padded into the pause around it (at most half of it, never past the recording)."""
+    def split(rs: list[tuple[float, float]]) -> list[list[tuple[float, float]]]:
+        if len(rs) <= 1 or rs[-1][1] - rs[0][0] <= max_s:
+            return [rs]
+        gaps = [rs[i + 1][0] - rs[i][1] for i in range(len(rs) - 1)]
+        k = max(range(len(gaps)), key=lambda i: (gaps[i], -abs(i - len(gaps) / 2)))
+        return split(rs[:k + 1]) + split(rs[k + 1:])
+    groups = split(list(regions)) if regions else []
+    segs = [[g[0][0], g[-1][1]] for g in groups]
+    i = 0
+    while i < len(segs):
+        s, e = segs[i]
+        if e - s < min_s and len(segs) > 1:
+            left = segs[i - 1] if i > 0 else None
+            right = segs[i + 1] if i + 1 < len(segs) else None
+            cands = []
+            if left and e - left[0] <= max_s:
+                cands.append((s - left[1], "l"))
+            if right and right[1] - s <= max_s:
+                cands.append((right[0] - e, "r"))
+            if cands:
+                side = min(cands)[1]
+                if side == "l":
+                    left[1] = e
+                    segs.pop(i)
+                    continue
+                right[0] = s
+                segs.pop(i)
+                continue
+        i += 1
     out = []
-    for i, (s, e) in enumerate(merged):
-        before = s - (merged[i - 1][1] if i else 0.0)
-        after = (merged[i + 1][0] if i + 1 < len(merged) else duration_s) - e
+    for i, (s, e) in enumerate(segs):
+        before = s - (segs[i - 1][1] if i else 0.0)
+        after = (segs[i + 1][0] if i + 1 < len(segs) else duration_s) - e
         lo = s - min(pad_s, before / 2 if i else before)
-        hi = e + min(pad_s, after / 2 if i + 1 < len(merged) else after)
+        hi = e + min(pad_s, after / 2 if i + 1 < len(segs) else after)
         out.append((round(max(lo, 0.0), 3), round(min(hi, duration_s), 3)))
     return out
