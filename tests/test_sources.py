@@ -131,6 +131,17 @@ def s3_server():
             os.environ[k] = v
 
 
+def _restart_ray_forwarding(names: list[str]) -> None:
+    """A fresh local Ray whose workers get these driver variables through runtime_env."""
+    import ray
+
+    from audiocurate.config import RayConfig
+    from audiocurate.runtime import init_ray
+
+    ray.shutdown()
+    init_ray(RayConfig(num_cpus=2, progress=False, forward_env=names))
+
+
 def test_s3_input_and_output(tmp_path, clips, s3_server, ray_local):
     import boto3
 
@@ -142,7 +153,10 @@ def test_s3_input_and_output(tmp_path, clips, s3_server, ray_local):
     buf = io.BytesIO()
     pq.write_table(table, buf)
     s3.put_object(Bucket="speech-in", Key="cv/part-0.parquet", Body=buf.getvalue())
-    # Ray workers reach the server with the same environment (credentials, endpoint).
+    # Workers resolve credentials themselves: the keys reach them through Ray's runtime_env
+    # (`ray.forward_env`), never inside the pickled filesystems.
+    _restart_ray_forwarding(["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                             "AWS_EC2_METADATA_DISABLED"])
     config = _config(**{"source.storage.endpoint_url": s3_server, "output.storage.endpoint_url": s3_server,
                         "source.storage.region": "us-east-1", "output.storage.region": "us-east-1"})
     report = run(config, "s3://speech-in/cv/", "s3://speech-out/run1", echo=lambda s: None)
@@ -254,3 +268,43 @@ def test_a_corrupt_parquet_input_is_an_error_naming_the_file(tmp_path):
     source = open_source(str(tmp_path), SourceConfig())  # the first file is fine, the second is not
     with pytest.raises(SourceError, match=r"b\.parquet is not a readable Parquet file"):
         source.count()
+
+
+def test_s3_credentials_never_travel_in_stages_outputs_or_logs(tmp_path, clips, s3_server, ray_local, monkeypatch):
+    """A secret in the driver's environment: the run works (workers get it through Ray's
+    runtime_env), and it is in no pickled source, sink or stage, no output object (config and
+    state included), and no line the run prints."""
+    import secrets
+
+    import boto3
+    from ray import cloudpickle
+
+    from audiocurate.pipeline import build
+    from audiocurate.sinks import CurationSink, OutputDir
+
+    secret = "sk-" + secrets.token_hex(12)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    _restart_ray_forwarding(["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                             "AWS_EC2_METADATA_DISABLED"])
+    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    s3.create_bucket(Bucket="secret-in")
+    s3.create_bucket(Bucket="secret-out")
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"id": list(SENTENCES), "audio_bytes": [clips[k] for k in SENTENCES],
+                             "sentence": list(SENTENCES.values())}), buf)
+    s3.put_object(Bucket="secret-in", Key="cv/part-0.parquet", Body=buf.getvalue())
+    config = _config(**{"source.storage.endpoint_url": s3_server, "output.storage.endpoint_url": s3_server,
+                        "source.storage.region": "us-east-1", "output.storage.region": "us-east-1",
+                        "ray.forward_env": ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]})
+    printed: list[str] = []
+    report = run(config, "s3://secret-in/cv/", "s3://secret-out/run", echo=printed.append)
+    assert report["accounting"]["ok"]
+    source = open_source("s3://secret-in/cv/", config.source)
+    out = OutputDir("s3://secret-out/run", config.output.storage)
+    sink = CurationSink(out, source.id_column, source.carried_columns)
+    pickled = cloudpickle.dumps((source, out, sink, build(config, source)))
+    assert secret.encode() not in pickled
+    for obj in s3.list_objects_v2(Bucket="secret-out", Prefix="run/")["Contents"]:
+        body = s3.get_object(Bucket="secret-out", Key=obj["Key"])["Body"].read()
+        assert secret.encode() not in body, obj["Key"]
+    assert secret not in "\n".join(printed) + json.dumps(report, default=str)

@@ -35,7 +35,8 @@ def init_ray(config: RayConfig) -> ClusterShape:
     if not ray.is_initialized():
         address = config.address or os.environ.get("RAY_ADDRESS")
         kwargs: dict[str, Any] = {
-            "runtime_env": {"env_vars": dict(config.env_vars)},
+            "runtime_env": {"env_vars": {**config.env_vars,
+                                         **{k: os.environ[k] for k in config.forward_env if k in os.environ}}},
             "log_to_driver": True,
             "logging_level": "WARNING",
         }

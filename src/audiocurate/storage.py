@@ -30,13 +30,10 @@ def resolve(uri: str, storage: StorageConfig | None = None) -> tuple[pafs.FileSy
             kwargs["anonymous"] = True
         if storage.region:
             kwargs["region"] = storage.region
-        if not storage.anonymous and os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
-            # The filesystem travels to Ray workers pickled; keys the driver has in its
-            # environment go with it, so workers on any node can read and write.
-            kwargs["access_key"] = os.environ["AWS_ACCESS_KEY_ID"]
-            kwargs["secret_key"] = os.environ["AWS_SECRET_ACCESS_KEY"]
-            if os.environ.get("AWS_SESSION_TOKEN"):
-                kwargs["session_token"] = os.environ["AWS_SESSION_TOKEN"]
+        # No keys go into the filesystem object: it travels pickled to every worker (through
+        # the object store and its spill files). Each process resolves credentials itself,
+        # from its environment or its instance role; `ray.forward_env` hands the driver's
+        # environment variables to the workers through Ray's runtime_env instead.
         return pafs.S3FileSystem(**kwargs), _strip_scheme(uri)
     if scheme in ("gs", "gcs"):
         kwargs = {}
