@@ -218,8 +218,8 @@ class FiltersConfig(_Model):
         "only be importable where you start the run.",
     )
     order: Optional[list[str]] = Field(
-        None, description="Run order by name: built-ins `duration`, `silence`, `hallucination`, `wer`, "
-        "`min_score`, and custom filters' names. Where two filters reject the same row, the first one's "
+        None, description="Run order by name: built-ins `duration`, `silence`, `dnsmos`, `language`, "
+        "`hallucination`, `wer`, `min_score` (their default order), and custom filters' names. Where two filters reject the same row, the first one's "
         "reason is recorded. None: built-ins in that order, then custom filters in list order.",
     )
 

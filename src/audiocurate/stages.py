@@ -245,7 +245,9 @@ class PackageStage(Stage):
                 if isinstance(data, (bytes, bytearray)):
                     audio.append({"bytes": bytes(data), "path": _basename(name)})
                     continue
-            audio.append({"bytes": encode_flac(C.pcm_of(table, i)), "path": f"{_stem(rid)}.flac"})
+            # A segment's id (`<parent>@<start>`) keeps its start: two segments never share a name.
+            name = _basename(rid) if "@" in rid else _stem(rid)
+            audio.append({"bytes": encode_flac(C.pcm_of(table, i)), "path": f"{name}.flac"})
         return Outcome(values={C.AUDIO: audio})
 
     def finish(self, table: pa.Table) -> pa.Table:

@@ -41,6 +41,10 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(set(self._entries) | set(self._lazy))
 
+    def declared(self) -> list[str]:
+        """Names in the order the registry declares them (its `lazy` map), then the rest."""
+        return [*self._lazy, *(n for n in self._entries if n not in self._lazy)]
+
     def __contains__(self, name: str) -> bool:
         return name in self._entries or name in self._lazy
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 __all__ = ["FILTERS", "Filter", "FilterPlacementError", "build_filters", "place_filters", "corpus_wer",
            "max_consecutive_ngram_repeats", "normalize_text", "word_error_rate"]
 
-BUILT_IN_ORDER = ("duration", "silence", "dnsmos", "language", "hallucination", "wer", "min_score")
+BUILT_IN_ORDER = tuple(FILTERS.declared())
 
 
 class FilterPlacementError(ValueError):

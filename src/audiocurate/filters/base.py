@@ -68,10 +68,11 @@ class Filter:
         return f"{type(self).__name__}(needs={list(self.needs)})"
 
 
-# Built-in filters, by the name that configures them (`filters.order`, `filters.<name>`).
+# Built-in filters, by the name that configures them (`filters.order`, `filters.<name>`), in
+# their default run order.
 FILTERS: Registry[type[Filter]] = Registry("filter", lazy={
     "duration": "audiocurate.filters.audio", "silence": "audiocurate.filters.audio",
-    "hallucination": "audiocurate.filters.hallucination", "wer": "audiocurate.filters.wer",
     "dnsmos": "audiocurate.filters.dnsmos", "language": "audiocurate.filters.language",
+    "hallucination": "audiocurate.filters.hallucination", "wer": "audiocurate.filters.wer",
     "min_score": "audiocurate.filters.score",
 })
