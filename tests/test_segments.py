@@ -127,6 +127,23 @@ def test_longform_run_accounts_per_recording_resumes_per_segment_and_transcribes
     whole_wer = corpus_wer(refs, [whole_rows.get(p, "") for p in ("rec/one.flac", "rec/two.flac")])
     assert seg_wer < 0.3 and whole_wer < 0.3, (seg_wer, whole_wer)
 
+    # Rejected segment rows export with their audio cut from the recording in the input.
+    import glob
+    import json
+
+    import webdataset as wds
+
+    from audiocurate.exports import export
+
+    export(str(out), "webdataset", str(tmp_path / "rej"), split="rejected", echo=lambda s: None)
+    rejected = pq.read_table(out / "rejected").to_pylist()
+    got = {json.loads(s["json"])["id"]: s for s in wds.WebDataset(sorted(glob.glob(str(tmp_path / "rej" / "*.tar"))),
+                                                                   shardshuffle=False)}
+    assert sorted(got) == sorted(r["id"] for r in rejected)
+    for r in rejected:
+        audio, rate = sf.read(io.BytesIO(got[r["id"]]["flac"]))
+        assert len(audio) / rate == pytest.approx(r["end_s"] - r["start_s"], abs=0.01)
+
     # As if killed after some segments of a recording were written: one segment's shard is gone.
     shards = sorted((out / "curated").glob("*.parquet"))
     lost = pq.read_table(shards[0])["id"].to_pylist()
@@ -195,7 +212,7 @@ def test_sigkill_mid_segmented_run_then_resume_is_exact(tmp_path, ray_local):
     assert 0 < len(parents) and not (out / "_SUCCESS").exists()
     config = PipelineConfig.load(profile="longform", overrides=overrides)
     report = run(config, str(tmp_path / "in.parquet"), str(out), echo=lambda s: None)
-    reference = run(config, str(tmp_path / "in.parquet"), str(tmp_path / "ref"), echo=lambda s: None)
+    assert run(config, str(tmp_path / "in.parquet"), str(tmp_path / "ref"), echo=lambda s: None)["accounting"]["ok"]
 
     def outcome(d) -> dict:
         return {r["id"]: (s, r.get("transcript")) for s in ("curated", "rejected", "errors") if (d / s).exists()

@@ -55,17 +55,25 @@ class SourceAudio:
     def __call__(self, table: pa.Table) -> pa.Table:
         from ..stages import audio_bytes_of
 
-        ids = pc.cast(table[self.config.id_column], pa.string())
-        by_id, fetcher = self._lookup(pa.array(sorted(set(ids.to_pylist())), pa.string()))
+        ids = pc.cast(table[self.config.id_column], pa.string()).to_pylist()
+        # Segment rows are read from their recording and cut at their times.
+        segmented = "parent_id" in table.column_names and "start_s" in table.column_names
+        parents = table["parent_id"].to_pylist() if segmented else ids
+        starts = table["start_s"].to_pylist() if segmented else [None] * len(ids)
+        ends = table["end_s"].to_pylist() if segmented else [None] * len(ids)
+        by_id, fetcher = self._lookup(pa.array(sorted(set(map(str, parents))), pa.string()))
         audio = []
-        for clip_id in ids.to_pylist():
-            if clip_id not in by_id:
-                raise ValueError(f"{clip_id}: not in the input {self.input_uri} any more")
+        for clip_id, parent, start, end in zip(ids, parents, starts, ends):
+            parent = str(parent)
+            if parent not in by_id:
+                raise ValueError(f"{clip_id}: {parent} is not in the input {self.input_uri} any more")
             try:
-                clip = decode_audio(audio_bytes_of(by_id[clip_id], fetcher), target_rate=16000)
+                pcm = decode_audio(audio_bytes_of(by_id[parent], fetcher), target_rate=16000).pcm
             except AudioDecodeError as e:
                 raise ValueError(f"{clip_id}: the input's audio no longer decodes ({e.reason})") from None
-            name = clip_id.rsplit("/", 1)[-1].rsplit(".", 1)[0]
-            audio.append({"bytes": encode_flac(clip.pcm), "path": f"{name}.flac"})
+            if start is not None and end is not None:
+                pcm = pcm[int(start * 16000):int(end * 16000)]
+            name = clip_id if "@" in clip_id else clip_id.rsplit(".", 1)[0]
+            audio.append({"bytes": encode_flac(pcm), "path": f"{name.rsplit('/', 1)[-1]}.flac"})
         table = table.drop_columns([c for c in (C.AUDIO,) if c in table.column_names])
         return table.append_column(C.AUDIO, pa.array(audio, C.AUDIO_TYPE))
