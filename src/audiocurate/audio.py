@@ -308,6 +308,15 @@ def _bytes_per_sample(subtype: str) -> int:
             "DOUBLE": 8, "ULAW": 1, "ALAW": 1}.get(subtype, 2)
 
 
+def levels_dbfs(pcm: np.ndarray) -> tuple[float, float]:
+    """Peak and RMS level (dBFS) of 16-bit samples: what the decoder reports for a whole clip,
+    for a part of one (a segment)."""
+    if not len(pcm):
+        return -math.inf, -math.inf
+    x = pcm.astype(np.float64) / 32768.0
+    return _dbfs(float(np.abs(x).max())), _dbfs(float(np.sqrt(np.mean(x * x))))
+
+
 def _dbfs(x: float) -> float:
     return 20.0 * math.log10(x) if x > 0 else -math.inf
 

@@ -27,8 +27,6 @@ from .judge.transformers import TransformersJudgeConfig
 __all__ = ["AsrConfig", "JudgeConfig", "PipelineConfig", "SPEED_ONLY", "StageResources", "changes_results",
            "FasterWhisperConfig", "TransformersAsrConfig", "LlamaCppJudgeConfig", "TransformersJudgeConfig",
            "VllmJudgeConfig", "HttpJudgeConfig"]
-_Model = Settings
-_SPEED_ONLY_SECTION = SPEED_ONLY_SECTION
 
 
 def _backend_or(default: str) -> Callable[[Any], str]:
@@ -41,11 +39,11 @@ def _backend_or(default: str) -> Callable[[Any], str]:
     return backend
 
 
-class StorageConfig(_Model):
+class StorageConfig(Settings):
     """How to reach object storage (`s3://`, `gs://`). Credentials come from the usual
     environment variables or instance metadata, never from this file."""
 
-    model_config = _SPEED_ONLY_SECTION
+    model_config = SPEED_ONLY_SECTION
 
     endpoint_url: Optional[str] = Field(
         None,
@@ -56,7 +54,7 @@ class StorageConfig(_Model):
     region: Optional[str] = Field(None, description="Bucket region; None lets the client resolve it.")
 
 
-class SourceConfig(_Model):
+class SourceConfig(Settings):
     """Where the audio comes from and how its rows are laid out."""
 
     format: Literal["auto", "parquet", "hf_parquet", "folder"] = Field(
@@ -91,7 +89,7 @@ class SourceConfig(_Model):
     storage: StorageConfig = Field(default_factory=StorageConfig)
 
 
-class DurationFilter(_Model):
+class DurationFilter(Settings):
     enabled: bool = True
     min_s: float = Field(0.3, ge=0, description="Clips shorter than this are rejected (`too_short`).")
     max_s: Optional[float] = Field(
@@ -99,7 +97,7 @@ class DurationFilter(_Model):
     )
 
 
-class SilenceFilter(_Model):
+class SilenceFilter(Settings):
     enabled: bool = True
     max_peak_dbfs: float = Field(
         -45.0,
@@ -108,7 +106,7 @@ class SilenceFilter(_Model):
     )
 
 
-class HallucinationFilter(_Model):
+class HallucinationFilter(Settings):
     """Whisper's own failure signs, checked on the transcript before the judge sees it."""
 
     enabled: bool = True
@@ -143,7 +141,7 @@ class HallucinationFilter(_Model):
         "None: off (40 in `--profile longform`).")
 
 
-class WerFilter(_Model):
+class WerFilter(Settings):
     reference_column: Optional[str] = Field(
         "sentence",
         description="Column with a reference transcript (Common Voice `sentence`, a manifest "
@@ -160,7 +158,7 @@ class WerFilter(_Model):
     )
 
 
-class CustomFilter(_Model):
+class CustomFilter(Settings):
     """A filter of your own: a subclass of `audiocurate.filters.Filter` in any importable module."""
 
     type: str = Field(..., description="`package.module:Class` of the filter.")
@@ -169,7 +167,7 @@ class CustomFilter(_Model):
     args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the class's constructor.")
 
 
-class LanguageFilter(_Model):
+class LanguageFilter(Settings):
     """Speech the model cannot understand, caught before the judge. With a multilingual model
     (`asr.language: null`), Whisper's detected language and its probability; with an
     English-only one (tiny.en), speech in another language comes out as fluent English
@@ -186,7 +184,7 @@ class LanguageFilter(_Model):
         "Dutch and 17% of German espeak-ng clips (12 each); -0.9 in `--profile longform`. None: off.")
 
 
-class DnsmosFilter(_Model):
+class DnsmosFilter(Settings):
     """DNSMOS P.835 (Microsoft's no-reference speech quality model, ONNX on CPU): SIG (speech),
     BAK (background) and OVRL (overall) on a 1-5 scale, written as `dnsmos_sig`, `dnsmos_bak`,
     `dnsmos_ovrl` right after decoding. Measured here: clean espeak-ng speech OVRL about 3.0,
@@ -201,7 +199,7 @@ class DnsmosFilter(_Model):
     model: str = Field("embedded:dnsmos-p835", description="The P.835 `sig_bak_ovr.onnx`; embedded: from `speechmos`.")
 
 
-class FiltersConfig(_Model):
+class FiltersConfig(Settings):
     """Every filter runs at the earliest stage whose columns cover what it needs: duration and
     silence right after decoding, hallucination and WER right after Whisper, `min_score`
     (`select`) after the judge."""
@@ -224,7 +222,7 @@ class FiltersConfig(_Model):
     )
 
 
-class SegmentConfig(_Model):
+class SegmentConfig(Settings):
     """Long recordings into segments (`--profile longform`): Silero VAD finds speech, regions
     are packed into segments of `min_s`..`max_s` cut only in pauses, and each segment is a row
     of its own through transcription, filters, judge and selection (`id` = `<parent id>@<start>`,
@@ -243,7 +241,7 @@ class SegmentConfig(_Model):
                                 description="VAD runs window by window: its memory follows the window.")
 
 
-class DecodeConfig(_Model):
+class DecodeConfig(Settings):
     sample_rate: Literal[16000] = Field(16000, description="Whisper's rate; every clip is resampled to it, mono.")
     max_source_sample_rate: int = Field(
         384_000, description="Headers declaring a higher rate are corrupt, not audio (`error`)."
@@ -267,11 +265,11 @@ class DecodeConfig(_Model):
     )
 
 
-class SelectConfig(_Model):
+class SelectConfig(Settings):
     min_score: int = Field(3, ge=1, le=5, description="Keep clips whose `edu_score` is at least this.")
 
 
-class OutputConfig(_Model):
+class OutputConfig(Settings):
     audio_format: Literal["flac16k", "original"] = Field(
         "flac16k", description="Audio kept in `curated/`: the 16 kHz mono clip as FLAC, or the "
         "source's own bytes. Either way in an `audio` struct `{bytes, path}` that Hugging Face "
@@ -297,8 +295,8 @@ class OutputConfig(_Model):
                                    description="Clips per tar shard of the `webdataset` export.")
 
 
-class RayConfig(_Model):
-    model_config = _SPEED_ONLY_SECTION
+class RayConfig(Settings):
+    model_config = SPEED_ONLY_SECTION
 
     address: Optional[str] = Field(
         None, description="Cluster to join (`auto`, `ray://host:10001`, `host:6379`); None starts "
@@ -354,7 +352,7 @@ BACKEND_SECTIONS: dict[str, dict[str, type[Settings]]] = {
 }
 
 
-class PipelineConfig(_Model):
+class PipelineConfig(Settings):
     source: SourceConfig = Field(default_factory=SourceConfig)
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)

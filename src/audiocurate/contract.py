@@ -146,6 +146,12 @@ def mark(table: pa.Table, *, errors: dict[int, tuple[str, str]] | None = None,
     return table
 
 
+def drop_settled_pcm(table: pa.Table) -> pa.Table:
+    """Samples only for rows still in play: a rejected or failed clip's audio goes no further."""
+    keep = pa.array(active_mask(table), pa.bool_())
+    return put_column(table, PCM, pc.if_else(keep, table[PCM], pa.scalar(None, pa.large_binary())), pa.large_binary())
+
+
 def pcm_of(table: pa.Table, i: int) -> np.ndarray:
     """A row's 16 kHz mono samples, without copying them out of Arrow."""
     buf = table[PCM][i].as_buffer()

@@ -115,16 +115,7 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
     ds = source.dataset(files, num_cpus=config.decode.resources.num_cpus,
                         block_bytes=int(config.decode.read_block_mb * 2**20))
     if skip_ids or keep_ids is not None:
-        ds = ds.map_batches(
-            SkipIdsStage,
-            fn_constructor_kwargs={
-                "id_column": source.id_column,
-                "skip_ref": [ray.put(list(skip_ids))] if skip_ids else None,
-                "keep_ref": [ray.put(list(keep_ids))] if keep_ids is not None else None,
-            },
-            batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.05,
-            max_restarts=rc.actor_max_restarts, max_task_retries=rc.actor_max_task_retries,
-        )
+        ds = _skip_ids(ds, source.id_column, rc, skip_ids, keep_ids)
     placed = placed_filters(config, source.columns)
     C.check_columns(source.columns, produced_by(placed, config), source.audio_column)
     # Per block (batch_size=None): each read block, sized by bytes, is one unit of work from
@@ -136,10 +127,7 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
                                          source.audio_column), batch_format="pyarrow",
                             udf_modifying_row_count=True, **{**task_args(rc, config.decode.resources), "batch_size": None})
         if skip_segments:  # resume: segments of unfinished recordings already written
-            ds = ds.map_batches(SkipIdsStage, fn_constructor_kwargs={
-                "id_column": source.id_column, "skip_ref": [ray.put(list(skip_segments))]},
-                batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.05,
-                max_restarts=rc.actor_max_restarts, max_task_retries=rc.actor_max_task_retries)
+            ds = _skip_ids(ds, source.id_column, rc, skip_segments)
     if sink is not None:
         # Rows that settled while decoding (corrupt, silent, too short) go to their outputs
         # here, in the decode task (fused), instead of riding through every model stage.
@@ -155,6 +143,18 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
     ds = ds.map_batches(SelectStage(placed[C.SELECT]), **_PYARROW, **light)
     ds = ds.map_batches(PackageStage(config.output, source.audio_column, source.id_column), **_PYARROW, **light)
     return configure_dataset(ds, rc)
+
+
+def _skip_ids(ds: "ray.data.Dataset", id_column: str, rc: Any, skip: Optional[list[str]],
+              keep: Optional[list[str]] = None) -> "ray.data.Dataset":
+    """Drop rows whose id is in `skip`, keep only those in `keep` (resume, `--limit`)."""
+    return ds.map_batches(
+        SkipIdsStage,
+        fn_constructor_kwargs={"id_column": id_column,
+                               "skip_ref": [ray.put(list(skip))] if skip else None,
+                               "keep_ref": [ray.put(list(keep))] if keep is not None else None},
+        batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.05,
+        max_restarts=rc.actor_max_restarts, max_task_retries=rc.actor_max_task_retries)
 
 
 def apply_judge(ds: "ray.data.Dataset", config: PipelineConfig, concurrency: Any,
@@ -194,13 +194,9 @@ def run(
     out.clean_tmp()
     keep_ids, files = source.first_ids(limit) if limit is not None else (None, None)
     input_rows = len(keep_ids) if keep_ids is not None else source.count()
-    skip_segments: list[str] = []
-    if resumed and config.segment.enabled:
-        # A recording is done when all its segments are written; the segments written of one
-        # that is not are skipped again after it is cut anew.
-        done, skip_segments = out.segment_progress(source.id_column)
-    else:
-        done = out.finished_ids(source.id_column) if resumed else []
+    # An input row is done when all its output rows are written (one, or each of a recording's
+    # segments); the segments written of a recording that is not are skipped after it is cut anew.
+    done, skip_segments = out.segment_progress(source.id_column) if resumed else ([], [])
     done_in_scope = len(set(done) & set(keep_ids)) if keep_ids is not None else len(set(done))
     remaining = input_rows - done_in_scope
     bookkeeping_s = time.time() - t_book

@@ -162,17 +162,17 @@ class _Tally:
                 "least_kept": [row(k, a) for k, a in by_kept[:5]], "most_kept": [row(k, a) for k, a in by_kept[-5:][::-1]]}
 
     def _pick_samples(self, split: str, t: Any, part: str) -> None:
-        cols = [c for c in SAMPLE_COLUMNS if c in t.column_names]
+        """Offer every row to the picker; only the few it keeps become Python dicts."""
         id_col = t.column_names[0]
-        for row in t.select([id_col, *[c for c in cols if c != id_col]]).to_pylist():
-            cid = str(row[id_col])
-            if split == CURATED:
-                outcome = CURATED
-            elif split == REJECTED:
-                outcome = f"rejected: {row.get(C.DROP_REASON)}"
-            else:
-                outcome = f"error: {row.get(C.ERROR_STAGE)}"
-            self.picker.add(outcome, cid, row, part)
+        fields = t.select([id_col, *[c for c in SAMPLE_COLUMNS if c in t.column_names and c != id_col]])
+        if split == CURATED:
+            outcomes = [CURATED] * t.num_rows
+        elif split == REJECTED:
+            outcomes = [f"rejected: {r}" for r in t[C.DROP_REASON].to_pylist()]
+        else:
+            outcomes = [f"error: {s}" for s in t[C.ERROR_STAGE].to_pylist()]
+        for i, (cid, outcome) in enumerate(zip(t[id_col].to_pylist(), outcomes)):
+            self.picker.add(outcome, str(cid), lambda i=i: fields.slice(i, 1).to_pylist()[0], part)
 
     def _count_groups(self, split: str, t: Any) -> None:
         if split == ERRORS or "edu_score" not in t.column_names:

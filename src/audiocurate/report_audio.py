@@ -12,7 +12,7 @@ import base64
 import hashlib
 import heapq
 import io
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -35,7 +35,8 @@ class SamplePicker:
         self.max_outcomes = max_outcomes
         self.heaps: dict[str, list[tuple[int, str, dict[str, Any], str]]] = {}
 
-    def add(self, outcome: str, clip_id: str, row: dict[str, Any], part: str) -> None:
+    def add(self, outcome: str, clip_id: str, row: Callable[[], dict[str, Any]], part: str) -> None:
+        """`row` builds the sample's fields; it is called only for a row that is kept."""
         if self.k <= 0:
             return
         if outcome not in self.heaps:
@@ -43,11 +44,11 @@ class SamplePicker:
                 return
             self.heaps[outcome] = []
         heap = self.heaps[outcome]
-        item = (-stable_rank(clip_id), clip_id, row, part)
+        key = -stable_rank(clip_id)
         if len(heap) < self.k:
-            heapq.heappush(heap, item)
-        elif item[0] > heap[0][0]:
-            heapq.heapreplace(heap, item)
+            heapq.heappush(heap, (key, clip_id, row(), part))
+        elif key > heap[0][0]:
+            heapq.heapreplace(heap, (key, clip_id, row(), part))
 
     def picked(self) -> dict[str, list[tuple[str, dict[str, Any], str]]]:
         return {o: [(cid, row, part) for _, cid, row, part in sorted(h, key=lambda x: -x[0])]
@@ -86,13 +87,13 @@ def players_for(picked: dict[str, list[tuple[str, dict[str, Any], str]]], fs: An
     from .audio import AudioDecodeError, decode_audio
 
     out: dict[str, list[dict[str, Any]]] = {}
+    # One read of the input for every outcome's rejected and error rows (they keep no audio).
+    from_input = [cid for outcome, rows in picked.items() if outcome != "curated" for cid, _, _ in rows]
+    encoded: dict[str, Optional[bytes]] = source_audio.raw_audio(from_input) if source_audio and from_input else {}
     for outcome, rows in picked.items():
-        encoded: dict[str, Optional[bytes]] = {}
         if outcome == "curated":
             for part in {p for _, _, p in rows}:
                 encoded.update(curated_audio(fs, part, [cid for cid, _, p in rows if p == part], id_column))
-        elif source_audio is not None:
-            encoded.update(source_audio.raw_audio([cid for cid, _, _ in rows]))
         samples = []
         for cid, row, _ in rows:
             uri = None

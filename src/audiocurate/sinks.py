@@ -186,16 +186,9 @@ class OutputDir:
             self.fs.delete_file(self.path(SUCCESS))
 
     # ---- finished rows ----------------------------------------------------------------------
-    def finished_ids(self, id_column: str) -> list[str]:
-        """Ids in committed shards of all three outputs (reads only the id column)."""
-        ids: list[str] = []
-        for split in SPLITS:
-            for path in self.part_files(split):
-                ids.extend(self.read_column(path, id_column).to_pylist())
-        return ids
-
     def segment_progress(self, id_column: str) -> tuple[list[str], list[str]]:
-        """(recordings whose segments are all written, segment ids written of the others)."""
+        """(input ids whose output rows are all written, row ids written of the others).
+        An unsegmented output has one row per input id, so every id in it is done."""
         seen: dict[str, list[str]] = {}
         expected: dict[str, int] = {}
         for split in SPLITS:
@@ -213,9 +206,6 @@ class OutputDir:
         partial = [i for p, ids in seen.items() if len(ids) < expected[p] for i in ids]
         return done, partial
 
-    def read_column(self, path: str, column: str) -> pa.ChunkedArray:
-        with self.fs.open_input_file(path) as f:
-            return pc.cast(pq.read_table(f, columns=[column])[column], pa.string())
 
 
 class CurationSink(Datasink[dict]):

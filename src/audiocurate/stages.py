@@ -120,12 +120,7 @@ class DecodeStage(Stage):
         return out
 
     def finish(self, table: pa.Table) -> pa.Table:
-        """Samples only for rows still in play: a rejected clip's audio goes no further."""
-        if not self.filters:
-            return table
-        keep = pa.array(C.active_mask(table), pa.bool_())
-        pcm = pc.if_else(keep, table[C.PCM], pa.scalar(None, pa.large_binary()))
-        return C.put_column(table, C.PCM, pcm, pa.large_binary())
+        return C.drop_settled_pcm(table) if self.filters else table
 
 
 class TranscribeStage(ModelStage):

@@ -82,36 +82,27 @@ class Stage:
         return self.finish(table)
 
     def _write(self, table: pa.Table, rows: np.ndarray, outcome: Outcome) -> pa.Table:
-        n = table.num_rows
         for name, typ in self.produces.items():
-            given = outcome.values.get(name)
-            if given is None or not len(rows):
-                table = C.put_column(table, name, pa.nulls(n, typ), typ)
-                continue
-            full: list[Any] = [None] * n
-            for j, i in enumerate(rows):
-                full[i] = given[j]
-            table = C.put_column(table, name, full, typ)
+            table = C.put_column(table, name, _scatter(table.num_rows, rows, outcome.values.get(name)), typ)
         errors = {int(rows[j]): (self.name, reason) for j, reason in outcome.errors.items()}
         drops = {int(rows[j]): reason for j, reason in outcome.drops.items()}
         return C.mark(table, errors=errors, drops=drops) if errors or drops else table
 
     def _filter(self, table: pa.Table) -> tuple[pa.Table, int]:
-        """The placed filters on the rows still active. Every filter sees the same rows (so
-        measures like `wer` are written for all of them); the first reason in order wins."""
+        """The placed filters, in order, each on the rows no earlier one rejected (so a cheap
+        check spares an expensive one its rows). A filter with `measures_all` (`wer`) sees
+        every row that entered, so its column is written for rejected rows too."""
         if not self.filters:
             return table, 0
-        rows = np.flatnonzero(C.active_mask(table))
-        n = table.num_rows
+        entered = np.flatnonzero(C.active_mask(table))
         drops: dict[int, str] = {}
         errors: dict[int, tuple[str, str]] = {}
         for f in self.filters:
+            rows = entered if f.measures_all else np.array([i for i in entered if i not in drops and i not in errors],
+                                                          dtype=np.int64)
             reasons, measured = self._evaluate(f, table, rows, errors)
             for name, typ in f.produces.items():
-                full: list[Any] = [None] * n
-                for j, i in enumerate(rows):
-                    full[i] = measured[name][j]
-                table = C.put_column(table, name, full, typ)
+                table = C.put_column(table, name, _scatter(table.num_rows, rows, measured[name]), typ)
             for j, reason in enumerate(reasons):
                 if reason is not None:
                     drops.setdefault(int(rows[j]), str(reason))
@@ -214,3 +205,12 @@ class ModelStage(Stage):
         for item in batch:
             out.extend(self._isolated([item]))
         return out
+
+
+def _scatter(n: int, rows: np.ndarray, values: Optional[list[Any]]) -> list[Any]:
+    """Values given for the rows at `rows`, as a column of `n` (None elsewhere)."""
+    full: list[Any] = [None] * n
+    if values is not None:
+        for j, i in enumerate(rows):
+            full[i] = values[j]
+    return full

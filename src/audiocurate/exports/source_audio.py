@@ -3,6 +3,7 @@ their clips are read back from the run's input by id and encoded as 16 kHz mono 
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 import pyarrow as pa
@@ -39,10 +40,15 @@ class SourceAudio:
                 out[clip_id] = None
         return out
 
-    def _lookup(self, wanted: pa.Array) -> tuple[dict[str, Any], Any]:
+    @functools.cached_property
+    def source(self) -> Any:
+        """The input, opened once per process (it lists files and reads a schema)."""
         from ..sources import open_source
 
-        src = open_source(self.input_uri, self.config)
+        return open_source(self.input_uri, self.config)
+
+    def _lookup(self, wanted: pa.Array) -> tuple[dict[str, Any], Any]:
+        src = self.source
         if src.listing is not None:
             found = src.listing.filter(pc.is_in(pc.cast(src.listing[src.id_column], pa.string()), wanted))
         else:

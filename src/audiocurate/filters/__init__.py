@@ -30,15 +30,8 @@ def build_filters(config: "PipelineConfig", input_columns: Iterable[str]) -> lis
     columns = set(input_columns)
     named: dict[str, Filter] = {}
     for name in BUILT_IN_ORDER:
-        section = config.select if name == "min_score" else getattr(config.filters, name)
-        if not getattr(section, "enabled", True):
-            continue
-        if name == "wer" and section.reference_column not in columns:
-            continue  # no reference in this input: nothing to measure
-        if name == "language" and not (section.allowed or section.min_prob or section.min_avg_logprob is not None):
-            continue
-        f = FILTERS.get(name)(section, config) if name == "language" else FILTERS.get(name)(section)
-        if f.needs:  # a filter with nothing to read under this configuration has nothing to decide
+        f = FILTERS.get(name).configured(config, columns)
+        if f is not None and f.needs:  # nothing to read under this configuration: nothing to decide
             named[name] = f
     for i, spec in enumerate(config.filters.custom):
         f = load_custom_filter(spec.type, spec.args)

@@ -20,6 +20,10 @@ class DurationLimits(Filter):
     def __init__(self, config: DurationFilter):
         self.min_s, self.max_s = config.min_s, config.max_s
 
+    @classmethod
+    def configured(cls, config: Any, input_columns: set[str]) -> Optional[Filter]:
+        return cls(config.filters.duration) if config.filters.duration.enabled else None
+
     def reason(self, row: Mapping[str, Any]) -> Optional[str]:
         d = row["duration_s"]
         if d < self.min_s:
@@ -36,6 +40,10 @@ class Silence(Filter):
 
     def __init__(self, config: SilenceFilter):
         self.max_peak_dbfs = config.max_peak_dbfs
+
+    @classmethod
+    def configured(cls, config: Any, input_columns: set[str]) -> Optional[Filter]:
+        return cls(config.filters.silence) if config.filters.silence.enabled else None
 
     def reason(self, row: Mapping[str, Any]) -> Optional[str]:
         return SILENCE if row["peak_dbfs"] < self.max_peak_dbfs else None

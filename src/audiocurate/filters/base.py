@@ -20,12 +20,15 @@ and `filters.custom: [{type: "my_filters:LoudEnough", args: {min_dbfs: -30}}]` i
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from ..core.registry import Registry
+
+if TYPE_CHECKING:
+    from ..config import PipelineConfig
 
 
 class Filter:
@@ -39,6 +42,14 @@ class Filter:
     name: ClassVar[str] = ""
     needs: Sequence[str] = ()
     produces: Mapping[str, pa.DataType] = {}
+    # A measuring filter whose column should exist for rows an earlier filter rejected too.
+    measures_all: ClassVar[bool] = False
+
+    @classmethod
+    def configured(cls, config: "PipelineConfig", input_columns: set[str]) -> Optional["Filter"]:
+        """A built-in filter from its own config section, or None when it is off (or has
+        nothing to read in this input). Your own filters are built from `filters.custom`."""
+        raise NotImplementedError(f"{cls.__name__} is not a built-in filter")
 
     def reason(self, row: Mapping[str, Any]) -> Optional[str]:
         """The drop reason for this row, or None to keep it."""

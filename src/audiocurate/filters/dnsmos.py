@@ -66,6 +66,10 @@ class Dnsmos(Filter):
     def __init__(self, config: DnsmosFilter):
         self.min_ovrl, self.model = config.min_ovrl, config.model
 
+    @classmethod
+    def configured(cls, config: Any, input_columns: set[str]) -> Optional[Filter]:
+        return cls(config.filters.dnsmos) if config.filters.dnsmos.enabled else None
+
     def measure(self, row: Mapping[str, Any]) -> Mapping[str, Any]:
         pcm = np.frombuffer(row[C.PCM], dtype="<i2") if row[C.PCM] else np.zeros(0, np.int16)
         sig, bak, ovrl = dnsmos(pcm, self.model)

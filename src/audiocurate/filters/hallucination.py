@@ -27,6 +27,10 @@ class Hallucination(Filter):
     def __init__(self, config: HallucinationFilter):
         self.c = config
 
+    @classmethod
+    def configured(cls, config: Any, input_columns: set[str]) -> Optional[Filter]:
+        return cls(config.filters.hallucination) if config.filters.hallucination.enabled else None
+
     def reason(self, row: Mapping[str, Any]) -> Optional[str]:
         c = self.c
         text = (row["transcript"] or "").strip()

@@ -30,6 +30,12 @@ class Language(Filter):
             needs.append("avg_logprob")
         self.needs = tuple(needs)
 
+    @classmethod
+    def configured(cls, config: PipelineConfig, input_columns: set[str]) -> Optional[Filter]:
+        """None unless a criterion is set that this configuration can check."""
+        f = cls(config.filters.language, config)
+        return f if f.needs else None
+
     def reason(self, row: Mapping[str, Any]) -> Optional[str]:
         if self.allowed is not None and row["language"] not in self.allowed:
             return LANGUAGE

@@ -18,6 +18,10 @@ class MinScore(Filter):
     def __init__(self, config: SelectConfig):
         self.min_score = config.min_score
 
+    @classmethod
+    def configured(cls, config: Any, input_columns: set[str]) -> Optional[Filter]:
+        return cls(config.select)
+
     def reason(self, row: Mapping[str, Any]) -> Optional[str]:
         s = row["edu_score"]
         return LOW_EDU_SCORE if s is None or s < self.min_score else None

@@ -17,12 +17,19 @@ WER_ABOVE_MAX = "wer_above_max"
 @FILTERS.register("wer")
 class WerAgainstReference(Filter):
     name = "wer"
+    measures_all = True  # the report's WER covers every transcribed row, rejected ones too
     produces = {"wer": pa.float32()}
 
     def __init__(self, config: WerFilter):
         self.reference = config.reference_column
         self.max_wer, self.normalizer = config.max_wer, config.normalizer
         self.needs = ("transcript", self.reference)
+
+    @classmethod
+    def configured(cls, config: Any, input_columns: set[str]) -> Optional[Filter]:
+        """Off when the input has no reference column: nothing to measure."""
+        wer = config.filters.wer
+        return cls(wer) if wer.reference_column in input_columns else None
 
     def measure(self, row: Mapping[str, Any]) -> Mapping[str, Any]:
         ref = row[self.reference]

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from .. import contract as C
+from ..audio import levels_dbfs
 from ..config import SegmentConfig
 from ..core.stage import Stage
 from ..filters.base import Filter
@@ -20,16 +19,6 @@ NO_SPEECH = "no_speech"
 def segment_id(parent_id: str, start_s: float) -> str:
     """Unique and stable across reruns: the parent's id and where the segment starts."""
     return f"{parent_id}@{start_s:09.3f}"
-
-
-def _levels(pcm: np.ndarray) -> tuple[float, float]:
-    if not len(pcm):
-        return -200.0, -200.0
-    x = pcm.astype(np.float64) / 32768.0
-    peak = float(np.abs(x).max())
-    rms = float(np.sqrt(np.mean(x * x)))
-    return (max(20 * np.log10(peak), -200.0) if peak > 0 else -200.0,
-            max(20 * np.log10(rms), -200.0) if rms > 0 else -200.0)
 
 
 class SegmentStage(Stage):
@@ -69,7 +58,7 @@ class SegmentStage(Stage):
                 continue
             for start, end in spans:
                 piece = pcm[int(start * RATE):int(end * RATE)]
-                peak, rms = _levels(piece)
+                peak, rms = (max(x, -200.0) for x in levels_dbfs(piece))
                 take.append(i)
                 for k, v in (("parent_id", ids[i]), ("start_s", start), ("end_s", end), ("segments", len(spans)),
                              ("id", segment_id(ids[i], start)), ("duration_s", len(piece) / RATE),
@@ -88,9 +77,7 @@ class SegmentStage(Stage):
             values = extra[k] if k != "id" else pa.array(extra[k], pa.string()).cast(typ)
             out = C.put_column(out, name, values, typ)
         out, _ = self._filter(out)
-        keep = pa.array(C.active_mask(out), pa.bool_())
-        pcm_col = pc.if_else(keep, out[C.PCM], pa.scalar(None, pa.large_binary()))
-        return C.put_column(out, C.PCM, pcm_col, pa.large_binary())
+        return C.drop_settled_pcm(out)
 
     def _keep(self, extra: dict[str, list[Any]], take: list[int], i: int, rid: str, duration: Any, table: pa.Table,
               reason: Any = None) -> None:
