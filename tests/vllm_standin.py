@@ -20,6 +20,8 @@ import numpy as np
 from ray.llm._internal.batch.stages.base import StatefulStageUDF
 from ray.llm._internal.batch.stages.vllm_engine_stage import vLLMEngineStageUDF, vLLMOutputData
 
+from audiocurate.config import LlamaCppJudgeConfig
+from audiocurate.judge.llama_cpp import weights_file
 from audiocurate.models import resolve_model
 
 
@@ -84,4 +86,6 @@ class LlamaCppVllmStageUDF(vLLMEngineStageUDF):
         self.model = model
         self.should_continue_on_error = should_continue_on_error
         self.engine_kwargs = {**engine_kwargs, "disable_log_stats": True}
-        self.llm = LlamaCppEngine(resolve_model("embedded:smollm2-135m"), engine_kwargs["max_model_len"])
+        # the weights the llama.cpp judge computes with, so the two judges' scores are comparable
+        gguf = weights_file(resolve_model("embedded:smollm2-135m"), LlamaCppJudgeConfig().weights)
+        self.llm = LlamaCppEngine(gguf, engine_kwargs["max_model_len"])

@@ -64,6 +64,19 @@ def resolve_model(ref: str) -> str:
     return str(EMBEDDED[name].path())
 
 
+def derived_model_path(source: str, tag: str, suffix: str) -> Path:
+    """Where a file made from a model (e.g. its weights in another type) is cached on this machine.
+
+    Keyed by the source's path, size and mtime, so a reinstalled model is converted again."""
+    import hashlib
+    import os
+
+    stat = os.stat(source)
+    key = hashlib.sha256(f"{os.path.abspath(source)} {stat.st_size} {int(stat.st_mtime)}".encode()).hexdigest()[:12]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "audiocurate" / "models" / f"{Path(source).stem}-{tag}-{key}{suffix}"
+
+
 def dtype_kwarg(dtype: Any) -> dict[str, Any]:
     """`dtype=` since transformers 4.56, `torch_dtype=` before."""
     import transformers
