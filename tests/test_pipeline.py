@@ -214,3 +214,57 @@ def test_a_custom_filter_module_runs_on_ray_workers_that_cannot_import_it(tmp_pa
     curated = pq.read_table(out / "curated", columns=["transcript"])["transcript"].to_pylist()
     assert not any("the" in t.lower().replace(",", " ").replace(".", " ").split() for t in curated)
     assert report["drop_reasons"]["says_the"] == len(hits)
+
+
+def test_transcribe_only_run_keeps_every_row_the_filters_pass(demo_run, demo_parquet, tmp_path):
+    """`judge.backend: none`: no judge actor, no scores; the rows the default run rejected only
+    for their score are kept, everything else lands where it did."""
+    from audiocurate.config import PipelineConfig
+
+    report0, tables0, _, _ = demo_run
+    config = PipelineConfig.load(overrides={"ray.progress": False, "judge.backend": "none"})
+    out = tmp_path / "out"
+    report = run(config, demo_parquet, str(out), echo=lambda s: None)
+    assert report["accounting"]["ok"] and report["accounting"]["input"] == report0["accounting"]["input"]
+    curated = pq.read_table(out / "curated").to_pylist()
+    low = {r["id"] for r in tables0["rejected"].to_pylist() if r["drop_reason"] == "low_edu_score"}
+    assert low, "the default run must reject some rows for their score for this test to mean anything"
+    assert {r["id"] for r in curated} == set(tables0["curated"]["id"].to_pylist()) | low
+    assert all(r["edu_score"] is None and r["edu_score_mean"] is None and r["judge_model"] == "none" for r in curated)
+    assert "low_edu_score" not in report["drop_reasons"]
+    assert report["accounting"]["errors"] == report0["accounting"]["errors"]
+    before = dict(zip(tables0["curated"]["id"].to_pylist(), tables0["curated"]["transcript"].to_pylist()))
+    assert all(r["transcript"] == before[r["id"]] for r in curated if r["id"] in before)
+    assert report["stages"]["judge"]["rows_in"] == report0["stages"]["judge"]["rows_in"]
+
+
+def test_judge_only_run_scores_the_inputs_own_transcripts(demo_run, demo_parquet, tmp_path):
+    """`asr.backend: none` + `asr.text_column`: no Whisper; each row's `sentence` is judged, with
+    the same accounting, and a rerun resumes with nothing to do."""
+    from audiocurate.config import PipelineConfig
+
+    report0, tables0, _, source = demo_run
+    config = PipelineConfig.load(overrides={"ray.progress": False, "asr.backend": "none",
+                                            "asr.text_column": "sentence"})
+    out = tmp_path / "out"
+    report = run(config, demo_parquet, str(out), echo=lambda s: None)
+    assert report["accounting"]["ok"]
+    sentence = dict(zip(source["id"].to_pylist(), source["sentence"].to_pylist()))
+    judged = [r for s in ("curated", "rejected") if (out / s).exists()
+              for r in pq.read_table(out / s).to_pylist() if r["judge_model"]]
+    assert judged and all(r["transcript"] == sentence[r["id"]] and r["asr_model"] == "column:sentence"
+                          and r["avg_logprob"] is None for r in judged)
+    assert all(r["edu_score"] in {1, 2, 3, 4, 5} for r in judged)
+    # the sentences are the demo's labelled texts: educational ones score higher
+    label = dict(zip(source["id"].to_pylist(), source["demo_label"].to_pylist()))
+    edu = [r["edu_score_mean"] for r in judged if label[r["id"]] == "educational"]
+    non = [r["edu_score_mean"] for r in judged if label[r["id"]] != "educational"]
+    assert np.mean(edu) > np.mean(non)
+    # decode errors stay errors: the audio is still decoded (curated rows carry it)
+    assert report["accounting"]["errors"] == report0["accounting"]["errors"]
+    again = run(config, demo_parquet, str(out), echo=lambda s: None)
+    assert again["accounting"] == report["accounting"]
+
+    bad = PipelineConfig.load(overrides={"ray.progress": False, "asr.backend": "none", "asr.text_column": "nope"})
+    with pytest.raises(ValueError, match="asr.text_column 'nope' is not a column of the input"):
+        run(bad, demo_parquet, str(tmp_path / "bad"), echo=lambda s: None)

@@ -17,16 +17,18 @@ from typing import Annotated, Any, Callable, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, Discriminator, Field, Tag
 
+from .asr.existing import ExistingTranscriptConfig
 from .asr.faster_whisper import FasterWhisperConfig
 from .asr.transformers import TransformersAsrConfig
 from .core.settings import SPEED_ONLY, SPEED_ONLY_SECTION, Settings, StageResources, changes_results
 from .judge.llama_cpp import LlamaCppJudgeConfig
+from .judge.none import NoJudgeConfig
 from .judge.processors import HttpJudgeConfig, VllmJudgeConfig
 from .judge.transformers import TransformersJudgeConfig
 
 __all__ = ["AsrConfig", "JudgeConfig", "PipelineConfig", "SPEED_ONLY", "StageResources", "changes_results",
            "FasterWhisperConfig", "TransformersAsrConfig", "LlamaCppJudgeConfig", "TransformersJudgeConfig",
-           "VllmJudgeConfig", "HttpJudgeConfig"]
+           "VllmJudgeConfig", "HttpJudgeConfig", "ExistingTranscriptConfig", "NoJudgeConfig"]
 
 
 def _backend_or(default: str) -> Callable[[Any], str]:
@@ -336,19 +338,22 @@ class RayConfig(Settings):
 
 
 AsrConfig = Annotated[
-    Union[Annotated[FasterWhisperConfig, Tag("faster_whisper")], Annotated[TransformersAsrConfig, Tag("transformers")]],
+    Union[Annotated[FasterWhisperConfig, Tag("faster_whisper")], Annotated[TransformersAsrConfig, Tag("transformers")],
+          Annotated[ExistingTranscriptConfig, Tag("none")]],
     Discriminator(_backend_or("faster_whisper")),
 ]
 JudgeConfig = Annotated[
     Union[Annotated[LlamaCppJudgeConfig, Tag("llama_cpp")], Annotated[TransformersJudgeConfig, Tag("transformers")],
-          Annotated[VllmJudgeConfig, Tag("vllm")], Annotated[HttpJudgeConfig, Tag("http")]],
+          Annotated[VllmJudgeConfig, Tag("vllm")], Annotated[HttpJudgeConfig, Tag("http")],
+          Annotated[NoJudgeConfig, Tag("none")]],
     Discriminator(_backend_or("llama_cpp")),
 ]
 # The sections whose fields depend on `backend`, and each backend's class.
 BACKEND_SECTIONS: dict[str, dict[str, type[Settings]]] = {
-    "asr": {"faster_whisper": FasterWhisperConfig, "transformers": TransformersAsrConfig},
+    "asr": {"faster_whisper": FasterWhisperConfig, "transformers": TransformersAsrConfig,
+            "none": ExistingTranscriptConfig},
     "judge": {"llama_cpp": LlamaCppJudgeConfig, "transformers": TransformersJudgeConfig, "vllm": VllmJudgeConfig,
-              "http": HttpJudgeConfig},
+              "http": HttpJudgeConfig, "none": NoJudgeConfig},
 }
 
 
@@ -358,9 +363,11 @@ class PipelineConfig(Settings):
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
     asr: AsrConfig = Field(default_factory=FasterWhisperConfig, description="Speech recognition; the fields "
-                           "depend on `backend` (`faster_whisper`, `transformers`).")
+                           "depend on `backend` (`faster_whisper`, `transformers`, or `none` "
+                           "with `text_column`: judge transcripts the input has).")
     judge: JudgeConfig = Field(default_factory=LlamaCppJudgeConfig, description="The educational-value "
-                               "judge; the fields depend on `backend` (`llama_cpp`, `transformers`, `vllm`, `http`).")
+                               "judge; the fields depend on `backend` (`llama_cpp`, `transformers`, `vllm`, `http`, or `none`: "
+                               "keep every transcribed row the filters pass, unscored).")
     select: SelectConfig = Field(default_factory=SelectConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     ray: RayConfig = Field(default_factory=RayConfig)

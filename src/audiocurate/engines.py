@@ -55,6 +55,8 @@ ENGINES: dict[tuple[str, str], Engine] = {
     ),
     ("judge", "vllm"): Engine("vLLM", ("vllm", "torch"), False, "check vLLM's install for this GPU"),
     ("judge", "http"): Engine("an OpenAI-compatible server", (), False, "check the server"),
+    ("asr", "none"): Engine("none (transcripts from a column)", (), False, "nothing to reinstall"),
+    ("judge", "none"): Engine("none (no judge)", (), False, "nothing to reinstall"),
 }
 
 # Versions that change how audio becomes the 16 kHz samples every engine sees.

@@ -23,6 +23,7 @@ from . import __version__
 from . import contract as C
 from .config import PipelineConfig
 from .engines import engine_of, engine_versions
+from .asr import ASR_BACKENDS
 from .judge.backends import judge_backend
 from .plan import columns_after_decode, placed_filters, produced_by
 from .probe import check_engines
@@ -136,8 +137,13 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
                             **{**task_args(rc, config.decode.resources), "batch_size": None})
     # Model stages take blocks of one ASR batch of clips still in play.
     ds = split_blocks(ds, config.asr.resources.batch_size, config.decode.resources.num_cpus)
-    ds = ds.map_batches(TranscribeStage, fn_constructor_kwargs={"config": config.asr, "filters": placed[C.TRANSCRIBE]},
-                        **_PYARROW, **{**actor_args(rc, config.asr.resources, pools["asr"], scale), "batch_size": None})
+    asr = ASR_BACKENDS.get(config.asr.backend)
+    if getattr(asr, "runs_as", "actor") == "actor":
+        ds = ds.map_batches(TranscribeStage, fn_constructor_kwargs={"config": config.asr, "filters": placed[C.TRANSCRIBE]},
+                            **_PYARROW, **{**actor_args(rc, config.asr.resources, pools["asr"], scale), "batch_size": None})
+    else:  # the backend brings its own stage (`asr.backend: none` reads a column)
+        ds = asr.apply(ds, config, placed[C.TRANSCRIBE], source.columns,
+                       {**task_args(rc), "num_cpus": config.decode.resources.num_cpus})
     ds = apply_judge(ds, config, pools["judge"], scale)
     light = {**task_args(rc), "num_cpus": config.decode.resources.num_cpus, "batch_size": None}
     ds = ds.map_batches(SelectStage(placed[C.SELECT]), **_PYARROW, **light)

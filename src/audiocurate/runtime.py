@@ -142,7 +142,10 @@ _RESERVED_FOR_TASKS = 1.25
 def actor_cpu_scale(config: PipelineConfig, pools: dict[str, Union[int, tuple[int, int]]], shape: ClusterShape) -> float:
     """Factor (<= 1) applied to model actors' logical CPU reservations so that, on a small
     cluster, read and decode tasks can always be scheduled beside them."""
-    reserved = (_max_actors(pools["asr"]) * config.asr.resources.num_cpus
+    from .asr import ASR_BACKENDS
+
+    asr_is_actor = getattr(ASR_BACKENDS.get(config.asr.backend), "runs_as", "actor") == "actor"
+    reserved = (_max_actors(pools["asr"]) * config.asr.resources.num_cpus * asr_is_actor
                 + (_max_actors(pools["judge"]) * config.judge.resources.num_cpus
                    if judge_backend(config.judge.backend).runs_as == "actor" else 0.0))
     budget = shape.cpus - _RESERVED_FOR_TASKS

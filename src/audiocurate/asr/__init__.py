@@ -77,6 +77,7 @@ def compression_ratio(text: str) -> float:
 ASR_BACKENDS: Registry[Any] = Registry("ASR backend", lazy={
     "faster_whisper": "audiocurate.asr.faster_whisper",
     "transformers": "audiocurate.asr.transformers",
+    "none": "audiocurate.asr.existing",
 })
 
 

@@ -20,7 +20,10 @@ class MinScore(Filter):
 
     @classmethod
     def configured(cls, config: Any, input_columns: set[str]) -> Optional[Filter]:
-        return cls(config.select)
+        from ..judge.backends import judge_backend
+
+        # `judge.backend: none` writes no scores: rows are kept on the other filters alone.
+        return cls(config.select) if getattr(judge_backend(config.judge.backend), "scores", True) else None
 
     def reason(self, row: Mapping[str, Any]) -> Optional[str]:
         s = row["edu_score"]

@@ -19,6 +19,7 @@ JUDGE_BACKENDS: Registry[Any] = Registry("judge backend", lazy={
     "transformers": "audiocurate.judge.transformers",
     "vllm": "audiocurate.judge.processors",
     "http": "audiocurate.judge.processors",
+    "none": "audiocurate.judge.none",
 })
 
 

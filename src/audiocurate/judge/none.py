@@ -1,0 +1,49 @@
+"""`judge.backend: none`: transcribe-only runs. Every transcribed row that passes the filters
+is kept; the judge's columns are written as nulls (the outputs keep one schema), and the
+`min_score` filter is not built."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from .. import contract as C
+from ..core.settings import Settings, StageResources
+from ..core.stage import Outcome, Stage
+from .backends import JUDGE_BACKENDS
+
+
+class NoJudgeConfig(Settings):
+    """`judge.backend: none`: no judge; rows are kept on the filters alone."""
+
+    backend: Literal["none"] = "none"
+    profile: str = Field("none", description="Unused: there is no prompt without a judge.")
+    resources: StageResources = Field(default_factory=lambda: StageResources(num_cpus=0.25, batch_size=64),
+                                      description="Unused: no actor runs.")
+
+
+class NoJudgeStage(Stage):
+    """Marks each active row as having passed the judge stage unscored (`judge_model` = "none")."""
+
+    name: ClassVar[str] = C.JUDGE
+    produces = C.JUDGE_COLUMNS
+
+    def process(self, table: pa.Table, rows: np.ndarray) -> Outcome:
+        return Outcome(values={"judge_model": ["none"] * len(rows)})
+
+
+@JUDGE_BACKENDS.register("none")
+class NoJudge:
+    runs_as: ClassVar[str] = "task"
+    scores: ClassVar[bool] = False
+
+    @classmethod
+    def apply(cls, ds: Any, config: Any, concurrency: Any, cpu_scale: float = 1.0) -> Any:
+        from ..runtime import task_args
+
+        return ds.map_batches(NoJudgeStage(), batch_format="pyarrow",
+                              **{**task_args(config.ray), "num_cpus": config.decode.resources.num_cpus,
+                                 "batch_size": None})
