@@ -22,15 +22,16 @@ import ray
 from . import __version__
 from . import contract as C
 from .config import PipelineConfig
-from .engines import engine_of, engine_versions
 from .asr import ASR_BACKENDS
+from .engines import engine_of, engine_versions
 from .judge.backends import judge_backend
 from .plan import columns_after_decode, placed_filters, produced_by
 from .probe import check_engines
 from .runtime import (ClusterShape, actor_args, actor_cpu_scale, configure_dataset, init_ray, plan_concurrency,
                       split_blocks, task_args)
 from .segment.stage import SegmentStage
-from .sinks import CurationSink, OutputDir, SettledRowsStage
+from .resume import DropWrittenSegments, plan_reads
+from .sinks import SPLITS, CurationSink, OutputDir, SettledRowsStage
 from .sources import Source, from_dataset, open_source
 from .stages import (
     DecodeStage,
@@ -89,24 +90,28 @@ def build(
     shape: Optional[ClusterShape] = None,
     sink: Optional[CurationSink] = None,
     skip_segments: Optional[list[str]] = None,
+    reads: Optional[list[dict[str, Any]]] = None,
 ) -> "ray.data.Dataset":
     """The whole curation as one lazy Dataset of rows ready for `CurationSink`.
 
     `source` is an opened input (`sources.open_source`) or the user's own Dataset with the
     configured id and audio columns. `skip_ids` drops finished rows (resume), `keep_ids` keeps
-    only those (`--limit`). With `sink`, rows that fail or are rejected while decoding are
+    only those (`--limit`); `reads` is a Parquet source's read plan (`resume.plan_reads`),
+    which does both by row group instead. With `sink`, rows that fail or are rejected while decoding are
     written by it there and then, and the Dataset carries only the others."""
     if isinstance(source, ray.data.Dataset):
         source = from_dataset(source, config.source)
     with warnings.catch_warnings():
         # Restart and retry limits have no named parameter in Ray 2.60; see runtime.actor_args.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
-        return _build(config, source, skip_ids, keep_ids, files, shape or ClusterShape.current(), sink, skip_segments)
+        return _build(config, source, skip_ids, keep_ids, files, shape or ClusterShape.current(), sink, skip_segments,
+                      reads)
 
 
 def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]], keep_ids: Optional[list[str]],
            files: Optional[list[str]], shape: ClusterShape, sink: Optional[CurationSink],
-           skip_segments: Optional[list[str]] = None) -> "ray.data.Dataset":
+           skip_segments: Optional[list[str]] = None,
+           reads: Optional[list[dict[str, Any]]] = None) -> "ray.data.Dataset":
     pools = plan_concurrency(config, shape)
     scale = actor_cpu_scale(config, pools, shape)
     rc = config.ray
@@ -114,7 +119,7 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
     # not rows. It bounds what a model actor answers at once (and what a crash can cost),
     # and spreads decoding over every core even when one file holds the whole input.
     ds = source.dataset(files, num_cpus=config.decode.resources.num_cpus,
-                        block_bytes=int(config.decode.read_block_mb * 2**20))
+                        block_bytes=int(config.decode.read_block_mb * 2**20), reads=reads)
     if skip_ids or keep_ids is not None:
         ds = _skip_ids(ds, source.id_column, rc, skip_ids, keep_ids)
     placed = placed_filters(config, source.columns)
@@ -127,7 +132,11 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
         ds = ds.map_batches(SegmentStage(config.segment, source.id_column, placed[C.SEGMENT],
                                          source.audio_column), batch_format="pyarrow",
                             udf_modifying_row_count=True, **{**task_args(rc, config.decode.resources), "batch_size": None})
-        if skip_segments:  # resume: segments of unfinished recordings already written
+        if reads is not None:  # resume: segments of cut-off recordings already written (resume.py)
+            ds = ds.map_batches(DropWrittenSegments(source.id_column), batch_format="pyarrow",
+                                udf_modifying_row_count=True,
+                                **{**task_args(rc, config.decode.resources), "batch_size": None})
+        elif skip_segments:
             ds = _skip_ids(ds, source.id_column, rc, skip_segments)
     if sink is not None:
         # Rows that settled while decoding (corrupt, silent, too short) go to their outputs
@@ -198,13 +207,23 @@ def run(
     resumed = out.claim(identity, restart=restart)
     out.write_bytes(out.path("_state", "config.yaml"), config.to_yaml().encode())
     out.clean_tmp()
-    keep_ids, files = source.first_ids(limit) if limit is not None else (None, None)
-    input_rows = len(keep_ids) if keep_ids is not None else source.count()
     # An input row is done when all its output rows are written (one, or each of a recording's
     # segments); the segments written of a recording that is not are skipped after it is cut anew.
-    done, skip_segments = out.segment_progress(source.id_column) if resumed else ([], [])
-    done_in_scope = len(set(done) & set(keep_ids)) if keep_ids is not None else len(set(done))
-    remaining = input_rows - done_in_scope
+    reads = None
+    if source.partitioned:  # by row group, from the shards' footers (resume.py)
+        plan = plan_reads(source, out, SPLITS, resumed=resumed, limit=limit)
+        reads, skip_segments, done = plan.items, plan.skip_segments, []
+        input_rows, done_in_scope, files = plan.input_rows, plan.finished_rows, None
+        keep_ids = source.first_ids(limit)[0] if limit is not None else None  # the report's scope
+        remaining = input_rows - done_in_scope if plan.remaining else 0
+        read_plan: Optional[dict[str, int]] = plan.groups
+    else:
+        keep_ids, files = source.first_ids(limit) if limit is not None else (None, None)
+        input_rows = len(keep_ids) if keep_ids is not None else source.count()
+        done, skip_segments = out.segment_progress(source.id_column) if resumed else ([], [])
+        done_in_scope = len(set(done) & set(keep_ids)) if keep_ids is not None else len(set(done))
+        remaining = input_rows - done_in_scope
+        read_plan = None
     bookkeeping_s = time.time() - t_book
     attempt: dict[str, Any] = {
         "id": f"{int(t_start)}-{uuid.uuid4().hex[:8]}",
@@ -214,6 +233,7 @@ def run(
         "input_rows": input_rows,
         "limit": limit,
         "finished_before": done_in_scope,
+        "row_groups": read_plan,
         "status": "running",
         "version": __version__,
     }
@@ -235,8 +255,8 @@ def run(
         out.record_attempt(attempt)
         bookkeeping_s += time.time() - t_book
         sink = CurationSink(out, source.id_column, source.carried_columns, config.output.rows_per_shard)
-        ds = build(config, source, skip_ids=done or None, keep_ids=keep_ids, files=files, shape=shape, sink=sink,
-                   skip_segments=skip_segments or None)
+        ds = build(config, source, skip_ids=done or None, keep_ids=None if reads is not None else keep_ids,
+                   files=files, shape=shape, sink=sink, skip_segments=skip_segments or None, reads=reads)
         t_exec = time.time()
         try:
             ds.write_datasink(sink, ray_remote_args={"num_cpus": config.decode.resources.num_cpus})

@@ -33,6 +33,7 @@ from ray.data.datasource import Datasink
 from . import contract as C
 from . import storage
 from .config import StorageConfig
+from .resume import with_part_footer
 
 CURATED, REJECTED, ERRORS = SPLITS = ("curated", "rejected", "errors")
 STATE_DIR = "_state"
@@ -243,6 +244,7 @@ class CurationSink(Datasink[dict]):
             part = table.filter(mask)
             if not part.num_rows:
                 continue
+            part = with_part_footer(part)  # the resume record: rows per input row group
             part = part.select(self.columns(split, part.column_names))
             self.out.write_bytes(self.out.path(split, _shard_name(part[self.id_column])), _to_parquet(part))
             _add_stats(stats, split, part)

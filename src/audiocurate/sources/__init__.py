@@ -89,13 +89,21 @@ class Source:
                         break
         return ids[:n], used
 
+    @property
+    def partitioned(self) -> bool:
+        """Resumed by row group (`resume`): Parquet files. A folder listing or a user's
+        Dataset has no stable partitions and resumes by id."""
+        return self.listing is None
+
     def dataset(self, files: Optional[list[str]] = None, num_cpus: Optional[float] = None,
-                block_bytes: int = 8 << 20) -> "ray.data.Dataset":
+                block_bytes: int = 8 << 20, reads: Optional[list[dict[str, Any]]] = None) -> "ray.data.Dataset":
         """The rows as a lazy Dataset in blocks of about `block_bytes` of encoded input.
 
-        One read task per Parquet file streams it; the blocks are then cut by rows at the
-        first file's bytes per row (a streaming split, no shuffle). The files are known
+        One read task per Parquet file streams the row groups its plan item names (`reads`,
+        from `resume.plan_reads`; all of them by default); the blocks are then cut by rows at
+        the first file's bytes per row (a streaming split, no shuffle). The files are known
         already, so no listing task runs."""
+        from ..resume import part_key
         from ..runtime import split_blocks
         from .parquet import ParquetFileReader, open_parquet
 
@@ -103,12 +111,21 @@ class Source:
             t = self.listing
             blocks = [t.slice(i, _BLOCK_ROWS) for i in range(0, t.num_rows, _BLOCK_ROWS)] or [t]
             return ray.data.from_arrow(blocks)
-        files = files or self.files
-        with open_parquet(self.fs, files[0]) as (f, pf):
+        if reads is None:
+            reads = []
+            for path in files or self.files:
+                with open_parquet(self.fs, path) as (f, pf):
+                    size, n = f.size(), pf.metadata.num_row_groups
+                    reads.append({"path": path, "done": [], "groups": [
+                        {"group": g, "take": pf.metadata.row_group(g).num_rows, "key": part_key(path, size, g)}
+                        for g in range(n)]})
+        if not reads:
+            return ray.data.from_items([{"path": ""}]).limit(0)
+        with open_parquet(self.fs, reads[0]["path"]) as (f, pf):
             rows_per_block = max(1, int(block_bytes * pf.metadata.num_rows / max(f.size(), 1)))
-        paths = ray.data.from_items([{"path": p} for p in files], override_num_blocks=len(files))
-        ds = paths.map_batches(ParquetFileReader(self.fs), batch_size=1, batch_format="pyarrow",
-                               num_cpus=num_cpus, udf_modifying_row_count=True)
+        plan = ray.data.from_items(reads, override_num_blocks=len(reads))
+        ds = plan.map_batches(ParquetFileReader(self.fs, self.id_column), batch_size=1, batch_format="pyarrow",
+                              num_cpus=num_cpus, udf_modifying_row_count=True)
         return split_blocks(ds, rows_per_block, num_cpus if num_cpus is not None else 1.0)
 
 
@@ -118,6 +135,10 @@ class DatasetSource(Source):
 
     provided: Optional["ray.data.Dataset"] = field(default=None, repr=False)
 
+    @property
+    def partitioned(self) -> bool:
+        return False
+
     def count(self) -> int:
         return self.provided.count()
 
@@ -125,7 +146,7 @@ class DatasetSource(Source):
         return [str(r[self.id_column]) for r in self.provided.select_columns([self.id_column]).take(n)], self.files
 
     def dataset(self, files: Optional[list[str]] = None, num_cpus: Optional[float] = None,
-                block_bytes: int = 8 << 20) -> "ray.data.Dataset":
+                block_bytes: int = 8 << 20, reads: Optional[list[dict[str, Any]]] = None) -> "ray.data.Dataset":
         return self.provided
 
 

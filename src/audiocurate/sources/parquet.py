@@ -50,16 +50,20 @@ def open_parquet(fs: pafs.FileSystem, path: str) -> Iterator[tuple[Any, pq.Parqu
 
 
 class ParquetFileReader:
-    """A Ray Data UDF: each input row names a Parquet file; yields its record batches."""
+    """A Ray Data UDF: each input row is one file's read plan (`resume.ReadPlan`): the row
+    groups to read, how many of their rows, and the ids already done; yields record batches
+    whose rows carry their row group's key (`_part`)."""
 
-    def __init__(self, fs: pafs.FileSystem):
+    def __init__(self, fs: pafs.FileSystem, id_column: str):
         self.fs = fs
+        self.id_column = id_column
 
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
-        for path in batch["path"].to_pylist():
-            with open_parquet(self.fs, path) as (_, pf):
-                for record_batch in pf.iter_batches(batch_size=4096):
-                    yield pa.Table.from_batches([record_batch])
+        from ..resume import read_planned
+
+        for item in batch.to_pylist():
+            with open_parquet(self.fs, item["path"]) as (_, pf):
+                yield from read_planned(pf, item, self.id_column)
 
 
 def check_schema(uri: str, schema: pa.Schema, config: SourceConfig, kind: str) -> tuple[str, str]:

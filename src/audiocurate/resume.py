@@ -1,0 +1,250 @@
+"""Resume by input partition: what is finished is known per Parquet row group, from the output
+shards' footers, never from a list of every finished id.
+
+* Every row read from a Parquet input carries `_part`, its row group's key (the file's path
+  and size, and the group's index). The sink counts the rows of each part in a shard and
+  stores the counts in the shard's Parquet footer (`audiocurate.parts`); `_part` itself is
+  not written. A segment row counts 1/segments of its recording, so a part is finished when
+  the counts reach its rows whichever way recordings were cut.
+* On resume the driver reads only the footers: its memory and requests grow with the shards
+  and row groups, not with the rows. Finished row groups are not read at all. Row groups that
+  were being worked on when the run stopped are read with the ids already written, taken from
+  just the shards that hold their rows, and those rows are dropped in the read task: in
+  parallel, per file, never through one actor.
+* `--limit N` is the first N rows in file order, as whole row groups and one group's head.
+
+Sources with no stable partitions (a folder listing, a user's own Dataset) resume by id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator, Optional
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from .sinks import OutputDir
+    from .sources import Source
+
+PART = "_part"  # a row's input partition; travels with the row, never written
+WRITTEN_SEGMENTS = "_written_segments"  # a cut-off recording's segments already written
+FOOTER_KEY = b"audiocurate.parts"
+_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class Partition:
+    key: str
+    path: str
+    group: int  # Parquet row group
+    rows: int
+
+
+def part_key(path: str, size: int, group: int) -> str:
+    """Stable across runs for the same file; a file rewritten with another size gets new keys."""
+    return f"{hashlib.sha1(f'{path}|{size}'.encode()).hexdigest()[:16]}:{group}"
+
+
+def part_counts(table: pa.Table) -> dict[str, float]:
+    """Rows of each part in `table`; a segment row counts 1/segments of its recording."""
+    if PART not in table.column_names or not table.num_rows:
+        return {}
+    parts = table[PART].to_pylist()
+    if "segments" in table.column_names:
+        weights = [1.0 / max(n or 1, 1) for n in table["segments"].to_pylist()]
+    else:
+        weights = [1.0] * len(parts)
+    out: dict[str, float] = defaultdict(float)
+    for p, w in zip(parts, weights):
+        out[p] += w
+    return dict(out)
+
+
+def with_part_footer(table: pa.Table) -> pa.Table:
+    """`table` without `_part`, its part counts in the schema metadata (the Parquet footer)."""
+    table = table.drop_columns([c for c in (WRITTEN_SEGMENTS,) if c in table.column_names])
+    if PART not in table.column_names:
+        return table
+    counts = part_counts(table)
+    table = table.drop_columns([PART])
+    meta = dict(table.schema.metadata or {})
+    meta[FOOTER_KEY] = json.dumps(counts, separators=(",", ":")).encode()
+    return table.replace_schema_metadata(meta)
+
+
+@dataclass
+class Progress:
+    """What the output's footers say: rows written per part, and which shards hold each part."""
+
+    written: dict[str, float] = field(default_factory=dict)
+    shards: dict[str, list[str]] = field(default_factory=dict)
+    unpartitioned_shards: list[str] = field(default_factory=list)
+
+
+def read_progress(out: "OutputDir", splits: tuple[str, ...]) -> Progress:
+    progress = Progress()
+    written: dict[str, float] = defaultdict(float)
+    for split in splits:
+        for path in out.part_files(split):
+            with out.fs.open_input_file(path) as f:
+                meta = pq.ParquetFile(f).schema_arrow.metadata or {}
+            if FOOTER_KEY not in meta:
+                progress.unpartitioned_shards.append(path)
+                continue
+            for key, n in json.loads(meta[FOOTER_KEY]).items():
+                written[key] += n
+                progress.shards.setdefault(key, []).append(path)
+    progress.written = dict(written)
+    return progress
+
+
+@dataclass
+class ReadPlan:
+    """The Parquet reads of one attempt: per file, the row groups to read (and how many of
+    their rows), and the ids already finished in groups that were cut off mid-way."""
+
+    items: list[dict[str, Any]]
+    input_rows: int  # rows in scope (all, or the first N)
+    finished_rows: int  # of those, finished before this attempt (whole groups, and ids of cut-off ones)
+    skip_segments: list[str]  # segments already written of recordings not finished
+    groups: dict[str, int] = field(default_factory=dict)  # in scope / finished / cut off / read by id
+
+    @property
+    def remaining(self) -> bool:
+        return bool(self.items) and self.finished_rows < self.input_rows
+
+
+def partitions(source: "Source") -> list[Partition]:
+    """The input's row groups in file order, from the files' footers."""
+    from .sources.parquet import open_parquet
+
+    out = []
+    for path in source.files:
+        with open_parquet(source.fs, path) as (f, pf):
+            size = f.size()
+            for g in range(pf.metadata.num_row_groups):
+                out.append(Partition(part_key(path, size, g), path, g, pf.metadata.row_group(g).num_rows))
+    return out
+
+
+def plan_reads(source: "Source", out: "OutputDir", splits: tuple[str, ...], *, resumed: bool,
+               limit: Optional[int] = None) -> ReadPlan:
+    scope: list[tuple[Partition, int]] = []
+    left = limit
+    for p in partitions(source):
+        if left is not None and left <= 0:
+            break
+        take = p.rows if left is None else min(p.rows, left)
+        scope.append((p, take))
+        if left is not None:
+            left -= take
+    progress = read_progress(out, splits) if resumed else Progress()
+    if progress.unpartitioned_shards:
+        raise RuntimeError(f"{len(progress.unpartitioned_shards)} shards of this output carry no partition "
+                           "counts (written by an older audiocurate); run it again with --restart")
+    todo: list[tuple[Partition, int]] = []
+    finished = 0
+    for p, take in scope:
+        n = progress.written.get(p.key, 0.0)
+        if take == p.rows and n >= p.rows - _EPS:
+            finished += p.rows
+        elif take > 0:
+            todo.append((p, take))
+    # Groups cut off mid-way: the ids written, from the shards that hold their rows only.
+    partial_shards = sorted({s for p, _ in todo for s in progress.shards.get(p.key, [])})
+    done_ids, skip_segments = _written_ids(out, partial_shards, source.id_column)
+    done_set = set(done_ids)
+    items: dict[str, dict[str, Any]] = {}
+    for p, take in todo:
+        item = items.setdefault(p.path, {"path": p.path, "groups": [], "done": []})
+        item["groups"].append({"group": p.group, "take": take, "key": p.key})
+        if progress.shards.get(p.key):
+            item["has_done"] = True
+    by_parent: dict[str, list[str]] = defaultdict(list)
+    for sid in skip_segments:
+        by_parent[sid.rsplit("@", 1)[0]].append(sid)
+    for item in items.values():
+        if item.pop("has_done", False):
+            item["done"] = done_ids
+            item["segments_done"] = [{"parent": p, "segments": s} for p, s in sorted(by_parent.items())]
+    if done_set:  # finished ids of cut-off groups count as finished, as far as they are in scope
+        finished += _count_in_scope(source, todo, done_set)
+    groups = {"in_scope": len(scope), "finished": len(scope) - len(todo),
+              "cut_off": sum(1 for p, _ in todo if progress.shards.get(p.key)), "shards_read_for_ids": len(partial_shards)}
+    return ReadPlan(list(items.values()), sum(t for _, t in scope), finished, skip_segments, groups)
+
+
+def _written_ids(out: "OutputDir", shards: list[str], id_column: str) -> tuple[list[str], list[str]]:
+    """(ids of input rows whose output rows are all in `shards`, segment ids of the others)."""
+    seen: dict[str, list[str]] = {}
+    expected: dict[str, int] = {}
+    for path in shards:
+        with out.fs.open_input_file(path) as f:
+            names = pq.ParquetFile(f).schema_arrow.names
+            t = pq.read_table(f, columns=[c for c in (id_column, "parent_id", "segments") if c in names])
+        ids = pc.cast(t[id_column], pa.string()).to_pylist()
+        parents = pc.cast(t["parent_id"], pa.string()).to_pylist() if "parent_id" in names else ids
+        totals = t["segments"].to_pylist() if "segments" in names else [1] * len(ids)
+        for i, p, n in zip(ids, parents, totals):
+            seen.setdefault(p, []).append(i)
+            expected[p] = max(expected.get(p, 1), n or 1)
+    done = [p for p, ids in seen.items() if len(ids) >= expected[p]]
+    partial = [i for p, ids in seen.items() if len(ids) < expected[p] for i in ids]
+    return done, partial
+
+
+def _count_in_scope(source: "Source", todo: list[tuple[Partition, int]], done: set[str]) -> int:
+    """How many of `done` are among the rows in scope of the cut-off groups (their id column only)."""
+    from .sources.parquet import open_parquet
+
+    n = 0
+    for p, take in todo:
+        with open_parquet(source.fs, p.path) as (_, pf):
+            ids = pc.cast(pf.read_row_group(p.group, columns=[source.id_column]).column(0), pa.string())
+        n += sum(1 for x in ids.slice(0, take).to_pylist() if x in done)
+    return n
+
+
+def read_planned(pf: pq.ParquetFile, item: dict[str, Any], id_column: str,
+                 batch_rows: int = 4096) -> Iterator[pa.Table]:
+    """The rows of one file's plan item: its groups' first `take` rows, minus the ids done,
+    each row tagged with its part."""
+    done = pa.array(item.get("done") or [], pa.string())
+    written = {d["parent"]: d["segments"] for d in item.get("segments_done") or []}
+    for g in item["groups"]:
+        group, take, key = g["group"], g["take"], g["key"]
+        read = 0
+        for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[group]):
+            if read >= take:
+                break
+            t = pa.Table.from_batches([batch]).slice(0, take - read)
+            read += t.num_rows
+            if len(done):
+                t = t.filter(pc.invert(pc.is_in(pc.cast(t[id_column], pa.string()), value_set=done)))
+            if t.num_rows:
+                t = t.append_column(PART, pa.array([key] * t.num_rows, pa.string()))
+                if written:
+                    ids = pc.cast(t[id_column], pa.string()).to_pylist()
+                    t = t.append_column(WRITTEN_SEGMENTS, pa.array([written.get(i) for i in ids], pa.list_(pa.string())))
+                yield t
+
+
+class DropWrittenSegments:
+    """After segmenting: drop the segments of a cut-off recording that were written already
+    (each segment row carries its recording's list), in a task per block, beside the cutting."""
+
+    def __init__(self, id_column: str):
+        self.id_column = id_column
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        if WRITTEN_SEGMENTS not in table.column_names:
+            return table
+        ids = pc.cast(table[self.id_column], pa.string()).to_pylist()
+        keep = [not (w and i in w) for i, w in zip(ids, table[WRITTEN_SEGMENTS].to_pylist())]
+        return table.filter(pa.array(keep, pa.bool_())).drop_columns([WRITTEN_SEGMENTS])
