@@ -308,3 +308,43 @@ def test_s3_credentials_never_travel_in_stages_outputs_or_logs(tmp_path, clips, 
         body = s3.get_object(Bucket="secret-out", Key=obj["Key"])["Body"].read()
         assert secret.encode() not in body, obj["Key"]
     assert secret not in "\n".join(printed) + json.dumps(report, default=str)
+
+
+def test_duplicate_ids_are_found_across_files_and_buckets(tmp_path, ray_local, monkeypatch):
+    """Ids repeated within and across files are found by hash bucket in Ray tasks, with one
+    bucket or many, and only they come back."""
+    from audiocurate.sources import ids as ids_mod
+    from audiocurate.sources.ids import find_duplicate_ids
+
+    d = tmp_path / "in"
+    d.mkdir()
+    for f, names in enumerate([["a", "b", "c", "a"], ["d", "e", "b"], ["f", "g", "h", "b"]]):
+        pq.write_table(pa.table({"id": names, "audio_bytes": [b"x"] * len(names)}), d / f"part-{f}.parquet")
+    source = open_source(str(d), SourceConfig())
+    for bucket_rows in (1_000_000, 3):  # one bucket; four buckets
+        monkeypatch.setattr(ids_mod, "_ROWS_PER_BUCKET", bucket_rows)
+        found = find_duplicate_ids(source)
+        assert (found.ids, found.rows, found.examples) == (2, 3, ["a", "b"])
+    unique = tmp_path / "unique.parquet"
+    pq.write_table(pa.table({"id": ["x", "y"], "audio_bytes": [b"1", b"2"]}), unique)
+    assert find_duplicate_ids(open_source(str(unique), SourceConfig())).ids == 0
+
+
+def test_an_input_with_duplicate_ids_is_refused_at_start_naming_them(tmp_path, ray_local, demo_parquet):
+    from audiocurate.config import PipelineConfig
+    from audiocurate.pipeline import run
+    from audiocurate.sources.ids import DuplicateIdsError
+
+    t = pq.read_table(demo_parquet)
+    dup = tmp_path / "dup.parquet"
+    pq.write_table(pa.concat_tables([t, t.slice(5, 2)]), dup)
+    config = PipelineConfig.load(overrides={"ray.progress": False})
+    with pytest.raises(DuplicateIdsError, match=r"2 id\(s\) that occur more than once .*'demo_0005', 'demo_0006'"):
+        run(config, str(dup), str(tmp_path / "out"), echo=lambda s: None)
+    assert not (tmp_path / "out" / "curated").exists()
+    # a unique input is checked once per output, not again on resume
+    report = run(config, demo_parquet, str(tmp_path / "ok"), limit=3, echo=lambda s: None)
+    again = run(config, demo_parquet, str(tmp_path / "ok"), limit=5, echo=lambda s: None)
+    assert report["accounting"]["ok"] and again["accounting"]["ok"]
+    attempts = again["attempts"]
+    assert attempts[0]["duplicate_id_check_s"] is not None and attempts[-1]["duplicate_id_check_s"] is None

@@ -72,6 +72,12 @@ class SourceConfig(Settings):
         description="Column with a unique id per clip. It keys the outputs and resuming. For "
         "folders, the id is the file's path relative to the folder unless the manifest has this column.",
     )
+    check_duplicate_ids: bool = Field(
+        True, json_schema_extra=SPEED_ONLY,
+        description="Before the first attempt on an output, count the input's ids with a Ray Data "
+        "group-by over the id column alone, and refuse an input with an id twice, naming them (resume "
+        "and accounting key rows by id). Runs once per output, not on resume. Off: the run goes on and "
+        "the report says `accounting MISMATCH` with the duplicates counted.")
     audio_column: Optional[str] = Field(
         None,
         description="Column holding the encoded audio (bytes), an `{bytes, path}` struct, or a "

@@ -33,6 +33,7 @@ from .segment.stage import SegmentStage
 from .resume import DropWrittenSegments, plan_reads
 from .sinks import SPLITS, CurationSink, OutputDir, SettledRowsStage
 from .sources import Source, from_dataset, open_source
+from .sources.ids import refuse_duplicate_ids
 from .stages import (
     DecodeStage,
     PackageStage,
@@ -78,6 +79,10 @@ def _first_line(text: str, kind: str) -> str:
         if re.match(r"^[A-Za-z_.]*(Error|Exception|Died)\b", ln) or "died" in ln.lower():
             return f"{kind}: {ln}"[:600]
     return f"{kind}: {lines[0] if lines else ''}"[:600]
+
+
+# Written once the input's ids were found unique (sources/ids.py): the check runs once per output.
+IDS_CHECKED = "_state/ids_checked.json"
 
 
 def build(
@@ -244,6 +249,11 @@ def run(
         attempt["ray_start_s"] = time.time() - t_start
         attempt["cluster"] = {"cpus": shape.cpus, "gpus": shape.gpus}
         attempt["pools"] = {k: v for k, v in plan_concurrency(config, shape).items()}
+        if config.source.check_duplicate_ids and not out.read_json(IDS_CHECKED):
+            t_ids = time.time()
+            refuse_duplicate_ids(source)
+            out.write_json(IDS_CHECKED, {"unique": True, "input": input_uri})
+            attempt["duplicate_id_check_s"] = time.time() - t_ids
         if config.ray.probe_engines:
             t_probe = time.time()
             probes = check_engines(config)
@@ -259,7 +269,10 @@ def run(
                    files=files, shape=shape, sink=sink, skip_segments=skip_segments or None, reads=reads)
         t_exec = time.time()
         try:
-            ds.write_datasink(sink, ray_remote_args={"num_cpus": config.decode.resources.num_cpus})
+            with warnings.catch_warnings():
+                # Ray's note that a small input cannot keep every planned actor busy is no news.
+                warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
+                ds.write_datasink(sink, ray_remote_args={"num_cpus": config.decode.resources.num_cpus})
         except Exception as e:
             reason = explain_failure(e, config)
             attempt.update(status="failed", finished=time.time(), error=reason)

@@ -291,7 +291,8 @@ def build_report(
         "scores_by": tally.groups(),
         "recordings": tally.recording_summary(),
         "attempts": [{k: a.get(k) for k in ("id", "status", "started", "wall_s", "execute_s", "ray_start_s", "bookkeeping_s",
-                                             "input_rows", "finished_before", "cluster", "pools", "probe_s")} for a in attempts],
+                                             "input_rows", "finished_before", "row_groups", "cluster", "pools", "probe_s",
+                                             "duplicate_id_check_s")} for a in attempts],
     }
     report["_listen"] = _players(out, tally.picker.picked(), config, id_column, input_uri)
     return report
