@@ -111,7 +111,7 @@ def on_s3(data: Path, out: Path) -> dict:
         url = f"http://{host}:{port}"
         s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1")
         s3.create_bucket(Bucket="scale")
-        s3.upload_file(str(data), "scale", "in/data.parquet")
+        s3.upload_file(str(data), "scale", f"in/{data.name}")  # the same name: partition keys are relative
         n = 0
         for p in out.rglob("*"):
             if p.is_file():
@@ -124,7 +124,7 @@ def on_s3(data: Path, out: Path) -> dict:
         from audiocurate.sources import open_source
 
         t0 = time.time()
-        source = open_source("s3://scale/in/data.parquet", SourceConfig(storage=StorageConfig(**storage)))
+        source = open_source(f"s3://scale/in/{data.name}", SourceConfig(storage=StorageConfig(**storage)))
         plan = plan_reads(source, OutputDir("s3://scale/out", StorageConfig(**storage)), SPLITS, resumed=True)
         return {"s": time.time() - t0, "objects": n, "finished_rows": plan.finished_rows, "groups": plan.groups}
     finally:

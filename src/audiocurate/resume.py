@@ -46,9 +46,11 @@ class Partition:
     rows: int
 
 
-def part_key(path: str, size: int, group: int) -> str:
-    """Stable across runs for the same file; a file rewritten with another size gets new keys."""
-    return f"{hashlib.sha1(f'{path}|{size}'.encode()).hexdigest()[:16]}:{group}"
+def part_key(root: str, path: str, size: int, group: int) -> str:
+    """Stable across runs for the same file, wherever the input is mounted (the path is taken
+    relative to the input's root); a file rewritten with another size gets new keys."""
+    relative = path[len(root):].lstrip("/") if root and path.startswith(root) else path
+    return f"{hashlib.sha1(f'{relative}|{size}'.encode()).hexdigest()[:16]}:{group}"
 
 
 def part_counts(table: pa.Table) -> dict[str, float]:
@@ -129,7 +131,7 @@ def partitions(source: "Source") -> list[Partition]:
         with open_parquet(source.fs, path) as (f, pf):
             size = f.size()
             for g in range(pf.metadata.num_row_groups):
-                out.append(Partition(part_key(path, size, g), path, g, pf.metadata.row_group(g).num_rows))
+                out.append(Partition(part_key(source.root, path, size, g), path, g, pf.metadata.row_group(g).num_rows))
     return out
 
 

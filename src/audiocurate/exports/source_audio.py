@@ -8,7 +8,6 @@ from typing import Any, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 
 from .. import contract as C
 from ..audio import AudioDecodeError, decode_audio, encode_flac
@@ -52,9 +51,7 @@ class SourceAudio:
         if src.listing is not None:
             found = src.listing.filter(pc.is_in(pc.cast(src.listing[src.id_column], pa.string()), wanted))
         else:
-            ds = pads.dataset(src.files, filesystem=src.fs, format="parquet")
-            found = ds.to_table(columns=[src.id_column, src.audio_column],
-                                filter=pads.field(src.id_column).cast(pa.string()).isin(wanted))
+            found = _rows_with_ids(src, wanted)
         return (dict(zip(pc.cast(found[src.id_column], pa.string()).to_pylist(), found[src.audio_column].to_pylist())),
                 src.fetcher())
 
@@ -83,3 +80,21 @@ class SourceAudio:
             audio.append({"bytes": encode_flac(pcm), "path": f"{name.rsplit('/', 1)[-1]}.flac"})
         table = table.drop_columns([c for c in (C.AUDIO,) if c in table.column_names])
         return table.append_column(C.AUDIO, pa.array(audio, C.AUDIO_TYPE))
+
+
+def _rows_with_ids(src: Any, wanted: pa.Array) -> pa.Table:
+    """The id and audio of the input rows with these ids: the id column of every row group, and
+    the audio of only the groups that hold one (memory: one row group; I/O: ids + those groups)."""
+    from ..sources.parquet import open_parquet
+
+    parts = []
+    for path in src.files:
+        with open_parquet(src.fs, path) as (_, pf):
+            for g in range(pf.metadata.num_row_groups):
+                ids = pc.cast(pf.read_row_group(g, columns=[src.id_column]).column(0), pa.string())
+                mask = pc.is_in(ids, value_set=wanted)
+                if pc.any(mask).as_py():
+                    parts.append(pf.read_row_group(g, columns=[src.id_column, src.audio_column]).filter(mask))
+    if not parts:
+        return pa.table({src.id_column: pa.array([], pa.string()), src.audio_column: pa.array([], pa.binary())})
+    return pa.concat_tables(parts)

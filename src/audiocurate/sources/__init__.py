@@ -117,7 +117,7 @@ class Source:
                 with open_parquet(self.fs, path) as (f, pf):
                     size, n = f.size(), pf.metadata.num_row_groups
                     reads.append({"path": path, "done": [], "groups": [
-                        {"group": g, "take": pf.metadata.row_group(g).num_rows, "key": part_key(path, size, g)}
+                        {"group": g, "take": pf.metadata.row_group(g).num_rows, "key": part_key(self.root, path, size, g)}
                         for g in range(n)]})
         if not reads:
             return ray.data.from_items([{"path": ""}]).limit(0)
