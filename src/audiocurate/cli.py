@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--tarred", type=int, default=None, metavar="N",
                      help="nemo: NeMo's tarred layout, N clips per audio_K.tar")
     exp.add_argument("--input", default=None, help="with --from rejected: the run's input, if it moved")
+    comp = sub.add_parser("compact", help="merge OUTPUT's small shards into files of about --target-mb "
+                          "(same rows; resume and report unchanged; run it when no run writes to OUTPUT)")
+    comp.add_argument("output", help="an audiocurate output folder (local)")
+    comp.add_argument("--target-mb", type=float, default=256.0, help="size of the merged files (default 256)")
     cfg = sub.add_parser("config", help="print the effective configuration as YAML")
     _add_run_options(cfg)
     return parser
@@ -76,6 +80,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             return _report(args.output)
         if args.command == "export":
             return _export(args)
+        if args.command == "compact":
+            return _compact(args)
         config = load_config(args)
         if args.command == "config":
             print(config.to_yaml(), end="")
@@ -103,6 +109,18 @@ def _export(args: argparse.Namespace) -> int:
     summary = export(args.output, args.format, args.dest, split=args.split, options=options, input_uri=args.input)
     print(f"  exported {summary['clips']:,} clips in {summary['shards']} shards to {summary['dest']} "
           f"({summary['exported_now']} shards written now, {summary['wall_s']:.1f} s)")
+    return 0
+
+
+def _compact(args: argparse.Namespace) -> int:
+    from .compaction import compact, summary
+    from .sinks import OutputDir
+
+    out = OutputDir(args.output)
+    if out.identity() is None:
+        print(f"audiocurate: error: {args.output} holds no audiocurate run", file=sys.stderr)
+        return 2
+    print(summary(compact(out, args.target_mb)))
     return 0
 
 

@@ -30,6 +30,7 @@ from .probe import check_engines
 from .runtime import (ClusterShape, actor_args, actor_cpu_scale, configure_dataset, init_ray, plan_concurrency,
                       split_blocks, task_args)
 from .segment.stage import SegmentStage
+from .compaction import recover as recover_compaction
 from .resume import DropWrittenSegments, plan_reads
 from .sinks import SPLITS, CurationSink, OutputDir, SettledRowsStage
 from .sources import Source, from_dataset, open_source
@@ -210,6 +211,7 @@ def run(
         "created": t_start,
     }
     resumed = out.claim(identity, restart=restart)
+    recover_compaction(out)  # a compaction killed mid-way is finished first: no row in two files
     out.write_bytes(out.path("_state", "config.yaml"), config.to_yaml().encode())
     out.clean_tmp()
     # An input row is done when all its output rows are written (one, or each of a recording's

@@ -90,18 +90,25 @@ class Progress:
 
 
 def read_progress(out: "OutputDir", splits: tuple[str, ...]) -> Progress:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def footer(path: str) -> dict[bytes, bytes]:
+        with out.fs.open_input_file(path) as f:
+            return pq.ParquetFile(f).schema_arrow.metadata or {}
+
     progress = Progress()
     written: dict[str, float] = defaultdict(float)
-    for split in splits:
-        for path in out.part_files(split):
-            with out.fs.open_input_file(path) as f:
-                meta = pq.ParquetFile(f).schema_arrow.metadata or {}
-            if FOOTER_KEY not in meta:
-                progress.unpartitioned_shards.append(path)
-                continue
-            for key, n in json.loads(meta[FOOTER_KEY]).items():
-                written[key] += n
-                progress.shards.setdefault(key, []).append(path)
+    paths = [p for split in splits for p in out.part_files(split)]
+    # Footers are independent small reads: on object storage, their latency is what costs.
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        footers = list(pool.map(footer, paths))
+    for path, meta in zip(paths, footers):
+        if FOOTER_KEY not in meta:
+            progress.unpartitioned_shards.append(path)
+            continue
+        for key, n in json.loads(meta[FOOTER_KEY]).items():
+            written[key] += n
+            progress.shards.setdefault(key, []).append(path)
     progress.written = dict(written)
     return progress
 

@@ -1,0 +1,121 @@
+"""`audiocurate compact OUTPUT`: merge an output's small shards into files of a target size.
+
+A run writes small shards on purpose: each is committed on its own, so a crash costs at most one
+shard's work. Training readers and object stores want few large files instead. Compaction
+rewrites each output's shards into files of about `target_mb` (in name order, so a merged file
+holds neighbouring shards), with the row-group counts of their footers summed: resume and the
+report read a compacted output exactly as before.
+
+Crash safety: before a merged file is written, a journal entry in `_state/compaction/` names it
+and the shards it replaces; the shards are deleted only after the merged file is committed, then
+the entry. A compaction (or a run) that finds an entry finishes it: merged file present, the
+shards still listed are deleted; absent, the entry is dropped and the shards stay. A row is
+therefore never in two files once either has run, and never in none.
+
+Run it on an output no run is writing to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .resume import FOOTER_KEY
+from .sinks import SPLITS, STATE_DIR, OutputDir
+
+JOURNAL = f"{STATE_DIR}/compaction"
+
+
+@dataclass
+class CompactionResult:
+    files_before: dict[str, int] = field(default_factory=dict)
+    files_after: dict[str, int] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)
+    recovered: int = 0
+
+
+def recover(out: OutputDir) -> int:
+    """Finish or drop the compactions a killed process left in the journal; how many."""
+    entries = _journal(out)
+    for path in entries:
+        entry = json.loads(out.read_bytes(path) or b"{}")
+        if entry and out.exists(entry["target"]):
+            for shard in entry["sources"]:
+                if out.exists(shard):
+                    out.fs.delete_file(shard)
+        out.fs.delete_file(path)
+    return len(entries)
+
+
+def compact(out: OutputDir, target_mb: float = 256.0) -> CompactionResult:
+    result = CompactionResult(recovered=recover(out))
+    target = int(target_mb * 2**20)
+    for split in SPLITS:
+        shards = out.part_files(split)
+        result.files_before[split] = len(shards)
+        sizes = {i.path: i.size for i in out.fs.get_file_info(shards)} if shards else {}
+        bins: list[list[str]] = []
+        for shard in shards:
+            if bins and sum(sizes[s] for s in bins[-1]) + sizes[shard] <= target:
+                bins[-1].append(shard)
+            else:
+                bins.append([shard])
+        for group in bins:
+            if len(group) > 1:
+                _merge(out, split, group)
+        result.files_after[split] = len(out.part_files(split))
+        result.rows[split] = sum(_num_rows(out, p) for p in out.part_files(split))
+    return result
+
+
+def _merge(out: OutputDir, split: str, shards: list[str]) -> None:
+    tables, counts = [], defaultdict(float)
+    for path in shards:
+        with out.fs.open_input_file(path) as f:
+            t = pq.read_table(f)
+        for key, n in json.loads((t.schema.metadata or {}).get(FOOTER_KEY, b"{}")).items():
+            counts[key] += n
+        tables.append(t.replace_schema_metadata(None))
+    merged = pa.concat_tables(tables, promote_options="default")
+    if counts:
+        merged = merged.replace_schema_metadata({FOOTER_KEY: json.dumps(counts, separators=(",", ":")).encode()})
+    digest = hashlib.sha1("\n".join(sorted(s.rsplit("/", 1)[-1] for s in shards)).encode()).hexdigest()[:24]
+    target = out.path(split, f"part-c{digest}.parquet")
+    entry = out.path(JOURNAL, f"{digest}.json")
+    out.write_bytes(entry, json.dumps({"target": target, "sources": shards}).encode())
+    sink = pa.BufferOutputStream()
+    pq.write_table(merged, sink, compression="zstd", row_group_size=_rows_per_group(merged))
+    out.write_bytes(target, sink.getvalue().to_pybytes())
+    for path in shards:
+        out.fs.delete_file(path)
+    out.fs.delete_file(entry)
+
+
+def _num_rows(out: OutputDir, path: str) -> int:
+    with out.fs.open_input_file(path) as f:
+        return pq.ParquetFile(f).metadata.num_rows
+
+
+def _rows_per_group(table: pa.Table, group_bytes: int = 64 << 20) -> int:
+    """Row groups of about 64 MB: readers stream a large file without holding it whole."""
+    return max(1, int(table.num_rows * group_bytes / max(table.nbytes, 1)))
+
+
+def _journal(out: OutputDir) -> list[str]:
+    import pyarrow.fs as pafs
+
+    infos = out.fs.get_file_info(pafs.FileSelector(out.path(JOURNAL), allow_not_found=True))
+    return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".json"))
+
+
+def summary(result: CompactionResult) -> str:
+    lines = [f"  {s:<9} {result.files_before[s]:>7,} files -> {result.files_after[s]:>6,} ({result.rows[s]:,} rows)"
+             for s in SPLITS]
+    if result.recovered:
+        lines.append(f"  finished {result.recovered} compaction(s) a killed process had left")
+    return "\n".join(lines)

@@ -1,0 +1,77 @@
+"""`audiocurate compact`: few large files, the same rows, resume and report unchanged, crash-safe."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from audiocurate.compaction import JOURNAL, compact, recover
+from audiocurate.config import PipelineConfig, SourceConfig
+from audiocurate.pipeline import run
+from audiocurate.resume import plan_reads
+from audiocurate.sinks import SPLITS, OutputDir
+from audiocurate.sources import open_source
+
+
+def _rows(out, split):
+    p = out / split
+    return sorted(pq.read_table(p).to_pylist(), key=lambda r: r["id"]) if p.exists() else []
+
+
+@pytest.fixture(scope="module")
+def small_shards(tmp_path_factory, ray_local, demo_parquet):
+    """The demo with shards of 2 rows, and no judge: many small files, quickly."""
+    out = tmp_path_factory.mktemp("compact") / "out"
+    config = PipelineConfig.load(overrides={"ray.progress": False, "output.rows_per_shard": 2,
+                                            "judge.backend": "none", "decode.read_block_mb": 0.05})
+    report = run(config, demo_parquet, str(out), echo=lambda s: None)
+    return config, out, report
+
+
+def test_compaction_keeps_every_row_and_what_resume_knows(small_shards, demo_parquet, tmp_path):
+    import shutil
+
+    config, built, report = small_shards
+    out = tmp_path / "out"
+    shutil.copytree(built, out)
+    before = {s: _rows(out, s) for s in SPLITS}
+    files_before = {s: len(list((out / s).glob("*.parquet"))) for s in SPLITS}
+    assert files_before["curated"] >= 4, "the fixture must leave several small shards"
+
+    result = compact(OutputDir(str(out)), target_mb=64)
+    assert result.files_after == {s: min(files_before[s], 1) for s in SPLITS}
+    assert {s: _rows(out, s) for s in SPLITS} == before
+    merged = next((out / "curated").glob("*.parquet"))
+    assert pq.ParquetFile(merged).metadata.num_rows == len(before["curated"])
+    # the footers' row-group counts were summed: the plan finds everything finished
+    plan = plan_reads(open_source(demo_parquet, SourceConfig()), OutputDir(str(out)), SPLITS, resumed=True)
+    assert plan.finished_rows == report["accounting"]["input"] and not plan.remaining
+    # and a rerun of the same command has nothing to do and accounts for every row
+    again = run(config, demo_parquet, str(out), echo=lambda s: None)
+    assert again["accounting"]["ok"] and again["accounting"] == report["accounting"]
+
+
+def test_a_compaction_killed_midway_is_finished_by_the_next(small_shards, tmp_path):
+    import shutil
+
+    _, built, _ = small_shards
+    out = tmp_path / "out"
+    shutil.copytree(built, out)
+    before = _rows(out, "curated")
+    shards = sorted(str(p) for p in (out / "curated").glob("*.parquet"))
+    od = OutputDir(str(out))
+    # killed after the merged file was committed, before its shards were deleted
+    target = str(out / "curated" / "part-cmerged.parquet")
+    merged = pq.read_table(out / "curated")
+    pq.write_table(merged, target)
+    (out / JOURNAL).mkdir(parents=True)
+    (out / JOURNAL / "x.json").write_text(json.dumps({"target": target, "sources": shards}))
+    assert recover(od) == 1
+    assert [p.name for p in (out / "curated").glob("*.parquet")] == ["part-cmerged.parquet"]
+    assert _rows(out, "curated") == before and not list((out / JOURNAL).glob("*.json"))
+    # killed before the merged file was committed: the shards stay, the entry goes
+    (out / JOURNAL / "y.json").write_text(json.dumps({"target": str(out / "curated" / "part-cnever.parquet"),
+                                                      "sources": [target]}))
+    assert recover(od) == 1 and _rows(out, "curated") == before
