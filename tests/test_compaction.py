@@ -75,3 +75,13 @@ def test_a_compaction_killed_midway_is_finished_by_the_next(small_shards, tmp_pa
     (out / JOURNAL / "y.json").write_text(json.dumps({"target": str(out / "curated" / "part-cnever.parquet"),
                                                       "sources": [target]}))
     assert recover(od) == 1 and _rows(out, "curated") == before
+
+
+def test_output_compact_mb_compacts_at_the_end_of_a_run(tmp_path, ray_local, demo_parquet):
+    config = PipelineConfig.load(overrides={"ray.progress": False, "output.rows_per_shard": 2,
+                                            "judge.backend": "none", "output.compact_mb": 64})
+    out = tmp_path / "out"
+    report = run(config, demo_parquet, str(out), echo=lambda s: None)
+    assert report["accounting"]["ok"]
+    assert all(len(list((out / s).glob("*.parquet"))) <= 1 for s in SPLITS)
+    assert sum(len(_rows(out, s)) for s in SPLITS) == report["accounting"]["input"]

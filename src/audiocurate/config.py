@@ -288,6 +288,11 @@ class OutputConfig(Settings):
         64, ge=1, json_schema_extra=SPEED_ONLY, description="Rows gathered before a shard is written. Smaller shards mean "
         "less work redone after a crash (finished shards are never redone); larger ones, fewer files.",
     )
+    compact_mb: Optional[float] = Field(
+        None, gt=0, json_schema_extra=SPEED_ONLY,
+        description="After a run that processed every row, merge each output's shards into files of about this "
+        "many MB (`audiocurate compact`): small shards while the run is in flight (a crash costs one), few large "
+        "files once it is done. None: leave the shards as written.")
     report_samples: int = Field(6, ge=0, json_schema_extra=SPEED_ONLY, description="Sample rows per outcome "
                                 "(curated, each drop reason, each error stage) in report.html, picked by a hash of "
                                 "the id, so a rerun shows the same rows.")

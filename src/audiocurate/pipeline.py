@@ -294,6 +294,12 @@ def run(
     attempt["status"] = "finished"
     attempt["bookkeeping_s"] = bookkeeping_s + (time.time() - t_book)
     out.record_attempt(attempt)
+    if config.output.compact_mb:
+        from .compaction import compact
+
+        compacted = compact(out, config.output.compact_mb)
+        echo(f"audiocurate: compacted {sum(compacted.files_before.values())} shards into "
+             f"{sum(compacted.files_after.values())} files")
     report = build_report(out, config, input_rows=input_rows, keep_ids=keep_ids, id_column=source.id_column,
                           input_uri=input_uri)
     write_report(out, report, config)
