@@ -221,3 +221,24 @@ def test_sigkill_mid_segmented_run_then_resume_is_exact(tmp_path, ray_local):
     assert report["accounting"]["ok"] and report["accounting"]["duplicates"] == 0
     assert report["timing"]["interrupted_attempts"] == 1, report["attempts"]
     assert outcome(out) == outcome(tmp_path / "ref")
+
+
+def test_no_temperature_fallback_for_speech_the_model_does_not_know():
+    """`asr.fallback_min_avg_logprob`: a window whose first pass scores below it keeps that pass
+    (one decode, not up to six); English is transcribed exactly as without the option."""
+    from audiocurate.asr import make_transcriber
+    from audiocurate.config import FasterWhisperConfig
+
+    czech = sf.read(io.BytesIO(speak("Rostliny potřebují ke svému růstu světlo, vodu a oxid uhličitý. "
+                                     "Včely přenášejí pyl z květu na květ.", voice="cs", fmt="wav")), dtype="int16")[0]
+    english = sf.read(io.BytesIO(speak(SENTENCES[0], fmt="wav")), dtype="int16")[0]
+    plain = make_transcriber(FasterWhisperConfig())
+    gated = make_transcriber(FasterWhisperConfig(fallback_min_avg_logprob=-0.9))
+    calls = []
+    decode = gated._decode
+    gated._decode = lambda w, p, temps: calls.append(len(temps)) or decode(w, p, temps)
+    assert gated.transcribe(english).text == plain.transcribe(english).text
+    calls.clear()
+    out = gated.transcribe(czech)
+    assert calls == [1], "one decode at the first temperature, no fallback"
+    assert out.avg_logprob < -0.9  # and the language filter at the same value rejects it

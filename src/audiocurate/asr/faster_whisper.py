@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import numpy as np
 from pydantic import Field
@@ -25,6 +25,12 @@ class FasterWhisperConfig(AsrSettings):
                          "thread beat one actor of two threads on 2 cores.")
     compression_ratio_threshold: float = Field(
         2.4, description="Fallback above this gzip ratio of the text (faster-whisper's measure).")
+    fallback_min_avg_logprob: Optional[float] = Field(
+        None, description="Run Whisper's temperature fallback on a window only when a first pass at the first "
+        "temperature scores at least this average log-probability. Speech in a language the model does not know "
+        "(an English-only model on Czech) fails every threshold and otherwise decodes up to six times, only to be "
+        "rejected by `filters.language.min_avg_logprob`; set both to the same value (`longform`: -0.9). None: "
+        "the fallback always runs, as in Whisper.")
 
 @ASR_BACKENDS.register("faster_whisper")
 class FasterWhisperTranscriber:
@@ -66,22 +72,7 @@ class FasterWhisperTranscriber:
         previous = ""
         language_prob = float("nan")
         for offset, window in iter_windows(pcm, self.sample_rate, self.config.chunk_s):
-            result, info = self.model.transcribe(
-                window,
-                language=self.config.language,
-                beam_size=self.config.beam_size,
-                # Timestamps on: tiny.en without them stops early inside each 30 s window.
-                without_timestamps=False,
-                condition_on_previous_text=True,
-                # Carry the last words over a window cut so the next window continues the text.
-                initial_prompt=previous or None,
-                vad_filter=False,
-                temperature=self.config.temperatures,
-                compression_ratio_threshold=self.config.compression_ratio_threshold,
-                log_prob_threshold=self.config.log_prob_threshold,
-                no_speech_threshold=self.config.no_speech_threshold,
-                word_timestamps=self.config.word_timestamps,
-            )
+            result, info = self._window(window, previous)
             for s in result:
                 words = [{"word": w.word.strip(), "start_s": offset + w.start, "end_s": offset + w.end,
                           "probability": w.probability} for w in (s.words or [])]
@@ -94,3 +85,40 @@ class FasterWhisperTranscriber:
         tr = Transcription.from_segments(segments, language)
         tr.language_prob = language_prob
         return tr
+
+    def _window(self, window: np.ndarray, previous: str) -> tuple[list[Any], Any]:
+        """One window, with Whisper's temperature fallback; with `fallback_min_avg_logprob`,
+        a first pass at the first temperature decides whether the fallback is worth running."""
+        gate = self.config.fallback_min_avg_logprob
+        if gate is None:
+            return self._decode(window, previous, self.config.temperatures)
+        first, info = self._decode(window, previous, self.config.temperatures[:1])
+        tokens = sum(len(s.tokens) for s in first)
+        mean = sum(s.avg_logprob * len(s.tokens) for s in first) / tokens if tokens else 0.0
+        wanted = any(s.avg_logprob < self.config.log_prob_threshold
+                     or s.compression_ratio > self.config.compression_ratio_threshold for s in first)
+        if not wanted or mean < gate or len(self.config.temperatures) == 1:
+            return first, info  # fine as it is, or not this model's language: no fallback
+        import ctranslate2
+
+        ctranslate2.set_random_seed(0)
+        return self._decode(window, previous, self.config.temperatures)
+
+    def _decode(self, window: np.ndarray, previous: str, temperatures: Sequence[float]) -> tuple[list[Any], Any]:
+        result, info = self.model.transcribe(
+            window,
+            language=self.config.language,
+            beam_size=self.config.beam_size,
+            # Timestamps on: tiny.en without them stops early inside each 30 s window.
+            without_timestamps=False,
+            condition_on_previous_text=True,
+            # Carry the last words over a window cut so the next window continues the text.
+            initial_prompt=previous or None,
+            vad_filter=False,
+            temperature=list(temperatures),
+            compression_ratio_threshold=self.config.compression_ratio_threshold,
+            log_prob_threshold=self.config.log_prob_threshold,
+            no_speech_threshold=self.config.no_speech_threshold,
+            word_timestamps=self.config.word_timestamps,
+        )
+        return list(result), info
