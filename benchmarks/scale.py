@@ -13,7 +13,11 @@ rows; made once in benchmarks/.cache/.
    alone (`resume.plan_reads`, in this process): the resume's start at N finished rows.
    With `--s3`, the output is copied to moto's S3 server on 127.0.0.1 and the plan is made
    from there too.
-Writes benchmarks/results/scale.json (scale_<N>.json for other sizes).
+`--through`: every row through every stage instead (duration gate at 0.05 s, `asr.backend: none`
+with the id as transcript, `judge.backend: none`), so all rows are curated with their audio:
+the plumbing of the model-stage path, files per million curated rows, and the files after
+`audiocurate compact` (256 MB).
+Writes benchmarks/results/scale.json (scale_<N>.json for other sizes, scale_through*.json).
 """
 
 from __future__ import annotations
@@ -81,8 +85,13 @@ def first_new_shard(out: Path, before: set[str], t0: float, found: dict) -> thre
     return stop
 
 
+THROUGH = ["filters.duration.min_s=0.05", "asr.backend=none", "asr.text_column=id", "judge.backend=none"]
+OVERRIDES: list[str] = []
+
+
 def audiocurate(*args: str) -> list[str]:
-    return [str(Path(sys.executable).parent / "audiocurate"), "run", *args, "--no-progress"]
+    sets = [a for o in OVERRIDES for a in ("--set", o)]
+    return [str(Path(sys.executable).parent / "audiocurate"), "run", *args, "--no-progress", *sets]
 
 
 def plan_seconds(source_uri: str, out_uri: str, storage: dict | None = None) -> dict:
@@ -136,7 +145,10 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--s3", action="store_true")
     ap.add_argument("--out", default=str(CACHE / "scale-out"))
+    ap.add_argument("--through", action="store_true", help="every row through every stage (see above)")
     args = ap.parse_args()
+    if args.through:
+        OVERRIDES.extend(THROUGH)
     data = dataset(args.rows)
     out = Path(args.out)
     if out.exists():
@@ -178,7 +190,17 @@ def main() -> None:
     if args.s3:
         result["resume_plan_s3"] = on_s3(data, out)
         print("plan, S3 on loopback:", json.dumps(result["resume_plan_s3"]), flush=True)
+    if args.through:
+        import subprocess
+
+        t0 = time.time()
+        subprocess.run([str(Path(sys.executable).parent / "audiocurate"), "compact", str(out)], check=True)
+        result["compact"] = {"s": time.time() - t0, "files_after": files(out),
+                             "curated_mb": sum(p.stat().st_size for p in (out / "curated").glob("*.parquet")) / 2**20}
+        print("compact:", json.dumps(result["compact"]), flush=True)
     name = "scale.json" if args.rows == 200_000 else f"scale_{args.rows}.json"
+    if args.through:
+        name = name.replace("scale", "scale_through")
     (HERE / "results" / name).write_text(json.dumps(result, indent=2) + "\n")
 
 

@@ -75,6 +75,21 @@ def test_a_compaction_killed_midway_is_finished_by_the_next(small_shards, tmp_pa
     (out / JOURNAL / "y.json").write_text(json.dumps({"target": str(out / "curated" / "part-cnever.parquet"),
                                                       "sources": [target]}))
     assert recover(od) == 1 and _rows(out, "curated") == before
+    # a journal entry half-written by a killed process is not an entry
+    (out / JOURNAL / ".tmp-1234-z.json").write_text('{"tar')
+    assert recover(od) == 0
+
+
+def test_shards_of_an_older_version_beside_new_ones_are_not_merged(small_shards, tmp_path):
+    import shutil
+
+    _, built, _ = small_shards
+    out = tmp_path / "out"
+    shutil.copytree(built, out)
+    old = next((out / "curated").glob("*.parquet"))
+    pq.write_table(pq.read_table(old).replace_schema_metadata(None), old)
+    with pytest.raises(RuntimeError, match="older audiocurate"):
+        compact(OutputDir(str(out)))
 
 
 def test_output_compact_mb_compacts_at_the_end_of_a_run(tmp_path, ray_local, demo_parquet):

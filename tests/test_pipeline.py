@@ -268,3 +268,7 @@ def test_judge_only_run_scores_the_inputs_own_transcripts(demo_run, demo_parquet
     bad = PipelineConfig.load(overrides={"ray.progress": False, "asr.backend": "none", "asr.text_column": "nope"})
     with pytest.raises(ValueError, match="asr.text_column 'nope' is not a column of the input"):
         run(bad, demo_parquet, str(tmp_path / "bad"), echo=lambda s: None)
+    segmenting = PipelineConfig.load(profile="longform", overrides={"ray.progress": False, "asr.backend": "none",
+                                                                    "asr.text_column": "sentence"})
+    with pytest.raises(ValueError, match="cannot transcribe the segments"):
+        run(segmenting, demo_parquet, str(tmp_path / "seg"), echo=lambda s: None)

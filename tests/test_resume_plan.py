@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -49,8 +51,8 @@ def test_finished_groups_are_not_read_and_cut_off_ones_drop_their_done_ids(sourc
     assert resume.FOOTER_KEY in pq.read_schema(shard).metadata
 
     read_for_ids = []
-    real = resume._written_ids
-    monkeypatch.setattr(resume, "_written_ids", lambda o, shards, c: read_for_ids.extend(shards) or real(o, shards, c))
+    real = resume.written_ids
+    monkeypatch.setattr(resume, "written_ids", lambda o, shards, c, seg: read_for_ids.extend(shards) or real(o, shards, c, seg))
     plan = plan_reads(source, out, SPLITS, resumed=True)
     assert plan.input_rows == 20 and plan.finished_rows == 4 + 2
     assert plan.groups == {"in_scope": 5, "finished": 1, "cut_off": 1, "shards_read_for_ids": 1}
@@ -93,7 +95,7 @@ def test_a_recording_counts_once_over_its_segments(source, tmp_path):
     """Segment rows count 1/segments of their recording: a group is finished when every
     recording in it has all its segments written, however they were cut."""
     out = OutputDir(str(tmp_path / "out"))
-    sink = CurationSink(out, "id", ["sentence"])
+    sink = CurationSink(out, "id", ["sentence"], segmented=True)
     ids = _group_ids(0)
     # three recordings of one segment each, and one of three segments, two of them written
     t = _rows(source, 0, ids[:3], segments=1)
@@ -101,7 +103,7 @@ def test_a_recording_counts_once_over_its_segments(source, tmp_path):
     t = pa.concat_tables([t.append_column("parent_id", pa.array(ids[:3])),
                           seg.append_column("parent_id", pa.array(["r03", "r03"]))])
     sink.write_table(t)
-    plan = plan_reads(source, out, SPLITS, resumed=True)
+    plan = plan_reads(source, out, SPLITS, resumed=True, segmented=True)
     assert plan.groups["finished"] == 0 and plan.groups["cut_off"] == 1
     item = plan.items[0]
     assert sorted(item["done"]) == ids[:3] and sorted(plan.skip_segments) == ["r03@0.00", "r03@5.00"]
@@ -112,9 +114,68 @@ def test_a_recording_counts_once_over_its_segments(source, tmp_path):
     cut = pa.table({"id": ["r03@0.00", "r03@5.00", "r03@9.00", "r04"],
                     resume.WRITTEN_SEGMENTS: [["r03@0.00", "r03@5.00"]] * 3 + [None]})
     assert DropWrittenSegments("id")(cut).to_pylist() == [{"id": "r03@9.00"}, {"id": "r04"}]
-    sink.write_table(_rows(source, 0, ["r03@9.00"], segments=3).append_column("parent_id", pa.array(["r03"])))
-    plan = plan_reads(source, out, SPLITS, resumed=True)
+    # the last segment failed in a model stage: an error row, which keeps its recording and count
+    failed = _rows(source, 0, ["r03@9.00"], segments=3).append_column("parent_id", pa.array(["r03"]))
+    failed = failed.set_column(failed.schema.get_field_index("error_stage"), "error_stage", pa.array(["judge"]))
+    sink.write_table(failed.set_column(failed.schema.get_field_index("error"), "error", pa.array(["boom"])))
+    assert pq.read_table(out.part_files("errors")[0]).column_names[:5] == ["id", "error_stage", "error", "parent_id",
+                                                                            "segments"]
+    plan = plan_reads(source, out, SPLITS, resumed=True, segmented=True)
     assert plan.groups["finished"] == 1 and plan.finished_rows == 4
+
+
+def test_failed_segments_count_a_share_of_their_recording_not_a_row(source, tmp_path):
+    """Three failed segments of one recording are one recording done, never two rows: a group of
+    two recordings is not finished by them (the other recording would be lost)."""
+    out = OutputDir(str(tmp_path / "out"))
+    sink = CurationSink(out, "id", ["sentence"], segmented=True)
+    t = _rows(source, 0, ["r00@0.00", "r00@5.00", "r00@9.00"], segments=3).append_column(
+        "parent_id", pa.array(["r00"] * 3))
+    t = t.set_column(t.schema.get_field_index("error_stage"), "error_stage", pa.array(["transcribe"] * 3))
+    sink.write_table(t)
+    plan = plan_reads(source, out, SPLITS, resumed=True, segmented=True)
+    assert plan.groups["finished"] == 0 and plan.finished_rows == 1
+    assert [g["group"] for g in plan.items[0]["groups"]][0] == 0 and plan.items[0]["done"] == ["r00"]
+
+
+def test_an_inputs_own_segments_column_is_just_a_column_when_not_segmenting(source, tmp_path):
+    out = OutputDir(str(tmp_path / "out"))
+    t = _rows(source, 0, _group_ids(0)).append_column("segments", pa.array([[1, 2]] * 4))
+    CurationSink(out, "id", ["sentence", "segments"]).write_table(t)
+    assert plan_reads(source, out, SPLITS, resumed=True).groups["finished"] == 1
+
+
+def test_only_cut_off_groups_are_read_for_ids_and_each_file_gets_its_own(tmp_path, monkeypatch):
+    d = tmp_path / "in"
+    d.mkdir()
+    for f in range(2):
+        rows = [{"id": f"f{f}r{i}", "audio_bytes": b"x", "sentence": ""} for i in range(8)]
+        pq.write_table(pa.Table.from_pylist(rows), d / f"p{f}.parquet", row_group_size=4)
+    source = open_source(str(d), SourceConfig())
+    parts = resume.partitions(source)
+    out = OutputDir(str(tmp_path / "out"))
+    sink = CurationSink(out, "id", ["sentence"])
+    for p, ids in ((parts[0], ["f0r0"]), (parts[3], ["f1r5", "f1r6"])):
+        sink.write_table(pa.table({"id": ids, PART: [p.key] * len(ids), "drop_reason": pa.nulls(len(ids), pa.string()),
+                                   "error_stage": pa.nulls(len(ids), pa.string()), "error": pa.nulls(len(ids), pa.string())}))
+    read = []
+    real = resume._group_ids
+    monkeypatch.setattr(resume, "_group_ids", lambda s, p: read.append(p.key) or real(s, p))
+    plan = plan_reads(source, out, SPLITS, resumed=True)
+    assert sorted(read) == sorted([parts[0].key, parts[3].key])
+    done = {Path(i["path"]).name: sorted(i["done"]) for i in plan.items}
+    assert done == {"p0.parquet": ["f0r0"], "p1.parquet": ["f1r5", "f1r6"]}
+    assert plan.finished_rows == 3
+
+
+def test_an_input_file_changed_since_is_refused_not_redone(source, tmp_path):
+    out = OutputDir(str(tmp_path / "out"))
+    CurationSink(out, "id", ["sentence"]).write_table(_rows(source, 0, _group_ids(0)))
+    rows = [{"id": f"r{i:02d}", "audio_bytes": b"xy", "sentence": f"s{i}"} for i in range(20)]
+    pq.write_table(pa.Table.from_pylist(rows), source.files[0], row_group_size=4)  # rewritten: another size
+    changed = open_source(source.files[0], SourceConfig())
+    with pytest.raises(RuntimeError, match="not in the input any more"):
+        plan_reads(changed, out, SPLITS, resumed=True)
 
 
 def test_shards_without_partition_counts_ask_for_a_restart(source, tmp_path):

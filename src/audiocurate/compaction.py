@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .resume import FOOTER_KEY
+from .resume import FOOTER_KEY, read_progress
 from .sinks import SPLITS, STATE_DIR, OutputDir
 
 JOURNAL = f"{STATE_DIR}/compaction"
@@ -54,6 +54,11 @@ def recover(out: OutputDir) -> int:
 
 def compact(out: OutputDir, target_mb: float = 256.0) -> CompactionResult:
     result = CompactionResult(recovered=recover(out))
+    progress = read_progress(out, SPLITS)
+    if progress.unpartitioned_shards and progress.shards:
+        raise RuntimeError(f"{len(progress.unpartitioned_shards)} shards of this output carry no row-group counts "
+                           "(an older audiocurate wrote them) beside shards that do: merging them would hide which "
+                           "rows resume must redo. Run the output to completion with --restart first")
     target = int(target_mb * 2**20)
     for split in SPLITS:
         shards = out.part_files(split)
@@ -110,7 +115,8 @@ def _journal(out: OutputDir) -> list[str]:
     import pyarrow.fs as pafs
 
     infos = out.fs.get_file_info(pafs.FileSelector(out.path(JOURNAL), allow_not_found=True))
-    return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".json"))
+    return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".json")
+                  and not i.base_name.startswith(".tmp-"))  # a journal entry half-written by a killed process
 
 
 def summary(result: CompactionResult) -> str:

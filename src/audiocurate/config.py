@@ -74,8 +74,8 @@ class SourceConfig(Settings):
     )
     check_duplicate_ids: bool = Field(
         True, json_schema_extra=SPEED_ONLY,
-        description="Before the first attempt on an output, count the input's ids with a Ray Data "
-        "group-by over the id column alone, and refuse an input with an id twice, naming them (resume "
+        description="Before the first attempt on an output, count the input's ids (the id column alone, "
+        "by hash bucket in Ray tasks), and refuse an input with an id twice, naming them (resume "
         "and accounting key rows by id). Runs once per output, not on resume. Off: the run goes on and "
         "the report says `accounting MISMATCH` with the duplicates counted.")
     audio_column: Optional[str] = Field(
@@ -290,7 +290,7 @@ class OutputConfig(Settings):
     )
     compact_mb: Optional[float] = Field(
         None, gt=0, json_schema_extra=SPEED_ONLY,
-        description="After a run that processed every row, merge each output's shards into files of about this "
+        description="At the end of each run, merge each output's shards into files of about this "
         "many MB (`audiocurate compact`): small shards while the run is in flight (a crash costs one), few large "
         "files once it is done. None: leave the shards as written.")
     report_samples: int = Field(6, ge=0, json_schema_extra=SPEED_ONLY, description="Sample rows per outcome "

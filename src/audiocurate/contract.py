@@ -19,6 +19,8 @@ DROP_REASON = "drop_reason"
 # Values of `error_stage`: where a row failed.
 DECODE, SEGMENT, TRANSCRIBE, JUDGE, SELECT, PACKAGE = ("decode", "segment", "transcribe", "judge", "select", "package")
 PCM = "_pcm16"  # 16 kHz mono int16 samples between stages; never written
+PART = "_part"  # a row's input row group (resume.py); travels with the row, never written
+WRITTEN_SEGMENTS = "_written_segments"  # a cut-off recording's segments already written (resume.py)
 AUDIO = "audio"  # the curated output's {bytes, path} struct
 
 DECODE_COLUMNS = {
@@ -80,7 +82,8 @@ def check_columns(input_columns: Sequence[str], produced_by: dict[str, str], aud
     """Produced columns never overwrite input columns: a collision is refused before the run,
     naming the columns and the stages that produce them. The exception is a Hugging Face
     `audio` column, which the packaged audio replaces by design (same `{bytes, path}` layout)."""
-    owned = {**{c: "the row contract" for c in (*STATUS_COLUMNS, PCM)}, **produced_by, AUDIO: "package"}
+    owned = {**{c: "the row contract" for c in (*STATUS_COLUMNS, PCM, PART, WRITTEN_SEGMENTS)}, **produced_by,
+             AUDIO: "package"}
     clashes = [(c, owned[c]) for c in input_columns if c in owned and not (c == AUDIO == audio_column)]
     if clashes:
         named = ", ".join(f"{c!r} (written by {stage})" for c, stage in clashes)

@@ -218,7 +218,7 @@ def run(
     # segments); the segments written of a recording that is not are skipped after it is cut anew.
     reads = None
     if source.partitioned:  # by row group, from the shards' footers (resume.py)
-        plan = plan_reads(source, out, SPLITS, resumed=resumed, limit=limit)
+        plan = plan_reads(source, out, SPLITS, resumed=resumed, limit=limit, segmented=config.segment.enabled)
         reads, skip_segments, done = plan.items, plan.skip_segments, []
         input_rows, done_in_scope, files = plan.input_rows, plan.finished_rows, None
         keep_ids = source.first_ids(limit)[0] if limit is not None else None  # the report's scope
@@ -227,7 +227,7 @@ def run(
     else:
         keep_ids, files = source.first_ids(limit) if limit is not None else (None, None)
         input_rows = len(keep_ids) if keep_ids is not None else source.count()
-        done, skip_segments = out.segment_progress(source.id_column) if resumed else ([], [])
+        done, skip_segments = out.segment_progress(source.id_column, config.segment.enabled) if resumed else ([], [])
         done_in_scope = len(set(done) & set(keep_ids)) if keep_ids is not None else len(set(done))
         remaining = input_rows - done_in_scope
         read_plan = None
@@ -266,7 +266,8 @@ def run(
         out.unmark_complete()
         out.record_attempt(attempt)
         bookkeeping_s += time.time() - t_book
-        sink = CurationSink(out, source.id_column, source.carried_columns, config.output.rows_per_shard)
+        sink = CurationSink(out, source.id_column, source.carried_columns, config.output.rows_per_shard,
+                            segmented=config.segment.enabled)
         ds = build(config, source, skip_ids=done or None, keep_ids=None if reads is not None else keep_ids,
                    files=files, shape=shape, sink=sink, skip_segments=skip_segments or None, reads=reads)
         t_exec = time.time()

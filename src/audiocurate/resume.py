@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     from .sinks import OutputDir
     from .sources import Source
 
-PART = "_part"  # a row's input partition; travels with the row, never written
-WRITTEN_SEGMENTS = "_written_segments"  # a cut-off recording's segments already written
+from .contract import PART, WRITTEN_SEGMENTS
+
 FOOTER_KEY = b"audiocurate.parts"
 _EPS = 1e-6
 
@@ -53,12 +53,13 @@ def part_key(root: str, path: str, size: int, group: int) -> str:
     return f"{hashlib.sha1(f'{relative}|{size}'.encode()).hexdigest()[:16]}:{group}"
 
 
-def part_counts(table: pa.Table) -> dict[str, float]:
-    """Rows of each part in `table`; a segment row counts 1/segments of its recording."""
+def part_counts(table: pa.Table, segmented: bool) -> dict[str, float]:
+    """Rows of each part in `table`; in a segmented run a segment row counts 1/segments of its
+    recording (an input's own `segments` column means nothing here)."""
     if PART not in table.column_names or not table.num_rows:
         return {}
     parts = table[PART].to_pylist()
-    if "segments" in table.column_names:
+    if segmented and "segments" in table.column_names:
         weights = [1.0 / max(n or 1, 1) for n in table["segments"].to_pylist()]
     else:
         weights = [1.0] * len(parts)
@@ -68,12 +69,12 @@ def part_counts(table: pa.Table) -> dict[str, float]:
     return dict(out)
 
 
-def with_part_footer(table: pa.Table) -> pa.Table:
+def with_part_footer(table: pa.Table, segmented: bool) -> pa.Table:
     """`table` without `_part`, its part counts in the schema metadata (the Parquet footer)."""
     table = table.drop_columns([c for c in (WRITTEN_SEGMENTS,) if c in table.column_names])
     if PART not in table.column_names:
         return table
-    counts = part_counts(table)
+    counts = part_counts(table, segmented)
     table = table.drop_columns([PART])
     meta = dict(table.schema.metadata or {})
     meta[FOOTER_KEY] = json.dumps(counts, separators=(",", ":")).encode()
@@ -143,10 +144,11 @@ def partitions(source: "Source") -> list[Partition]:
 
 
 def plan_reads(source: "Source", out: "OutputDir", splits: tuple[str, ...], *, resumed: bool,
-               limit: Optional[int] = None) -> ReadPlan:
+               limit: Optional[int] = None, segmented: bool = False) -> ReadPlan:
     scope: list[tuple[Partition, int]] = []
     left = limit
-    for p in partitions(source):
+    every = partitions(source)
+    for p in every:
         if left is not None and left <= 0:
             break
         take = p.rows if left is None else min(p.rows, left)
@@ -157,6 +159,11 @@ def plan_reads(source: "Source", out: "OutputDir", splits: tuple[str, ...], *, r
     if progress.unpartitioned_shards:
         raise RuntimeError(f"{len(progress.unpartitioned_shards)} shards of this output carry no partition "
                            "counts (written by an older audiocurate); run it again with --restart")
+    unknown = set(progress.written) - {p.key for p in every}
+    if unknown:
+        raise RuntimeError(f"{len(unknown)} row groups this output holds rows of are not in the input any more (a file "
+                           "was rewritten, resized or moved since): resuming could write their rows twice. Restore "
+                           "the input, or run again with --restart")
     todo: list[tuple[Partition, int]] = []
     finished = 0
     for p, take in scope:
@@ -165,42 +172,46 @@ def plan_reads(source: "Source", out: "OutputDir", splits: tuple[str, ...], *, r
             finished += p.rows
         elif take > 0:
             todo.append((p, take))
-    # Groups cut off mid-way: the ids written, from the shards that hold their rows only.
-    partial_shards = sorted({s for p, _ in todo for s in progress.shards.get(p.key, [])})
-    done_ids, skip_segments = _written_ids(out, partial_shards, source.id_column)
+    # Groups cut off mid-way: the ids written, from the shards that hold their rows only; each
+    # file's plan item gets those of its own cut-off groups (their id column is read here).
+    cut_off = [(p, take) for p, take in todo if progress.shards.get(p.key)]
+    partial_shards = sorted({s for p, _ in cut_off for s in progress.shards[p.key]})
+    done_ids, skip_segments = written_ids(out, partial_shards, source.id_column, segmented)
     done_set = set(done_ids)
-    items: dict[str, dict[str, Any]] = {}
-    for p, take in todo:
-        item = items.setdefault(p.path, {"path": p.path, "groups": [], "done": []})
-        item["groups"].append({"group": p.group, "take": take, "key": p.key})
-        if progress.shards.get(p.key):
-            item["has_done"] = True
     by_parent: dict[str, list[str]] = defaultdict(list)
     for sid in skip_segments:
         by_parent[sid.rsplit("@", 1)[0]].append(sid)
-    for item in items.values():
-        if item.pop("has_done", False):
-            item["done"] = done_ids
-            item["segments_done"] = [{"parent": p, "segments": s} for p, s in sorted(by_parent.items())]
-    if done_set:  # finished ids of cut-off groups count as finished, as far as they are in scope
-        finished += _count_in_scope(source, todo, done_set)
-    groups = {"in_scope": len(scope), "finished": len(scope) - len(todo),
-              "cut_off": sum(1 for p, _ in todo if progress.shards.get(p.key)), "shards_read_for_ids": len(partial_shards)}
+    items: dict[str, dict[str, Any]] = {}
+    for p, take in todo:
+        item = items.setdefault(p.path, {"path": p.path, "groups": [], "done": [], "segments_done": []})
+        item["groups"].append({"group": p.group, "take": take, "key": p.key})
+    for p, take in cut_off:
+        ids = _group_ids(source, p)
+        item = items[p.path]
+        item["done"].extend(i for i in ids if i in done_set)
+        item["segments_done"].extend({"parent": i, "segments": by_parent[i]} for i in ids if i in by_parent)
+        finished += sum(1 for i in ids[:take] if i in done_set)  # done ids count as far as they are in scope
+    groups = {"in_scope": len(scope), "finished": len(scope) - len(todo), "cut_off": len(cut_off),
+              "shards_read_for_ids": len(partial_shards)}
     return ReadPlan(list(items.values()), sum(t for _, t in scope), finished, skip_segments, groups)
 
 
-def _written_ids(out: "OutputDir", shards: list[str], id_column: str) -> tuple[list[str], list[str]]:
-    """(ids of input rows whose output rows are all in `shards`, segment ids of the others)."""
+def written_ids(out: "OutputDir", shards: list[str], id_column: str, segmented: bool) -> tuple[list[str], list[str]]:
+    """(ids of input rows whose output rows are all in `shards`, segment ids of the others).
+    Unsegmented, a row is its own input row; segmented, rows name their recording (`parent_id`)
+    and how many segments it was cut into (`segments`), in every output, errors included."""
     seen: dict[str, list[str]] = {}
     expected: dict[str, int] = {}
     for path in shards:
         with out.fs.open_input_file(path) as f:
             names = pq.ParquetFile(f).schema_arrow.names
-            t = pq.read_table(f, columns=[c for c in (id_column, "parent_id", "segments") if c in names])
+            segment_rows = segmented and "parent_id" in names
+            t = pq.read_table(f, columns=[id_column, *(("parent_id", "segments") if segment_rows else ())])
         ids = pc.cast(t[id_column], pa.string()).to_pylist()
-        parents = pc.cast(t["parent_id"], pa.string()).to_pylist() if "parent_id" in names else ids
-        totals = t["segments"].to_pylist() if "segments" in names else [1] * len(ids)
+        parents = pc.cast(t["parent_id"], pa.string()).to_pylist() if segment_rows else ids
+        totals = t["segments"].to_pylist() if segment_rows else [1] * len(ids)
         for i, p, n in zip(ids, parents, totals):
+            p = p if p is not None else i  # a recording that failed before it was cut is its own row
             seen.setdefault(p, []).append(i)
             expected[p] = max(expected.get(p, 1), n or 1)
     done = [p for p, ids in seen.items() if len(ids) >= expected[p]]
@@ -208,16 +219,12 @@ def _written_ids(out: "OutputDir", shards: list[str], id_column: str) -> tuple[l
     return done, partial
 
 
-def _count_in_scope(source: "Source", todo: list[tuple[Partition, int]], done: set[str]) -> int:
-    """How many of `done` are among the rows in scope of the cut-off groups (their id column only)."""
+def _group_ids(source: "Source", p: Partition) -> list[str]:
+    """The ids of one input row group (its id column only)."""
     from .sources.parquet import open_parquet
 
-    n = 0
-    for p, take in todo:
-        with open_parquet(source.fs, p.path) as (_, pf):
-            ids = pc.cast(pf.read_row_group(p.group, columns=[source.id_column]).column(0), pa.string())
-        n += sum(1 for x in ids.slice(0, take).to_pylist() if x in done)
-    return n
+    with open_parquet(source.fs, p.path) as (_, pf):
+        return pc.cast(pf.read_row_group(p.group, columns=[source.id_column]).column(0), pa.string()).to_pylist()
 
 
 def read_planned(pf: pq.ParquetFile, item: dict[str, Any], id_column: str,

@@ -187,33 +187,22 @@ class OutputDir:
             self.fs.delete_file(self.path(SUCCESS))
 
     # ---- finished rows ----------------------------------------------------------------------
-    def segment_progress(self, id_column: str) -> tuple[list[str], list[str]]:
-        """(input ids whose output rows are all written, row ids written of the others).
-        An unsegmented output has one row per input id, so every id in it is done."""
-        seen: dict[str, list[str]] = {}
-        expected: dict[str, int] = {}
-        for split in SPLITS:
-            for path in self.part_files(split):
-                with self.fs.open_input_file(path) as f:
-                    names = pq.ParquetFile(f).schema_arrow.names
-                    t = pq.read_table(f, columns=[c for c in (id_column, "parent_id", "segments") if c in names])
-                ids = pc.cast(t[id_column], pa.string()).to_pylist()
-                parents = pc.cast(t["parent_id"], pa.string()).to_pylist() if "parent_id" in names else ids
-                totals = t["segments"].to_pylist() if "segments" in names else [1] * len(ids)
-                for i, p, n in zip(ids, parents, totals):
-                    seen.setdefault(p, []).append(i)
-                    expected[p] = max(expected.get(p, 1), n or 1)
-        done = [p for p, ids in seen.items() if len(ids) >= expected[p]]
-        partial = [i for p, ids in seen.items() if len(ids) < expected[p] for i in ids]
-        return done, partial
+    def segment_progress(self, id_column: str, segmented: bool) -> tuple[list[str], list[str]]:
+        """(input ids whose output rows are all written, row ids written of the others), read
+        from every shard's ids: the resume of sources without row groups (`resume.written_ids`)."""
+        from .resume import written_ids
+
+        return written_ids(self, [p for split in SPLITS for p in self.part_files(split)], id_column, segmented)
 
 
 
 class CurationSink(Datasink[dict]):
     """Routes each row to its output and writes one shard per output per write task."""
 
-    def __init__(self, out: OutputDir, id_column: str, carried: list[str], rows_per_shard: int = 256):
+    def __init__(self, out: OutputDir, id_column: str, carried: list[str], rows_per_shard: int = 256,
+                 segmented: bool = False):
         self.out = out
+        self.segmented = segmented
         self.id_column = id_column
         self.carried = [c for c in carried if c != id_column]
         self.rows_per_shard = rows_per_shard
@@ -244,7 +233,7 @@ class CurationSink(Datasink[dict]):
             part = table.filter(mask)
             if not part.num_rows:
                 continue
-            part = with_part_footer(part)  # the resume record: rows per input row group
+            part = with_part_footer(part, self.segmented)  # the resume record: rows per input row group
             part = part.select(self.columns(split, part.column_names))
             self.out.write_bytes(self.out.path(split, _shard_name(part[self.id_column])), _to_parquet(part))
             _add_stats(stats, split, part)
@@ -252,8 +241,9 @@ class CurationSink(Datasink[dict]):
 
     def columns(self, split: str, present: list[str]) -> list[str]:
         have = set(present)
-        if split == ERRORS:
-            return [self.id_column, C.ERROR_STAGE, C.ERROR] + [c for c in self.carried if c in have]
+        if split == ERRORS:  # a failed segment keeps its recording's id and count: resume needs them
+            segment = [c for c in C.SEGMENT_COLUMNS if c in have and c not in self.carried]
+            return [self.id_column, C.ERROR_STAGE, C.ERROR, *segment] + [c for c in self.carried if c in have]
         lead = [c for c in LEADING if c in have and not (split == REJECTED and c == C.AUDIO)]
         if split == REJECTED:
             lead.insert(0, C.DROP_REASON)

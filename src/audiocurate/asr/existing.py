@@ -69,6 +69,9 @@ class ExistingTranscripts:
     def apply(cls, ds: Any, config: Any, filters: Sequence[Filter], input_columns: Sequence[str],
               task_args: dict[str, Any]) -> Any:
         column = config.asr.text_column
+        if config.segment.enabled:
+            raise ValueError("asr.backend none reads one transcript per input row; it cannot transcribe the "
+                             "segments of a recording (segment.enabled)")
         if column not in input_columns:
             raise ValueError(f"asr.text_column {column!r} is not a column of the input "
                              f"(it has: {', '.join(input_columns)})")

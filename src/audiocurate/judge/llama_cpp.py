@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import uuid
 from contextlib import contextmanager
 from typing import Literal, Any, Iterator, Sequence
 
@@ -81,7 +82,7 @@ def weights_file(path: str, weights: str) -> str:
     if out.exists():
         return str(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+    tmp = out.with_name(f"{out.name}.{uuid.uuid4().hex}.tmp")  # unique even on a home shared by machines
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = {"f16": llama_cpp.LLAMA_FTYPE_MOSTLY_F16}[weights]
     params.allow_requantize = True

@@ -43,7 +43,7 @@ def _read_ids(fs: Any, path: str, column: str, buckets: int) -> Any:
         ids = pc.cast(pf.read(columns=[column]).column(0), pa.string()).combine_chunks()
     if buckets == 1:
         return ids
-    which = np.fromiter((zlib.crc32(x.encode()) % buckets for x in ids.to_pylist()), np.int64, len(ids))
+    which = np.fromiter((zlib.crc32((x or "").encode()) % buckets for x in ids.to_pylist()), np.int64, len(ids))
     return tuple(ids.filter(pa.array(which == b)) for b in range(buckets))
 
 
@@ -63,10 +63,8 @@ def find_duplicate_ids(source: "Source", examples: int = 10) -> DuplicateIds:
 
     if source.listing is not None:  # a folder's listing is in this process already
         return _repeated(examples, source.listing[source.id_column].combine_chunks().cast(pa.string()))
-    if not source.partitioned:  # a user's own Dataset
-        ids = [pc.cast(b[source.id_column], pa.string()).combine_chunks()
-               for b in source.dataset().select_columns([source.id_column]).iter_batches(batch_format="pyarrow")]
-        return _repeated(examples, *ids)
+    if not source.partitioned:
+        raise TypeError("the duplicate-id check reads Parquet files or a folder listing, not a user's own Dataset")
     buckets = max(1, -(-source.count() // _ROWS_PER_BUCKET))
     read = ray.remote(num_cpus=0.25, num_returns=buckets)(_read_ids)
     parts = [read.remote(source.fs, path, source.id_column, buckets) for path in source.files]
