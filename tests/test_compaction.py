@@ -24,7 +24,7 @@ def _rows(out, split):
 def small_shards(tmp_path_factory, ray_local, demo_parquet):
     """The demo with shards of 2 rows, and no judge: many small files, quickly."""
     out = tmp_path_factory.mktemp("compact") / "out"
-    config = PipelineConfig.load(overrides={"ray.progress": False, "output.rows_per_shard": 2,
+    config = PipelineConfig.load(overrides={"ray.progress": False, "output.rows_per_shard": 2, "output.compact_mb": None,
                                             "judge.backend": "none", "decode.read_block_mb": 0.05})
     report = run(config, demo_parquet, str(out), echo=lambda s: None)
     return config, out, report

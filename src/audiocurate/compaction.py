@@ -70,12 +70,24 @@ def compact(out: OutputDir, target_mb: float = 256.0) -> CompactionResult:
                 bins[-1].append(shard)
             else:
                 bins.append([shard])
-        for group in bins:
-            if len(group) > 1:
-                _merge(out, split, group)
+        merges = [(split, group) for group in bins if len(group) > 1]
+        _run_merges(out, merges)
         result.files_after[split] = len(out.part_files(split))
         result.rows[split] = sum(_num_rows(out, p) for p in out.part_files(split))
     return result
+
+
+def _run_merges(out: OutputDir, merges: list[tuple[str, list[str]]]) -> None:
+    """Each merge in a Ray task when Ray is up (a run's end: the bins are independent, and the
+    workers read and write the object store themselves), else here, one after another."""
+    import ray
+
+    if ray.is_initialized() and len(merges) > 1:
+        remote = ray.remote(num_cpus=0.25, max_retries=3)(_merge)
+        ray.get([remote.remote(out, split, group) for split, group in merges])
+    else:
+        for split, group in merges:
+            _merge(out, split, group)
 
 
 def _merge(out: OutputDir, split: str, shards: list[str]) -> None:

@@ -289,10 +289,10 @@ class OutputConfig(Settings):
         "less work redone after a crash (finished shards are never redone); larger ones, fewer files.",
     )
     compact_mb: Optional[float] = Field(
-        None, gt=0, json_schema_extra=SPEED_ONLY,
+        256.0, gt=0, json_schema_extra=SPEED_ONLY,
         description="At the end of each run, merge each output's shards into files of about this "
-        "many MB (`audiocurate compact`): small shards while the run is in flight (a crash costs one), few large "
-        "files once it is done. None: leave the shards as written.")
+        "many MB (`audiocurate compact`, one Ray task per merged file): small shards while the run is in flight "
+        "(a crash costs one), few large files once it is done. None: leave the shards as written.")
     report_samples: int = Field(6, ge=0, json_schema_extra=SPEED_ONLY, description="Sample rows per outcome "
                                 "(curated, each drop reason, each error stage) in report.html, picked by a hash of "
                                 "the id, so a rerun shows the same rows.")
