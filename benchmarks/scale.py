@@ -13,8 +13,9 @@ rows; made once in benchmarks/.cache/.
    alone (`resume.plan_reads`, in this process): the resume's start at N finished rows.
    With `--s3`, the output is copied to moto's S3 server on 127.0.0.1 and the plan is made
    from there too.
-`--through`: every row through every stage instead (duration gate at 0.05 s, `asr.backend: none`
-with the id as transcript, `judge.backend: none`), so all rows are curated with their audio:
+`--through`: every row through every stage instead (duration gate at 0.05 s, chars-per-second
+bound off, `asr.backend: none` with the id as transcript, `judge.backend: none`), so all rows are
+curated with their audio:
 the plumbing of the model-stage path, files per million curated rows, and the files after
 `audiocurate compact` (256 MB).
 Writes benchmarks/results/scale.json (scale_<N>.json for other sizes, scale_through*.json).
@@ -85,7 +86,8 @@ def first_new_shard(out: Path, before: set[str], t0: float, found: dict) -> thre
     return stop
 
 
-THROUGH = ["filters.duration.min_s=0.05", "asr.backend=none", "asr.text_column=id", "judge.backend=none"]
+THROUGH = ["filters.duration.min_s=0.05", "filters.hallucination.max_chars_per_s=1000", "asr.backend=none",
+           "asr.text_column=id", "judge.backend=none"]
 OVERRIDES: list[str] = []
 
 
