@@ -61,7 +61,7 @@ demo: install
 	$(VENV)/bin/audiocurate demo out/demo
 
 test: install-test sysdeps
-	$(STEP)"running the test suite (about 10 minutes on 2 cores)"
+	$(STEP)"running the test suite (about 12 minutes on 2 cores)"
 	$(VENV)/bin/pytest -q
 
 test-fast: install-test
