@@ -209,3 +209,28 @@ def dev_clips(n_per_class: int = 120) -> Path:
 def durations(path: Path) -> np.ndarray:
     t = pq.read_table(path, columns=["audio_bytes"])
     return np.array([sf.info(io.BytesIO(b)).duration for b in t["audio_bytes"].to_pylist()])
+
+
+def noise_clips(path: Path, rows: int, *, samples: int, std: float, seed: int, id_digits: int) -> Path:
+    """`rows` distinct clips of Gaussian noise (each its own draw), 16 kHz FLAC, in Common Voice's
+    layout (`id`, `audio_bytes`, empty `sentence`), row groups of 1,000; made once at `path`."""
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    tmp = path.with_suffix(".tmp")
+    writer = None
+    for lo in range(0, rows, 10_000):
+        n = min(10_000, rows - lo)
+        blobs = []
+        for _ in range(n):
+            buf = io.BytesIO()
+            sf.write(buf, (rng.standard_normal(samples) * std).astype(np.int16), 16000, format="FLAC")
+            blobs.append(buf.getvalue())
+        t = pa.table({"id": [f"clip{i:0{id_digits}d}" for i in range(lo, lo + n)], "audio_bytes": blobs,
+                      "sentence": [""] * n})
+        writer = writer or pq.ParquetWriter(tmp, t.schema)
+        writer.write_table(t, row_group_size=1000)
+    writer.close()
+    tmp.rename(path)
+    return path

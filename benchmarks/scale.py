@@ -24,7 +24,6 @@ Writes benchmarks/results/scale.json (scale_<N>.json for other sizes, scale_thro
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
@@ -32,12 +31,10 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
-import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import corpora  # noqa: E402
 from procmon import run_and_measure  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -46,25 +43,8 @@ SPLITS = ("curated", "rejected", "errors")
 
 
 def dataset(rows: int) -> Path:
-    path = CACHE / f"scale-{rows}.parquet"
-    if path.exists():
-        return path
-    CACHE.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(1)
-    writer = None
-    for lo in range(0, rows, 10_000):
-        n = min(10_000, rows - lo)
-        blobs = []
-        for _ in range(n):
-            buf = io.BytesIO()
-            sf.write(buf, (rng.standard_normal(1600) * 300).astype(np.int16), 16000, format="FLAC")
-            blobs.append(buf.getvalue())
-        t = pa.table({"id": [f"clip{i:08d}" for i in range(lo, lo + n)], "audio_bytes": blobs, "sentence": [""] * n})
-        writer = writer or pq.ParquetWriter(path.with_suffix(".tmp"), t.schema)
-        writer.write_table(t, row_group_size=1000)
-    writer.close()
-    path.with_suffix(".tmp").rename(path)
-    return path
+    """0.1 s of noise at about -40 dBFS per clip."""
+    return corpora.noise_clips(CACHE / f"scale-{rows}.parquet", rows, samples=1600, std=300, seed=1, id_digits=8)
 
 
 def files(out: Path) -> dict[str, int]:

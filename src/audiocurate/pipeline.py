@@ -27,11 +27,11 @@ from .engines import engine_of, engine_versions
 from .judge.backends import judge_backend
 from .plan import columns_after_decode, placed_filters, produced_by
 from .probe import check_engines
-from .runtime import (ClusterShape, actor_args, actor_cpu_scale, configure_dataset, init_ray, plan_concurrency,
+from .runtime import (ClusterShape, actor_cpu_scale, configure_dataset, init_ray, plan_concurrency,
                       split_blocks, task_args)
-from .segment.stage import SegmentStage
 from .compaction import recover as recover_compaction
 from .resume import DropWrittenSegments, plan_reads
+from .segment.stage import SegmentStage
 from .sinks import SPLITS, CurationSink, OutputDir, SettledRowsStage
 from .sources import Source, from_dataset, open_source
 from .sources.ids import refuse_duplicate_ids
@@ -40,7 +40,6 @@ from .stages import (
     PackageStage,
     SelectStage,
     SkipIdsStage,
-    TranscribeStage,
 )
 
 _PYARROW = {"batch_format": "pyarrow", "udf_modifying_row_count": False}
@@ -152,13 +151,9 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
                             **{**task_args(rc, config.decode.resources), "batch_size": None})
     # Model stages take blocks of one ASR batch of clips still in play.
     ds = split_blocks(ds, config.asr.resources.batch_size, config.decode.resources.num_cpus)
-    asr = ASR_BACKENDS.get(config.asr.backend)
-    if getattr(asr, "runs_as", "actor") == "actor":
-        ds = ds.map_batches(TranscribeStage, fn_constructor_kwargs={"config": config.asr, "filters": placed[C.TRANSCRIBE]},
-                            **_PYARROW, **{**actor_args(rc, config.asr.resources, pools["asr"], scale), "batch_size": None})
-    else:  # the backend brings its own stage (`asr.backend: none` reads a column)
-        ds = asr.apply(ds, config, placed[C.TRANSCRIBE], source.columns,
-                       {**task_args(rc), "num_cpus": config.decode.resources.num_cpus})
+    # As its backend runs it: Whisper actors, or (`asr.backend: none`) a task reading a column.
+    ds = ASR_BACKENDS.get(config.asr.backend).apply(ds, config, placed[C.TRANSCRIBE], source.columns,
+                                                     pools["asr"], scale)
     ds = apply_judge(ds, config, pools["judge"], scale)
     light = {**task_args(rc), "num_cpus": config.decode.resources.num_cpus, "batch_size": None}
     ds = ds.map_batches(SelectStage(placed[C.SELECT]), **_PYARROW, **light)

@@ -181,10 +181,7 @@ def plan_reads(source: "Source", out: "OutputDir", splits: tuple[str, ...], *, r
     by_parent: dict[str, list[str]] = defaultdict(list)
     for sid in skip_segments:
         by_parent[sid.rsplit("@", 1)[0]].append(sid)
-    items: dict[str, dict[str, Any]] = {}
-    for p, take in todo:
-        item = items.setdefault(p.path, {"path": p.path, "groups": [], "done": [], "segments_done": []})
-        item["groups"].append({"group": p.group, "take": take, "key": p.key})
+    items = _items(todo)
     for p, take in cut_off:
         ids = _group_ids(source, p)
         item = items[p.path]
@@ -194,6 +191,21 @@ def plan_reads(source: "Source", out: "OutputDir", splits: tuple[str, ...], *, r
     groups = {"in_scope": len(scope), "finished": len(scope) - len(todo), "cut_off": len(cut_off),
               "shards_read_for_ids": len(partial_shards)}
     return ReadPlan(list(items.values()), sum(t for _, t in scope), finished, skip_segments, groups)
+
+
+def _items(todo: list[tuple[Partition, int]]) -> dict[str, dict[str, Any]]:
+    """One read-plan item per file: its row groups to read and how many rows of each."""
+    items: dict[str, dict[str, Any]] = {}
+    for p, take in todo:
+        item = items.setdefault(p.path, {"path": p.path, "groups": [], "done": [], "segments_done": []})
+        item["groups"].append({"group": p.group, "take": take, "key": p.key})
+    return items
+
+
+def whole_reads(source: "Source", files: Optional[list[str]] = None) -> list[dict[str, Any]]:
+    """The read plan of every row of `files` (all of the source's by default)."""
+    wanted = set(files or source.files)
+    return list(_items([(p, p.rows) for p in partitions(source) if p.path in wanted]).values())
 
 
 def written_ids(out: "OutputDir", shards: list[str], id_column: str, segmented: bool) -> tuple[list[str], list[str]]:

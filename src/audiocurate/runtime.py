@@ -144,7 +144,7 @@ def actor_cpu_scale(config: PipelineConfig, pools: dict[str, Union[int, tuple[in
     cluster, read and decode tasks can always be scheduled beside them."""
     from .asr import ASR_BACKENDS
 
-    asr_is_actor = getattr(ASR_BACKENDS.get(config.asr.backend), "runs_as", "actor") == "actor"
+    asr_is_actor = ASR_BACKENDS.get(config.asr.backend).runs_as == "actor"
     reserved = (_max_actors(pools["asr"]) * config.asr.resources.num_cpus * asr_is_actor
                 + (_max_actors(pools["judge"]) * config.judge.resources.num_cpus
                    if judge_backend(config.judge.backend).runs_as == "actor" else 0.0))

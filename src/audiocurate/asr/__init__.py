@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Sequence
 
 import numpy as np
 
@@ -71,6 +71,25 @@ def compression_ratio(text: str) -> float:
     """gzip ratio of the text, Whisper's repetition signal (high = looping output)."""
     raw = text.encode("utf-8")
     return len(raw) / len(zlib.compress(raw)) if raw else 0.0
+
+
+class ActorTranscriber:
+    """Base of ASR engines built once per Ray actor inside `stages.TranscribeStage`. How a
+    backend runs is its own property (`runs_as`, `apply`), as for judges: `asr.backend: none`
+    brings a task stage instead."""
+
+    runs_as: ClassVar[str] = "actor"
+
+    @classmethod
+    def apply(cls, ds: Any, config: Any, filters: Sequence[Any], input_columns: Sequence[str],
+              concurrency: Any, cpu_scale: float = 1.0) -> Any:
+        from ..runtime import actor_args
+        from ..stages import TranscribeStage
+
+        return ds.map_batches(TranscribeStage, fn_constructor_kwargs={"config": config.asr, "filters": filters},
+                              batch_format="pyarrow",
+                              **{**actor_args(config.ray, config.asr.resources, concurrency, cpu_scale),
+                                 "batch_size": None})
 
 
 # ASR engines by `asr.backend`; each backend module registers its class (`cls(config)`).

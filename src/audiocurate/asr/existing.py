@@ -67,7 +67,9 @@ class ExistingTranscripts:
 
     @classmethod
     def apply(cls, ds: Any, config: Any, filters: Sequence[Filter], input_columns: Sequence[str],
-              task_args: dict[str, Any]) -> Any:
+              concurrency: Any = None, cpu_scale: float = 1.0) -> Any:
+        from ..runtime import task_args
+
         column = config.asr.text_column
         if config.segment.enabled:
             raise ValueError("asr.backend none reads one transcript per input row; it cannot transcribe the "
@@ -76,4 +78,5 @@ class ExistingTranscripts:
             raise ValueError(f"asr.text_column {column!r} is not a column of the input "
                              f"(it has: {', '.join(input_columns)})")
         return ds.map_batches(ExistingTranscriptStage(config.asr, filters), batch_format="pyarrow",
-                              **{**task_args, "batch_size": None})
+                              **{**task_args(config.ray), "num_cpus": config.decode.resources.num_cpus,
+                                 "batch_size": None})

@@ -8,7 +8,7 @@ import numpy as np
 from pydantic import Field
 
 from ..models import resolve_model
-from . import ASR_BACKENDS, Segment, Transcription
+from . import ASR_BACKENDS, ActorTranscriber, Segment, Transcription
 from ..core.settings import SPEED_ONLY
 from .settings import AsrSettings
 from .windows import iter_windows
@@ -33,7 +33,7 @@ class FasterWhisperConfig(AsrSettings):
         "the fallback always runs, as in Whisper.")
 
 @ASR_BACKENDS.register("faster_whisper")
-class FasterWhisperTranscriber:
+class FasterWhisperTranscriber(ActorTranscriber):
     """Whisper through CTranslate2; one model per actor, `threads` intra-op threads."""
 
     def __init__(self, config: FasterWhisperConfig):

@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import Field
 
 from ..models import dtype_kwarg, resolve_model
-from . import ASR_BACKENDS, Segment, Transcription, compression_ratio
+from . import ASR_BACKENDS, ActorTranscriber, Segment, Transcription, compression_ratio
 from .settings import AsrSettings
 from .windows import iter_windows
 
@@ -40,7 +40,7 @@ class TransformersAsrConfig(AsrSettings):
     )
 
 @ASR_BACKENDS.register("transformers")
-class TransformersWhisperTranscriber:
+class TransformersWhisperTranscriber(ActorTranscriber):
     """`WhisperForConditionalGeneration` behind the `Transcriber` protocol."""
 
     def __init__(self, config: TransformersAsrConfig):

@@ -103,7 +103,7 @@ class Source:
         from `resume.plan_reads`; all of them by default); the blocks are then cut by rows at
         the first file's bytes per row (a streaming split, no shuffle). The files are known
         already, so no listing task runs."""
-        from ..resume import part_key
+        from ..resume import whole_reads
         from ..runtime import split_blocks
         from .parquet import ParquetFileReader, open_parquet
 
@@ -112,13 +112,7 @@ class Source:
             blocks = [t.slice(i, _BLOCK_ROWS) for i in range(0, t.num_rows, _BLOCK_ROWS)] or [t]
             return ray.data.from_arrow(blocks)
         if reads is None:
-            reads = []
-            for path in files or self.files:
-                with open_parquet(self.fs, path) as (f, pf):
-                    size, n = f.size(), pf.metadata.num_row_groups
-                    reads.append({"path": path, "done": [], "groups": [
-                        {"group": g, "take": pf.metadata.row_group(g).num_rows, "key": part_key(self.root, path, size, g)}
-                        for g in range(n)]})
+            reads = whole_reads(self, files)
         if not reads:
             return ray.data.from_items([{"path": ""}]).limit(0)
         with open_parquet(self.fs, reads[0]["path"]) as (f, pf):
