@@ -76,7 +76,13 @@ def pipeline(path: Path, out: Path) -> dict:
     n = report["accounting"]["input"]
     return {"rows": n, "wall_s": wall, "rows_per_s": n / wall, "cpu_s": cpu, "cpu_ms_per_row": 1000 * cpu / n,
             "ray_start_s": attempt["ray_start_s"], "execute_s": attempt["execute_s"],
-            "rows_per_execute_s": n / attempt["execute_s"], "accounting": report["accounting"],
+            "rows_per_execute_s": n / attempt["execute_s"],
+            # Where the wall time goes besides execution: the run's own phases, and what the
+            # process spends outside `pipeline.run`'s attempt (imports, compaction, report).
+            "phases_s": {k: round(attempt.get(k) or 0.0, 3) for k in (
+                "ray_start_s", "duplicate_id_check_s", "probe_s", "bookkeeping_s", "execute_s")}
+            | {"after_execution_and_outside_run": round(wall - attempt["wall_s"], 3)},
+            "accounting": report["accounting"],
             "drop_reasons": report["drop_reasons"],
             "files": {s: len(list((out / s).glob("*.parquet"))) for s in ("curated", "rejected", "errors")}}
 

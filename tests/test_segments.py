@@ -53,6 +53,24 @@ def test_segments_cut_only_in_pauses_and_cover_the_speech():
     assert all(segs[i][1] <= segs[i + 1][0] for i in range(len(segs) - 1)), "segments overlap"
 
 
+def test_packing_prefers_long_segments_ending_at_the_longer_pause():
+    from audiocurate.segment.vad import plan_segments
+
+    # Speech regions with pauses of 1.0 s (at 3 s), 0.4 s (5.5 s), 0.8 s (8 s), 0.3 s (9.6 s).
+    regions = [(0.0, 3.0), (4.0, 5.5), (5.9, 8.0), (8.8, 9.6), (9.9, 12.0)]
+    # No preferred length: the longest pause in reach wins, however short the segment it leaves.
+    assert plan_segments(regions, 12.0, 1.0, 10.0, 0.0)[0] == (0.0, 3.0)
+    # Preferred length 6 s: the 0.8 s pause at 8 s beats the 1.0 s one at 3 s, which would
+    # leave a 3 s segment, and the 0.3 s pause at 9.6 s.
+    segs = plan_segments(regions, 12.0, 1.0, 10.0, 0.0, target_s=6.0)
+    assert segs == [(0.0, 8.0), (8.8, 12.0)]
+    # Padding counts toward max_s: a padded segment still fits one Whisper window.
+    segs = plan_segments(regions, 12.5, 1.0, 10.0, 0.5, target_s=6.0)
+    assert all(e - s <= 10.0 for s, e in segs) and segs[0] == (0.0, 8.4)
+    # A cut never leaves a segment under min_s where another cut fits.
+    assert plan_segments([(0.0, 1.0), (3.0, 6.0), (6.3, 9.0)], 9.0, 2.0, 7.0, 0.0)[0][1] >= 2.0
+
+
 def test_segment_rows_carry_their_parent_times_and_own_audio():
     from audiocurate import contract as C
     from audiocurate.audio import encode_flac
@@ -188,10 +206,11 @@ def test_sigkill_mid_segmented_run_then_resume_is_exact(tmp_path, ray_local):
         pcm, _ = recording(SENTENCES[2 * k:2 * k + 4], pause_s=1.0)
         rows.append({"id": f"talk{k}.mp3", "audio_bytes": encode_flac(pcm), "sentence": ""})
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
-    # Small blocks (2 segments per model call) spread the writes over the run, so the kill
-    # lands while a recording has some of its segments written and not others.
+    # A recording per block (segmented runs hand model stages whole recordings) and a shard per
+    # segment spread the writes over the run, so the kill lands with some recordings written,
+    # maybe one in part, and others not started.
     overrides = ["ray.progress=false", "output.rows_per_shard=1", "segment.max_s=8", "select.min_score=1",
-                 "filters.dnsmos.enabled=false", "asr.resources.batch_size=2"]
+                 "filters.dnsmos.enabled=false", "asr.resources.batch_size=2", "decode.read_block_mb=0.01"]
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "audiocurate.cli", "run", str(tmp_path / "in.parquet"), str(out),
            "--profile", "longform", *[a for o in overrides for a in ("--set", o)]]

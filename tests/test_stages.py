@@ -313,3 +313,33 @@ def test_language_gate_and_granary_rules_reject_with_their_own_reasons():
     assert lang.reason({"language": "en", "language_prob": 0.9}) is None
     fixed = PipelineConfig.load(overrides=["filters.language.min_prob=0.7"])  # asr.language: en, nothing detected
     assert not [f for f in placed_filters(fixed, ["id"])[C.TRANSCRIBE] if f.name == "language"]
+
+
+def test_speaking_rate_outliers_are_judged_against_their_own_recording():
+    config = PipelineConfig.load(profile="longform")
+    placed = placed_filters(config, ["id", "audio_bytes"])
+    assert [f.name for f in placed[C.TRANSCRIBE]][-2:] == ["hallucination", "speaking_rate"]  # after the cheap rules
+    assert not [f for f in placed_filters(PipelineConfig(), ["id"])[C.TRANSCRIBE] if f.name == "speaking_rate"]
+    stage = SelectStage([f for f in placed[C.TRANSCRIBE] if f.name == "speaking_rate"])
+    words = "the river runs north to the sea and the boats go with it "
+    rows = []
+    # A fast talker (about 16 chars/s) and a slow one (about 9): the same 9 chars/s segment is
+    # an outlier in the first recording and ordinary in the second.
+    for parent, rate in (("fast", 16.0), ("slow", 9.0)):
+        for k, d in enumerate((10.0, 12.0, 9.0, 11.0, 10.0)):
+            rows.append({"id": f"{parent}@{k}", "parent_id": parent, "duration_s": d,
+                         "transcript": (words * 5)[:int(rate * d)]})
+    rows.append({"id": "fast@half", "parent_id": "fast", "duration_s": 10.0, "transcript": (words * 5)[:90]})
+    rows.append({"id": "slow@same", "parent_id": "slow", "duration_s": 10.0, "transcript": (words * 5)[:90]})
+    # Too few segments to have quartiles: not judged, however odd.
+    rows += [{"id": f"short@{k}", "parent_id": "short", "duration_s": 10.0, "transcript": t}
+             for k, t in enumerate(["a" * 20, "b" * 160, "c" * 90])]
+    out = stage(pa.Table.from_pylist(rows))
+    reasons = {i: r for i, r in zip(out["id"].to_pylist(), out[C.DROP_REASON].to_pylist()) if r}
+    assert reasons == {"fast@half": "chars_per_s_outlier"}
+    # A row settled earlier keeps its reason and is not part of the fences.
+    table = pa.Table.from_pylist(rows)
+    half = table["id"].to_pylist().index("fast@half")
+    out = stage(C.mark(C.ensure_status(table), drops={half: "silence"}))
+    reasons = {i: r for i, r in zip(out["id"].to_pylist(), out[C.DROP_REASON].to_pylist()) if r}
+    assert reasons == {"fast@half": "silence"}

@@ -149,8 +149,11 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
         ds = ds.map_batches(SettledRowsStage(sink, columns_after_decode(placed, config), source.audio_column),
                             batch_format="pyarrow", udf_modifying_row_count=True,
                             **{**task_args(rc, config.decode.resources), "batch_size": None})
-    # Model stages take blocks of one ASR batch of clips still in play.
-    ds = split_blocks(ds, config.asr.resources.batch_size, config.decode.resources.num_cpus)
+    # Model stages take blocks of one ASR batch of clips still in play; segments, blocks of
+    # whole recordings (as cut), so a recording's segments are judged side by side
+    # (`filters.speaking_rate`) and batched together.
+    if not config.segment.enabled:
+        ds = split_blocks(ds, config.asr.resources.batch_size, config.decode.resources.num_cpus)
     # As its backend runs it: Whisper actors, or (`asr.backend: none`) a task reading a column.
     ds = ASR_BACKENDS.get(config.asr.backend).apply(ds, config, placed[C.TRANSCRIBE], source.columns,
                                                      pools["asr"], scale)

@@ -15,7 +15,8 @@ from .filters import Filter, build_filters, place_filters
 def _stage_columns(config: PipelineConfig) -> tuple[tuple[str, dict[str, pa.DataType]], ...]:
     """The points a filter can run at, in pipeline order, with the columns each stage adds."""
     return (
-        (C.DECODE, {**C.DECODE_COLUMNS, C.PCM: pa.large_binary()}),
+        (C.DECODE, {**C.DECODE_COLUMNS, C.PCM: pa.large_binary(),
+                    **(C.SEGMENT_COLUMNS if config.segment.enabled else {})}),
         (C.TRANSCRIBE, C.asr_columns(config.asr)),
         (C.SELECT, C.JUDGE_COLUMNS),  # after the judge
     )
@@ -40,7 +41,7 @@ def placed_filters(config: PipelineConfig, input_columns: Iterable[str]) -> dict
 
 def produced_by(placed: dict[str, list[Filter]], config: PipelineConfig) -> dict[str, str]:
     """Every column the pipeline writes, and the stage that writes it."""
-    out: dict[str, str] = {c: C.SEGMENT for c in C.SEGMENT_COLUMNS} if config.segment.enabled else {}
+    out: dict[str, str] = {}
     for stage, columns in _stage_columns(config):
         if stage != C.SELECT:
             out.update({c: stage for c in columns})
@@ -48,6 +49,8 @@ def produced_by(placed: dict[str, list[Filter]], config: PipelineConfig) -> dict
             out.update({c: C.JUDGE for c in columns})
         for f in placed.get(stage, []) + (placed.get(C.SEGMENT, []) if stage == C.DECODE else []):
             out.update({c: f"{stage} (filter {f.name or type(f).__name__})" for c in f.produces})
+    if config.segment.enabled:
+        out.update({c: C.SEGMENT for c in C.SEGMENT_COLUMNS})
     return out
 
 

@@ -136,7 +136,8 @@ class TransformersWhisperTranscriber(ActorTranscriber):
         with torch.inference_mode():
             feats = self._features(waves)["input_features"]
             encoder = self.model.get_encoder()(feats)
-            languages = self._languages(feats) if self.multilingual and not self.config.language else None
+            languages, language_probs = (self._languages(encoder) if self.multilingual and not self.config.language
+                                         else (None, None))
             generated = self.model.generate(encoder_outputs=encoder, **self._generate_kwargs(languages))
             prompt = self._prompt_ids(len(clips), languages)
             if generated.shape[1] >= prompt.shape[1] and bool((generated[:, : prompt.shape[1]] == prompt).all()):
@@ -152,6 +153,9 @@ class TransformersWhisperTranscriber(ActorTranscriber):
                 continue
             seg = Segment(text, 0.0, len(wave) / self.sample_rate, logprobs[i], no_speech[i], n_tokens[i])
             results.append(Transcription.from_segments([seg], lang))
+        if language_probs:
+            for r, prob in zip(results, language_probs):
+                r.language_prob = prob
         return results
 
     def _confidence(self, encoder: Any, prompt: Any, generated: Any, chunk: int = 256) -> tuple[list, list, list]:
@@ -195,20 +199,33 @@ class TransformersWhisperTranscriber(ActorTranscriber):
             counts += n_text.tolist()
         return no_speech, avg, counts
 
-    def _languages(self, features: Any) -> list[str]:
-        ids = self.model.detect_language(input_features=features)
-        tokens = self.processor.tokenizer.convert_ids_to_tokens(ids.tolist())
-        return [t.strip("<|>") for t in tokens]
+    def _languages(self, encoder: Any) -> tuple[list[str], list[float]]:
+        """Whisper's language detection, as OpenAI's and CTranslate2's: the decoder's next token
+        after <|startoftranscript|>, softmax over the language tokens only; the code and its
+        probability per clip (transformers' `detect_language` gives no probability)."""
+        torch = self.torch
+        lang_ids = sorted(self.model.generation_config.lang_to_id.values())
+        sot = torch.full((encoder.last_hidden_state.shape[0], 1), self.sot_id, device=self.device, dtype=torch.long)
+        logits = self.model(encoder_outputs=encoder, decoder_input_ids=sot).logits[:, -1].float()
+        probs = torch.softmax(logits[:, lang_ids], -1)
+        best, index = probs.max(-1)
+        tokens = self.processor.tokenizer.convert_ids_to_tokens([lang_ids[i] for i in index.tolist()])
+        return [t.strip("<|>") for t in tokens], best.tolist()
 
     # ---- long clips: windows, each decoded long-form with timestamps ---------------------------
     def _transcribe_long(self, pcm: np.ndarray) -> Transcription:
         torch = self.torch
         segments: list[Segment] = []
-        language = self.config.language
+        language, language_prob = self.config.language, math.nan
         for offset, window in iter_windows(pcm, self.sample_rate, self.config.chunk_s):
             with torch.inference_mode():
+                if language is None and self.multilingual:  # detected once, on the first 30 s
+                    first = self.processor.feature_extractor([window[:int(_WINDOW_S * self.sample_rate)]],
+                                                             sampling_rate=self.sample_rate, return_tensors="pt")
+                    encoder = self.model.get_encoder()(first["input_features"].to(self.device, self.dtype))
+                    (language,), (language_prob,) = self._languages(encoder)
                 inputs = self._features([window], long_form=True)
-                kw = self._generate_kwargs()
+                kw = self._generate_kwargs([language] if language and not self.config.language else None)
                 kw.pop("max_new_tokens", None)
                 c = self.config
                 kw.update(return_timestamps=True, condition_on_prev_tokens=False, return_segments=True,
@@ -225,6 +242,7 @@ class TransformersWhisperTranscriber(ActorTranscriber):
                     segments.append(Segment(text, offset + start, offset + end, math.nan, math.nan, len(seg["tokens"])))
         tr = Transcription.from_segments(segments, language or "en")
         tr.compression_ratio = compression_ratio(tr.text)
+        tr.language_prob = language_prob
         return tr
 
 

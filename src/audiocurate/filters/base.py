@@ -84,6 +84,7 @@ class Filter:
 FILTERS: Registry[type[Filter]] = Registry("filter", lazy={
     "duration": "audiocurate.filters.audio", "silence": "audiocurate.filters.audio",
     "dnsmos": "audiocurate.filters.dnsmos", "language": "audiocurate.filters.language",
-    "hallucination": "audiocurate.filters.hallucination", "wer": "audiocurate.filters.wer",
+    "hallucination": "audiocurate.filters.hallucination", "speaking_rate": "audiocurate.filters.speaking_rate",
+    "wer": "audiocurate.filters.wer",
     "min_score": "audiocurate.filters.score",
 })

@@ -52,7 +52,8 @@ class SegmentStage(Stage):
             pcm = C.pcm_of(table, i)
             duration = len(pcm) / RATE
             regions = speech_regions(pcm, self.vad, self.config.max_s)
-            spans = plan_segments(regions, duration, self.config.min_s, self.config.max_s, self.config.pad_s)
+            spans = plan_segments(regions, duration, self.config.min_s, self.config.max_s, self.config.pad_s,
+                                  self.config.target_s)
             if not spans:
                 self._keep(extra, take, i, ids[i], duration, table, reason=NO_SPEECH)
                 continue

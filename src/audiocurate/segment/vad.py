@@ -43,46 +43,39 @@ def speech_regions(pcm: np.ndarray, settings: VadSettings, max_region_s: float) 
 
 
 def plan_segments(regions: list[tuple[float, float]], duration_s: float, min_s: float, max_s: float,
-                  pad_s: float) -> list[tuple[float, float]]:
-    """Split at the longest pauses first: a span of speech regions longer than `max_s` is cut
-    at its longest internal pause, and each side again, until every segment fits (a single
-    region longer than `max_s` stays whole: VAD already split long speech). Segments shorter
-    than `min_s` then join the neighbour across the shorter pause when the two fit. Each is
-    padded into the pause around it (at most half of it, never past the recording)."""
-    def split(rs: list[tuple[float, float]]) -> list[list[tuple[float, float]]]:
-        if len(rs) <= 1 or rs[-1][1] - rs[0][0] <= max_s:
-            return [rs]
-        gaps = [rs[i + 1][0] - rs[i][1] for i in range(len(rs) - 1)]
-        k = max(range(len(gaps)), key=lambda i: (gaps[i], -abs(i - len(gaps) / 2)))
-        return split(rs[:k + 1]) + split(rs[k + 1:])
-    groups = split(list(regions)) if regions else []
-    segs = [[g[0][0], g[-1][1]] for g in groups]
+                  pad_s: float, target_s: float = 0.0) -> list[tuple[float, float]]:
+    """Pack speech regions into segments, cut only in pauses, left to right: each segment ends
+    at the longest pause that keeps it (padding included) within `max_s`, where a pause that
+    would leave it shorter than `target_s` counts half. Whisper transcribes long segments
+    better (it has context), and a sentence's end is a longer pause than a comma's, so this
+    finds the sentence end late in the window. A single region longer than `max_s` stays whole
+    (VAD already split long speech). No cut leaves a segment shorter than `min_s` where
+    another fits; a last one that short joins its neighbour when the two fit. Each is padded
+    into the pause around it (at most half of it, never past the recording)."""
+    rs = list(regions)
+    room = max(max_s - 2 * pad_s, 0.0)
+    groups: list[list[float]] = []
     i = 0
-    while i < len(segs):
-        s, e = segs[i]
-        if e - s < min_s and len(segs) > 1:
-            left = segs[i - 1] if i > 0 else None
-            right = segs[i + 1] if i + 1 < len(segs) else None
-            cands = []
-            if left and e - left[0] <= max_s:
-                cands.append((s - left[1], "l"))
-            if right and right[1] - s <= max_s:
-                cands.append((right[0] - e, "r"))
-            if cands:
-                side = min(cands)[1]
-                if side == "l":
-                    left[1] = e
-                    segs.pop(i)
-                    continue
-                right[0] = s
-                segs.pop(i)
-                continue
-        i += 1
+    while i < len(rs):
+        start, j = rs[i][0], i
+        while j + 1 < len(rs) and rs[j + 1][1] - start <= room:
+            j += 1
+        if j + 1 >= len(rs):
+            groups.append([start, rs[-1][1]])
+            break
+        def weight(k: int) -> tuple[float, int]:
+            pause = rs[k + 1][0] - rs[k][1]
+            return (pause if rs[k][1] - start >= target_s else pause / 2, k)
+        k = max([k for k in range(i, j + 1) if rs[k][1] - start >= min_s] or [j], key=weight)
+        groups.append([start, rs[k][1]])
+        i = k + 1
+    if len(groups) > 1 and groups[-1][1] - groups[-1][0] < min_s and groups[-1][1] - groups[-2][0] <= room:
+        groups[-2][1] = groups.pop()[1]
     out = []
-    for i, (s, e) in enumerate(segs):
-        before = s - (segs[i - 1][1] if i else 0.0)
-        after = (segs[i + 1][0] if i + 1 < len(segs) else duration_s) - e
+    for i, (s, e) in enumerate(groups):
+        before = s - (groups[i - 1][1] if i else 0.0)
+        after = (groups[i + 1][0] if i + 1 < len(groups) else duration_s) - e
         lo = s - min(pad_s, before / 2 if i else before)
-        hi = e + min(pad_s, after / 2 if i + 1 < len(segs) else after)
+        hi = e + min(pad_s, after / 2 if i + 1 < len(groups) else after)
         out.append((round(max(lo, 0.0), 3), round(min(hi, duration_s), 3)))
     return out

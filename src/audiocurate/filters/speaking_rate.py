@@ -1,0 +1,64 @@
+"""Speaking-rate outliers within a recording (Emilia's rule): a segment whose characters per
+second fall outside the inter-quartile fences of its own recording's segments. A fixed bound
+(`filters.hallucination`) cannot tell a slow lecturer from a missed sentence; the recording's
+own rate can."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+
+from ..config import PipelineConfig, SpeakingRateFilter
+from .base import FILTERS, Filter
+
+CPS_OUTLIER = "chars_per_s_outlier"
+
+
+@FILTERS.register("speaking_rate")
+class SpeakingRateOutliers(Filter):
+    """Needs a recording's segments side by side: segmented runs hand each model stage whole
+    recordings per block (pipeline.py), so the fences are the recording's own."""
+
+    name = "speaking_rate"
+    needs = ("transcript", "duration_s", "parent_id")
+
+    def __init__(self, config: SpeakingRateFilter):
+        self.k = config.iqr_k
+        self.min_segments = config.min_segments
+
+    @classmethod
+    def configured(cls, config: PipelineConfig, input_columns: set[str]) -> Optional[Filter]:
+        on = config.filters.speaking_rate.enabled and config.segment.enabled
+        return cls(config.filters.speaking_rate) if on else None
+
+    def fences(self, cps: np.ndarray) -> tuple[float, float]:
+        """Tukey's fences; the spread is taken as at least a tenth of the median rate, so a
+        very even reader's segments are not outliers by a character or two."""
+        q1, median, q3 = np.percentile(cps, [25, 50, 75])
+        spread = max(q3 - q1, 0.1 * median)
+        return q1 - self.k * spread, q3 + self.k * spread
+
+    def evaluate(self, table: pa.Table, rows: np.ndarray) -> tuple[list[Optional[str]], dict[str, list[Any]]]:
+        index = pa.array(rows, pa.int64())
+        texts = table["transcript"].take(index).to_pylist()
+        durations = table["duration_s"].take(index).to_pylist()
+        parents = table["parent_id"].take(index).to_pylist()
+        cps = np.array([len((t or "").strip()) / max(d or 0.0, 1e-6) for t, d in zip(texts, durations)])
+        groups: dict[Any, list[int]] = defaultdict(list)
+        for j, p in enumerate(parents):
+            groups[p].append(j)
+        reasons: list[Optional[str]] = [None] * len(rows)
+        for members in groups.values():
+            if len(members) < self.min_segments:
+                continue
+            lo, hi = self.fences(cps[members])
+            for j in members:
+                if not lo <= cps[j] <= hi:
+                    reasons[j] = CPS_OUTLIER
+        return reasons, {}
+
+    def reason(self, row: Any) -> Optional[str]:
+        raise TypeError("speaking_rate judges a segment against its recording's other segments: use evaluate")

@@ -1,0 +1,72 @@
+"""Spoken-language detection with a multilingual Whisper (`asr.language: null`): both ASR
+backends on one tiny multilingual checkpoint with random weights (tests/multilingual_whisper.py),
+and the language filter on what the transcribe stage writes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from audiocurate import contract as C
+from audiocurate.config import PipelineConfig
+from audiocurate.plan import placed_filters
+from audiocurate.stages import TranscribeStage
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def multilingual(tmp_path_factory):
+    import multilingual_whisper
+
+    root = tmp_path_factory.mktemp("multilingual-whisper")
+    multilingual_whisper.build(str(root / "hf"), str(root / "ct2"))
+    return {"hf": str(root / "hf"), "ct2": str(root / "ct2"), "codes": multilingual_whisper.languages()}
+
+
+def clips() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [(rng.standard_normal(16000 * s) * 3000).astype(np.int16) for s in (3, 8, 40)]
+
+
+def test_both_backends_detect_the_same_language_with_its_probability(multilingual):
+    from audiocurate.asr import make_transcriber
+    from audiocurate.config import FasterWhisperConfig, TransformersAsrConfig
+
+    fw = make_transcriber(FasterWhisperConfig(model=multilingual["ct2"], language=None, compute_type="float32",
+                                              beam_size=1, temperatures=[0.0]))
+    hf = make_transcriber(TransformersAsrConfig(model=multilingual["hf"], language=None, device="cpu",
+                                                compute_type="float32", beam_size=1, max_new_tokens=8, chunk_s=60))
+    a, b = fw.transcribe_batch(clips()), hf.transcribe_batch(clips())  # the 40 s clip is long-form for both
+    for x, y in zip(a, b):
+        assert x.language in multilingual["codes"] and 0 < x.language_prob <= 1
+        # Random weights put about 1/99 on each language: a detector that read a fixed
+        # "en" or no probability would not match across backends to 1e-3.
+        assert (x.language, pytest.approx(x.language_prob, abs=1e-3)) == (y.language, y.language_prob)
+        assert not math.isnan(y.language_prob)
+
+
+def test_the_language_filter_acts_on_the_detected_language_and_probability(multilingual):
+    pcm = pa.table({"id": ["a", "b"], C.PCM: pa.array([c.tobytes() for c in clips()[:2]], pa.large_binary())})
+
+    def run(*overrides: str) -> dict:
+        config = PipelineConfig.load(overrides=[f"asr.model={multilingual['ct2']}", "asr.language=null",
+                                                "asr.compute_type=float32", "asr.beam_size=1",
+                                                "asr.temperatures=[0.0]", *overrides])
+        stage = TranscribeStage(config.asr, filters=placed_filters(config, ["id", "audio_bytes"])[C.TRANSCRIBE])
+        out = stage(pcm).to_pylist()
+        assert all(r["language"] in multilingual["codes"] and 0 < r["language_prob"] <= 1 for r in out)
+        return {r["id"]: (r["language"], r["language_prob"], r[C.DROP_REASON]) for r in out}
+
+    detected = run()
+    lang, prob, reason = detected["a"]
+    assert reason is None  # no criterion set: nothing rejected
+    other = "de" if lang != "de" else "fr"
+    kept = run(f"filters.language.allowed=[{lang}]", f"filters.language.min_prob={prob / 2:.6f}")
+    assert kept["a"][2] is None
+    assert run(f"filters.language.allowed=[{other}]")["a"][2] == "language"
+    assert run(f"filters.language.min_prob={min(prob * 2, 1.0):.6f}")["a"][2] == "language"
