@@ -40,11 +40,12 @@ def recording(sentences: list[str], pause_s: float = 1.2) -> tuple[np.ndarray, l
 
 
 def test_segments_cut_only_in_pauses_and_cover_the_speech():
-    from audiocurate.segment.vad import VadSettings, plan_segments, speech_regions
+    from audiocurate.segment.vad import VadSettings, plan_segments, segment_room, speech_regions
 
     pcm, spans = recording(SENTENCES)
-    segs = plan_segments(speech_regions(pcm, VadSettings(window_s=30.0), 10.0), len(pcm) / RATE, 2.0, 10.0, 0.2)
-    assert len(segs) >= 3 and all(e - s <= 10.0 + 0.4 for s, e in segs)
+    regions = speech_regions(pcm, VadSettings(window_s=30.0), segment_room(10.0, 0.2))
+    segs = plan_segments(regions, len(pcm) / RATE, 2.0, 10.0, 0.2)
+    assert len(segs) >= 3 and all(e - s <= 10.0 for s, e in segs)  # padding included
     for a, b in spans:  # every sentence lies whole inside one segment: no cut inside it
         assert sum(1 for s, e in segs if s <= a + 0.05 and b - 0.05 <= e) == 1, ((a, b), segs)
     speech = sum(b - a for a, b in spans)
@@ -67,8 +68,14 @@ def test_packing_prefers_long_segments_ending_at_the_longer_pause():
     # Padding counts toward max_s: a padded segment still fits one Whisper window.
     segs = plan_segments(regions, 12.5, 1.0, 10.0, 0.5, target_s=6.0)
     assert all(e - s <= 10.0 for s, e in segs) and segs[0] == (0.0, 8.4)
-    # A cut never leaves a segment under min_s where another cut fits.
+    # No segment under min_s where another cut, or joining a neighbour, fits: not at the start,
     assert plan_segments([(0.0, 1.0), (3.0, 6.0), (6.3, 9.0)], 9.0, 2.0, 7.0, 0.0)[0][1] >= 2.0
+    # not in the middle (a 0.5 s region between a long pause and speech that fills a segment),
+    segs = plan_segments([(0.0, 10.0), (11.0, 11.5), (11.6, 40.6)], 41.0, 2.0, 30.0, 0.5, target_s=20.0)
+    assert all(e - s >= 2.0 for s, e in segs) and all(e - s <= 30.0 for s, e in segs), segs
+    # and not at the end: cutting at 10 s leaves 19.5 s for the rest instead of a 0.5 s tail.
+    segs = plan_segments([(0.0, 10.0), (10.5, 28.5), (29.5, 30.0)], 31.0, 2.0, 30.0, 0.5, target_s=20.0)
+    assert [round(e - s, 2) for s, e in segs] == [10.25, 20.25], segs
 
 
 def test_segment_rows_carry_their_parent_times_and_own_audio():
@@ -255,7 +262,7 @@ def test_no_temperature_fallback_for_speech_the_model_does_not_know():
     gated = make_transcriber(FasterWhisperConfig(fallback_min_avg_logprob=-0.9))
     calls = []
     decode = gated._decode
-    gated._decode = lambda w, p, temps: calls.append(len(temps)) or decode(w, p, temps)
+    gated._decode = lambda w, p, temps, lang: calls.append(len(temps)) or decode(w, p, temps, lang)
     assert gated.transcribe(english).text == plain.transcribe(english).text
     calls.clear()
     out = gated.transcribe(czech)

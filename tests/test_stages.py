@@ -337,9 +337,20 @@ def test_speaking_rate_outliers_are_judged_against_their_own_recording():
     out = stage(pa.Table.from_pylist(rows))
     reasons = {i: r for i, r in zip(out["id"].to_pylist(), out[C.DROP_REASON].to_pylist()) if r}
     assert reasons == {"fast@half": "chars_per_s_outlier"}
-    # A row settled earlier keeps its reason and is not part of the fences.
-    table = pa.Table.from_pylist(rows)
-    half = table["id"].to_pylist().index("fast@half")
-    out = stage(C.mark(C.ensure_status(table), drops={half: "silence"}))
-    reasons = {i: r for i, r in zip(out["id"].to_pylist(), out[C.DROP_REASON].to_pylist()) if r}
-    assert reasons == {"fast@half": "silence"}
+    # A row settled earlier keeps its reason and is not part of the fences: counted in, the
+    # second 14 chars/s row would widen them enough to keep the first.
+    even = [{"id": f"even@{k}", "parent_id": "even", "duration_s": 10.0, "transcript": "x" * n}
+            for k, n in enumerate((100, 100, 100, 100, 140, 140))]
+    table = C.mark(C.ensure_status(pa.Table.from_pylist(even)), drops={5: "silence"})
+    out = stage(table)
+    assert dict(zip(out["id"].to_pylist(), out[C.DROP_REASON].to_pylist())) == {
+        **{f"even@{k}": None for k in range(4)}, "even@4": "chars_per_s_outlier", "even@5": "silence"}
+    # With word timestamps the rate is over the words' span, not the padded duration: a short
+    # segment with a second of padding is not slow.
+    words = lambda n: [{"word": "w", "start_s": 0.5, "end_s": 0.5 + n, "probability": 1.0}]  # noqa: E731
+    padded = [{"id": f"p@{k}", "parent_id": "p", "duration_s": d + 1.0, "transcript": "x" * int(12 * d),
+               "words": words(d)} for k, d in enumerate((20.0, 22.0, 18.0, 25.0, 2.5))]
+    out = stage(pa.Table.from_pylist(padded))
+    assert out[C.DROP_REASON].to_pylist() == [None] * 5
+    without = stage(pa.Table.from_pylist([{k: v for k, v in r.items() if k != "words"} for r in padded]))
+    assert without[C.DROP_REASON].to_pylist()[-1] == "chars_per_s_outlier"

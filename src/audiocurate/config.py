@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, Discriminator, Field, Tag
+from pydantic import BaseModel, Discriminator, Field, Tag, model_validator
 
 from .asr.existing import ExistingTranscriptConfig
 from .asr.faster_whisper import FasterWhisperConfig
@@ -195,16 +195,18 @@ class LanguageFilter(Settings):
 class SpeakingRateFilter(Settings):
     """Emilia's speaking-rate rule, in segmented runs: a segment whose characters per second lie
     outside its recording's inter-quartile fences (Q1 - k*IQR, Q3 + k*IQR) is rejected
-    (`chars_per_s_outlier`): most often a missed or hallucinated stretch of text. A recording's
-    segments are judged together, in one block; a recording of over about 70 minutes (128 MiB of
-    16 kHz samples, Ray Data's block limit) is judged by parts."""
+    (`chars_per_s_outlier`): most often a missed or hallucinated stretch of text. The rate is over
+    the words' span when Whisper gives word timestamps (`asr.word_timestamps`), else over the
+    segment's duration. A recording's segments are judged together, in its block; one of over
+    about 100 minutes (192 MiB of 16 kHz samples, where Ray Data cuts a block) is judged by parts,
+    and on resume the rest of a recording cut off mid-write by its unwritten segments."""
 
     enabled: bool = Field(True, description="Check every segmented recording's segments (no effect unless "
                           "`segment.enabled`).")
     iqr_k: float = Field(1.5, gt=0, description="Fence distance in inter-quartile ranges (Tukey's 1.5). The range "
                          "counts as at least a tenth of the recording's median rate, so an even reader's segments "
                          "are not outliers by a character or two.")
-    min_segments: int = Field(4, ge=3, description="Recordings with fewer segments still in play are not checked: "
+    min_segments: int = Field(4, ge=4, description="Recordings with fewer segments still in play are not checked: "
                               "quartiles of two or three values mean nothing.")
 
 
@@ -259,7 +261,8 @@ class SegmentConfig(Settings):
     max_s: float = Field(30.0, gt=0, description="Longest segment, padding included (Whisper reads 30 s at a "
                          "time). A single stretch of speech longer than this stays whole; VAD splits it first.")
     target_s: float = Field(
-        20.0, ge=0, description="Preferred shortest segment: a pause that would end a segment before this counts "
+        20.0, ge=0, description="Preferred shortest segment (above `max_s`: none is preferred, the longest pause "
+        "wins): a pause that would end a segment before this counts "
         "half when choosing where to cut, so segments run long (Whisper transcribes long ones better) yet still end "
         "at a sentence's longer pause. On the dev set of `benchmarks/longform.py` (tiny.en): 0 of 112 sentences cut "
         "inside, joined-segment WER 0.295 against 0.324 with 0 (cut at the longest pause anywhere).")
@@ -268,6 +271,13 @@ class SegmentConfig(Settings):
     min_silence_s: float = Field(0.3, gt=0, description="A pause at least this long may separate segments.")
     vad_window_s: float = Field(300.0, ge=30, json_schema_extra=SPEED_ONLY,
                                 description="VAD runs window by window: its memory follows the window.")
+
+    @model_validator(mode="after")
+    def _lengths_fit(self) -> "SegmentConfig":
+        if not (self.min_s < self.max_s and 2 * self.pad_s < self.max_s):
+            raise ValueError(f"segment lengths do not fit: need min_s ({self.min_s}) < max_s ({self.max_s}) "
+                             f"and 2 x pad_s ({self.pad_s}) < max_s")
+        return self
 
 
 class DecodeConfig(Settings):

@@ -123,8 +123,13 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
     # Blocks of about `decode.read_block_mb` of encoded audio: a unit of work sized by bytes,
     # not rows. It bounds what a model actor answers at once (and what a crash can cost),
     # and spreads decoding over every core even when one file holds the whole input.
+    # Segmenting: a block's recordings are cut into segments in that block, which stays one
+    # block through the model stages (Ray cuts one only past 1.5 x its 128 MiB target: about
+    # 100 minutes of 16 kHz samples), so a recording's segments are batched and judged against
+    # each other (`filters.speaking_rate`) together.
     ds = source.dataset(files, num_cpus=config.decode.resources.num_cpus,
-                        block_bytes=int(config.decode.read_block_mb * 2**20), reads=reads)
+                        block_bytes=int(config.decode.read_block_mb * 2**20), reads=reads,
+                        segmented=config.segment.enabled)
     if skip_ids or keep_ids is not None:
         ds = _skip_ids(ds, source.id_column, rc, skip_ids, keep_ids)
     placed = placed_filters(config, source.columns)
@@ -149,9 +154,8 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
         ds = ds.map_batches(SettledRowsStage(sink, columns_after_decode(placed, config), source.audio_column),
                             batch_format="pyarrow", udf_modifying_row_count=True,
                             **{**task_args(rc, config.decode.resources), "batch_size": None})
-    # Model stages take blocks of one ASR batch of clips still in play; segments, blocks of
-    # whole recordings (as cut), so a recording's segments are judged side by side
-    # (`filters.speaking_rate`) and batched together.
+    # Model stages take blocks of one ASR batch of clips still in play; segments, the block of
+    # their recording.
     if not config.segment.enabled:
         ds = split_blocks(ds, config.asr.resources.batch_size, config.decode.resources.num_cpus)
     # As its backend runs it: Whisper actors, or (`asr.backend: none`) a task reading a column.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal, Optional, Sequence
 
 import numpy as np
@@ -72,27 +73,28 @@ class FasterWhisperTranscriber(ActorTranscriber):
         previous = ""
         language_prob = float("nan")
         for offset, window in iter_windows(pcm, self.sample_rate, self.config.chunk_s):
-            result, info = self._window(window, previous)
+            # Detected on the first window and kept for the rest (as the transformers backend does).
+            result, info = self._window(window, previous, language)
             for s in result:
                 words = [{"word": w.word.strip(), "start_s": offset + w.start, "end_s": offset + w.end,
                           "probability": w.probability} for w in (s.words or [])]
                 segments.append(Segment(s.text, offset + s.start, offset + s.end, s.avg_logprob,
                                         s.no_speech_prob, len(s.tokens), words))
-            language = info.language or language
-            language_prob = info.language_probability
+            if math.isnan(language_prob):  # the first window's language, and how sure of it
+                language, language_prob = info.language or language, info.language_probability
             if segments:
                 previous = " ".join(segments[-1].text.split()[-24:])
         tr = Transcription.from_segments(segments, language)
         tr.language_prob = language_prob
         return tr
 
-    def _window(self, window: np.ndarray, previous: str) -> tuple[list[Any], Any]:
+    def _window(self, window: np.ndarray, previous: str, language: Optional[str]) -> tuple[list[Any], Any]:
         """One window, with Whisper's temperature fallback; with `fallback_min_avg_logprob`,
         a first pass at the first temperature decides whether the fallback is worth running."""
         gate = self.config.fallback_min_avg_logprob
         if gate is None:
-            return self._decode(window, previous, self.config.temperatures)
-        first, info = self._decode(window, previous, self.config.temperatures[:1])
+            return self._decode(window, previous, self.config.temperatures, language)
+        first, info = self._decode(window, previous, self.config.temperatures[:1], language)
         tokens = sum(len(s.tokens) for s in first)
         mean = sum(s.avg_logprob * len(s.tokens) for s in first) / tokens if tokens else 0.0
         wanted = any(s.avg_logprob < self.config.log_prob_threshold
@@ -102,12 +104,13 @@ class FasterWhisperTranscriber(ActorTranscriber):
         import ctranslate2
 
         ctranslate2.set_random_seed(0)
-        return self._decode(window, previous, self.config.temperatures)
+        return self._decode(window, previous, self.config.temperatures, language)
 
-    def _decode(self, window: np.ndarray, previous: str, temperatures: Sequence[float]) -> tuple[list[Any], Any]:
+    def _decode(self, window: np.ndarray, previous: str, temperatures: Sequence[float],
+                language: Optional[str]) -> tuple[list[Any], Any]:
         result, info = self.model.transcribe(
             window,
-            language=self.config.language,
+            language=language,
             beam_size=self.config.beam_size,
             # Timestamps on: tiny.en without them stops early inside each 30 s window.
             without_timestamps=False,

@@ -153,8 +153,8 @@ class TransformersWhisperTranscriber(ActorTranscriber):
                 continue
             seg = Segment(text, 0.0, len(wave) / self.sample_rate, logprobs[i], no_speech[i], n_tokens[i])
             results.append(Transcription.from_segments([seg], lang))
-        if language_probs:
-            for r, prob in zip(results, language_probs):
+        if language_probs or not self.multilingual:  # an English-only model is sure of its language
+            for r, prob in zip(results, language_probs or [1.0] * len(results)):
                 r.language_prob = prob
         return results
 
@@ -242,7 +242,7 @@ class TransformersWhisperTranscriber(ActorTranscriber):
                     segments.append(Segment(text, offset + start, offset + end, math.nan, math.nan, len(seg["tokens"])))
         tr = Transcription.from_segments(segments, language or "en")
         tr.compression_ratio = compression_ratio(tr.text)
-        tr.language_prob = language_prob
+        tr.language_prob = language_prob if self.multilingual else 1.0
         return tr
 
 

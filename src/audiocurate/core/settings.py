@@ -51,8 +51,9 @@ class StageResources(Settings):
         "1.03x faster-whisper alone on both cores, `benchmarks/throughput.py`); on GPUs one "
         "actor per GPU and stage.",
     )
-    batch_size: int = Field(8, ge=1, description="Rows per call. Larger batches feed GPUs "
-                            "better; smaller ones lose less work when a worker dies.")
+    batch_size: int = Field(8, ge=1, description="Rows per model batch, and per call (block) of the model "
+                            "stages; segmented runs call them with whole recordings, batched inside. Larger "
+                            "batches feed GPUs better; smaller calls lose less work when a worker dies.")
 
     @field_validator("concurrency", mode="before")
     @classmethod

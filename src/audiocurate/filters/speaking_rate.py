@@ -44,7 +44,7 @@ class SpeakingRateOutliers(Filter):
     def evaluate(self, table: pa.Table, rows: np.ndarray) -> tuple[list[Optional[str]], dict[str, list[Any]]]:
         index = pa.array(rows, pa.int64())
         texts = table["transcript"].take(index).to_pylist()
-        durations = table["duration_s"].take(index).to_pylist()
+        durations = speech_seconds(table, index)
         parents = table["parent_id"].take(index).to_pylist()
         cps = np.array([len((t or "").strip()) / max(d or 0.0, 1e-6) for t, d in zip(texts, durations)])
         groups: dict[Any, list[int]] = defaultdict(list)
@@ -60,5 +60,19 @@ class SpeakingRateOutliers(Filter):
                     reasons[j] = CPS_OUTLIER
         return reasons, {}
 
-    def reason(self, row: Any) -> Optional[str]:
+    def reason(self, row: Any) -> Optional[str]:  # pragma: no cover - evaluate is the API here
         raise TypeError("speaking_rate judges a segment against its recording's other segments: use evaluate")
+
+
+def speech_seconds(table: pa.Table, index: pa.Array) -> list[Optional[float]]:
+    """How long each segment speaks: from its first word's start to its last word's end when
+    Whisper gave word timestamps, else its duration. The padding around a segment (up to
+    2 x `segment.pad_s`) would otherwise slow a short segment's rate more than a long one's."""
+    durations = table["duration_s"].take(index).to_pylist()
+    if "words" not in table.column_names:
+        return durations
+    out = []
+    for words, d in zip(table["words"].take(index).to_pylist(), durations):
+        span = (words[-1]["end_s"] - words[0]["start_s"]) if words else 0.0
+        out.append(span if span and span > 0.5 else d)
+    return out

@@ -11,7 +11,7 @@ from ..audio import levels_dbfs
 from ..config import SegmentConfig
 from ..core.stage import Stage
 from ..filters.base import Filter
-from .vad import RATE, VadSettings, plan_segments, speech_regions
+from .vad import RATE, VadSettings, plan_segments, segment_room, speech_regions
 
 NO_SPEECH = "no_speech"
 
@@ -51,7 +51,7 @@ class SegmentStage(Stage):
                 continue
             pcm = C.pcm_of(table, i)
             duration = len(pcm) / RATE
-            regions = speech_regions(pcm, self.vad, self.config.max_s)
+            regions = speech_regions(pcm, self.vad, segment_room(self.config.max_s, self.config.pad_s))
             spans = plan_segments(regions, duration, self.config.min_s, self.config.max_s, self.config.pad_s,
                                   self.config.target_s)
             if not spans:

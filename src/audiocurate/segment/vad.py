@@ -48,12 +48,13 @@ def plan_segments(regions: list[tuple[float, float]], duration_s: float, min_s: 
     at the longest pause that keeps it (padding included) within `max_s`, where a pause that
     would leave it shorter than `target_s` counts half. Whisper transcribes long segments
     better (it has context), and a sentence's end is a longer pause than a comma's, so this
-    finds the sentence end late in the window. A single region longer than `max_s` stays whole
-    (VAD already split long speech). No cut leaves a segment shorter than `min_s` where
-    another fits; a last one that short joins its neighbour when the two fit. Each is padded
+    finds the sentence end late in the window. A cut that leaves this segment, or a last one,
+    shorter than `min_s` is taken only when no other fits; a segment still that short then
+    joins a neighbour across the shorter pause when the two fit. A single region longer than
+    the room stays whole (`speech_regions` splits long speech at that length). Each is padded
     into the pause around it (at most half of it, never past the recording)."""
     rs = list(regions)
-    room = max(max_s - 2 * pad_s, 0.0)
+    room = segment_room(max_s, pad_s)
     groups: list[list[float]] = []
     i = 0
     while i < len(rs):
@@ -63,14 +64,34 @@ def plan_segments(regions: list[tuple[float, float]], duration_s: float, min_s: 
         if j + 1 >= len(rs):
             groups.append([start, rs[-1][1]])
             break
+
+        def fair(k: int) -> bool:
+            tail = rs[-1][1] - rs[k + 1][0]
+            return rs[k][1] - start >= min_s and not (tail < min_s and tail <= room)
+
         def weight(k: int) -> tuple[float, int]:
             pause = rs[k + 1][0] - rs[k][1]
             return (pause if rs[k][1] - start >= target_s else pause / 2, k)
-        k = max([k for k in range(i, j + 1) if rs[k][1] - start >= min_s] or [j], key=weight)
+
+        k = max([k for k in range(i, j + 1) if fair(k)] or [j], key=weight)
         groups.append([start, rs[k][1]])
         i = k + 1
-    if len(groups) > 1 and groups[-1][1] - groups[-1][0] < min_s and groups[-1][1] - groups[-2][0] <= room:
-        groups[-2][1] = groups.pop()[1]
+    g = 0
+    while g < len(groups):
+        s, e = groups[g]
+        if e - s < min_s and len(groups) > 1:
+            sides = []
+            if g > 0 and e - groups[g - 1][0] <= room:
+                sides.append((s - groups[g - 1][1], g - 1))
+            if g + 1 < len(groups) and groups[g + 1][1] - s <= room:
+                sides.append((groups[g + 1][0] - e, g + 1))
+            if sides:
+                other = min(sides)[1]
+                lo, hi = min(g, other), max(g, other)
+                groups[lo:hi + 1] = [[groups[lo][0], groups[hi][1]]]
+                g = lo
+                continue
+        g += 1
     out = []
     for i, (s, e) in enumerate(groups):
         before = s - (groups[i - 1][1] if i else 0.0)
@@ -79,3 +100,8 @@ def plan_segments(regions: list[tuple[float, float]], duration_s: float, min_s: 
         hi = e + min(pad_s, after / 2 if i + 1 < len(groups) else after)
         out.append((round(max(lo, 0.0), 3), round(min(hi, duration_s), 3)))
     return out
+
+
+def segment_room(max_s: float, pad_s: float) -> float:
+    """The speech a segment may hold: `max_s` less its padding on both sides."""
+    return max(max_s - 2 * pad_s, 0.5)

@@ -96,8 +96,11 @@ class Source:
         return self.listing is None
 
     def dataset(self, files: Optional[list[str]] = None, num_cpus: Optional[float] = None,
-                block_bytes: int = 8 << 20, reads: Optional[list[dict[str, Any]]] = None) -> "ray.data.Dataset":
-        """The rows as a lazy Dataset in blocks of about `block_bytes` of encoded input.
+                block_bytes: int = 8 << 20, reads: Optional[list[dict[str, Any]]] = None,
+                segmented: bool = False) -> "ray.data.Dataset":
+        """The rows as a lazy Dataset in blocks of about `block_bytes` of encoded input (a folder
+        listing: 32 files, or one when `segmented`, as a file's size is not known here; a
+        recording's segments stay in its block, which must stay well under Ray's block limit).
 
         One read task per Parquet file streams the row groups its plan item names (`reads`,
         from `resume.plan_reads`; all of them by default); the blocks are then cut by rows at
@@ -109,7 +112,8 @@ class Source:
 
         if self.listing is not None:
             t = self.listing
-            blocks = [t.slice(i, _BLOCK_ROWS) for i in range(0, t.num_rows, _BLOCK_ROWS)] or [t]
+            step = 1 if segmented else _BLOCK_ROWS
+            blocks = [t.slice(i, step) for i in range(0, t.num_rows, step)] or [t]
             return ray.data.from_arrow(blocks)
         if reads is None:
             reads = whole_reads(self, files)
@@ -140,8 +144,9 @@ class DatasetSource(Source):
         return [str(r[self.id_column]) for r in self.provided.select_columns([self.id_column]).take(n)], self.files
 
     def dataset(self, files: Optional[list[str]] = None, num_cpus: Optional[float] = None,
-                block_bytes: int = 8 << 20, reads: Optional[list[dict[str, Any]]] = None) -> "ray.data.Dataset":
-        return self.provided
+                block_bytes: int = 8 << 20, reads: Optional[list[dict[str, Any]]] = None,
+                segmented: bool = False) -> "ray.data.Dataset":
+        return self.provided  # its blocks as you made them
 
 
 def open_source(uri: str, config: SourceConfig) -> Source:
