@@ -180,7 +180,8 @@ def speak(text: str, voice: str, rate: int, speed: int = 165) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         raw, out = os.path.join(tmp, "a.wav"), os.path.join(tmp, "b.wav")
         subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", raw, text], check=True)
-        subprocess.run(["sox", "-V1", raw, "-r", str(rate), "-b", "16", out, "vol", "0.9", "rate", "-v"], check=True)
+        # -R: sox dithers to 16 bits with a fresh random seed each run unless told to repeat it
+        subprocess.run(["sox", "-R", "-V1", raw, "-r", str(rate), "-b", "16", out, "vol", "0.9", "rate", "-v"], check=True)
         audio, sr = sf.read(out, dtype="int16")
     buf = io.BytesIO()
     sf.write(buf, audio, sr, format="FLAC", subtype="PCM_16")

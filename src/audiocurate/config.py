@@ -265,7 +265,7 @@ class SegmentConfig(Settings):
         "wins): a pause that would end a segment before this counts "
         "half when choosing where to cut, so segments run long (Whisper transcribes long ones better) yet still end "
         "at a sentence's longer pause. On the dev set of `benchmarks/longform.py` (tiny.en): 0 of 112 sentences cut "
-        "inside, joined-segment WER 0.295 against 0.324 with 0 (cut at the longest pause anywhere).")
+        "inside, and the joined segments' WER went from 0.03 above the whole recordings' to 0.005 below.")
     pad_s: float = Field(0.5, ge=0, description="Silence kept on each side of a segment (at most half the pause).")
     vad_threshold: float = Field(0.5, gt=0, lt=1, description="Silero VAD speech probability threshold.")
     min_silence_s: float = Field(0.3, gt=0, description="A pause at least this long may separate segments.")
