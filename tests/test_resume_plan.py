@@ -114,6 +114,14 @@ def test_a_recording_counts_once_over_its_segments(source, tmp_path):
     cut = pa.table({"id": ["r03@0.00", "r03@5.00", "r03@9.00", "r04"],
                     resume.WRITTEN_SEGMENTS: [["r03@0.00", "r03@5.00"]] * 3 + [None]})
     assert DropWrittenSegments("id")(cut).to_pylist() == [{"id": "r03@9.00"}, {"id": "r04"}]
+    # Right after cutting, only the written segments that settled there go: the others are
+    # transcribed again so their recording's speaking-rate fences are whole, then dropped.
+    from audiocurate import contract as C
+
+    settled = C.mark(C.ensure_status(cut), drops={0: "too_short"})
+    kept = DropWrittenSegments("id", settled_only=True)(settled)
+    assert kept["id"].to_pylist() == ["r03@5.00", "r03@9.00", "r04"]
+    assert DropWrittenSegments("id")(kept)["id"].to_pylist() == ["r03@9.00", "r04"]
     # the last segment failed in a model stage: an error row, which keeps its recording and count
     failed = _rows(source, 0, ["r03@9.00"], segments=3).append_column("parent_id", pa.array(["r03"]))
     failed = failed.set_column(failed.schema.get_field_index("error_stage"), "error_stage", pa.array(["judge"]))

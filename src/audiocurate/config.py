@@ -198,8 +198,9 @@ class SpeakingRateFilter(Settings):
     (`chars_per_s_outlier`): most often a missed or hallucinated stretch of text. The rate is over
     the words' span when Whisper gives word timestamps (`asr.word_timestamps`), else over the
     segment's duration. A recording's segments are judged together, in its block; one of over
-    about 100 minutes (192 MiB of 16 kHz samples, where Ray Data cuts a block) is judged by parts,
-    and on resume the rest of a recording cut off mid-write by its unwritten segments."""
+    about 100 minutes (192 MiB of 16 kHz samples, where Ray Data cuts a block) is judged by parts.
+    On resume, the segments already written of a recording cut off mid-write are transcribed
+    again for its fences, and not written again."""
 
     enabled: bool = Field(True, description="Check every segmented recording's segments (no effect unless "
                           "`segment.enabled`).")

@@ -143,11 +143,11 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
                                          source.audio_column), batch_format="pyarrow",
                             udf_modifying_row_count=True, **{**task_args(rc, config.decode.resources), "batch_size": None})
         if reads is not None:  # resume: segments of cut-off recordings already written (resume.py)
-            ds = ds.map_batches(DropWrittenSegments(source.id_column), batch_format="pyarrow",
+            ds = ds.map_batches(DropWrittenSegments(source.id_column, settled_only=True), batch_format="pyarrow",
                                 udf_modifying_row_count=True,
                                 **{**task_args(rc, config.decode.resources), "batch_size": None})
-        elif skip_segments:
-            ds = _skip_ids(ds, source.id_column, rc, skip_segments)
+        elif skip_segments:  # the same, by id (folder listings, your Dataset)
+            ds = _skip_ids(ds, source.id_column, rc, skip_segments, settled_only=True)
     if sink is not None:
         # Rows that settled while decoding (corrupt, silent, too short) go to their outputs
         # here, in the decode task (fused), instead of riding through every model stage.
@@ -161,6 +161,12 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
     # As its backend runs it: Whisper actors, or (`asr.backend: none`) a task reading a column.
     ds = ASR_BACKENDS.get(config.asr.backend).apply(ds, config, placed[C.TRANSCRIBE], source.columns,
                                                      pools["asr"], scale)
+    if config.segment.enabled and reads is not None:  # the rest of the segments already written
+        ds = ds.map_batches(DropWrittenSegments(source.id_column), batch_format="pyarrow",
+                            udf_modifying_row_count=True,
+                            **{**task_args(rc, config.decode.resources), "batch_size": None})
+    elif config.segment.enabled and skip_segments:
+        ds = _skip_ids(ds, source.id_column, rc, skip_segments)
     ds = apply_judge(ds, config, pools["judge"], scale)
     light = {**task_args(rc), "num_cpus": config.decode.resources.num_cpus, "batch_size": None}
     ds = ds.map_batches(SelectStage(placed[C.SELECT]), **_PYARROW, **light)
@@ -169,13 +175,15 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
 
 
 def _skip_ids(ds: "ray.data.Dataset", id_column: str, rc: Any, skip: Optional[list[str]],
-              keep: Optional[list[str]] = None) -> "ray.data.Dataset":
-    """Drop rows whose id is in `skip`, keep only those in `keep` (resume, `--limit`)."""
+              keep: Optional[list[str]] = None, settled_only: bool = False) -> "ray.data.Dataset":
+    """Drop rows whose id is in `skip` (with `settled_only`, only those that settled already),
+    keep only those in `keep` (resume, `--limit`)."""
     return ds.map_batches(
         SkipIdsStage,
         fn_constructor_kwargs={"id_column": id_column,
                                "skip_ref": [ray.put(list(skip))] if skip else None,
-                               "keep_ref": [ray.put(list(keep))] if keep is not None else None},
+                               "keep_ref": [ray.put(list(keep))] if keep is not None else None,
+                               "settled_only": settled_only},
         batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.05,
         max_restarts=rc.actor_max_restarts, max_task_retries=rc.actor_max_task_retries)
 

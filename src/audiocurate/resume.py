@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .sinks import OutputDir
     from .sources import Source
 
+from . import contract as C
 from .contract import PART, WRITTEN_SEGMENTS
 
 FOOTER_KEY = b"audiocurate.parts"
@@ -264,15 +265,23 @@ def read_planned(pf: pq.ParquetFile, item: dict[str, Any], id_column: str,
 
 
 class DropWrittenSegments:
-    """After segmenting: drop the segments of a cut-off recording that were written already
-    (each segment row carries its recording's list), in a task per block, beside the cutting."""
+    """Drop the segments of a cut-off recording that were written already (each segment row
+    carries its recording's list), in a task per block. Twice: right after segmenting, those
+    that settled there (`settled_only`), so they are not written again; after transcription,
+    the rest, which were transcribed again only so the transcript filters that judge a
+    segment against its recording's others (`filters.speaking_rate`) see all of them, as the
+    uninterrupted run did."""
 
-    def __init__(self, id_column: str):
+    def __init__(self, id_column: str, settled_only: bool = False):
         self.id_column = id_column
+        self.settled_only = settled_only
 
     def __call__(self, table: pa.Table) -> pa.Table:
         if WRITTEN_SEGMENTS not in table.column_names:
             return table
         ids = pc.cast(table[self.id_column], pa.string()).to_pylist()
-        keep = [not (w and i in w) for i, w in zip(ids, table[WRITTEN_SEGMENTS].to_pylist())]
-        return table.filter(pa.array(keep, pa.bool_())).drop_columns([WRITTEN_SEGMENTS])
+        written = [bool(w and i in w) for i, w in zip(ids, table[WRITTEN_SEGMENTS].to_pylist())]
+        if self.settled_only:
+            active = C.active_mask(C.ensure_status(table))
+            return table.filter(pa.array([not (w and not a) for w, a in zip(written, active)], pa.bool_()))
+        return table.filter(pa.array([not w for w in written], pa.bool_())).drop_columns([WRITTEN_SEGMENTS])

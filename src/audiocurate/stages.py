@@ -257,17 +257,20 @@ class SkipIdsStage:
 
     An actor, so each worker builds its hash set once from the object store."""
 
-    def __init__(self, id_column: str, skip_ref: Any = None, keep_ref: Any = None):
+    def __init__(self, id_column: str, skip_ref: Any = None, keep_ref: Any = None, settled_only: bool = False):
         import ray
 
         self.id_column = id_column
+        self.settled_only = settled_only  # skip only rows that settled already (resume.DropWrittenSegments)
         # Refs arrive wrapped in a list so Ray hands us the ref, not a copy per argument.
         self.skip = frozenset(ray.get(skip_ref[0])) if skip_ref is not None else None
         self.keep = frozenset(ray.get(keep_ref[0])) if keep_ref is not None else None
 
     def __call__(self, table: pa.Table) -> pa.Table:
         ids = pc.cast(table[self.id_column], pa.string()).to_pylist()
-        mask = [(self.keep is None or i in self.keep) and (self.skip is None or i not in self.skip) for i in ids]
+        active = C.active_mask(C.ensure_status(table)) if self.settled_only else [False] * len(ids)
+        mask = [(self.keep is None or i in self.keep) and (self.skip is None or i not in self.skip or a)
+                for i, a in zip(ids, active)]
         return table.filter(pa.array(mask, pa.bool_()))
 
 
