@@ -87,29 +87,7 @@ def tiny_config():
 
 @pytest.fixture(scope="session")
 def tiny_whisper_dir(tmp_path_factory):
-    """A Whisper checkpoint with random weights and tiny.en's real tokenizer, saved the way
-    `save_pretrained` does, so the backend's loading code runs for real."""
-    import torch
-    from tokenizers import AddedToken
-    from audiocurate.models import resolve_model
-    from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
-                              WhisperForConditionalGeneration, WhisperProcessor, WhisperTokenizerFast)
+    """An English-only Whisper with random weights and tiny.en's real tokenizer (tiny_whisper.py)."""
+    import tiny_whisper
 
-    d = tmp_path_factory.mktemp("tiny-whisper")
-    tok = WhisperTokenizerFast(tokenizer_file=os.path.join(resolve_model("embedded:whisper-tiny.en"), "tokenizer.json"))
-    tok.add_tokens([AddedToken(f"<|{i * 0.02:.2f}|>", special=True) for i in range(1501)])
-    tok.pad_token = "<|endoftext|>"
-    eot, sot, notime = 50256, 50257, 50362
-    cfg = WhisperConfig(vocab_size=len(tok), num_mel_bins=80, d_model=64, encoder_layers=2, decoder_layers=2,
-                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128,
-                        decoder_start_token_id=sot, eos_token_id=eot, pad_token_id=eot, bos_token_id=eot,
-                        begin_suppress_tokens=[220, eot], suppress_tokens=[])
-    torch.manual_seed(0)
-    model = WhisperForConditionalGeneration(cfg)
-    model.generation_config = GenerationConfig(
-        decoder_start_token_id=sot, eos_token_id=eot, pad_token_id=eot, bos_token_id=eot,
-        no_timestamps_token_id=notime, is_multilingual=False, max_length=448, max_initial_timestamp_index=50,
-        begin_suppress_tokens=[220, eot], suppress_tokens=[])
-    model.save_pretrained(d)
-    WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tok).save_pretrained(d)
-    return str(d)
+    return tiny_whisper.build_english(str(tmp_path_factory.mktemp("tiny-whisper")))

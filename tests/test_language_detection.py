@@ -1,5 +1,5 @@
 """Spoken-language detection with a multilingual Whisper (`asr.language: null`): both ASR
-backends on one tiny multilingual checkpoint with random weights (tests/multilingual_whisper.py),
+backends on one tiny multilingual checkpoint with random weights (tests/tiny_whisper.py),
 and the language filter on what the transcribe stage writes."""
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module")
 def multilingual(tmp_path_factory):
-    import multilingual_whisper
+    import tiny_whisper
 
     root = tmp_path_factory.mktemp("multilingual-whisper")
-    multilingual_whisper.build(str(root / "hf"), str(root / "ct2"))
-    return {"hf": str(root / "hf"), "ct2": str(root / "ct2"), "codes": multilingual_whisper.languages()}
+    tiny_whisper.build_multilingual(str(root / "hf"), str(root / "ct2"))
+    return {"hf": str(root / "hf"), "ct2": str(root / "ct2"), "codes": tiny_whisper.languages()}
 
 
 def clips() -> list[np.ndarray]:

@@ -63,17 +63,20 @@ def compact(out: OutputDir, target_mb: float = 256.0) -> CompactionResult:
     for split in SPLITS:
         shards = out.part_files(split)
         result.files_before[split] = len(shards)
+        result.rows[split] = sum(progress.rows[p] for p in shards)  # merging keeps every row
         sizes = {i.path: i.size for i in out.fs.get_file_info(shards)} if shards else {}
         bins: list[list[str]] = []
+        filled = 0
         for shard in shards:
-            if bins and sum(sizes[s] for s in bins[-1]) + sizes[shard] <= target:
+            if bins and filled + sizes[shard] <= target:
                 bins[-1].append(shard)
+                filled += sizes[shard]
             else:
                 bins.append([shard])
+                filled = sizes[shard]
         merges = [(split, group) for group in bins if len(group) > 1]
         _run_merges(out, merges)
         result.files_after[split] = len(out.part_files(split))
-        result.rows[split] = sum(_num_rows(out, p) for p in out.part_files(split))
     return result
 
 
@@ -111,11 +114,6 @@ def _merge(out: OutputDir, split: str, shards: list[str]) -> None:
     for path in shards:
         out.fs.delete_file(path)
     out.fs.delete_file(entry)
-
-
-def _num_rows(out: OutputDir, path: str) -> int:
-    with out.fs.open_input_file(path) as f:
-        return pq.ParquetFile(f).metadata.num_rows
 
 
 def _rows_per_group(table: pa.Table, group_bytes: int = 64 << 20) -> int:

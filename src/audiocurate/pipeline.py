@@ -142,12 +142,8 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
         ds = ds.map_batches(SegmentStage(config.segment, source.id_column, placed[C.SEGMENT],
                                          source.audio_column), batch_format="pyarrow",
                             udf_modifying_row_count=True, **{**task_args(rc, config.decode.resources), "batch_size": None})
-        if reads is not None:  # resume: segments of cut-off recordings already written (resume.py)
-            ds = ds.map_batches(DropWrittenSegments(source.id_column, settled_only=True), batch_format="pyarrow",
-                                udf_modifying_row_count=True,
-                                **{**task_args(rc, config.decode.resources), "batch_size": None})
-        elif skip_segments:  # the same, by id (folder listings, your Dataset)
-            ds = _skip_ids(ds, source.id_column, rc, skip_segments, settled_only=True)
+        # resume: the segments already written of cut-off recordings, those that settled here
+        ds = _drop_written_segments(ds, config, source.id_column, reads, skip_segments, settled_only=True)
     if sink is not None:
         # Rows that settled while decoding (corrupt, silent, too short) go to their outputs
         # here, in the decode task (fused), instead of riding through every model stage.
@@ -161,17 +157,28 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
     # As its backend runs it: Whisper actors, or (`asr.backend: none`) a task reading a column.
     ds = ASR_BACKENDS.get(config.asr.backend).apply(ds, config, placed[C.TRANSCRIBE], source.columns,
                                                      pools["asr"], scale)
-    if config.segment.enabled and reads is not None:  # the rest of the segments already written
-        ds = ds.map_batches(DropWrittenSegments(source.id_column), batch_format="pyarrow",
-                            udf_modifying_row_count=True,
-                            **{**task_args(rc, config.decode.resources), "batch_size": None})
-    elif config.segment.enabled and skip_segments:
-        ds = _skip_ids(ds, source.id_column, rc, skip_segments)
+    if config.segment.enabled:  # the rest of them, transcribed again for their recording's fences
+        ds = _drop_written_segments(ds, config, source.id_column, reads, skip_segments)
     ds = apply_judge(ds, config, pools["judge"], scale)
     light = {**task_args(rc), "num_cpus": config.decode.resources.num_cpus, "batch_size": None}
     ds = ds.map_batches(SelectStage(placed[C.SELECT]), **_PYARROW, **light)
     ds = ds.map_batches(PackageStage(config.output, source.audio_column, source.id_column), **_PYARROW, **light)
     return configure_dataset(ds, rc)
+
+
+def _drop_written_segments(ds: "ray.data.Dataset", config: PipelineConfig, id_column: str,
+                           reads: Optional[list[dict[str, Any]]], skip_segments: Optional[list[str]],
+                           settled_only: bool = False) -> "ray.data.Dataset":
+    """Segments already written of recordings cut off mid-write (resume): by the list each
+    row carries (Parquet row groups, `resume.DropWrittenSegments`), else by id (folder
+    listings, your Dataset). `settled_only`: just those that settled already."""
+    if reads is not None:
+        return ds.map_batches(DropWrittenSegments(id_column, settled_only=settled_only), batch_format="pyarrow",
+                              udf_modifying_row_count=True,
+                              **{**task_args(config.ray, config.decode.resources), "batch_size": None})
+    if skip_segments:
+        return _skip_ids(ds, id_column, config.ray, skip_segments, settled_only=settled_only)
+    return ds
 
 
 def _skip_ids(ds: "ray.data.Dataset", id_column: str, rc: Any, skip: Optional[list[str]],

@@ -89,14 +89,16 @@ class Progress:
     written: dict[str, float] = field(default_factory=dict)
     shards: dict[str, list[str]] = field(default_factory=dict)
     unpartitioned_shards: list[str] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)  # rows in each shard, by path
 
 
 def read_progress(out: "OutputDir", splits: tuple[str, ...]) -> Progress:
     from concurrent.futures import ThreadPoolExecutor
 
-    def footer(path: str) -> dict[bytes, bytes]:
+    def footer(path: str) -> tuple[dict[bytes, bytes], int]:
         with out.fs.open_input_file(path) as f:
-            return pq.ParquetFile(f).schema_arrow.metadata or {}
+            pf = pq.ParquetFile(f)
+            return pf.schema_arrow.metadata or {}, pf.metadata.num_rows
 
     progress = Progress()
     written: dict[str, float] = defaultdict(float)
@@ -104,7 +106,8 @@ def read_progress(out: "OutputDir", splits: tuple[str, ...]) -> Progress:
     # Footers are independent small reads: on object storage, their latency is what costs.
     with ThreadPoolExecutor(max_workers=32) as pool:
         footers = list(pool.map(footer, paths))
-    for path, meta in zip(paths, footers):
+    for path, (meta, rows) in zip(paths, footers):
+        progress.rows[path] = rows
         if FOOTER_KEY not in meta:
             progress.unpartitioned_shards.append(path)
             continue
