@@ -1,7 +1,7 @@
 """Long recordings into segments: where the cuts fall, how much speech they cover, what the
 segments' transcripts are worth, how fast, how much memory; and DNSMOS on clean vs noisy speech.
 
-    python benchmarks/longform.py [--recordings 8] [--hour]
+    python benchmarks/longform.py [--recordings 8] [--hour] [--hours-from-file 1 2] [--long-only]
 
 Dev set: `--recordings` recordings of English Wikipedia sentences (benchmarks/corpora.py, in
 order, never picked) read by espeak-ng, voices rotating, separated by pauses drawn uniformly
@@ -15,8 +15,10 @@ machine's cores):
 * the default profile: WER of the whole-recording transcripts;
 * audio-seconds per wall-second of each (Ray start and model loading included).
 DNSMOS: 24 of the sentences alone, clean and with white noise at 0 dB SNR (seeded).
-`--hour`: benchmarks/long_clip.py's one-hour recording through `audiocurate run --profile
-longform` in a subprocess, peak resident memory of every process sampled.
+`--hour`: benchmarks/long_clip.py's one-hour recording (a Parquet cell) through `audiocurate
+run --profile longform` in a subprocess, peak resident memory of every process sampled;
+`--hours-from-file H [H ...]`: the same for H-hour recordings as a FLAC file in a folder
+(benchmarks/segment_memory.py's); `--long-only`: just these, the dev set's figures kept.
 Writes benchmarks/results/longform.json.
 """
 
@@ -86,9 +88,40 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--recordings", type=int, default=8)
     ap.add_argument("--sentences", type=int, default=14, help="per recording")
-    ap.add_argument("--hour", action="store_true")
+    ap.add_argument("--hour", action="store_true", help="a one-hour recording in a Parquet cell")
+    ap.add_argument("--hours-from-file", type=float, nargs="+", default=[],
+                    help="recordings of these many hours as FLAC files in a folder (streamed as they are decoded)")
+    ap.add_argument("--long-only", action="store_true",
+                    help="only the long recordings; the dev set's figures already in results/longform.json stay")
     args = ap.parse_args()
     result: dict = {"machine": f"{os.cpu_count()} cores"}
+    if args.long_only:
+        result = json.loads((HERE / "results" / "longform.json").read_text())
+    else:
+        dev_set_figures(args, result)
+    if args.hour:
+        from long_clip import CACHE, SENTENCES, espeak, flac
+
+        CACHE.mkdir(exist_ok=True)
+        path = CACHE / "hour_60.parquet"
+        if not path.exists():
+            base = espeak(" ".join(SENTENCES), 48000)
+            reps = int(np.ceil(60 * 60 * 48000 / len(base)))
+            pq.write_table(pa.table({"id": ["hour"], "audio_bytes": [flac(np.concatenate([base] * reps), 48000)],
+                                     "sentence": [""]}), path)
+        result["one_hour_longform"] = long_run(path)
+        print(json.dumps(result["one_hour_longform"]), flush=True)
+    for hours in args.hours_from_file:
+        from segment_memory import recording
+
+        key = f"{hours:g}_hours_from_a_file_longform"
+        result[key] = long_run(recording(hours)[1])
+        print(json.dumps({key: result[key]}), flush=True)
+    (HERE / "results" / "longform.json").write_text(json.dumps(result, indent=2))
+
+
+def dev_set_figures(args: argparse.Namespace, result: dict) -> None:
+    """The dev set through `longform` and the default profile, and DNSMOS clean vs 0 dB."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data, spans, refs = dev_set(args.recordings, args.sentences, tmp / "dev.parquet")
@@ -144,30 +177,24 @@ def main() -> None:
                              "clean_min": round(float(np.min(clean)), 3), "noisy_max": round(float(np.max(noisy)), 3),
                              "clips": len(clean)}
     print(json.dumps(result["dnsmos_ovrl"]), flush=True)
-    if args.hour:
-        from long_clip import CACHE, SENTENCES, espeak, flac
-        from procmon import run_and_measure
 
-        CACHE.mkdir(exist_ok=True)
-        path = CACHE / "hour_60.parquet"
-        if not path.exists():
-            base = espeak(" ".join(SENTENCES), 48000)
-            reps = int(np.ceil(60 * 60 * 48000 / len(base)))
-            pq.write_table(pa.table({"id": ["hour"], "audio_bytes": [flac(np.concatenate([base] * reps), 48000)],
-                                     "sentence": [""]}), path)
-        with tempfile.TemporaryDirectory() as tmp:
-            cmd = [sys.executable, "-m", "audiocurate.cli", "run", str(path), f"{tmp}/out", "--no-progress",
-                   "--profile", "longform"]
-            code, peaks, wall = run_and_measure(cmd, env={**os.environ, "RAY_ADDRESS": ""})
-            report = json.loads(Path(f"{tmp}/out/report.json").read_text())
-        result["one_hour_longform"] = {
-            "exit_code": code, "wall_s": round(wall, 1), "segments": report["accounting"]["accounted"],
-            "accounting_ok": report["accounting"]["ok"], "peak_rss_whole_run_mb": round(peaks.tree_peak_mb),
-            "peak_rss_driver_mb": round(peaks.driver_peak_mb),
-            "peak_rss_by_process_mb": dict(sorted(((k, round(v)) for k, v in peaks.by_name_peak_mb.items()),
-                                                  key=lambda kv: -kv[1])[:6])}
-        print(json.dumps(result["one_hour_longform"]), flush=True)
-    (HERE / "results" / "longform.json").write_text(json.dumps(result, indent=2))
+
+def long_run(path: Path) -> dict:
+    """`audiocurate run --profile longform` on one long recording in a subprocess, with the
+    peak resident memory of every process sampled."""
+    from procmon import run_and_measure
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "audiocurate.cli", "run", str(path), f"{tmp}/out", "--no-progress",
+               "--profile", "longform"]
+        code, peaks, wall = run_and_measure(cmd, env={**os.environ, "RAY_ADDRESS": ""})
+        report = json.loads(Path(f"{tmp}/out/report.json").read_text())
+    return {
+        "exit_code": code, "wall_s": round(wall, 1), "segments": report["accounting"]["accounted"],
+        "accounting_ok": report["accounting"]["ok"], "peak_rss_whole_run_mb": round(peaks.tree_peak_mb),
+        "peak_rss_driver_mb": round(peaks.driver_peak_mb),
+        "peak_rss_by_process_mb": dict(sorted(((k, round(v)) for k, v in peaks.by_name_peak_mb.items()),
+                                              key=lambda kv: -kv[1])[:6])}
 
 
 if __name__ == "__main__":

@@ -54,6 +54,31 @@ def test_segments_cut_only_in_pauses_and_cover_the_speech():
     assert all(segs[i][1] <= segs[i + 1][0] for i in range(len(segs) - 1)), "segments overlap"
 
 
+def test_vad_windows_are_stitched_where_both_have_context_not_cut_edge_to_edge():
+    from audiocurate.segment.vad import SpeechDetector, VadSettings, speech_regions
+
+    pcm, spans = recording(SENTENCES * 2)  # 85 s: speech runs across the 30 s window edges
+
+    def pauses_inside_sentences(regions):
+        gaps = [(e1, s2) for (_, e1), (s2, _) in zip(regions, regions[1:])]
+        return [g for g in gaps if any(a + 0.05 < g[0] and g[1] < b - 0.05 for a, b in spans)]
+
+    whole = speech_regions(pcm, VadSettings(window_s=1000.0), 9.0)
+    windowed = speech_regions(pcm, VadSettings(window_s=30.0), 9.0)
+    assert not pauses_inside_sentences(whole) and not pauses_inside_sentences(windowed)
+    assert len(windowed) == len(whole)
+    assert max(abs(a - b) for r, q in zip(whole, windowed) for a, b in zip(r, q)) < 0.1
+
+    class EdgeToEdge(SpeechDetector):  # what stitching prevents: Silero starts late at an edge
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.overlap = 0
+
+    plain = EdgeToEdge(VadSettings(window_s=30.0), 9.0)
+    plain.feed(pcm)
+    assert pauses_inside_sentences(plain.finish())
+
+
 def test_packing_prefers_long_segments_ending_at_the_longer_pause():
     from audiocurate.segment.vad import plan_segments
 
@@ -94,7 +119,8 @@ def test_segment_rows_carry_their_parent_times_and_own_audio():
         {"id": "broken", "audio_bytes": b"not audio", "sentence": "", "speaker": "cy"}])
     placed = placed_filters(config, table.column_names)
     decoded = DecodeStage(config.decode, "audio_bytes", filters=placed[C.DECODE])(table)
-    rows = SegmentStage(config.segment, "id", placed[C.SEGMENT])(decoded).to_pylist()
+    held = pa.concat_tables(SegmentStage(config.segment, "id", placed[C.SEGMENT], "audio_bytes")(decoded))
+    rows = held.to_pylist()
     talk = [r for r in rows if r["parent_id"] == "talk"]
     assert len(talk) >= 2 and all(r["segments"] == len(talk) and r["speaker"] == "ann" for r in talk)
     for r in talk:
@@ -105,6 +131,71 @@ def test_segment_rows_carry_their_parent_times_and_own_audio():
     assert len(quiet) == 1 and quiet[0]["drop_reason"] in ("silence", "no_speech") and quiet[0]["id"] == "quiet"
     broken = [r for r in rows if r["parent_id"] == "broken"]
     assert len(broken) == 1 and broken[0][C.ERROR_STAGE] == "decode"
+
+    # The pipeline's way: decoded as it is cut, through a spool on disk past 50 KB, the segments
+    # leaving one table each. Same rows, same samples, same schema in every table.
+    streaming = SegmentStage(config.segment.model_copy(update={"spool_mb": 0.05}), "id", placed[C.SEGMENT],
+                             "audio_bytes", DecodeStage(config.decode, "audio_bytes"))
+    streaming.CHUNK_BYTES = 1
+    chunks = list(streaming(table))
+    assert len(chunks) == len(talk) + 1 and len({c.schema for c in chunks}) == 1
+    fused = pa.concat_tables(chunks)
+    assert set(fused.column_names) == set(held.column_names)
+    same = [c for c in held.column_names if c != "decode_s"]  # timings differ
+    assert fused.select(same).schema == held.select(same).schema
+    assert fused.select(same).to_pylist() == held.select(same).to_pylist()
+
+
+def test_spool_streams_to_disk_and_vad_sees_the_same_regions_in_any_pieces():
+    from audiocurate.segment.spool import RecordingSpool
+    from audiocurate.segment.vad import SpeechDetector, VadSettings, speech_regions
+
+    pcm, _ = recording(SENTENCES[:3])
+    settings = VadSettings(window_s=30.0)
+    whole = speech_regions(pcm, settings, 10.0)
+    spool = RecordingSpool(SpeechDetector(settings, 10.0), memory_bytes=64 << 10)
+    for lo in range(0, len(pcm), 12_345):  # pieces that straddle the VAD windows' edges
+        spool.write(pcm[lo:lo + 12_345])
+    assert spool.on_disk and spool.frames == len(pcm)
+    assert spool.regions() == whole and len(whole) >= 3
+    assert np.array_equal(spool.read(1000, 40_000), pcm[1000:40_000])
+    assert len(spool.read(len(pcm) - 10, len(pcm) + 99)) == 10
+    spool.clear()
+    assert spool.frames == 0 and spool.regions() == []
+    spool.close()
+
+
+def test_an_hour_is_cut_in_bounded_memory_never_holding_its_samples_whole():
+    import tracemalloc
+
+    from audiocurate import contract as C
+    from audiocurate.audio import encode_flac
+    from audiocurate.config import PipelineConfig
+    from audiocurate.segment.stage import SegmentStage
+    from audiocurate.stages import DecodeStage
+
+    pcm, _ = recording(SENTENCES)
+    hour = np.tile(pcm, int(np.ceil(3600 * RATE / len(pcm))))[:3600 * RATE]
+    table = pa.table({"id": ["hour"], "audio_bytes": pa.array([encode_flac(hour)], pa.binary())})
+    del pcm
+    config = PipelineConfig.load(overrides=["segment.enabled=true", "segment.spool_mb=8"])
+    stage = SegmentStage(config.segment, "id", (), "audio_bytes", DecodeStage(config.decode, "audio_bytes"))
+    tracemalloc.start()
+    try:
+        rows = starts = 0
+        largest = 0
+        for chunk in stage(table):  # each table handed on as Ray Data would, then let go
+            rows += chunk.num_rows
+            largest = max(largest, chunk[C.PCM].nbytes)
+            starts = chunk["start_s"][chunk.num_rows - 1].as_py()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    whole = hour.nbytes  # 115 MB of 16 kHz samples
+    assert rows > 100 and starts > 3500, (rows, starts)
+    assert largest <= 2 * SegmentStage.CHUNK_BYTES
+    # Spool, VAD window and one chunk of segments in hand: well under the recording's samples.
+    assert peak < 0.5 * whole, f"peak {peak / 2**20:.0f} MB for {whole / 2**20:.0f} MB of samples"
 
 
 @pytest.mark.slow

@@ -60,6 +60,28 @@ def test_rows_settled_upstream_pass_through_untouched():
     assert out.schema.field("peak_dbfs").type == pa.float32()  # same schema as a block with work
 
 
+def test_decode_reads_cells_of_every_shape_without_copying_bytes_and_opens_local_files(tmp_path):
+    import pyarrow.fs as pafs
+
+    from audiocurate.stages import AudioFetcher, audio_input_of
+
+    data = tone(1.0)
+    (tmp_path / "a.flac").write_bytes(data)
+    fetcher = AudioFetcher(pafs.LocalFileSystem(), str(tmp_path))
+    table = pa.table({
+        "bytes": pa.array([data], pa.binary()),
+        "path": pa.array(["a.flac"], pa.string()),  # a string scalar is also a binary scalar
+        "hf": pa.array([{"bytes": None, "path": "a.flac"}], pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+    })
+    assert isinstance(audio_input_of(table["bytes"][0], fetcher), pa.Buffer)
+    for column in ("path", "hf"):
+        opened = audio_input_of(table[column][0], fetcher)
+        assert isinstance(opened, pa.NativeFile) and opened.read() == data
+    for column in ("bytes", "path", "hf"):
+        out = DecodeStage(PipelineConfig().decode, column, fetcher)(table)
+        assert out[C.ERROR].to_pylist() == [None] and out["duration_s"].to_pylist() == [pytest.approx(1.0)], column
+
+
 class ClipsShorterThan:
     """A transcriber that raises on any batch holding a clip shorter than `n` samples."""
 

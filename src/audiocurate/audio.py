@@ -3,7 +3,8 @@
 Backends are tried in order, libsndfile (`soundfile`) first and PyAV (FFmpeg) second, as in
 lhotse's composite backend; when every one fails, one `AudioDecodeError` names each reason.
 Decoding streams block by block through a soxr resampler, so a long recording costs its 16 kHz
-16-bit samples in memory and never a float copy at the source rate.
+16-bit samples in memory and never a float copy at the source rate; given a `PcmSink`, not even
+those: each block goes to the sink (the segment stage's spool) as it is decoded.
 
 Corrupt input is reported, never guessed: where the container declares a length (FLAC's
 STREAMINFO, a WAV data chunk), a stream that decodes shorter is `truncated`, because PyAV
@@ -20,9 +21,12 @@ import io
 import math
 import re
 from dataclasses import dataclass
-from typing import Iterator, Optional, Protocol
+from typing import IO, TYPE_CHECKING, Iterator, Optional, Protocol, Union
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 TARGET_RATE = 16_000
 _BLOCK_SECONDS = 10
@@ -47,10 +51,11 @@ class DecodedAudio:
     source_format: str
     peak_dbfs: float
     rms_dbfs: float
+    frames: int = -1  # at `sample_rate`; where the samples went to a sink, `pcm` is empty
 
     @property
     def duration_s(self) -> float:
-        return len(self.pcm) / self.sample_rate
+        return (self.frames if self.frames >= 0 else len(self.pcm)) / self.sample_rate
 
     def as_float32(self) -> np.ndarray:
         return pcm16_to_float32(self.pcm)
@@ -71,7 +76,47 @@ class _Stream:
 class AudioBackend(Protocol):
     name: str
 
-    def open(self, data: bytes) -> _Stream: ...
+    def open(self, data: IO[bytes]) -> _Stream: ...
+
+
+class PcmSink(Protocol):
+    """Where decoded 16 kHz int16 blocks go instead of one array (`decode_audio(into=)`)."""
+
+    def write(self, pcm: np.ndarray) -> None: ...
+
+    def clear(self) -> None:
+        """Forget what was written: the next backend starts the clip again."""
+
+
+AudioInput = Union[bytes, bytearray, memoryview, "pa.Buffer", IO[bytes]]
+"""Encoded audio: bytes, an Arrow buffer (a Parquet cell, not copied) or a seekable binary file."""
+
+
+def _reader(data: AudioInput) -> IO[bytes]:
+    """A seekable binary file over the input, at its start, without copying it."""
+    if hasattr(data, "seek"):
+        data.seek(0)
+        return data
+    if isinstance(data, bytes):
+        return io.BytesIO(data)  # shares the bytes object's memory
+    import pyarrow as pa
+
+    return pa.BufferReader(data if isinstance(data, pa.Buffer) else pa.py_buffer(data))
+
+
+def _head(f: IO[bytes], n: int = 1 << 20) -> bytes:
+    """The first `n` bytes (a WAV header's chunks), the file left at its start."""
+    head = f.read(n)
+    f.seek(0)
+    return bytes(head)
+
+
+def _size(data: AudioInput) -> int:
+    if hasattr(data, "seek"):
+        pos = data.seek(0, io.SEEK_END)
+        data.seek(0)
+        return int(pos)
+    return len(data) if not hasattr(data, "size") else int(data.size)
 
 
 class SoundfileBackend:
@@ -81,15 +126,16 @@ class SoundfileBackend:
     _EXACT_LENGTH = {"FLAC", "AIFF", "W64"}
     _ESTIMATED_LENGTH = {"MPEG", "MP3"}
 
-    def open(self, data: bytes) -> _Stream:
+    def open(self, data: IO[bytes]) -> _Stream:
         import soundfile as sf
 
-        f = sf.SoundFile(io.BytesIO(data))
+        head = _head(data)
+        f = sf.SoundFile(data)
         declared: Optional[int] = None
         exact = True
         if f.format in ("WAV", "WAVEX", "RF64"):
             # libsndfile trims a WAV's frame count to the bytes present; the header knows better.
-            data_bytes = wav_declared_data_bytes(data)
+            data_bytes = wav_declared_data_bytes(head)
             if data_bytes is not None and f.channels > 0:
                 declared = data_bytes // (f.channels * _bytes_per_sample(f.subtype))
         elif f.format in self._EXACT_LENGTH:
@@ -114,10 +160,11 @@ class PyAVBackend:
     name = "pyav"
     _EXACT_LENGTH_CODECS = ("flac", "pcm_", "wavpack", "alac")
 
-    def open(self, data: bytes) -> _Stream:
+    def open(self, data: IO[bytes]) -> _Stream:
         import av
 
-        container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
+        head = _head(data)
+        container = av.open(data, mode="r", metadata_errors="ignore")
         if not container.streams.audio:
             container.close()
             raise AudioDecodeError("no audio stream in the container")
@@ -126,7 +173,7 @@ class PyAVBackend:
         rate = int(ctx.sample_rate or 0)
         channels = int(ctx.channels or 0) if hasattr(ctx, "channels") else int(ctx.layout.nb_channels)
         declared, exact = None, True
-        wav_bytes = wav_declared_data_bytes(data) if container.format.name == "wav" else None
+        wav_bytes = wav_declared_data_bytes(head) if container.format.name == "wav" else None
         if wav_bytes is not None and ctx.name.startswith("pcm_") and channels and ctx.format is not None:
             declared = wav_bytes // (channels * ctx.format.bytes)
         elif stream.duration and stream.time_base and rate:
@@ -151,25 +198,30 @@ DEFAULT_BACKENDS: tuple[AudioBackend, ...] = (SoundfileBackend(), PyAVBackend())
 
 
 def decode_audio(
-    data: bytes,
+    data: AudioInput,
     *,
     target_rate: int = TARGET_RATE,
     min_source_rate: int = 1_000,
     max_source_rate: int = 384_000,
     truncation_tolerance_s: float = 0.05,
     backends: tuple[AudioBackend, ...] = DEFAULT_BACKENDS,
+    into: Optional[PcmSink] = None,
 ) -> DecodedAudio:
-    """Decode encoded audio bytes to mono `target_rate` 16-bit PCM.
+    """Decode encoded audio to mono `target_rate` 16-bit PCM: in `pcm`, or block by block
+    into the sink `into` (then `pcm` is empty and `frames` counts the samples).
 
     Raises `AudioDecodeError` for empty, unrecognised, truncated or implausible input, with
-    every backend's reason when none could read it.
+    every backend's reason when none could read it. An error the sink raises is its own and
+    propagates as it is.
     """
-    if data is None or len(data) == 0:
+    if data is None or _size(data) == 0:
         raise AudioDecodeError("empty input (0 bytes)")
     failures: list[str] = []
     for backend in backends:
+        if into is not None:
+            into.clear()
         try:
-            stream = backend.open(bytes(data))
+            stream = backend.open(_reader(data))
         except AudioDecodeError as e:
             failures.append(f"{backend.name}: {e.reason}")
             continue
@@ -177,7 +229,9 @@ def decode_audio(
             failures.append(f"{backend.name}: {_short(e)}")
             continue
         try:
-            return _consume(stream, target_rate, min_source_rate, max_source_rate, truncation_tolerance_s)
+            return _consume(stream, target_rate, min_source_rate, max_source_rate, truncation_tolerance_s, into)
+        except _SinkFailed as e:
+            raise e.__cause__ from None
         except _Implausible as e:  # a verdict on the audio itself, not on the backend
             raise AudioDecodeError(e.reason) from None
         except AudioDecodeError as e:
@@ -195,7 +249,12 @@ class _Implausible(AudioDecodeError):
     backend would only repeat the same content, or worse, guess around it."""
 
 
-def _consume(stream: _Stream, target_rate: int, min_rate: int, max_rate: int, tol_s: float) -> DecodedAudio:
+class _SinkFailed(Exception):
+    """The sink's error, carried past the backend's error handling (`__cause__`)."""
+
+
+def _consume(stream: _Stream, target_rate: int, min_rate: int, max_rate: int, tol_s: float,
+             into: Optional[PcmSink] = None) -> DecodedAudio:
     if not (min_rate <= stream.sample_rate <= max_rate):
         raise _Implausible(f"implausible sample rate {stream.sample_rate} Hz (allowed {min_rate}-{max_rate} Hz)")
     if stream.channels < 1:
@@ -219,7 +278,13 @@ def _consume(stream: _Stream, target_rate: int, min_rate: int, max_rate: int, to
         peak = max(peak, float(np.max(np.abs(x))))
         sumsq += float(np.dot(x, x))
         n_out += len(x)
-        parts.append(float32_to_pcm16(x))
+        if into is None:
+            parts.append(float32_to_pcm16(x))
+            return
+        try:
+            into.write(float32_to_pcm16(x))
+        except Exception as e:
+            raise _SinkFailed() from e
 
     for block in stream.blocks:
         frames += len(block)
@@ -248,6 +313,7 @@ def _consume(stream: _Stream, target_rate: int, min_rate: int, max_rate: int, to
         source_format=stream.format,
         peak_dbfs=_dbfs(peak),
         rms_dbfs=_dbfs(math.sqrt(sumsq / n_out) if n_out else 0.0),
+        frames=n_out,
     )
 
 

@@ -198,7 +198,7 @@ class SpeakingRateFilter(Settings):
     (`chars_per_s_outlier`): most often a missed or hallucinated stretch of text. The rate is over
     the words' span when Whisper gives word timestamps (`asr.word_timestamps`), else over the
     segment's duration. A recording's segments are judged together, in its block; one of over
-    about 100 minutes (192 MiB of 16 kHz samples, where Ray Data cuts a block) is judged by parts.
+    about 70 minutes (128 MiB of 16 kHz samples, Ray Data's block size) is judged by parts.
     On resume, the segments already written of a recording cut off mid-write are transcribed
     again for its fences, and not written again."""
 
@@ -270,8 +270,15 @@ class SegmentConfig(Settings):
     pad_s: float = Field(0.5, ge=0, description="Silence kept on each side of a segment (at most half the pause).")
     vad_threshold: float = Field(0.5, gt=0, lt=1, description="Silero VAD speech probability threshold.")
     min_silence_s: float = Field(0.3, gt=0, description="A pause at least this long may separate segments.")
-    vad_window_s: float = Field(300.0, ge=30, json_schema_extra=SPEED_ONLY,
-                                description="VAD runs window by window: its memory follows the window.")
+    vad_window_s: float = Field(
+        120.0, ge=30, description="VAD runs window by window as the samples stream in, so its memory follows the "
+        "window (120 s: about 50 MB), not the recording; windows overlap by 10 s and are joined mid-overlap, where "
+        "both have context (Silero starts each window afresh).")
+    spool_mb: float = Field(
+        32.0, gt=0, json_schema_extra=SPEED_ONLY, description="A recording's decoded 16 kHz samples wait to be cut "
+        "in memory up to this size (32 MB: about 17 minutes), beyond it in a temporary file, so decoding and "
+        "cutting a recording of any length holds this, the VAD window and the segments in hand, never the "
+        "whole recording's samples.")
 
     @model_validator(mode="after")
     def _lengths_fit(self) -> "SegmentConfig":

@@ -124,8 +124,9 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
     # not rows. It bounds what a model actor answers at once (and what a crash can cost),
     # and spreads decoding over every core even when one file holds the whole input.
     # Segmenting: a block's recordings are cut into segments in that block, which stays one
-    # block through the model stages (Ray cuts one only past 1.5 x its 128 MiB target: about
-    # 100 minutes of 16 kHz samples), so a recording's segments are batched and judged against
+    # block through the model stages (the segment stage hands them on in parts that Ray Data
+    # packs into blocks of up to 128 MiB: about 70 minutes of 16 kHz samples; a longer
+    # recording spans blocks), so a recording's segments are batched and judged against
     # each other (`filters.speaking_rate`) together.
     ds = source.dataset(files, num_cpus=config.decode.resources.num_cpus,
                         block_bytes=int(config.decode.read_block_mb * 2**20), reads=reads,
@@ -137,10 +138,11 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
     # Per block (batch_size=None): each read block, sized by bytes, is one unit of work from
     # here on; bundling blocks up again would undo that.
     decode = DecodeStage(config.decode, source.audio_column, source.fetcher(), placed[C.DECODE])
-    ds = ds.map_batches(decode, **_PYARROW, **{**task_args(rc, config.decode.resources), "batch_size": None})
-    if config.segment.enabled:
+    if not config.segment.enabled:
+        ds = ds.map_batches(decode, **_PYARROW, **{**task_args(rc, config.decode.resources), "batch_size": None})
+    else:  # decoded as it is cut: a recording's samples are never whole in memory
         ds = ds.map_batches(SegmentStage(config.segment, source.id_column, placed[C.SEGMENT],
-                                         source.audio_column), batch_format="pyarrow",
+                                         source.audio_column, decode), batch_format="pyarrow",
                             udf_modifying_row_count=True, **{**task_args(rc, config.decode.resources), "batch_size": None})
         # resume: the segments already written of cut-off recordings, those that settled here
         ds = _drop_written_segments(ds, config, source.id_column, reads, skip_segments, settled_only=True)

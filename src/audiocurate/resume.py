@@ -252,7 +252,8 @@ def read_planned(pf: pq.ParquetFile, item: dict[str, Any], id_column: str,
     for g in item["groups"]:
         group, take, key = g["group"], g["take"], g["key"]
         read = 0
-        for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[group]):
+        batches = pf.iter_batches(batch_size=batch_rows, row_groups=[group])
+        for batch in batches:
             if read >= take:
                 break
             t = pa.Table.from_batches([batch]).slice(0, take - read)
@@ -265,6 +266,11 @@ def read_planned(pf: pq.ParquetFile, item: dict[str, Any], id_column: str,
                     ids = pc.cast(t[id_column], pa.string()).to_pylist()
                     t = t.append_column(WRITTEN_SEGMENTS, pa.array([written.get(i) for i in ids], pa.list_(pa.string())))
                 yield t
+        batches.close()
+        # Reading a page of long recordings held it compressed and decompressed; hand those
+        # pages back now, or they stay with Arrow's allocator while decoding (whose buffers
+        # come from another allocator) needs its own.
+        pa.default_memory_pool().release_unused()
 
 
 class DropWrittenSegments:

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from . import contract as C
-from .audio import AudioDecodeError, decode_audio, encode_flac
+from .audio import AudioDecodeError, AudioInput, DecodedAudio, PcmSink, decode_audio, encode_flac
 from .config import AsrConfig, DecodeConfig, JudgeConfig, OutputConfig
 from .core.stage import ModelStage, Outcome, Stage
 from .engines import CrashWitness
@@ -56,6 +56,21 @@ class AudioFetcher:
         except OSError as e:
             raise AudioDecodeError(f"cannot read {path}: {e}") from None
 
+    def open(self, path: str) -> AudioInput:
+        """The file to decode: a local one opened where it lies (decoding streams it, so an
+        hour costs no more memory than a minute), a remote one read whole in one request
+        (a decoder's many small reads would each be one)."""
+        full = path if path.startswith("/") or "://" in path else f"{self.root}/{path}"
+        fs, where = (pafs.FileSystem.from_uri(full) if "://" in full else (self.fs, full))
+        if not isinstance(fs, pafs.LocalFileSystem):
+            return self.read(path)
+        try:
+            return fs.open_input_file(where)
+        except FileNotFoundError:
+            raise AudioDecodeError(f"file not found: {path}") from None
+        except OSError as e:
+            raise AudioDecodeError(f"cannot read {path}: {e}") from None
+
 
 def audio_bytes_of(value: Any, fetcher: Optional[AudioFetcher]) -> bytes:
     """The encoded audio in a cell: bytes, a `{bytes, path}` struct, or a path."""
@@ -74,6 +89,24 @@ def audio_bytes_of(value: Any, fetcher: Optional[AudioFetcher]) -> bytes:
     raise AudioDecodeError(f"audio cell holds {type(value).__name__}, not bytes or a path")
 
 
+def audio_input_of(cell: pa.Scalar, fetcher: Optional[AudioFetcher]) -> AudioInput:
+    """`audio_bytes_of` for the decoder, without copying: a binary cell's Arrow buffer as it
+    lies in the block (an hour's FLAC is 120 MB), a path's file opened (`AudioFetcher.open`)."""
+    if isinstance(cell, pa.StructScalar):
+        data = cell.get("bytes") if "bytes" in [f.name for f in cell.type] else None
+        if data is not None and data.is_valid and len(data.as_buffer() or b""):
+            return data.as_buffer()
+        cell = cell.get("path") if "path" in [f.name for f in cell.type] else pa.scalar(None, pa.string())
+    if isinstance(cell, (pa.StringScalar, pa.LargeStringScalar)):  # before binary: a string scalar is one
+        if cell.is_valid and cell.as_py():
+            if fetcher is None:
+                raise AudioDecodeError(f"row names a file ({cell.as_py()}) but the source has no filesystem")
+            return fetcher.open(cell.as_py())
+    elif isinstance(cell, (pa.BinaryScalar, pa.LargeBinaryScalar)) and cell.is_valid:
+        return cell.as_buffer()
+    return audio_bytes_of(cell.as_py(), fetcher)
+
+
 class DecodeStage(Stage):
     """Decode + resample to 16 kHz mono (CPU task); the audio filters run on what it measured,
     and a row they reject drops its samples here."""
@@ -90,34 +123,43 @@ class DecodeStage(Stage):
         self.fetcher = fetcher
 
     def process(self, table: pa.Table, rows: np.ndarray) -> Outcome:
-        d = self.config
         out = Outcome(values={k: [None] * len(rows) for k in self.produces})
-        v = out.values
-        cells = table[self.audio_column]
         for j, i in enumerate(rows):
-            t0 = time.perf_counter()
-            try:
-                clip = decode_audio(
-                    audio_bytes_of(cells[int(i)].as_py(), self.fetcher),
-                    target_rate=d.sample_rate,
-                    min_source_rate=d.min_source_sample_rate,
-                    max_source_rate=d.max_source_sample_rate,
-                    truncation_tolerance_s=d.truncation_tolerance_s,
-                )
-            except AudioDecodeError as e:
-                out.errors[j] = e.reason
-            except Exception as e:  # a decoder bug must cost one row, not the run
-                out.errors[j] = f"unexpected {type(e).__name__}: {e}"
-            else:
-                v["duration_s"][j] = clip.duration_s
-                v["source_sample_rate"][j] = clip.source_sample_rate
-                v["source_channels"][j] = clip.source_channels
-                v["source_format"][j] = clip.source_format
-                v["peak_dbfs"][j] = max(clip.peak_dbfs, -200.0)
-                v["rms_dbfs"][j] = max(clip.rms_dbfs, -200.0)
-                v[C.PCM][j] = clip.pcm.tobytes()
-            v["decode_s"][j] = time.perf_counter() - t0
+            clip = self.decode_row(table, int(i), out, j)
+            if clip is not None:
+                out.values[C.PCM][j] = clip.pcm.tobytes()
         return out
+
+    def decode_row(self, table: pa.Table, i: int, out: Outcome, j: int,
+                   into: Optional[PcmSink] = None) -> Optional[DecodedAudio]:
+        """Row `i` decoded (its samples in the clip, or streamed `into` a sink), its columns set
+        at position `j` of `out`; None, and the reason in `out.errors`, where it failed."""
+        d = self.config
+        v = out.values
+        t0 = time.perf_counter()
+        clip = None
+        try:
+            data = audio_input_of(table[self.audio_column][i], self.fetcher)
+            try:
+                clip = decode_audio(data, target_rate=d.sample_rate, min_source_rate=d.min_source_sample_rate,
+                                    max_source_rate=d.max_source_sample_rate,
+                                    truncation_tolerance_s=d.truncation_tolerance_s, into=into)
+            finally:
+                if isinstance(data, pa.NativeFile):
+                    data.close()
+        except AudioDecodeError as e:
+            out.errors[j] = e.reason
+        except Exception as e:  # a decoder bug must cost one row, not the run
+            out.errors[j] = f"unexpected {type(e).__name__}: {e}"
+        else:
+            v["duration_s"][j] = clip.duration_s
+            v["source_sample_rate"][j] = clip.source_sample_rate
+            v["source_channels"][j] = clip.source_channels
+            v["source_format"][j] = clip.source_format
+            v["peak_dbfs"][j] = max(clip.peak_dbfs, -200.0)
+            v["rms_dbfs"][j] = max(clip.rms_dbfs, -200.0)
+        v["decode_s"][j] = time.perf_counter() - t0
+        return clip
 
     def finish(self, table: pa.Table) -> pa.Table:
         return C.drop_settled_pcm(table) if self.filters else table

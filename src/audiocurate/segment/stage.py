@@ -1,17 +1,20 @@
-"""The segment stage: each decoded recording becomes its segment rows (CPU task)."""
+"""The segment stage: each recording becomes its segment rows (CPU task), decoded as it is cut."""
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
+import numpy as np
 import pyarrow as pa
 
 from .. import contract as C
 from ..audio import levels_dbfs
 from ..config import SegmentConfig
-from ..core.stage import Stage
+from ..core.stage import Outcome, Stage
 from ..filters.base import Filter
-from .vad import RATE, VadSettings, plan_segments, segment_room, speech_regions
+from ..stages import DecodeStage
+from .spool import HeldSamples, RecordingSpool
+from .vad import RATE, SpeechDetector, VadSettings, plan_segments, segment_room
 
 NO_SPEECH = "no_speech"
 
@@ -24,70 +27,127 @@ def segment_id(parent_id: str, start_s: float) -> str:
 class SegmentStage(Stage):
     """Recordings to segment rows. Source columns are carried to every segment; `duration_s`,
     `peak_dbfs`, `rms_dbfs` and the samples become the segment's own, and the audio filters
-    (placed here when segmenting) judge each segment. Rows settled upstream pass through."""
+    (placed here when segmenting) judge each segment. Rows settled upstream pass through.
+
+    Given `decode`, it decodes too (the pipeline's way): each recording streams from the
+    decoder through VAD into a `RecordingSpool`, is cut from there, and its segments leave in
+    tables of about `CHUNK_BYTES` of samples (a generator; Ray Data packs them into blocks), so
+    its memory is bounded by the spool, the VAD window and a chunk, whatever the recording's
+    length. Without it, it cuts the samples a decode stage put in the table."""
 
     name = C.SEGMENT
     produces = C.SEGMENT_COLUMNS
+    CHUNK_BYTES = 16 << 20
 
     def __init__(self, config: SegmentConfig, id_column: str, filters: Sequence[Filter] = (),
-                 audio_column: Optional[str] = None):
+                 audio_column: Optional[str] = None, decode: Optional[DecodeStage] = None):
         super().__init__(filters)
         self.config = config
         self.id_column = id_column
         self.audio_column = audio_column
+        self.decode = decode
         self.vad = VadSettings(config.vad_threshold, config.min_silence_s, 0.25, config.vad_window_s)
 
-    def __call__(self, table: pa.Table) -> pa.Table:
+    def __call__(self, table: pa.Table) -> Iterator[pa.Table]:
         table = C.ensure_status(table)
         active = C.active_mask(table)
+        n = table.num_rows
+        detector = SpeechDetector(self.vad, segment_room(self.config.max_s, self.config.pad_s))
+        # The recording's own measures: from the decoder here, or from the table it filled.
+        rec: dict[str, list[Any]]
+        errors: dict[int, str] = {}
+        if self.decode is not None:
+            decoded = Outcome(values={k: [None] * n for k in self.decode.produces if k != C.PCM})
+            rec, errors = decoded.values, decoded.errors
+        else:
+            rec = {k: (table[k].to_pylist() if k in table.column_names else [None] * n)
+                   for k in ("duration_s", "peak_dbfs", "rms_dbfs")}
         ids = [str(x) for x in table[self.id_column].to_pylist()]
-        durations = table["duration_s"].to_pylist()
-        take: list[int] = []  # source row of each output row
-        extra: dict[str, list[Any]] = {k: [] for k in (*C.SEGMENT_COLUMNS, "id", "duration_s", "peak_dbfs",
-                                                       "rms_dbfs", C.PCM, C.DROP_REASON)}
-        for i in range(table.num_rows):
-            if not active[i]:
-                self._keep(extra, take, i, ids[i], durations[i], table)
-                continue
-            pcm = C.pcm_of(table, i)
-            duration = len(pcm) / RATE
-            regions = speech_regions(pcm, self.vad, segment_room(self.config.max_s, self.config.pad_s))
-            spans = plan_segments(regions, duration, self.config.min_s, self.config.max_s, self.config.pad_s,
-                                  self.config.target_s)
-            if not spans:
-                self._keep(extra, take, i, ids[i], duration, table, reason=NO_SPEECH)
-                continue
-            for start, end in spans:
-                piece = pcm[int(start * RATE):int(end * RATE)]
-                peak, rms = (max(x, -200.0) for x in levels_dbfs(piece))
-                take.append(i)
-                for k, v in (("parent_id", ids[i]), ("start_s", start), ("end_s", end), ("segments", len(spans)),
-                             ("id", segment_id(ids[i], start)), ("duration_s", len(piece) / RATE),
-                             ("peak_dbfs", peak), ("rms_dbfs", rms), (C.PCM, piece.tobytes()),
-                             (C.DROP_REASON, None)):
-                    extra[k].append(v)
         # The recording's encoded audio and samples are not copied into each of its segment
-        # rows (an hour's 115 MB times 200 segments): samples are set per segment below, and
-        # the source audio is dropped (segments are packaged from their own samples).
-        heavy = [c for c in (C.PCM, self.audio_column) if c in table.column_names]
-        out = table.drop_columns(heavy).take(pa.array(take, pa.int64()))
+        # rows (an hour's 115 MB times 200 segments): samples are set per segment, and the
+        # source audio is dropped (segments are packaged from their own samples).
+        base = table.drop_columns([c for c in (C.PCM, self.audio_column) if c in table.column_names])
+        out = _Rows()
+        for i in range(n):
+            if not active[i]:
+                out.keep(i, ids[i], rec, table)
+                continue
+            if self.decode is not None:
+                samples: Any = RecordingSpool(detector, int(self.config.spool_mb * 2**20))
+                if self.decode.decode_row(table, i, decoded, i, into=samples) is None:
+                    samples.close()
+                    out.keep(i, ids[i], rec, table)
+                    continue
+            else:
+                samples = HeldSamples(C.pcm_of(table, i), detector)
+            try:
+                duration = samples.frames / RATE
+                spans = plan_segments(samples.regions(), duration, self.config.min_s, self.config.max_s,
+                                      self.config.pad_s, self.config.target_s)
+                if not spans:
+                    out.keep(i, ids[i], rec, table, reason=NO_SPEECH)
+                for start, end in spans:
+                    out.segment(i, ids[i], start, end, len(spans), samples.read(int(start * RATE), int(end * RATE)))
+                    if out.pcm_bytes >= self.CHUNK_BYTES:
+                        yield self._emit(base, out.pop(), rec, errors)
+            finally:
+                samples.close()
+        if out.take or not n:
+            yield self._emit(base, out.pop(), rec, errors)
+
+    def _emit(self, base: pa.Table, rows: "_Rows", rec: dict[str, list[Any]], errors: dict[int, str]) -> pa.Table:
+        """The output rows gathered so far as a table, filtered."""
+        table = base.take(pa.array(rows.take, pa.int64()))
+        if self.decode is not None:  # the decoder's columns, per recording
+            for k, typ in self.decode.produces.items():
+                if k in rec and k not in rows.values:
+                    table = C.put_column(table, k, [rec[k][i] for i in rows.take], typ)
+            failed = {j: (C.DECODE, errors[i]) for j, i in enumerate(rows.take) if i in errors}
+            if failed:
+                table = C.mark(table, errors=failed)
         types = {**C.SEGMENT_COLUMNS, "duration_s": pa.float64(), "peak_dbfs": pa.float32(), "rms_dbfs": pa.float32(),
-                 C.PCM: pa.large_binary(), C.DROP_REASON: pa.string(), "id": out.schema.field(self.id_column).type}
+                 C.PCM: pa.large_binary(), C.DROP_REASON: pa.string(), "id": base.schema.field(self.id_column).type}
         for k, typ in types.items():
             name = self.id_column if k == "id" else k
-            values = extra[k] if k != "id" else pa.array(extra[k], pa.string()).cast(typ)
-            out = C.put_column(out, name, values, typ)
-        out, _ = self._filter(out)
-        return C.drop_settled_pcm(out)
+            values = rows.values[k] if k != "id" else pa.array(rows.values[k], pa.string()).cast(typ)
+            table = C.put_column(table, name, values, typ)
+        table, _ = self._filter(table)
+        return C.drop_settled_pcm(table)
 
-    def _keep(self, extra: dict[str, list[Any]], take: list[int], i: int, rid: str, duration: Any, table: pa.Table,
-              reason: Any = None) -> None:
-        """A row that is not cut (settled upstream, or a recording with no speech): one row,
-        its own parent, complete as it is."""
-        take.append(i)
+
+class _Rows:
+    """Output rows being gathered: the input row each comes from and its own values."""
+
+    COLUMNS = (*C.SEGMENT_COLUMNS, "id", "duration_s", "peak_dbfs", "rms_dbfs", C.PCM, C.DROP_REASON)
+
+    def __init__(self) -> None:
+        self.take: list[int] = []
+        self.values: dict[str, list[Any]] = {k: [] for k in self.COLUMNS}
+        self.pcm_bytes = 0
+
+    def pop(self) -> "_Rows":
+        rows = _Rows()
+        rows.take, rows.values, rows.pcm_bytes = self.take, self.values, self.pcm_bytes
+        self.__init__()
+        return rows
+
+    def _add(self, i: int, **values: Any) -> None:
+        self.take.append(i)
+        for k in self.COLUMNS:
+            self.values[k].append(values[k])
+
+    def segment(self, i: int, parent: str, start: float, end: float, count: int, piece: np.ndarray) -> None:
+        peak, rms = (max(x, -200.0) for x in levels_dbfs(piece))
+        self._add(i, parent_id=parent, start_s=start, end_s=end, segments=count, id=segment_id(parent, start),
+                  duration_s=len(piece) / RATE, peak_dbfs=peak, rms_dbfs=rms, drop_reason=None,
+                  **{C.PCM: piece.tobytes()})
+        self.pcm_bytes += piece.nbytes
+
+    def keep(self, i: int, rid: str, rec: dict[str, list[Any]], table: pa.Table, reason: Any = None) -> None:
+        """A row that is not cut (settled upstream, failed to decode, or a recording with no
+        speech): one row, its own parent, complete as it is."""
+        duration = rec["duration_s"][i]
         drop = reason if reason is not None else table[C.DROP_REASON][i].as_py()
-        for k, v in (("parent_id", rid), ("start_s", 0.0 if duration is not None else None), ("end_s", duration),
-                     ("segments", 1), ("id", rid), ("duration_s", duration),
-                     ("peak_dbfs", table["peak_dbfs"][i].as_py()), ("rms_dbfs", table["rms_dbfs"][i].as_py()),
-                     (C.PCM, None), (C.DROP_REASON, drop)):
-            extra[k].append(v)
+        self._add(i, parent_id=rid, start_s=0.0 if duration is not None else None, end_s=duration, segments=1,
+                  id=rid, duration_s=duration, peak_dbfs=rec["peak_dbfs"][i], rms_dbfs=rec["rms_dbfs"][i],
+                  drop_reason=drop, **{C.PCM: None})

@@ -1,5 +1,6 @@
 """Speech regions with Silero VAD (the ONNX model faster-whisper ships, run by its own
-`get_speech_timestamps`), window by window, and their packing into segments."""
+`get_speech_timestamps`), window by window as the samples stream in, and their packing into
+segments."""
 
 from __future__ import annotations
 
@@ -18,28 +19,81 @@ class VadSettings:
     window_s: float = 300.0
 
 
-def speech_regions(pcm: np.ndarray, settings: VadSettings, max_region_s: float) -> list[tuple[float, float]]:
-    """(start_s, end_s) of speech in 16 kHz int16 samples. VAD runs on windows of
-    `window_s`, so its working memory follows the window, not the recording; a region that
-    runs across a window's edge is joined again."""
-    from faster_whisper.vad import VadOptions, get_speech_timestamps
+class SpeechDetector:
+    """Speech regions of 16 kHz int16 samples fed in any pieces. VAD runs on each window of
+    `window_s` as it fills, so its memory follows the window, not the recording (Silero over a
+    300 s window takes about 120 MB more, over 120 s about 50). Windows overlap by `OVERLAP_S`
+    and are stitched in the middle of the overlap, where both have seconds of context: Silero
+    starts each window afresh and is late to find speech already under way, so windows cut
+    edge to edge would show a pause, and a cut, inside a word at every edge. `regions` is
+    complete after `finish()`."""
 
-    options = VadOptions(threshold=settings.threshold, min_silence_duration_ms=int(settings.min_silence_s * 1000),
-                         min_speech_duration_ms=int(settings.min_speech_s * 1000), speech_pad_ms=0,
-                         max_speech_duration_s=max_region_s)
-    step = int(settings.window_s * RATE)
-    regions: list[tuple[float, float]] = []
-    for lo in range(0, max(len(pcm), 1), step):
-        window = pcm[lo:lo + step].astype(np.float32) / 32768.0
-        if len(window) < 512:
-            break
-        for r in get_speech_timestamps(window, options, sampling_rate=RATE):
-            start, end = (lo + r["start"]) / RATE, (lo + r["end"]) / RATE
-            if regions and lo > 0 and r["start"] <= 512 and abs(regions[-1][1] - lo / RATE) <= 512 / RATE:
-                regions[-1] = (regions[-1][0], end)  # speech across the window edge
+    OVERLAP_S = 10.0
+
+    def __init__(self, settings: VadSettings, max_region_s: float):
+        from faster_whisper.vad import VadOptions
+
+        self.options = VadOptions(threshold=settings.threshold,
+                                  min_silence_duration_ms=int(settings.min_silence_s * 1000),
+                                  min_speech_duration_ms=int(settings.min_speech_s * 1000), speech_pad_ms=0,
+                                  max_speech_duration_s=max_region_s)
+        self.max_region = int(max_region_s * RATE)
+        self.step = int(settings.window_s * RATE)
+        self.overlap = min(int(self.OVERLAP_S * RATE), self.step // 2)
+        self.clear()
+
+    def clear(self) -> None:
+        self._regions: list[list[int]] = []  # in samples, settled up to `_stitch`
+        self._window = np.empty(self.step, np.int16)
+        self._filled = 0
+        self._offset = 0  # the recording's sample at the window's start
+        self._stitch = 0
+
+    @property
+    def regions(self) -> list[tuple[float, float]]:
+        return [(s / RATE, e / RATE) for s, e in self._regions]
+
+    def feed(self, pcm: np.ndarray) -> None:
+        while len(pcm):
+            n = min(len(pcm), self.step - self._filled)
+            self._window[self._filled:self._filled + n] = pcm[:n]
+            self._filled += n
+            pcm = pcm[n:]
+            if self._filled == self.step:
+                self._detect(last=False)
+
+    def finish(self) -> list[tuple[float, float]]:
+        if self._offset + self._filled > self._stitch and self._filled >= 512:
+            self._detect(last=True)
+        self._filled = 0
+        return self.regions
+
+    def _detect(self, last: bool) -> None:
+        from faster_whisper.vad import get_speech_timestamps
+
+        lo, n = self._offset, self._filled
+        stitch = lo + n if last else lo + n - self.overlap // 2
+        window = self._window[:n].astype(np.float32) / 32768.0
+        for r in get_speech_timestamps(window, self.options, sampling_rate=RATE):
+            start, end = max(lo + r["start"], self._stitch), min(lo + r["end"], stitch)
+            if end <= start:
+                continue  # the earlier window's part, or the next one's
+            prev = self._regions[-1] if self._regions else None
+            if prev and prev[1] == start == self._stitch and end - prev[0] <= self.max_region:
+                prev[1] = end  # speech across the stitch
             else:
-                regions.append((start, end))
-    return regions
+                self._regions.append([start, end])
+        self._stitch = stitch
+        if not last:  # the overlap starts the next window
+            self._window[:self.overlap] = self._window[n - self.overlap:n]
+            self._offset, self._filled = lo + n - self.overlap, self.overlap
+
+
+def speech_regions(pcm: np.ndarray, settings: VadSettings, max_region_s: float) -> list[tuple[float, float]]:
+    """(start_s, end_s) of speech in 16 kHz int16 samples held whole (`SpeechDetector` at once)."""
+    detector = SpeechDetector(settings, max_region_s)
+    detector.feed(pcm)
+    return detector.finish()
 
 
 def plan_segments(regions: list[tuple[float, float]], duration_s: float, min_s: float, max_s: float,

@@ -40,7 +40,9 @@ def open_parquet(fs: pafs.FileSystem, path: str) -> Iterator[tuple[Any, pq.Parqu
         raise SourceError(f"cannot open {path}: {e}") from None
     with f:
         try:
-            pf = pq.ParquetFile(f)
+            # Streamed in 8 MB reads, not pre-buffered: one row may hold an hour of FLAC, and
+            # pre-buffering keeps a second copy of the whole column chunk while it is decoded.
+            pf = pq.ParquetFile(f, pre_buffer=False, buffer_size=8 << 20)
         except (OSError, pa.ArrowException) as e:
             raise SourceError(f"{path} is not a readable Parquet file: {e}") from None
         try:
