@@ -143,6 +143,8 @@ def main() -> None:
         diff = np.abs(means - base)
         results[name] = {"rows_per_s": rate, "speedup": rate / results.get("stored", {"rows_per_s": rate})["rows_per_s"],
                          "max_abs_change": float(diff.max()), "mean_abs_change": float(diff.mean()),
+                         # the set's mean score and its shift: a change per row can cancel over the set
+                         "set_mean_score": float(means.mean()), "set_mean_change": float(means.mean() - base.mean()),
                          "roc_auc_clean_text": float(roc_auc_score(labels, means))}
         print(name, json.dumps({k: round(v, 4) for k, v in results[name].items()}), flush=True)
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()

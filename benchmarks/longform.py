@@ -187,12 +187,15 @@ def long_run(path: Path) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "audiocurate.cli", "run", str(path), f"{tmp}/out", "--no-progress",
                "--profile", "longform"]
-        code, peaks, wall = run_and_measure(cmd, env={**os.environ, "RAY_ADDRESS": ""})
+        code, peaks, wall = run_and_measure(cmd, env={**os.environ, "RAY_ADDRESS": ""}, with_private=True)
         report = json.loads(Path(f"{tmp}/out/report.json").read_text())
     return {
         "exit_code": code, "wall_s": round(wall, 1), "segments": report["accounting"]["accounted"],
         "accounting_ok": report["accounting"]["ok"], "peak_rss_whole_run_mb": round(peaks.tree_peak_mb),
         "peak_rss_driver_mb": round(peaks.driver_peak_mb),
+        "peak_pss_whole_run_mb": round(peaks.tree_peak_pss_mb),  # object-store pages counted once
+        "peak_uss_by_process_mb": dict(sorted(((k, round(v)) for k, v in peaks.by_name_peak_uss_mb.items()),
+                                              key=lambda kv: -kv[1])[:6]),
         "peak_rss_by_process_mb": dict(sorted(((k, round(v)) for k, v in peaks.by_name_peak_mb.items()),
                                               key=lambda kv: -kv[1])[:6])}
 

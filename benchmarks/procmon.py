@@ -1,4 +1,9 @@
-"""Run a command and sample the resident memory of it and everything it starts (psutil)."""
+"""Run a command and sample the resident memory of it and everything it starts (psutil).
+
+RSS counts a page of Ray's object store in every process that maps it, so the sum of RSS over
+processes counts a block once per process that read or wrote it. PSS shares such pages among
+the processes mapping them (their sum is the memory really in use), and USS is what a process
+holds alone: both are sampled too (`with_private`: slower, they read /proc/<pid>/smaps)."""
 
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ class MemoryPeaks:
     driver_peak_mb: float = 0.0
     tree_peak_mb: float = 0.0
     by_name_peak_mb: dict[str, float] = field(default_factory=dict)
+    tree_peak_pss_mb: float = 0.0
+    by_name_peak_uss_mb: dict[str, float] = field(default_factory=dict)
     samples: int = 0
     driver_timeline: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, MB)
 
@@ -33,7 +40,7 @@ def _ray_processes() -> list[psutil.Process]:
 
 
 def run_and_measure(cmd: list[str], *, env: dict | None = None, interval: float = 0.25,
-                    kill_after: float | None = None) -> tuple[int, MemoryPeaks, float]:
+                    kill_after: float | None = None, with_private: bool = False) -> tuple[int, MemoryPeaks, float]:
     """(exit code, memory peaks in MB, wall seconds); `kill_after` SIGKILLs the whole group."""
     peaks = MemoryPeaks()
     t0 = time.time()
@@ -45,15 +52,21 @@ def run_and_measure(cmd: list[str], *, env: dict | None = None, interval: float 
         while not stop.is_set():
             try:
                 procs = {p.pid: p for p in [me, *me.children(recursive=True), *_ray_processes()]}
-                total = 0.0
+                total = pss = 0.0
                 for p in procs.values():
                     try:
-                        rss = p.memory_info().rss / 2**20
+                        full = p.memory_full_info() if with_private else p.memory_info()
+                        name = " ".join(p.cmdline()[:1])[:60] if p.pid != proc.pid else "driver"
                     except (psutil.NoSuchProcess, psutil.AccessDenied):
                         continue
+                    rss = full.rss / 2**20
                     total += rss
-                    name = " ".join(p.cmdline()[:1])[:60] if p.pid != proc.pid else "driver"
                     peaks.by_name_peak_mb[name] = max(peaks.by_name_peak_mb.get(name, 0.0), rss)
+                    if with_private:
+                        pss += full.pss / 2**20
+                        peaks.by_name_peak_uss_mb[name] = max(peaks.by_name_peak_uss_mb.get(name, 0.0),
+                                                              full.uss / 2**20)
+                peaks.tree_peak_pss_mb = max(peaks.tree_peak_pss_mb, pss)
                 driver_mb = me.memory_info().rss / 2**20
                 peaks.driver_peak_mb = max(peaks.driver_peak_mb, driver_mb)
                 peaks.driver_timeline.append((time.time() - t0, driver_mb))

@@ -33,7 +33,8 @@ class SegmentStage(Stage):
     decoder through VAD into a `RecordingSpool`, is cut from there, and its segments leave in
     tables of about `CHUNK_BYTES` of samples (a generator; Ray Data packs them into blocks), so
     its memory is bounded by the spool, the VAD window and a chunk, whatever the recording's
-    length. Without it, it cuts the samples a decode stage put in the table."""
+    length (`decode_s` then includes VAD, which runs as the samples arrive). Without it, it
+    cuts the samples a decode stage put in the table."""
 
     name = C.SEGMENT
     produces = C.SEGMENT_COLUMNS
