@@ -92,12 +92,12 @@ def main() -> None:
     ap.add_argument("--hours-from-file", type=float, nargs="+", default=[],
                     help="recordings of these many hours as FLAC files in a folder (streamed as they are decoded)")
     ap.add_argument("--long-only", action="store_true",
-                    help="only the long recordings; the dev set's figures already in results/longform.json stay")
+                    help="only the long recordings (figures not measured in a run stay in results/longform.json)")
     args = ap.parse_args()
-    result: dict = {"machine": f"{os.cpu_count()} cores"}
-    if args.long_only:
-        result = json.loads((HERE / "results" / "longform.json").read_text())
-    else:
+    saved = HERE / "results" / "longform.json"
+    # Figures not measured in this run stay as they were.
+    result: dict = {**(json.loads(saved.read_text()) if saved.exists() else {}), "machine": f"{os.cpu_count()} cores"}
+    if not args.long_only:
         dev_set_figures(args, result)
     if args.hour:
         from long_clip import CACHE, SENTENCES, espeak, flac

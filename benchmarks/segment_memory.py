@@ -50,7 +50,8 @@ if source.listing is not None:
     table = source.listing
 else:
     reads = whole_reads(source, None)
-    table = pa.concat_tables(list(ParquetFileReader(source.fs, source.id_column)(pa.Table.from_pylist(reads))))
+    reader = ParquetFileReader(source.fs, source.id_column, lean=True)  # as segmented runs read
+    table = pa.concat_tables(list(reader(pa.Table.from_pylist(reads))))
 decode = DecodeStage(config.decode, source.audio_column, source.fetcher())
 if way == "streamed":
     stage = SegmentStage(config.segment, source.id_column, (), source.audio_column, decode)

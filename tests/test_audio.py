@@ -126,3 +126,19 @@ def test_silence_measures_minus_infinity_peak():
 def test_flac_round_trip_is_lossless():
     pcm = (np.random.default_rng(0).standard_normal(16000) * 3000).astype(np.int16)
     assert np.array_equal(decode_audio(encode_flac(pcm)).pcm, pcm)
+
+
+def test_a_failing_sink_fails_the_decode_as_itself_not_as_corrupt_audio(reference):
+    from audiocurate.audio import SinkError
+
+    class FullDisk:
+        def write(self, pcm):
+            raise OSError(28, "No space left on device")
+
+        def clear(self):
+            pass
+
+    audio, sr, _ = reference
+    with pytest.raises(SinkError, match="No space left") as caught:
+        decode_audio(encode(audio, sr, rate=48000, fmt="flac"), into=FullDisk())
+    assert not isinstance(caught.value, AudioDecodeError) and isinstance(caught.value.__cause__, OSError)

@@ -72,11 +72,35 @@ def test_vad_windows_are_stitched_where_both_have_context_not_cut_edge_to_edge()
     class EdgeToEdge(SpeechDetector):  # what stitching prevents: Silero starts late at an edge
         def __init__(self, *args):
             super().__init__(*args)
-            self.overlap = 0
+            self.overlap, self.min_gap = 0, 1  # no overlap, and only touching regions joined
 
     plain = EdgeToEdge(VadSettings(window_s=30.0), 9.0)
     plain.feed(pcm)
     assert pauses_inside_sentences(plain.finish())
+
+
+def test_windows_that_disagree_at_a_stitch_leave_no_pause_shorter_than_min_silence(monkeypatch):
+    import faster_whisper.vad
+
+    from audiocurate.segment.vad import SpeechDetector, VadSettings
+
+    # 30 s windows overlapping by 10 s: stitched at 25 s. The first window hears speech stop at
+    # 24.9 s, the second start again at 25.1 s: a 0.2 s "pause" no single window would leave
+    # (min_silence 0.3 s). A real 1 s pause at 32 s stays.
+    said = {0: [(10.0, 24.9)], 20: [(25.1, 32.0), (33.0, 45.0)], 40: [(33.0, 45.0)]}
+
+    def regions_of_window(audio, options, sampling_rate):
+        lo = min(said, key=lambda w: abs(w - stamp[0] / RATE))
+        stamp[0] += len(audio) - detector.overlap
+        return [{"start": int((s - lo) * RATE), "end": int((e - lo) * RATE)} for s, e in said[lo]
+                if e > lo and s < lo + len(audio) / RATE]
+
+    stamp = [0]
+    monkeypatch.setattr(faster_whisper.vad, "get_speech_timestamps", regions_of_window)
+    detector = SpeechDetector(VadSettings(window_s=30.0, min_silence_s=0.3), 29.0)
+    detector.feed(np.zeros(50 * RATE, np.int16))
+    regions = detector.finish()
+    assert regions == [(10.0, 32.0), (33.0, 45.0)], regions
 
 
 def test_packing_prefers_long_segments_ending_at_the_longer_pause():

@@ -104,11 +104,26 @@ def _reader(data: AudioInput) -> IO[bytes]:
     return pa.BufferReader(data if isinstance(data, pa.Buffer) else pa.py_buffer(data))
 
 
-def _head(f: IO[bytes], n: int = 1 << 20) -> bytes:
-    """The first `n` bytes (a WAV header's chunks), the file left at its start."""
-    head = f.read(n)
-    f.seek(0)
-    return bytes(head)
+def _wav_data_bytes(f: IO[bytes]) -> Optional[int]:
+    """`wav_declared_data_bytes` of a file, walking its chunk headers (a WAV may carry megabytes
+    of other chunks before `data`), the file left at its start."""
+    try:
+        head = bytes(f.read(12))
+        if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+            return None
+        order = "little" if head[:4] == b"RIFF" else "big"
+        while True:
+            chunk = bytes(f.read(8))
+            if len(chunk) < 8:
+                return None
+            size = int.from_bytes(chunk[4:8], order)
+            if chunk[:4] == b"data":
+                return None if size in (0, 0xFFFFFFFF) else size
+            f.seek(size + (size & 1), io.SEEK_CUR)
+    except (OSError, ValueError):  # a chunk size past the end
+        return None
+    finally:
+        f.seek(0)
 
 
 def _size(data: AudioInput) -> int:
@@ -129,13 +144,13 @@ class SoundfileBackend:
     def open(self, data: IO[bytes]) -> _Stream:
         import soundfile as sf
 
-        head = _head(data)
+        wav_bytes = _wav_data_bytes(data)
         f = sf.SoundFile(data)
         declared: Optional[int] = None
         exact = True
         if f.format in ("WAV", "WAVEX", "RF64"):
             # libsndfile trims a WAV's frame count to the bytes present; the header knows better.
-            data_bytes = wav_declared_data_bytes(head)
+            data_bytes = wav_bytes
             if data_bytes is not None and f.channels > 0:
                 declared = data_bytes // (f.channels * _bytes_per_sample(f.subtype))
         elif f.format in self._EXACT_LENGTH:
@@ -163,7 +178,7 @@ class PyAVBackend:
     def open(self, data: IO[bytes]) -> _Stream:
         import av
 
-        head = _head(data)
+        wav_bytes = _wav_data_bytes(data)
         container = av.open(data, mode="r", metadata_errors="ignore")
         if not container.streams.audio:
             container.close()
@@ -173,7 +188,7 @@ class PyAVBackend:
         rate = int(ctx.sample_rate or 0)
         channels = int(ctx.channels or 0) if hasattr(ctx, "channels") else int(ctx.layout.nb_channels)
         declared, exact = None, True
-        wav_bytes = wav_declared_data_bytes(head) if container.format.name == "wav" else None
+        wav_bytes = wav_bytes if container.format.name == "wav" else None
         if wav_bytes is not None and ctx.name.startswith("pcm_") and channels and ctx.format is not None:
             declared = wav_bytes // (channels * ctx.format.bytes)
         elif stream.duration and stream.time_base and rate:
@@ -212,7 +227,7 @@ def decode_audio(
 
     Raises `AudioDecodeError` for empty, unrecognised, truncated or implausible input, with
     every backend's reason when none could read it. An error the sink raises is its own and
-    propagates as it is.
+    propagates as a `SinkError`.
     """
     if data is None or _size(data) == 0:
         raise AudioDecodeError("empty input (0 bytes)")
@@ -231,13 +246,14 @@ def decode_audio(
         try:
             return _consume(stream, target_rate, min_source_rate, max_source_rate, truncation_tolerance_s, into)
         except _SinkFailed as e:
-            raise e.__cause__ from None
+            raise SinkError(f"{type(e.__cause__).__name__}: {e.__cause__}") from e.__cause__
         except _Implausible as e:  # a verdict on the audio itself, not on the backend
             raise AudioDecodeError(e.reason) from None
         except AudioDecodeError as e:
             failures.append(f"{backend.name}: {e.reason}")
         except Exception as e:
             failures.append(f"{backend.name}: {_short(e)}")
+        stream.blocks.close()  # its file handle, before the next backend reads the same file
     reasons = {f.split(": ", 1)[1] for f in failures}
     if len(reasons) == 1:
         raise AudioDecodeError(reasons.pop())
@@ -247,6 +263,11 @@ def decode_audio(
 class _Implausible(AudioDecodeError):
     """The stream opened but its audio cannot be right (rate, length, values); another
     backend would only repeat the same content, or worse, guess around it."""
+
+
+class SinkError(RuntimeError):
+    """The sink failed (VAD, a full disk), not the audio: no other backend is tried, and a
+    stage lets it fail the task instead of calling the clip corrupt. `__cause__` is the error."""
 
 
 class _SinkFailed(Exception):
@@ -357,16 +378,7 @@ def _frame_to_float(frame) -> np.ndarray:
 def wav_declared_data_bytes(data: bytes) -> Optional[int]:
     """Size of a RIFF/WAVE file's `data` chunk as its header declares it, or None when the
     header does not say (streamed WAVs write 0 or 0xFFFFFFFF there)."""
-    if len(data) < 12 or data[:4] not in (b"RIFF", b"RIFX") or data[8:12] != b"WAVE":
-        return None
-    order = "little" if data[:4] == b"RIFF" else "big"
-    pos = 12
-    while pos + 8 <= len(data):
-        chunk_id, size = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], order)
-        if chunk_id == b"data":
-            return None if size in (0, 0xFFFFFFFF) else size
-        pos += 8 + size + (size & 1)
-    return None
+    return _wav_data_bytes(io.BytesIO(data))
 
 
 def _bytes_per_sample(subtype: str) -> int:

@@ -197,8 +197,9 @@ class SpeakingRateFilter(Settings):
     outside its recording's inter-quartile fences (Q1 - k*IQR, Q3 + k*IQR) is rejected
     (`chars_per_s_outlier`): most often a missed or hallucinated stretch of text. The rate is over
     the words' span when Whisper gives word timestamps (`asr.word_timestamps`), else over the
-    segment's duration. A recording's segments are judged together, in its block; one of over
-    about 70 minutes (128 MiB of 16 kHz samples, Ray Data's block size) is judged by parts.
+    segment's duration. A recording's segments are judged together, in its block; a recording
+    whose segments run past a block's end (Ray Data's blocks hold up to 128 MiB, about 70
+    minutes of 16 kHz samples) is judged by parts.
     On resume, the segments already written of a recording cut off mid-write are transcribed
     again for its fences, and not written again."""
 

@@ -124,9 +124,10 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
     # not rows. It bounds what a model actor answers at once (and what a crash can cost),
     # and spreads decoding over every core even when one file holds the whole input.
     # Segmenting: a block's recordings are cut into segments in that block, which stays one
-    # block through the model stages (the segment stage hands them on in parts that Ray Data
-    # packs into blocks of up to 128 MiB: about 70 minutes of 16 kHz samples; a longer
-    # recording spans blocks), so a recording's segments are batched and judged against
+    # block through the model stages (the segment stage hands them on in parts that end with a
+    # recording unless it alone fills one; Ray Data packs the parts into blocks of up to
+    # 128 MiB, about 70 minutes of 16 kHz samples, so only a recording that runs past a
+    # block's end spans two), so a recording's segments are batched and judged against
     # each other (`filters.speaking_rate`) together.
     ds = source.dataset(files, num_cpus=config.decode.resources.num_cpus,
                         block_bytes=int(config.decode.read_block_mb * 2**20), reads=reads,

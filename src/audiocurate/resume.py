@@ -244,9 +244,9 @@ def _group_ids(source: "Source", p: Partition) -> list[str]:
 
 
 def read_planned(pf: pq.ParquetFile, item: dict[str, Any], id_column: str,
-                 batch_rows: int = 4096) -> Iterator[pa.Table]:
+                 batch_rows: int = 4096, release: bool = False) -> Iterator[pa.Table]:
     """The rows of one file's plan item: its groups' first `take` rows, minus the ids done,
-    each row tagged with its part."""
+    each row tagged with its part. `release`: Arrow's freed pages go back after each group."""
     done = pa.array(item.get("done") or [], pa.string())
     written = {d["parent"]: d["segments"] for d in item.get("segments_done") or []}
     for g in item["groups"]:
@@ -267,10 +267,11 @@ def read_planned(pf: pq.ParquetFile, item: dict[str, Any], id_column: str,
                     t = t.append_column(WRITTEN_SEGMENTS, pa.array([written.get(i) for i in ids], pa.list_(pa.string())))
                 yield t
         batches.close()
-        # Reading a page of long recordings held it compressed and decompressed; hand those
-        # pages back now, or they stay with Arrow's allocator while decoding (whose buffers
-        # come from another allocator) needs its own.
-        pa.default_memory_pool().release_unused()
+        if release:
+            # Reading a page of long recordings held it compressed and decompressed; hand those
+            # pages back now, or they stay with Arrow's allocator while decoding (whose buffers
+            # come from another allocator) needs its own.
+            pa.default_memory_pool().release_unused()
 
 
 class DropWrittenSegments:

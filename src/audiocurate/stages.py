@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from . import contract as C
-from .audio import AudioDecodeError, AudioInput, DecodedAudio, PcmSink, decode_audio, encode_flac
+from .audio import AudioDecodeError, AudioInput, DecodedAudio, PcmSink, SinkError, decode_audio, encode_flac
 from .config import AsrConfig, DecodeConfig, JudgeConfig, OutputConfig
 from .core.stage import ModelStage, Outcome, Stage
 from .engines import CrashWitness
@@ -61,11 +61,10 @@ class AudioFetcher:
         hour costs no more memory than a minute), a remote one read whole in one request
         (a decoder's many small reads would each be one)."""
         full = path if path.startswith("/") or "://" in path else f"{self.root}/{path}"
-        fs, where = (pafs.FileSystem.from_uri(full) if "://" in full else (self.fs, full))
-        if not isinstance(fs, pafs.LocalFileSystem):
+        if "://" in full or not isinstance(self.fs, pafs.LocalFileSystem):
             return self.read(path)
         try:
-            return fs.open_input_file(where)
+            return self.fs.open_input_file(full)
         except FileNotFoundError:
             raise AudioDecodeError(f"file not found: {path}") from None
         except OSError as e:
@@ -149,6 +148,8 @@ class DecodeStage(Stage):
                     data.close()
         except AudioDecodeError as e:
             out.errors[j] = e.reason
+        except SinkError:  # VAD or the spool failed, not the audio: the task fails, and says why
+            raise
         except Exception as e:  # a decoder bug must cost one row, not the run
             out.errors[j] = f"unexpected {type(e).__name__}: {e}"
         else:

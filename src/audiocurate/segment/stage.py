@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .. import contract as C
 from ..audio import levels_dbfs
@@ -31,10 +33,11 @@ class SegmentStage(Stage):
 
     Given `decode`, it decodes too (the pipeline's way): each recording streams from the
     decoder through VAD into a `RecordingSpool`, is cut from there, and its segments leave in
-    tables of about `CHUNK_BYTES` of samples (a generator; Ray Data packs them into blocks), so
-    its memory is bounded by the spool, the VAD window and a chunk, whatever the recording's
-    length (`decode_s` then includes VAD, which runs as the samples arrive). Without it, it
-    cuts the samples a decode stage put in the table."""
+    tables of about `CHUNK_BYTES` of samples, ending with a recording unless one recording
+    alone fills them (a generator; Ray Data packs them into blocks), so its memory is bounded
+    by the spool, the VAD window and a part, whatever the recording's length. `decode_s` then
+    includes VAD, which runs as the samples arrive, and is on each recording's first row only.
+    Without `decode`, it cuts the samples a decode stage put in the table."""
 
     name = C.SEGMENT
     produces = C.SEGMENT_COLUMNS
@@ -74,7 +77,7 @@ class SegmentStage(Stage):
                 out.keep(i, ids[i], rec, table)
                 continue
             if self.decode is not None:
-                samples: Any = RecordingSpool(detector, int(self.config.spool_mb * 2**20))
+                samples: Any = RecordingSpool(detector, max(1, int(self.config.spool_mb * 2**20)))
                 if self.decode.decode_row(table, i, decoded, i, into=samples) is None:
                     samples.close()
                     out.keep(i, ids[i], rec, table)
@@ -82,17 +85,27 @@ class SegmentStage(Stage):
             else:
                 samples = HeldSamples(C.pcm_of(table, i), detector)
             try:
-                duration = samples.frames / RATE
-                spans = plan_segments(samples.regions(), duration, self.config.min_s, self.config.max_s,
+                t0 = time.perf_counter()
+                regions = samples.regions()  # VAD's last window
+                if self.decode is not None:
+                    rec["decode_s"][i] += time.perf_counter() - t0
+                spans = plan_segments(regions, samples.frames / RATE, self.config.min_s, self.config.max_s,
                                       self.config.pad_s, self.config.target_s)
                 if not spans:
                     out.keep(i, ids[i], rec, table, reason=NO_SPEECH)
+                own = 0  # this recording's samples in hand
                 for start, end in spans:
-                    out.segment(i, ids[i], start, end, len(spans), samples.read(int(start * RATE), int(end * RATE)))
-                    if out.pcm_bytes >= self.CHUNK_BYTES:
+                    own += out.segment(i, ids[i], start, end, len(spans),
+                                       samples.read(int(start * RATE), int(end * RATE)))
+                    # Mid-recording only when the recording alone fills a part: Ray Data closes
+                    # a block after a part, so parts end with recordings wherever they can.
+                    if own >= self.CHUNK_BYTES:
                         yield self._emit(base, out.pop(), rec, errors)
+                        own = 0
             finally:
                 samples.close()
+            if out.pcm_bytes >= self.CHUNK_BYTES:
+                yield self._emit(base, out.pop(), rec, errors)
         if out.take or not n:
             yield self._emit(base, out.pop(), rec, errors)
 
@@ -106,6 +119,10 @@ class SegmentStage(Stage):
             failed = {j: (C.DECODE, errors[i]) for j, i in enumerate(rows.take) if i in errors}
             if failed:
                 table = C.mark(table, errors=failed)
+        if "decode_s" in table.column_names:  # on a recording's first row only: sums count it once
+            keep = pa.array(rows.first, pa.bool_())
+            table = C.put_column(table, "decode_s", pc.if_else(keep, table["decode_s"], None),
+                                 table.schema.field("decode_s").type)
         types = {**C.SEGMENT_COLUMNS, "duration_s": pa.float64(), "peak_dbfs": pa.float32(), "rms_dbfs": pa.float32(),
                  C.PCM: pa.large_binary(), C.DROP_REASON: pa.string(), "id": base.schema.field(self.id_column).type}
         for k, typ in types.items():
@@ -121,28 +138,34 @@ class _Rows:
 
     COLUMNS = (*C.SEGMENT_COLUMNS, "id", "duration_s", "peak_dbfs", "rms_dbfs", C.PCM, C.DROP_REASON)
 
-    def __init__(self) -> None:
+    def __init__(self, seen: Optional[set[int]] = None) -> None:
         self.take: list[int] = []
+        self.first: list[bool] = []  # the first output row of its input row
         self.values: dict[str, list[Any]] = {k: [] for k in self.COLUMNS}
         self.pcm_bytes = 0
+        self.seen = set() if seen is None else seen
 
     def pop(self) -> "_Rows":
         rows = _Rows()
-        rows.take, rows.values, rows.pcm_bytes = self.take, self.values, self.pcm_bytes
-        self.__init__()
+        rows.take, rows.first, rows.values, rows.pcm_bytes = self.take, self.first, self.values, self.pcm_bytes
+        self.__init__(self.seen)
         return rows
 
     def _add(self, i: int, **values: Any) -> None:
         self.take.append(i)
+        self.first.append(i not in self.seen)
+        self.seen.add(i)
         for k in self.COLUMNS:
             self.values[k].append(values[k])
 
-    def segment(self, i: int, parent: str, start: float, end: float, count: int, piece: np.ndarray) -> None:
+    def segment(self, i: int, parent: str, start: float, end: float, count: int, piece: np.ndarray) -> int:
+        """Add a segment; its samples' bytes."""
         peak, rms = (max(x, -200.0) for x in levels_dbfs(piece))
         self._add(i, parent_id=parent, start_s=start, end_s=end, segments=count, id=segment_id(parent, start),
                   duration_s=len(piece) / RATE, peak_dbfs=peak, rms_dbfs=rms, drop_reason=None,
                   **{C.PCM: piece.tobytes()})
         self.pcm_bytes += piece.nbytes
+        return piece.nbytes
 
     def keep(self, i: int, rid: str, rec: dict[str, list[Any]], table: pa.Table, reason: Any = None) -> None:
         """A row that is not cut (settled upstream, failed to decode, or a recording with no

@@ -25,8 +25,10 @@ class SpeechDetector:
     300 s window takes about 120 MB more, over 120 s about 50). Windows overlap by `OVERLAP_S`
     and are stitched in the middle of the overlap, where both have seconds of context: Silero
     starts each window afresh and is late to find speech already under way, so windows cut
-    edge to edge would show a pause, and a cut, inside a word at every edge. `regions` is
-    complete after `finish()`."""
+    edge to edge would show a pause, and a cut, inside a word at every edge. One limit: speech
+    running across a stitch for longer than `max_region_s` is split at the stitch, where Silero
+    over the whole recording would split it at its last short pause. `regions` is complete
+    after `finish()`."""
 
     OVERLAP_S = 10.0
 
@@ -38,6 +40,7 @@ class SpeechDetector:
                                   min_speech_duration_ms=int(settings.min_speech_s * 1000), speech_pad_ms=0,
                                   max_speech_duration_s=max_region_s)
         self.max_region = int(max_region_s * RATE)
+        self.min_gap = int(settings.min_silence_s * RATE)
         self.step = int(settings.window_s * RATE)
         self.overlap = min(int(self.OVERLAP_S * RATE), self.step // 2)
         self.clear()
@@ -79,8 +82,11 @@ class SpeechDetector:
             if end <= start:
                 continue  # the earlier window's part, or the next one's
             prev = self._regions[-1] if self._regions else None
-            if prev and prev[1] == start == self._stitch and end - prev[0] <= self.max_region:
-                prev[1] = end  # speech across the stitch
+            # Speech across the stitch, or a pause there shorter than any Silero leaves inside
+            # one window (the two windows disagreeing about where speech stops or starts).
+            if (prev and start <= self._stitch + self.min_gap and start - prev[1] < self.min_gap
+                    and end - prev[0] <= self.max_region):
+                prev[1] = end
             else:
                 self._regions.append([start, end])
         self._stitch = stitch

@@ -122,7 +122,8 @@ class Source:
         with open_parquet(self.fs, reads[0]["path"]) as (f, pf):
             rows_per_block = max(1, int(block_bytes * pf.metadata.num_rows / max(f.size(), 1)))
         plan = ray.data.from_items(reads, override_num_blocks=len(reads))
-        ds = plan.map_batches(ParquetFileReader(self.fs, self.id_column), batch_size=1, batch_format="pyarrow",
+        ds = plan.map_batches(ParquetFileReader(self.fs, self.id_column, lean=segmented), batch_size=1,
+                              batch_format="pyarrow",
                               num_cpus=num_cpus, udf_modifying_row_count=True)
         return split_blocks(ds, rows_per_block, num_cpus if num_cpus is not None else 1.0)
 

@@ -31,18 +31,18 @@ def open_parquet_source(uri: str, fs: pafs.FileSystem, path: str, config: Source
 
 
 @contextmanager
-def open_parquet(fs: pafs.FileSystem, path: str) -> Iterator[tuple[Any, pq.ParquetFile]]:
+def open_parquet(fs: pafs.FileSystem, path: str, lean: bool = False) -> Iterator[tuple[Any, pq.ParquetFile]]:
     """A Parquet file and its reader; a file that cannot be read is a `SourceError` naming it
-    (pyarrow's own message names no file)."""
+    (pyarrow's own message names no file). `lean`: read in 8 MB pieces without pre-buffering
+    (segmented runs: one row may hold an hour of FLAC, and pre-buffering keeps a second copy of
+    the column chunk while it is decoded; elsewhere pre-buffering's coalesced reads win on S3)."""
     try:
         f = fs.open_input_file(path)
     except OSError as e:
         raise SourceError(f"cannot open {path}: {e}") from None
     with f:
         try:
-            # Streamed in 8 MB reads, not pre-buffered: one row may hold an hour of FLAC, and
-            # pre-buffering keeps a second copy of the whole column chunk while it is decoded.
-            pf = pq.ParquetFile(f, pre_buffer=False, buffer_size=8 << 20)
+            pf = pq.ParquetFile(f, pre_buffer=False, buffer_size=8 << 20) if lean else pq.ParquetFile(f)
         except (OSError, pa.ArrowException) as e:
             raise SourceError(f"{path} is not a readable Parquet file: {e}") from None
         try:
@@ -56,16 +56,17 @@ class ParquetFileReader:
     groups to read, how many of their rows, and the ids already done; yields record batches
     whose rows carry their row group's key (`_part`)."""
 
-    def __init__(self, fs: pafs.FileSystem, id_column: str):
+    def __init__(self, fs: pafs.FileSystem, id_column: str, lean: bool = False):
         self.fs = fs
         self.id_column = id_column
+        self.lean = lean  # `open_parquet`'s; and Arrow's freed pages handed back after each row group
 
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
         from ..resume import read_planned
 
         for item in batch.to_pylist():
-            with open_parquet(self.fs, item["path"]) as (_, pf):
-                yield from read_planned(pf, item, self.id_column)
+            with open_parquet(self.fs, item["path"], lean=self.lean) as (_, pf):
+                yield from read_planned(pf, item, self.id_column, release=self.lean)
 
 
 def check_schema(uri: str, schema: pa.Schema, config: SourceConfig, kind: str) -> tuple[str, str]:
