@@ -43,11 +43,11 @@ class SpeechDetector:
         self.min_gap = int(settings.min_silence_s * RATE)
         self.step = int(settings.window_s * RATE)
         self.overlap = min(int(self.OVERLAP_S * RATE), self.step // 2)
+        self._window = np.empty(self.step, np.int16)
         self.clear()
 
     def clear(self) -> None:
         self._regions: list[list[int]] = []  # in samples, settled up to `_stitch`
-        self._window = np.empty(self.step, np.int16)
         self._filled = 0
         self._offset = 0  # the recording's sample at the window's start
         self._stitch = 0
