@@ -51,11 +51,11 @@ class DecodedAudio:
     source_format: str
     peak_dbfs: float
     rms_dbfs: float
-    frames: int = -1  # at `sample_rate`; where the samples went to a sink, `pcm` is empty
+    frames: int  # at `sample_rate`; where the samples went to a sink, `pcm` is empty
 
     @property
     def duration_s(self) -> float:
-        return (self.frames if self.frames >= 0 else len(self.pcm)) / self.sample_rate
+        return self.frames / self.sample_rate
 
     def as_float32(self) -> np.ndarray:
         return pcm16_to_float32(self.pcm)

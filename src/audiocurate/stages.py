@@ -42,8 +42,11 @@ class AudioFetcher:
         self.fs = fs
         self.root = root.rstrip("/")
 
+    def _full(self, path: str) -> str:
+        return path if path.startswith("/") or "://" in path else f"{self.root}/{path}"
+
     def read(self, path: str) -> bytes:
-        full = path if path.startswith("/") or "://" in path else f"{self.root}/{path}"
+        full = self._full(path)
         if "://" in full:
             fs, full = pafs.FileSystem.from_uri(full)
         else:
@@ -60,7 +63,7 @@ class AudioFetcher:
         """The file to decode: a local one opened where it lies (decoding streams it, so an
         hour costs no more memory than a minute), a remote one read whole in one request
         (a decoder's many small reads would each be one)."""
-        full = path if path.startswith("/") or "://" in path else f"{self.root}/{path}"
+        full = self._full(path)
         if "://" in full or not isinstance(self.fs, pafs.LocalFileSystem):
             return self.read(path)
         try:
