@@ -194,6 +194,9 @@ def long_run(path: Path) -> dict:
         "accounting_ok": report["accounting"]["ok"], "peak_rss_whole_run_mb": round(peaks.tree_peak_mb),
         "peak_rss_driver_mb": round(peaks.driver_peak_mb),
         "peak_pss_whole_run_mb": round(peaks.tree_peak_pss_mb),  # object-store pages counted once
+        "processes_at_pss_peak": peaks.processes_at_pss_peak,
+        "pss_by_process_name_at_peak_mb": dict(sorted(((k, round(v)) for k, v in peaks.pss_by_name_at_peak_mb.items()),
+                                                      key=lambda kv: -kv[1])),
         "peak_uss_by_process_mb": dict(sorted(((k, round(v)) for k, v in peaks.by_name_peak_uss_mb.items()),
                                               key=lambda kv: -kv[1])[:6]),
         "peak_rss_by_process_mb": dict(sorted(((k, round(v)) for k, v in peaks.by_name_peak_mb.items()),

@@ -24,6 +24,9 @@ class MemoryPeaks:
     by_name_peak_mb: dict[str, float] = field(default_factory=dict)
     tree_peak_pss_mb: float = 0.0
     by_name_peak_uss_mb: dict[str, float] = field(default_factory=dict)
+    # At the whole run's PSS peak: how many processes there were, and PSS summed by name.
+    processes_at_pss_peak: int = 0
+    pss_by_name_at_peak_mb: dict[str, float] = field(default_factory=dict)
     samples: int = 0
     driver_timeline: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, MB)
 
@@ -53,6 +56,7 @@ def run_and_measure(cmd: list[str], *, env: dict | None = None, interval: float 
             try:
                 procs = {p.pid: p for p in [me, *me.children(recursive=True), *_ray_processes()]}
                 total = pss = 0.0
+                by_name: dict[str, float] = {}
                 for p in procs.values():
                     try:
                         full = p.memory_full_info() if with_private else p.memory_info()
@@ -64,9 +68,13 @@ def run_and_measure(cmd: list[str], *, env: dict | None = None, interval: float 
                     peaks.by_name_peak_mb[name] = max(peaks.by_name_peak_mb.get(name, 0.0), rss)
                     if with_private:
                         pss += full.pss / 2**20
+                        by_name[name] = by_name.get(name, 0.0) + full.pss / 2**20
                         peaks.by_name_peak_uss_mb[name] = max(peaks.by_name_peak_uss_mb.get(name, 0.0),
                                                               full.uss / 2**20)
-                peaks.tree_peak_pss_mb = max(peaks.tree_peak_pss_mb, pss)
+                if pss > peaks.tree_peak_pss_mb:
+                    peaks.tree_peak_pss_mb = pss
+                    peaks.processes_at_pss_peak = len(procs)
+                    peaks.pss_by_name_at_peak_mb = by_name
                 driver_mb = me.memory_info().rss / 2**20
                 peaks.driver_peak_mb = max(peaks.driver_peak_mb, driver_mb)
                 peaks.driver_timeline.append((time.time() - t0, driver_mb))

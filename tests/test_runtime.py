@@ -1,4 +1,4 @@
-"""Planning without Ray running: pool sizes, actor reservations, block splitting."""
+"""Planning: pool sizes, actor reservations, block splitting, and the caps a Dataset carries."""
 
 from __future__ import annotations
 
@@ -38,3 +38,36 @@ def test_split_blocks_reserves_what_it_is_given_not_a_whole_cpu():
     op = ds._logical_plan.dag
     assert type(op).__name__ == "StreamingRepartition"
     assert op.ray_remote_args["num_cpus"] == 0.25
+
+
+def test_segmented_runs_cap_block_size_and_memory_in_flight_on_their_own_dataset(ray_local):
+    from audiocurate.config import RayConfig
+    from audiocurate.runtime import configure_dataset
+
+    def _parts(batch):  # four 1 MiB tables from one input block, as the segment stage hands them on
+        import numpy as np
+        import pyarrow as pa
+
+        for i in range(4):
+            yield pa.table({"i": [i], "pcm": pa.array([np.zeros(1 << 20, np.uint8).tobytes()], pa.large_binary())})
+
+    ds = ray.data.range(1, override_num_blocks=1).map_batches(_parts, batch_format="pyarrow")
+    plain = configure_dataset(ds, RayConfig())
+    capped = configure_dataset(ds, RayConfig(), block_bytes=1 << 20, in_flight_bytes=64 << 20)
+    assert capped.context.execution_options.resource_limits.object_store_memory == 64 << 20
+    # Ray packs a task's parts into blocks up to the target: one block, or one per part.
+    assert plain.materialize().num_blocks() == 1
+    assert capped.materialize().num_blocks() == 4
+    # The caller's own context is left as it was.
+    assert ray.data.DataContext.get_current().target_max_block_size != 1 << 20
+    assert ray.data.DataContext.get_current().execution_options.resource_limits.object_store_memory != 64 << 20
+
+
+def test_a_segmented_pipeline_dataset_carries_the_segment_caps(ray_local, demo_parquet):
+    from audiocurate.pipeline import build
+    from audiocurate.sources import open_source
+
+    config = PipelineConfig.load(profile="longform", overrides=["segment.block_mb=8", "segment.in_flight_mb=100"])
+    ds = build(config, open_source(demo_parquet, config.source), shape=ClusterShape(2, 0, nodes=3))
+    assert ds.context.target_max_block_size == 8 << 20
+    assert ds.context.execution_options.resource_limits.object_store_memory == 3 * 100 << 20

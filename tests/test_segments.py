@@ -217,7 +217,7 @@ def test_an_hour_is_cut_in_bounded_memory_never_holding_its_samples_whole():
         tracemalloc.stop()
     whole = hour.nbytes  # 115 MB of 16 kHz samples
     assert rows > 100 and starts > 3500, (rows, starts)
-    assert largest <= 2 * SegmentStage.CHUNK_BYTES
+    assert largest <= 2 * stage.CHUNK_BYTES
     # Spool, VAD window and one chunk of segments in hand: well under the recording's samples.
     assert peak < 0.5 * whole, f"peak {peak / 2**20:.0f} MB for {whole / 2**20:.0f} MB of samples"
 

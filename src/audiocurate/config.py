@@ -198,8 +198,8 @@ class SpeakingRateFilter(Settings):
     (`chars_per_s_outlier`): most often a missed or hallucinated stretch of text. The rate is over
     the words' span when Whisper gives word timestamps (`asr.word_timestamps`), else over the
     segment's duration. A recording's segments are judged together, in its block; a recording
-    whose segments run past a block's end (Ray Data's blocks hold up to 128 MiB, about 70
-    minutes of 16 kHz samples) is judged by parts.
+    whose segments run past a block's end (`segment.block_mb`: 32 MB, about 17 minutes of
+    16 kHz samples) is judged by parts.
     On resume, the segments already written of a recording cut off mid-write are transcribed
     again for its fences, and not written again."""
 
@@ -280,6 +280,17 @@ class SegmentConfig(Settings):
         "in memory up to this size (32 MB: about 17 minutes), beyond it in a temporary file, so decoding and "
         "cutting a recording of any length holds this, the VAD window and the segments in hand, never the "
         "whole recording's samples.")
+    block_mb: float = Field(
+        32.0, gt=0, description="Most MB of segment samples (16 kHz, 16 bit: 32 MB is about 17 minutes) in one Ray "
+        "Data block from the segment stage on. Every process that handles a block holds it, and some hold a copy "
+        "or two while they work, so this bounds each worker's memory. A recording's segments travel in one block "
+        "when they fit, and `filters.speaking_rate` draws its fences from the segments of one recording in one "
+        "block (a recording longer than a block: from each block's share of it).")
+    in_flight_mb: float = Field(
+        512.0, gt=0, json_schema_extra=SPEED_ONLY, description="Most object-store memory, per node, the run's "
+        "blocks in flight may take (Ray Data's `resource_limits.object_store_memory`, this times the nodes at "
+        "start); the stages ahead wait when it is reached. A long recording's segments are cut far faster than Whisper transcribes them, and without a cap "
+        "they would wait in memory, so the whole run's memory would grow with the recording.")
 
     @model_validator(mode="after")
     def _lengths_fit(self) -> "SegmentConfig":

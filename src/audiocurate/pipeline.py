@@ -126,9 +126,10 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
     # Segmenting: a block's recordings are cut into segments in that block, which stays one
     # block through the model stages (the segment stage hands them on in parts that end with a
     # recording unless it alone fills one; Ray Data packs the parts into blocks of up to
-    # 128 MiB, about 70 minutes of 16 kHz samples, so only a recording that runs past a
-    # block's end spans two), so a recording's segments are batched and judged against
-    # each other (`filters.speaking_rate`) together.
+    # `segment.block_mb`, 32 MB or about 17 minutes of 16 kHz samples, so only a recording
+    # that runs past a block's end spans two), so a recording's segments are batched and
+    # judged against each other (`filters.speaking_rate`) together. Segments are cut far
+    # faster than they are transcribed: `segment.in_flight_mb` caps what waits.
     ds = source.dataset(files, num_cpus=config.decode.resources.num_cpus,
                         block_bytes=int(config.decode.read_block_mb * 2**20), reads=reads,
                         segmented=config.segment.enabled)
@@ -166,7 +167,10 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
     light = {**task_args(rc), "num_cpus": config.decode.resources.num_cpus, "batch_size": None}
     ds = ds.map_batches(SelectStage(placed[C.SELECT]), **_PYARROW, **light)
     ds = ds.map_batches(PackageStage(config.output, source.audio_column, source.id_column), **_PYARROW, **light)
-    return configure_dataset(ds, rc)
+    if not config.segment.enabled:
+        return configure_dataset(ds, rc)
+    return configure_dataset(ds, rc, block_bytes=int(config.segment.block_mb * 2**20),
+                             in_flight_bytes=int(config.segment.in_flight_mb * 2**20 * shape.nodes))
 
 
 def _drop_written_segments(ds: "ray.data.Dataset", config: PipelineConfig, id_column: str,

@@ -23,11 +23,13 @@ from .judge.backends import judge_backend
 class ClusterShape:
     cpus: float
     gpus: float
+    nodes: int = 1
 
     @classmethod
     def current(cls) -> "ClusterShape":
         res = ray.cluster_resources()
-        return cls(float(res.get("CPU", 0.0)), float(res.get("GPU", 0.0)))
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0)
+        return cls(float(res.get("CPU", 0.0)), float(res.get("GPU", 0.0)), max(nodes, 1))
 
 
 def init_ray(config: RayConfig) -> ClusterShape:
@@ -72,9 +74,12 @@ def _token_auth_default_unannounced() -> Iterator[None]:
         logger.removeFilter(drop)
 
 
-def configure_dataset(ds: "ray.data.Dataset", config: RayConfig) -> "ray.data.Dataset":
+def configure_dataset(ds: "ray.data.Dataset", config: RayConfig, *, block_bytes: Optional[int] = None,
+                      in_flight_bytes: Optional[int] = None) -> "ray.data.Dataset":
     """Ray Data settings for this Dataset alone: a copy of `ds` with its own DataContext, so
-    the caller's global context (and a Dataset they passed in) stay as they were."""
+    the caller's global context (and a Dataset they passed in) stay as they were.
+    `block_bytes`: the largest block; `in_flight_bytes`: the object-store memory its blocks
+    in flight may take (else Ray Data's defaults: 128 MiB, half the object store)."""
     ds = ray.data.Dataset.copy(ds, _deep_copy=True)
     ctx = ds.context
     ctx.max_errored_blocks = config.max_errored_blocks
@@ -82,6 +87,11 @@ def configure_dataset(ds: "ray.data.Dataset", config: RayConfig) -> "ray.data.Da
     ctx.print_on_execution_start = False
     # Row order does not matter for curation; streaming throughput does.
     ctx.execution_options.preserve_order = False
+    if block_bytes is not None:
+        ctx.target_max_block_size = block_bytes
+    if in_flight_bytes is not None:
+        limits = ctx.execution_options.resource_limits
+        ctx.execution_options.resource_limits = limits.copy(object_store_memory=in_flight_bytes)
     return ds
 
 

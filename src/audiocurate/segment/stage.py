@@ -33,7 +33,7 @@ class SegmentStage(Stage):
 
     Given `decode`, it decodes too (the pipeline's way): each recording streams from the
     decoder through VAD into a `RecordingSpool`, is cut from there, and its segments leave in
-    tables of about `CHUNK_BYTES` of samples, ending with a recording unless one recording
+    tables of about `CHUNK_BYTES` (a quarter of `segment.block_mb`) of samples, ending with a recording unless one recording
     alone fills them (a generator; Ray Data packs them into blocks), so its memory is bounded
     by the spool, the VAD window and a part, whatever the recording's length. `decode_s` then
     includes VAD, which runs as the samples arrive, and is on each recording's first row only.
@@ -41,7 +41,6 @@ class SegmentStage(Stage):
 
     name = C.SEGMENT
     produces = C.SEGMENT_COLUMNS
-    CHUNK_BYTES = 16 << 20
 
     def __init__(self, config: SegmentConfig, id_column: str, filters: Sequence[Filter] = (),
                  audio_column: Optional[str] = None, decode: Optional[DecodeStage] = None):
@@ -50,6 +49,9 @@ class SegmentStage(Stage):
         self.id_column = id_column
         self.audio_column = audio_column
         self.decode = decode
+        # A quarter of a block: Ray Data packs parts into blocks of `block_mb`, and closes one
+        # after a part, so blocks end with recordings wherever they can.
+        self.CHUNK_BYTES = min(16 << 20, max(int(config.block_mb * 2**20) // 4, 1))
         self.vad = VadSettings(config.vad_threshold, config.min_silence_s, 0.25, config.vad_window_s)
 
     def __call__(self, table: pa.Table) -> Iterator[pa.Table]:
