@@ -92,7 +92,7 @@ def test_fingerprint_is_derived_from_the_fields_speed_only_marks():
         "judge.threads", "judge.device", "judge.url", "judge.api_key_env", "judge.max_retries", "judge.qps",
         "judge.timeout_s", "judge.vllm_engine_kwargs", "judge.resources", "output.storage", "output.rows_per_shard",
         "output.report_samples", "output.report_clips", "output.formats", "output.export_shard_size", "ray",
-        "segment.spool_mb", "source.check_duplicate_ids", "output.compact_mb"])
+        "segment.spool_mb", "segment.in_flight_mb", "source.check_duplicate_ids", "output.compact_mb"])
 
 
 def test_http_qps_is_a_whole_number():

@@ -160,7 +160,7 @@ def test_segment_rows_carry_their_parent_times_and_own_audio():
     # leaving one table each. Same rows, same samples, same schema in every table.
     streaming = SegmentStage(config.segment.model_copy(update={"spool_mb": 0.05}), "id", placed[C.SEGMENT],
                              "audio_bytes", DecodeStage(config.decode, "audio_bytes"))
-    streaming.CHUNK_BYTES = 1
+    streaming.part_bytes = 1
     chunks = list(streaming(table))
     assert len(chunks) == len(talk) + 1 and len({c.schema for c in chunks}) == 1
     fused = pa.concat_tables(chunks)
@@ -217,7 +217,7 @@ def test_an_hour_is_cut_in_bounded_memory_never_holding_its_samples_whole():
         tracemalloc.stop()
     whole = hour.nbytes  # 115 MB of 16 kHz samples
     assert rows > 100 and starts > 3500, (rows, starts)
-    assert largest <= 2 * stage.CHUNK_BYTES
+    assert largest <= 2 * stage.part_bytes
     # Spool, VAD window and one chunk of segments in hand: well under the recording's samples.
     assert peak < 0.5 * whole, f"peak {peak / 2**20:.0f} MB for {whole / 2**20:.0f} MB of samples"
 

@@ -33,9 +33,10 @@ class SegmentStage(Stage):
 
     Given `decode`, it decodes too (the pipeline's way): each recording streams from the
     decoder through VAD into a `RecordingSpool`, is cut from there, and its segments leave in
-    tables of about `CHUNK_BYTES` (a quarter of `segment.block_mb`) of samples, ending with a recording unless one recording
-    alone fills them (a generator; Ray Data packs them into blocks), so its memory is bounded
-    by the spool, the VAD window and a part, whatever the recording's length. `decode_s` then
+    tables of about `part_bytes` of samples (a quarter of `segment.block_mb`), ending with a
+    recording unless one recording alone fills them (a generator; Ray Data packs them into
+    blocks), so its memory is bounded by the spool, the VAD window and a part, whatever the
+    recording's length. `decode_s` then
     includes VAD, which runs as the samples arrive, and is on each recording's first row only.
     Without `decode`, it cuts the samples a decode stage put in the table."""
 
@@ -51,7 +52,7 @@ class SegmentStage(Stage):
         self.decode = decode
         # A quarter of a block: Ray Data packs parts into blocks of `block_mb`, and closes one
         # after a part, so blocks end with recordings wherever they can.
-        self.CHUNK_BYTES = min(16 << 20, max(int(config.block_mb * 2**20) // 4, 1))
+        self.part_bytes = min(16 << 20, max(int(config.block_mb * 2**20) // 4, 1))
         self.vad = VadSettings(config.vad_threshold, config.min_silence_s, 0.25, config.vad_window_s)
 
     def __call__(self, table: pa.Table) -> Iterator[pa.Table]:
@@ -101,12 +102,12 @@ class SegmentStage(Stage):
                                        samples.read(int(start * RATE), int(end * RATE)))
                     # Mid-recording only when the recording alone fills a part: Ray Data closes
                     # a block after a part, so parts end with recordings wherever they can.
-                    if own >= self.CHUNK_BYTES:
+                    if own >= self.part_bytes:
                         yield self._emit(base, out.pop(), rec, errors)
                         own = 0
             finally:
                 samples.close()
-            if out.pcm_bytes >= self.CHUNK_BYTES:
+            if out.pcm_bytes >= self.part_bytes:
                 yield self._emit(base, out.pop(), rec, errors)
         if out.take or not n:
             yield self._emit(base, out.pop(), rec, errors)
