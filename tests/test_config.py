@@ -137,3 +137,13 @@ def test_every_field_is_documented():
                 undocumented.append(prefix + name)
     walk(PipelineConfig)
     assert not undocumented, undocumented
+
+
+def test_segment_settings_that_cannot_work_are_refused_at_load():
+    with pytest.raises(ValidationError, match="segment lengths do not fit"):
+        PipelineConfig.load(overrides=["segment.min_s=40"])
+    # The cap on blocks in flight must hold a few blocks, or the stages would wait on each other.
+    with pytest.raises(ValidationError, match="at least four blocks"):
+        PipelineConfig.load(profile="longform", overrides=["segment.block_mb=256"])
+    ok = PipelineConfig.load(profile="longform", overrides=["segment.block_mb=128"])
+    assert ok.segment.in_flight_mb == 4 * ok.segment.block_mb

@@ -291,13 +291,16 @@ class SegmentConfig(Settings):
         "blocks in flight may take (Ray Data's `resource_limits.object_store_memory`, this times the nodes at "
         "start); the stages ahead wait when it is reached. A long recording's segments are cut far faster than "
         "Whisper transcribes them, and without a cap they would wait in memory, so the whole run's memory would "
-        "grow with the recording.")
+        "grow with the recording. At least four blocks (4 x `block_mb`).")
 
     @model_validator(mode="after")
     def _lengths_fit(self) -> "SegmentConfig":
         if not (self.min_s < self.max_s and 2 * self.pad_s < self.max_s):
             raise ValueError(f"segment lengths do not fit: need min_s ({self.min_s}) < max_s ({self.max_s}) "
                              f"and 2 x pad_s ({self.pad_s}) < max_s")
+        if self.in_flight_mb < 4 * self.block_mb:  # a block a stage, or the stages wait on each other
+            raise ValueError(f"segment.in_flight_mb ({self.in_flight_mb:g}) must hold at least four blocks "
+                             f"(4 x segment.block_mb = {4 * self.block_mb:g})")
         return self
 
 
