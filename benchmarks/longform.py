@@ -1,7 +1,7 @@
 """Long recordings into segments: where the cuts fall, how much speech they cover, what the
 segments' transcripts are worth, how fast, how much memory; and DNSMOS on clean vs noisy speech.
 
-    python benchmarks/longform.py [--recordings 8] [--hour] [--hours-from-file 1 2] [--long-only]
+    python benchmarks/longform.py [--recordings 8] [--hour] [--hours-from-file 1 2] [--long-only] [--set K=V]
 
 Dev set: `--recordings` recordings of English Wikipedia sentences (benchmarks/corpora.py, in
 order, never picked) read by espeak-ng, voices rotating, separated by pauses drawn uniformly
@@ -93,7 +93,11 @@ def main() -> None:
                     help="recordings of these many hours as FLAC files in a folder (streamed as they are decoded)")
     ap.add_argument("--long-only", action="store_true",
                     help="only the long recordings (figures not measured in a run stay in results/longform.json)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a setting for the long runs (e.g. segment.block_mb=128); their results are kept "
+                    "under keys that name the settings")
     args = ap.parse_args()
+    tag = "".join(f" [{kv}]" for kv in args.set)
     saved = HERE / "results" / "longform.json"
     # Figures not measured in this run stay as they were.
     result: dict = {**(json.loads(saved.read_text()) if saved.exists() else {}), "machine": f"{os.cpu_count()} cores"}
@@ -109,13 +113,13 @@ def main() -> None:
             reps = int(np.ceil(60 * 60 * 48000 / len(base)))
             pq.write_table(pa.table({"id": ["hour"], "audio_bytes": [flac(np.concatenate([base] * reps), 48000)],
                                      "sentence": [""]}), path)
-        result["one_hour_longform"] = long_run(path)
-        print(json.dumps(result["one_hour_longform"]), flush=True)
+        result["one_hour_longform" + tag] = long_run(path, args.set)
+        print(json.dumps(result["one_hour_longform" + tag]), flush=True)
     for hours in args.hours_from_file:
         from segment_memory import recording
 
-        key = f"{hours:g}_hours_from_a_file_longform"
-        result[key] = long_run(recording(hours)[1])
+        key = f"{hours:g}_hours_from_a_file_longform{tag}"
+        result[key] = long_run(recording(hours)[1], args.set)
         print(json.dumps({key: result[key]}), flush=True)
     (HERE / "results" / "longform.json").write_text(json.dumps(result, indent=2))
 
@@ -179,14 +183,14 @@ def dev_set_figures(args: argparse.Namespace, result: dict) -> None:
     print(json.dumps(result["dnsmos_ovrl"]), flush=True)
 
 
-def long_run(path: Path) -> dict:
+def long_run(path: Path, settings: list[str] = ()) -> dict:
     """`audiocurate run --profile longform` on one long recording in a subprocess, with the
     peak resident memory of every process sampled."""
     from procmon import run_and_measure
 
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "audiocurate.cli", "run", str(path), f"{tmp}/out", "--no-progress",
-               "--profile", "longform"]
+               "--profile", "longform", *(a for kv in settings for a in ("--set", kv))]
         code, peaks, wall = run_and_measure(cmd, env={**os.environ, "RAY_ADDRESS": ""}, with_private=True)
         report = json.loads(Path(f"{tmp}/out/report.json").read_text())
     return {

@@ -128,8 +128,9 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
     # recording unless it alone fills one; Ray Data packs the parts into blocks of up to
     # `segment.block_mb`, 32 MB or about 17 minutes of 16 kHz samples, so only a recording
     # that runs past a block's end spans two), so a recording's segments are batched and
-    # judged against each other (`filters.speaking_rate`) together. Segments are cut far
-    # faster than they are transcribed: `segment.in_flight_mb` caps what waits.
+    # judged against each other (`filters.speaking_rate`) together. Every worker holds the
+    # block it handles, so `segment.block_mb` bounds the run's memory whatever the recording's
+    # length; `segment.in_flight_mb` caps the blocks waiting ahead of Whisper besides.
     ds = source.dataset(files, num_cpus=config.decode.resources.num_cpus,
                         block_bytes=int(config.decode.read_block_mb * 2**20), reads=reads,
                         segmented=config.segment.enabled)
