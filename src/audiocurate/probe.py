@@ -135,11 +135,13 @@ def check_engines(config: "PipelineConfig", *, specs: Optional[list[ProbeSpec]] 
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    from .runtime import cpu_nodes
+
     specs = probe_specs(config) if specs is None else specs
     if not specs:
         return []
     remote = ray.remote(num_cpus=0, max_retries=0)(check_node)
-    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+    nodes = cpu_nodes()
     refs = [remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
             .remote(specs, use_cache, cache_dir) for n in nodes]
     results: list[ProbeResult] = []

@@ -19,6 +19,11 @@ from .config import PipelineConfig, RayConfig, StageResources
 from .judge.backends import judge_backend
 
 
+def cpu_nodes() -> list[dict[str, Any]]:
+    """The alive Ray nodes that can run tasks (`ray.nodes()` entries)."""
+    return [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+
+
 @dataclass(frozen=True)
 class ClusterShape:
     cpus: float
@@ -28,8 +33,7 @@ class ClusterShape:
     @classmethod
     def current(cls) -> "ClusterShape":
         res = ray.cluster_resources()
-        nodes = sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0)
-        return cls(float(res.get("CPU", 0.0)), float(res.get("GPU", 0.0)), max(nodes, 1))
+        return cls(float(res.get("CPU", 0.0)), float(res.get("GPU", 0.0)), max(len(cpu_nodes()), 1))
 
 
 def init_ray(config: RayConfig) -> ClusterShape:

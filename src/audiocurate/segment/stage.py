@@ -36,8 +36,8 @@ class SegmentStage(Stage):
     tables of about `part_bytes` of samples (a quarter of `segment.block_mb`), ending with a
     recording unless one recording alone fills them (a generator; Ray Data packs them into
     blocks), so its memory is bounded by the spool, the VAD window and a part, whatever the
-    recording's length. `decode_s` then
-    includes VAD, which runs as the samples arrive, and is on each recording's first row only.
+    recording's length. `decode_s` then includes VAD, which runs as the samples arrive, and is
+    on each recording's first row only.
     Without `decode`, it cuts the samples a decode stage put in the table."""
 
     name = C.SEGMENT
