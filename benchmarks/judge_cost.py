@@ -9,18 +9,19 @@ and jokes) in five ways:
   (the judge before `judge.weights`);
 * `f16`: the same weights converted to F16 (`judge.weights: f16`, the default now);
 * `stored+flash_attn`: llama.cpp's flash attention on;
-* `stored+parallel`, `f16+parallel`: `--parallel` rows per llama.cpp decode, as parallel
-  sequences that share the prefix's KV cells (n_seq_max, unified KV cache).
+* `stored+parallel`, `f16+parallel`: `--parallel` rows per llama.cpp decode (`judge.parallel`;
+  `f16+parallel` is the default judge now), as parallel sequences that share the prefix's KV
+  cells (n_seq_max, unified KV cache). The other ways run with `judge.parallel: 1`.
 For each: rows/s, speed-up over `stored`, the largest and mean change of edu_score_mean per row
-against `stored`, and ROC AUC of edu_score_mean against the dev set's labels (clean text; the
-transcript-based AUC, precision and recall come from `benchmarks/calibrate_judge.py`).
+against `stored` and against `f16` (one row after another, the default before `judge.parallel`),
+and ROC AUC of edu_score_mean against the dev set's labels (clean text; the transcript-based
+AUC, precision and recall come from `benchmarks/calibrate_judge.py`).
 Writes benchmarks/results/judge_cost.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import sys
@@ -33,70 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpora  # noqa: E402
 
 from audiocurate.config import LlamaCppJudgeConfig  # noqa: E402
-from audiocurate.judge import load_judge_profile, score_from_logits  # noqa: E402
-from audiocurate.judge.llama_cpp import LlamaCppJudge, model_params  # noqa: E402
+from audiocurate.judge import load_judge_profile  # noqa: E402
+from audiocurate.judge.llama_cpp import LlamaCppJudge  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "judge_cost.json"
-
-
-class ParallelJudge:
-    """Rows in groups, each row its own sequence over the prefix's KV cells, one decode a group."""
-
-    def __init__(self, judge: LlamaCppJudge, parallel: int):
-        import llama_cpp
-        from llama_cpp import llama_cpp as C
-
-        self.C, self.judge, self.parallel = C, judge, parallel
-        default = C.llama_context_default_params
-
-        def context_params():
-            params = default()
-            params.n_seq_max, params.kv_unified = parallel + 1, True
-            return params
-
-        C.llama_context_default_params = context_params
-        try:
-            with model_params(llama_cpp, use_extra_bufts=False):
-                self.llm = llama_cpp.Llama(model_path=judge.llm.model_path, n_ctx=4096, n_threads=1,
-                                           n_threads_batch=1, n_batch=2048, n_ubatch=2048, verbose=False)
-        finally:
-            C.llama_context_default_params = default
-        self.llm.reset()
-        self.llm.eval(judge.prefix_tokens)
-        self.n_prefix = self.llm.n_tokens
-        self.memory = C.llama_get_memory(self.llm.ctx)
-        self.batch = C.llama_batch_init(2048, 0, parallel + 1)
-        self.n_vocab = self.llm.n_vocab()
-
-    def score_batch(self, texts: list[str]) -> list:
-        out = []
-        for i in range(0, len(texts), self.parallel):
-            out += self._group(texts[i:i + self.parallel])
-        return out
-
-    def _group(self, texts: list[str]) -> list:
-        C, b, prof = self.C, self.batch, self.judge.profile
-        tokens = [self.llm.tokenize(prof.suffix(t).encode(), add_bos=False, special=False) for t in texts]
-        n, last = 0, []
-        for seq, toks in enumerate(tokens, start=1):
-            C.llama_memory_seq_rm(self.memory, seq, -1, -1)
-            C.llama_memory_seq_cp(self.memory, 0, seq, 0, self.n_prefix)
-            for pos, tok in enumerate(toks):
-                b.token[n], b.pos[n], b.n_seq_id[n] = tok, self.n_prefix + pos, 1
-                b.seq_id[n][0], b.logits[n] = seq, pos == len(toks) - 1
-                n += 1
-            last.append(n - 1)
-        b.n_tokens = n
-        if C.llama_decode(self.llm.ctx, b) != 0:
-            raise RuntimeError("llama_decode failed")
-        scores = []
-        for i in last:
-            ptr = C.llama_get_logits_ith(self.llm.ctx, i)
-            logits = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,))
-            scores.append(score_from_logits(logits[self.judge.label_ids], prof, False))
-        for seq in range(1, len(texts) + 1):
-            C.llama_memory_seq_rm(self.memory, seq, -1, -1)
-        return scores
 
 
 def flash_judge(config: LlamaCppJudgeConfig, profile) -> LlamaCppJudge:
@@ -125,27 +66,33 @@ def main() -> None:
     items = corpora.judge_dev_texts(args.per_class)
     texts, labels = [d["text"] for d in items], np.array([d["label"] for d in items])
     profile = load_judge_profile("smollm2-135m-edu").model_copy(update={"calibration": None})
-    stored, f16 = LlamaCppJudgeConfig(weights="stored"), LlamaCppJudgeConfig(weights="f16")
+    stored, f16 = LlamaCppJudgeConfig(weights="stored", parallel=1), LlamaCppJudgeConfig(weights="f16", parallel=1)
     ways = {
         "stored": lambda: LlamaCppJudge(stored, profile),
         "f16": lambda: LlamaCppJudge(f16, profile),
         "stored+flash_attn": lambda: flash_judge(stored, profile),
-        "stored+parallel": lambda: ParallelJudge(LlamaCppJudge(stored, profile), args.parallel),
-        "f16+parallel": lambda: ParallelJudge(LlamaCppJudge(f16, profile), args.parallel),
+        "stored+parallel": lambda: LlamaCppJudge(stored.model_copy(update={"parallel": args.parallel}), profile),
+        "f16+parallel": lambda: LlamaCppJudge(f16.model_copy(update={"parallel": args.parallel}), profile),
     }
-    results, base = {}, None
+    results, means_of = {}, {}
     for name, make in ways.items():
         judge = make()
+        # In the batches the pipeline's judge actor gets (a block of `asr.resources.batch_size` rows).
         t0 = time.perf_counter()
-        means = np.array([s.mean for s in judge.score_batch(texts)])
+        means = np.array([s.mean for i in range(0, len(texts), 8) for s in judge.score_batch(texts[i:i + 8])])
         rate = len(texts) / (time.perf_counter() - t0)
-        base = means if base is None else base
-        diff = np.abs(means - base)
+        means_of[name] = means
         results[name] = {"rows_per_s": rate, "speedup": rate / results.get("stored", {"rows_per_s": rate})["rows_per_s"],
-                         "max_abs_change": float(diff.max()), "mean_abs_change": float(diff.mean()),
-                         # the set's mean score and its shift: a change per row can cancel over the set
-                         "set_mean_score": float(means.mean()), "set_mean_change": float(means.mean() - base.mean()),
-                         "roc_auc_clean_text": float(roc_auc_score(labels, means))}
+                         "roc_auc_clean_text": float(roc_auc_score(labels, means)),
+                         "set_mean_score": float(means.mean())}
+        for ref in ("stored", "f16"):
+            if ref in means_of:
+                diff = np.abs(means - means_of[ref])
+                suffix = "" if ref == "stored" else "_vs_f16"
+                results[name] |= {f"max_abs_change{suffix}": float(diff.max()),
+                                  f"mean_abs_change{suffix}": float(diff.mean()),
+                                  # the set's mean shift: a change per row can cancel over the set
+                                  f"set_mean_change{suffix}": float(means.mean() - means_of[ref].mean())}
         print(name, json.dumps({k: round(v, 4) for k, v in results[name].items()}), flush=True)
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "unknown CPU")

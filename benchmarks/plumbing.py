@@ -12,7 +12,11 @@ with row groups of 1,000; made once in benchmarks/.cache/.
   `ray_start_s` and `execute_s` are given too).
 CPU: the whole machine's user+system seconds over each run (psutil.cpu_times; the machine is
 otherwise idle), divided by the rows: everything Ray runs counts, the driver, its daemons and
-workers. Writes benchmarks/results/plumbing.json.
+workers.
+* marginal: the same run on the first `--small` rows (`--limit`); the differences in wall and
+  CPU between the two, over the rows between them, are what one more row costs, without what
+  a run costs whatever its size (Ray's start and stop, each worker process's imports).
+Writes benchmarks/results/plumbing.json.
 """
 
 from __future__ import annotations
@@ -63,11 +67,11 @@ def plain_loop(path: Path) -> dict:
     return {"rows": n, "wall_s": wall, "rows_per_s": n / wall, "cpu_s": cpu, "cpu_ms_per_row": 1000 * cpu / n}
 
 
-def pipeline(path: Path, out: Path) -> dict:
+def pipeline(path: Path, out: Path, limit: int | None = None) -> dict:
     exe = Path(sys.executable).parent / "audiocurate"
     c0, t0 = machine_cpu_s(), time.time()
-    proc = subprocess.run([str(exe), "run", str(path), str(out), "--restart", "--no-progress"],
-                          capture_output=True, text=True)
+    proc = subprocess.run([str(exe), "run", str(path), str(out), "--restart", "--no-progress",
+                           *(["--limit", str(limit)] if limit else [])], capture_output=True, text=True)
     wall, cpu = time.time() - t0, machine_cpu_s() - c0
     if proc.returncode != 0:
         raise SystemExit(f"audiocurate failed:\n{proc.stderr[-3000:]}")
@@ -91,17 +95,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=20000)
     ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--small", type=int, default=5000, help="rows of the smaller run for the marginal cost")
     args = ap.parse_args()
     path = dataset(args.rows)
-    loops, runs = [], []
+    loops, runs, smalls = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.runs):
             loops.append(plain_loop(path))
             runs.append(pipeline(path, Path(tmp) / "out"))
+            smalls.append(pipeline(path, Path(tmp) / "out", limit=args.small))
             print(f"run {i + 1}: loop {loops[-1]['rows_per_s']:.0f} rows/s, pipeline {runs[-1]['rows_per_s']:.0f} "
-                  f"rows/s ({runs[-1]['cpu_ms_per_row']:.2f} ms CPU/row, {runs[-1]['wall_s']:.1f} s wall)", flush=True)
+                  f"rows/s ({runs[-1]['cpu_ms_per_row']:.2f} ms CPU/row, {runs[-1]['wall_s']:.1f} s wall; "
+                  f"{args.small} rows: {smalls[-1]['wall_s']:.1f} s)", flush=True)
     loop_rate = float(np.median([r["rows_per_s"] for r in loops]))
     pipe_rate = float(np.median([r["rows_per_s"] for r in runs]))
+    extra = args.rows - args.small
+    marginal_rate = float(np.median([extra / (r["wall_s"] - s["wall_s"]) for r, s in zip(runs, smalls)]))
+    marginal_cpu = float(np.median([1000 * (r["cpu_s"] - s["cpu_s"]) / extra for r, s in zip(runs, smalls)]))
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "rows": args.rows,
@@ -110,8 +120,14 @@ def main() -> None:
         "ratio": pipe_rate / loop_rate,
         "pipeline_cpu_ms_per_row": float(np.median([r["cpu_ms_per_row"] for r in runs])),
         "loop_cpu_ms_per_row": float(np.median([r["cpu_ms_per_row"] for r in loops])),
+        "small_rows": args.small,
+        "marginal_rows_per_s": marginal_rate,
+        "marginal_ratio": marginal_rate / loop_rate,
+        "marginal_cpu_ms_per_row": marginal_cpu,
+        "fixed_wall_s": float(np.median([s["wall_s"] - args.small / marginal_rate for s in smalls])),
         "loops": loops,
         "runs": runs,
+        "small_runs": smalls,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")

@@ -92,6 +92,32 @@ def test_f16_weights_are_converted_once_and_score_like_the_stored_ones(tmp_path,
     assert min(f16[:3]) > max(f16[3:]) and min(stored[:3]) > max(stored[3:])
 
 
+def test_rows_scored_together_as_parallel_sequences_score_as_they_do_one_by_one(judge):
+    """`judge.parallel` decodes a group of rows at once, each its own sequence over the cached
+    prefix: the scores are those of one row after another (float rounding aside), in order; a
+    row too long for a group is scored alone, and one that fails fails alone."""
+    assert judge.config.parallel == 8
+    long_text = "the cat sat on the mat and " * 120  # over a group's 512 tokens: scored alone
+    texts = EDUCATIONAL + NOT_EDUCATIONAL + ["", long_text] + EDUCATIONAL[::-1] + NOT_EDUCATIONAL * 2
+    calls = []
+    decode = judge._decode_group
+    judge._decode_group = lambda tokens: calls.append(len(tokens)) or decode(tokens)
+    try:
+        together = judge.score_batch(texts)
+    finally:
+        del judge._decode_group
+    one_by_one = make_judge(LlamaCppJudgeConfig(parallel=1)).score_batch(texts)
+    assert calls and max(calls) == 8 and sum(calls) == len(texts) - 1  # all but the long one, in groups
+    for a, b in zip(together, one_by_one):
+        assert a.error is None and b.error is None
+        assert np.allclose(a.probs, b.probs, atol=2e-3)
+    assert [a.score for a in together] == [b.score for b in one_by_one]
+    strict = make_judge(LlamaCppJudgeConfig(n_ctx=1024, long_text="error"))
+    s = strict.score_batch(["a short one", "the cat sat on the mat and " * 800, "another short one"])
+    assert s[1].error and "context" in s[1].error
+    assert s[0].error is None and s[2].error is None
+
+
 def test_long_transcript_is_truncated_or_an_error():
     long_text = "the cat sat on the mat and " * 800
     truncating = make_judge(LlamaCppJudgeConfig(n_ctx=1024))

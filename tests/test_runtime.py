@@ -71,3 +71,63 @@ def test_a_segmented_pipeline_dataset_carries_the_segment_caps(ray_local, demo_p
     ds = build(config, open_source(demo_parquet, config.source), shape=ClusterShape(2, 0, nodes=3))
     assert ds.context.target_max_block_size == 8 << 20
     assert ds.context.execution_options.resource_limits.object_store_memory == 3 * 100 << 20
+
+
+def test_light_stages_leave_the_cpu_to_decode(ray_local, demo_parquet, tmp_path):
+    """Ray Data reserves each operator a task's CPU and splits the rest evenly: the stages that
+    only slice, route and write rows reserve a sliver and run a capped number of tasks, so what
+    they cannot use goes to decode, which runs up to a task per core."""
+    from audiocurate.pipeline import build
+    from audiocurate.runtime import LIGHT_TASK_CPUS
+    from audiocurate.sinks import CurationSink, OutputDir
+    from audiocurate.sources import open_source
+
+    config = PipelineConfig.load(overrides=["ray.progress=false"])
+    source = open_source(demo_parquet, config.source)
+    sink = CurationSink(OutputDir(str(tmp_path), config.output.storage), source.id_column, source.carried_columns,
+                        config.output.rows_per_shard)
+    ds = build(config, source, shape=ClusterShape(8, 0), sink=sink)
+    ops, op = {}, ds._logical_plan.dag
+    while op is not None:
+        ops[op.name] = op
+        op = op.input_dependencies[0] if op.input_dependencies else None
+    light = [ops[n] for n in ops if n.startswith(("MapBatches(SelectStage)", "MapBatches(PackageStage)",
+                                                   "StreamingRepartition[num_rows_per_block=8"))]
+    assert len(light) == 3
+    for op in light:
+        assert op.ray_remote_args["num_cpus"] == LIGHT_TASK_CPUS and op.compute.size == 4, op.name
+    decode = ops["MapBatches(DecodeStage)"]
+    assert decode.compute.size == 8 and decode.ray_remote_args["num_cpus"] == config.decode.resources.num_cpus
+    settled = next(o for n, o in ops.items() if n.startswith("MapBatches(SettledRowsStage"))
+    assert settled.compute.size == 8  # the same as decode's: Ray fuses the two into one task
+
+
+def test_a_local_ray_gives_workers_the_configured_environment_and_stops_in_the_background(ray_local):
+    """The workers' variables reach a local Ray through the environment it starts in (not a
+    runtime_env, whose jobs cannot use the workers Ray starts ahead); the driver's own
+    environment is left as it was, and `stop_own_ray` stops only a Ray `init_ray` started."""
+    import os
+
+    from audiocurate.config import RayConfig
+    from audiocurate.runtime import init_ray, stop_own_ray
+
+    ray.shutdown()
+    assert "AUDIOCURATE_PROBE" not in os.environ
+    try:
+        init_ray(RayConfig(num_cpus=2, progress=False, env_vars={"AUDIOCURATE_PROBE": "from-config"}))
+        assert "AUDIOCURATE_PROBE" not in os.environ
+        assert ray.get_runtime_context().runtime_env.get("env_vars") is None
+
+        @ray.remote(num_cpus=0.1)
+        def probe():
+            return os.environ.get("AUDIOCURATE_PROBE")
+
+        assert ray.get(probe.remote()) == "from-config"
+        stopping = stop_own_ray()
+        assert stopping is not None
+        stopping.join(timeout=60)
+        assert not ray.is_initialized()
+        assert stop_own_ray() is None  # nothing of ours left to stop
+    finally:
+        if not ray.is_initialized():
+            init_ray(RayConfig(num_cpus=2, progress=False))  # the session's Ray, for later tests

@@ -312,7 +312,7 @@ def test_s3_credentials_never_travel_in_stages_outputs_or_logs(tmp_path, clips, 
 
 def test_duplicate_ids_are_found_across_files_and_buckets(tmp_path, ray_local, monkeypatch):
     """Ids repeated within and across files are found by hash bucket in Ray tasks, with one
-    bucket or many, and only they come back."""
+    bucket or many, or in the driver for a small input, and only they come back."""
     from audiocurate.sources import ids as ids_mod
     from audiocurate.sources.ids import find_duplicate_ids
 
@@ -321,8 +321,9 @@ def test_duplicate_ids_are_found_across_files_and_buckets(tmp_path, ray_local, m
     for f, names in enumerate([["a", "b", "c", "a"], ["d", "e", "b"], ["f", "g", "h", "b"]]):
         pq.write_table(pa.table({"id": names, "audio_bytes": [b"x"] * len(names)}), d / f"part-{f}.parquet")
     source = open_source(str(d), SourceConfig())
-    for bucket_rows in (1_000_000, 3):  # one bucket; four buckets
+    for bucket_rows, driver_files in ((1_000_000, 8), (1_000_000, 0), (3, 8)):  # driver; one bucket; four
         monkeypatch.setattr(ids_mod, "_ROWS_PER_BUCKET", bucket_rows)
+        monkeypatch.setattr(ids_mod, "_DRIVER_FILES", driver_files)
         found = find_duplicate_ids(source)
         assert (found.ids, found.rows, found.examples) == (2, 3, ["a", "b"])
     unique = tmp_path / "unique.parquet"

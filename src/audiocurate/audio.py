@@ -159,12 +159,14 @@ class SoundfileBackend:
             declared, exact = f.frames, False
 
         def blocks() -> Iterator[np.ndarray]:
+            step = max(f.samplerate, 1) * _BLOCK_SECONDS
             with f:
                 while True:
-                    block = f.read(max(f.samplerate, 1) * _BLOCK_SECONDS, dtype="float32", always_2d=True)
-                    if not len(block):
+                    block = f.read(step, dtype="float32", always_2d=True)
+                    if len(block):
+                        yield block
+                    if len(block) < step:  # libsndfile reads short only at the end: no read to find it
                         return
-                    yield block
 
         return _Stream(f.samplerate, f.channels, declared, f.format.lower(), blocks(), exact)
 

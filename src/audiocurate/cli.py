@@ -92,7 +92,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         input_uri = demo_dataset_path() if args.command == "demo" else args.input
         with harmless_native_lines_held_back():
-            report = run(config, input_uri, args.output, limit=args.limit, restart=args.restart)
+            report = run(config, input_uri, args.output, limit=args.limit, restart=args.restart, stop_ray=True)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"audiocurate: error: {e}", file=sys.stderr)
         return 2

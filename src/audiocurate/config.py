@@ -393,14 +393,18 @@ class RayConfig(Settings):
     probe_timeout_s: float = Field(300.0, gt=0, description="Longest a probe may take on one node.")
     forward_env: list[str] = Field(
         default_factory=list, description="Names of the driver's environment variables to hand to every worker "
-        "through Ray's runtime_env when audiocurate starts or joins Ray, e.g. `[AWS_ACCESS_KEY_ID, "
+        "when audiocurate joins Ray (through Ray's runtime_env) or starts it (a local Ray's processes "
+        "inherit the driver's environment, these included), e.g. `[AWS_ACCESS_KEY_ID, "
         "AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN]` for workers with no credentials or role of their own. Only "
         "the names are configuration: values are never written to the config, the output or a pickled stage "
         "(Ray's runtime-env agent does log them on each node, in `runtime_env_agent.log`).")
     env_vars: dict[str, str] = Field(
         default_factory=lambda: {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"},
         description="Environment of every worker. One OpenMP thread per process is fastest "
-        "when processes share cores.",
+        "when processes share cores. Joining a cluster, they go through Ray's runtime_env; a "
+        "local Ray that audiocurate starts gets them in the environment it starts in (the "
+        "driver's own is restored after), so its tasks can use the workers Ray starts with the "
+        "node instead of waiting for new ones.",
     )
 
 

@@ -27,8 +27,9 @@ from .engines import engine_of, engine_versions
 from .judge.backends import judge_backend
 from .plan import columns_after_decode, placed_filters, produced_by
 from .probe import check_engines
-from .runtime import (ClusterShape, actor_cpu_scale, configure_dataset, init_ray, plan_concurrency,
-                      split_blocks, task_args)
+from .runtime import (LIGHT_TASK_CPUS, ClusterShape, actor_cpu_scale, configure_dataset, init_ray,
+                      light_concurrency, light_task_args, plan_concurrency, split_blocks,
+                      stop_own_ray, task_args)
 from .compaction import recover as recover_compaction
 from .resume import DropWrittenSegments, plan_reads
 from .segment.stage import SegmentStage
@@ -140,32 +141,34 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
     C.check_columns(source.columns, produced_by(placed, config), source.audio_column)
     # Per block (batch_size=None): each read block, sized by bytes, is one unit of work from
     # here on; bundling blocks up again would undo that.
+    # At most a task per core: more only adds worker processes to start on a small node.
+    decoding = {**task_args(rc, config.decode.resources), "batch_size": None,
+                "compute": ray.data.TaskPoolStrategy(size=max(int(shape.cpus), 1))}
     decode = DecodeStage(config.decode, source.audio_column, source.fetcher(), placed[C.DECODE])
     if not config.segment.enabled:
-        ds = ds.map_batches(decode, **_PYARROW, **{**task_args(rc, config.decode.resources), "batch_size": None})
+        ds = ds.map_batches(decode, **_PYARROW, **decoding)
     else:  # decoded as it is cut: a recording's samples are never whole in memory
         ds = ds.map_batches(SegmentStage(config.segment, source.id_column, placed[C.SEGMENT],
                                          source.audio_column, decode), batch_format="pyarrow",
-                            udf_modifying_row_count=True, **{**task_args(rc, config.decode.resources), "batch_size": None})
+                            udf_modifying_row_count=True, **decoding)
         # resume: the segments already written of cut-off recordings, those that settled here
         ds = _drop_written_segments(ds, config, source.id_column, reads, skip_segments, settled_only=True)
     if sink is not None:
         # Rows that settled while decoding (corrupt, silent, too short) go to their outputs
         # here, in the decode task (fused), instead of riding through every model stage.
         ds = ds.map_batches(SettledRowsStage(sink, columns_after_decode(placed, config), source.audio_column),
-                            batch_format="pyarrow", udf_modifying_row_count=True,
-                            **{**task_args(rc, config.decode.resources), "batch_size": None})
+                            batch_format="pyarrow", udf_modifying_row_count=True, **decoding)
     # Model stages take blocks of one ASR batch of clips still in play; segments, the block of
     # their recording.
     if not config.segment.enabled:
-        ds = split_blocks(ds, config.asr.resources.batch_size, config.decode.resources.num_cpus)
+        ds = split_blocks(ds, config.asr.resources.batch_size, LIGHT_TASK_CPUS, light_concurrency(shape))
     # As its backend runs it: Whisper actors, or (`asr.backend: none`) a task reading a column.
     ds = ASR_BACKENDS.get(config.asr.backend).apply(ds, config, placed[C.TRANSCRIBE], source.columns,
                                                      pools["asr"], scale)
     if config.segment.enabled:  # the rest of them, transcribed again for their recording's fences
         ds = _drop_written_segments(ds, config, source.id_column, reads, skip_segments)
     ds = apply_judge(ds, config, pools["judge"], scale)
-    light = {**task_args(rc), "num_cpus": config.decode.resources.num_cpus, "batch_size": None}
+    light = light_task_args(rc, shape)
     ds = ds.map_batches(SelectStage(placed[C.SELECT]), **_PYARROW, **light)
     ds = ds.map_batches(PackageStage(config.output, source.audio_column, source.id_column), **_PYARROW, **light)
     if not config.segment.enabled:
@@ -218,9 +221,12 @@ def run(
     limit: Optional[int] = None,
     restart: bool = False,
     echo: Callable[[str], None] = print,
+    stop_ray: bool = False,
 ) -> dict[str, Any]:
     """Curate INPUT into OUTPUT; resumes when OUTPUT holds an unfinished run of the same
-    configuration. Returns the report (also written to OUTPUT/report.json)."""
+    configuration. Returns the report (also written to OUTPUT/report.json). `stop_ray`: a
+    local Ray this run started is stopped once nothing needs it, while the report is built
+    (the command line's runs; a Ray you started or joined is left running)."""
     from .report import build_report, write_report
 
     t_start = time.time()
@@ -271,6 +277,7 @@ def run(
     }
     echo(f"audiocurate: {source.kind} input {input_uri}: {input_rows} rows"
          + (f", {done_in_scope} already done (resuming)" if resumed else ""))
+    ray_was_up = ray.is_initialized()
     if remaining > 0:
         shape = init_ray(config.ray)
         attempt["ray_start_s"] = time.time() - t_start
@@ -298,9 +305,12 @@ def run(
         t_exec = time.time()
         try:
             with warnings.catch_warnings():
-                # Ray's note that a small input cannot keep every planned actor busy is no news.
+                # Ray's note that a small input cannot keep every planned actor (or light task) busy
+                # is no news.
                 warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
-                ds.write_datasink(sink, ray_remote_args={"num_cpus": config.decode.resources.num_cpus})
+                warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks")
+                ds.write_datasink(sink, ray_remote_args={"num_cpus": LIGHT_TASK_CPUS},
+                                  concurrency=light_concurrency(shape))
         except Exception as e:
             reason = explain_failure(e, config)
             attempt.update(status="failed", finished=time.time(), error=reason)
@@ -326,6 +336,8 @@ def run(
         compacted = compact(out, config.output.compact_mb)
         echo(f"audiocurate: compacted {sum(compacted.files_before.values())} shards into "
              f"{sum(compacted.files_after.values())} files")
+    # Exports run on Ray: it is stopped after them.
+    stopping = stop_own_ray() if stop_ray and not ray_was_up and not config.output.formats else None
     report = build_report(out, config, input_rows=input_rows, keep_ids=keep_ids, id_column=source.id_column,
                           input_uri=input_uri)
     write_report(out, report, config)
@@ -340,4 +352,6 @@ def run(
     if report["accounting"]["ok"]:
         out.mark_complete({"finished": time.time(), "input": input_rows,
                            **{k: report["accounting"][k] for k in ("curated", "rejected", "errors")}})
+    if stopping is not None:
+        stopping.join()
     return report

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Union
@@ -36,23 +37,55 @@ class ClusterShape:
         return cls(float(res.get("CPU", 0.0)), float(res.get("GPU", 0.0)), max(len(cpu_nodes()), 1))
 
 
+_started_here = False  # whether `init_ray` started the local Ray this process is connected to
+
+
 def init_ray(config: RayConfig) -> ClusterShape:
     """Join the configured cluster or start a local Ray; idempotent."""
+    global _started_here
     if not ray.is_initialized():
         address = config.address or os.environ.get("RAY_ADDRESS")
-        kwargs: dict[str, Any] = {
-            "runtime_env": {"env_vars": {**config.env_vars,
-                                         **{k: os.environ[k] for k in config.forward_env if k in os.environ}}},
-            "log_to_driver": True,
-            "logging_level": "WARNING",
-        }
+        env = {**config.env_vars, **{k: os.environ[k] for k in config.forward_env if k in os.environ}}
+        kwargs: dict[str, Any] = {"log_to_driver": True, "logging_level": "WARNING"}
         if address:
-            ray.init(address=address, **kwargs)
+            ray.init(address=address, runtime_env={"env_vars": env}, **kwargs)
         else:
             # "local": start our own Ray even when a `ray start` cluster runs on this machine.
-            with _token_auth_default_unannounced():
+            # Its processes inherit the environment they start in, so the workers' variables
+            # are set there rather than as a runtime_env: a job with one cannot use the workers
+            # Ray starts ahead with the node, and each task or actor would wait for a new one.
+            with _token_auth_default_unannounced(), _environment(env):
                 ray.init(address="local", num_cpus=config.num_cpus, include_dashboard=False, **kwargs)
+            _started_here = True
     return ClusterShape.current()
+
+
+@contextmanager
+def _environment(env: dict[str, str]) -> Iterator[None]:
+    """`env` set in this process's environment for the block, then restored."""
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def stop_own_ray() -> Optional[threading.Thread]:
+    """Stop the local Ray that `init_ray` started, in a thread the caller joins: its processes
+    take a second or more to exit, which overlaps the caller's own work (the report) instead
+    of following it. A Ray the caller started or joined is left running; returns None then."""
+    global _started_here
+    if not (_started_here and ray.is_initialized()):
+        return None
+    _started_here = False
+    thread = threading.Thread(target=ray.shutdown, name="audiocurate-ray-shutdown", daemon=True)
+    thread.start()
+    return thread
 
 
 class _DropRecord(logging.Filter):
@@ -62,6 +95,13 @@ class _DropRecord(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return self.text not in record.getMessage()
+
+
+def _drop_log_records(logger_name: str, text: str) -> None:
+    """Hold back one logger's records that contain `text`, for the rest of the process."""
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, _DropRecord) and f.text == text for f in logger.filters):
+        logger.addFilter(_DropRecord(text))
 
 
 @contextmanager
@@ -88,6 +128,8 @@ def configure_dataset(ds: "ray.data.Dataset", config: RayConfig, *, block_bytes:
     ctx = ds.context
     ctx.max_errored_blocks = config.max_errored_blocks
     ctx.enable_progress_bars = config.progress
+    if not config.progress:  # asked for (`--no-progress`): Ray's WARNING that it is off is no news
+        _drop_log_records("ray.data._internal.progress", "Progress bars disabled")
     ctx.print_on_execution_start = False
     # Row order does not matter for curation; streaming throughput does.
     ctx.execution_options.preserve_order = False
@@ -99,18 +141,42 @@ def configure_dataset(ds: "ray.data.Dataset", config: RayConfig, *, block_bytes:
     return ds
 
 
-def split_blocks(ds: "ray.data.Dataset", rows_per_block: int, num_cpus: float) -> "ray.data.Dataset":
-    """`ds.repartition(target_num_rows_per_block=...)` whose tasks reserve `num_cpus`.
+def split_blocks(ds: "ray.data.Dataset", rows_per_block: int, num_cpus: float,
+                 concurrency: Optional[int] = None) -> "ray.data.Dataset":
+    """`ds.repartition(target_num_rows_per_block=...)` whose tasks reserve `num_cpus`, at
+    most `concurrency` at once.
 
     Ray's streaming repartition only slices blocks, yet its tasks reserve a whole CPU, and
     `repartition` takes no resource arguments: on a one-CPU node beside model actors it waits
-    forever (a rerun after a node loss did). Its logical operator carries `ray_remote_args`;
-    they are set here (tested in test_runtime, so a Ray upgrade that moves them is caught)."""
+    forever (a rerun after a node loss did). Its logical operator carries `ray_remote_args`
+    and `compute`; they are set here (tested in test_runtime, so a Ray upgrade that moves them
+    is caught)."""
     ds = ds.repartition(target_num_rows_per_block=rows_per_block)
     op = ds._logical_plan.dag
     if hasattr(op, "ray_remote_args"):
         object.__setattr__(op, "ray_remote_args", {**(op.ray_remote_args or {}), "num_cpus": num_cpus})
+    if concurrency is not None and hasattr(op, "compute"):
+        object.__setattr__(op, "compute", ray.data.TaskPoolStrategy(size=concurrency))
     return ds
+
+
+# Ray Data reserves each operator's CPU for one task at least and splits what is left evenly
+# among all of them, so stages that only slice, route and write rows, reserving a decode
+# task's share each, left decode one task at a time on a small node. They take this share
+# instead, and at most `light_concurrency` tasks: a capped operator hands the CPU it cannot
+# use back to the others (decode).
+LIGHT_TASK_CPUS = 0.05
+
+
+def light_concurrency(shape: ClusterShape) -> int:
+    """Tasks at once of each light stage: one per two cores, at least two."""
+    return max(2, int(shape.cpus) // 2)
+
+
+def light_task_args(config: RayConfig, shape: ClusterShape) -> dict[str, Any]:
+    """`map_batches` arguments for a light task stage (select, package): whole blocks."""
+    return {**task_args(config), "num_cpus": LIGHT_TASK_CPUS,
+            "compute": ray.data.TaskPoolStrategy(size=light_concurrency(shape)), "batch_size": None}
 
 
 def _is_gpu_stage(res: StageResources) -> bool:

@@ -33,6 +33,9 @@ class DuplicateIds:
 
 
 _ROWS_PER_BUCKET = 2_000_000  # ids one counting task holds at once
+# Inputs of one bucket in at most this many files are counted in the driver: reading a few id
+# columns there takes milliseconds, where the first Ray task of a run waits on a cold worker.
+_DRIVER_FILES = 8
 
 
 def _read_ids(fs: Any, path: str, column: str, buckets: int) -> Any:
@@ -58,7 +61,8 @@ def _repeated(examples: int, *parts: pa.Array) -> DuplicateIds:
 def find_duplicate_ids(source: "Source", examples: int = 10) -> DuplicateIds:
     """Ids that occur more than once in `source`. Parquet: one task per file reads its id column
     and splits it by hash into buckets, one task per bucket counts it (plain Ray tasks on the
-    workers already running: no shuffle service, no actors). Only the repeated ids come back."""
+    workers already running: no shuffle service, no actors). Only the repeated ids come back.
+    An input of one bucket in a few files is counted here, in the driver."""
     import ray
 
     if source.listing is not None:  # a folder's listing is in this process already
@@ -66,6 +70,8 @@ def find_duplicate_ids(source: "Source", examples: int = 10) -> DuplicateIds:
     if not source.partitioned:
         raise TypeError("the duplicate-id check reads Parquet files or a folder listing, not a user's own Dataset")
     buckets = max(1, -(-source.count() // _ROWS_PER_BUCKET))
+    if buckets == 1 and len(source.files) <= _DRIVER_FILES:
+        return _repeated(examples, *(_read_ids(source.fs, path, source.id_column, 1) for path in source.files))
     read = ray.remote(num_cpus=0.25, num_returns=buckets)(_read_ids)
     parts = [read.remote(source.fs, path, source.id_column, buckets) for path in source.files]
     by_bucket = [parts] if buckets == 1 else [[p[b] for p in parts] for b in range(buckets)]
