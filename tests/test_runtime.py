@@ -73,12 +73,13 @@ def test_a_segmented_pipeline_dataset_carries_the_segment_caps(ray_local, demo_p
     assert ds.context.execution_options.resource_limits.object_store_memory == 3 * 100 << 20
 
 
-def test_light_stages_leave_the_cpu_to_decode(ray_local, demo_parquet, tmp_path):
-    """Ray Data reserves each operator a task's CPU and splits the rest evenly: the stages that
-    only slice, route and write rows reserve a sliver and run a capped number of tasks, so what
-    they cannot use goes to decode, which runs up to a task per core."""
+def test_decode_runs_a_task_per_core_within_its_own_reservation(ray_local, demo_parquet, tmp_path):
+    """Ray Data reserves each operator about half the CPUs over the number of operators and
+    hands the rest to the stages after decode: decode's tasks reserve a share small enough for
+    a task per core to fit in its own reservation (2 CPUs: 0.17 for 6 operators), capped at a
+    task per core; the stages that only move rows reserve `ROW_TASK_CPUS` each, uncapped."""
     from audiocurate.pipeline import build
-    from audiocurate.runtime import LIGHT_TASK_CPUS
+    from audiocurate.runtime import ROW_TASK_CPUS
     from audiocurate.sinks import CurationSink, OutputDir
     from audiocurate.sources import open_source
 
@@ -91,15 +92,15 @@ def test_light_stages_leave_the_cpu_to_decode(ray_local, demo_parquet, tmp_path)
     while op is not None:
         ops[op.name] = op
         op = op.input_dependencies[0] if op.input_dependencies else None
-    light = [ops[n] for n in ops if n.startswith(("MapBatches(SelectStage)", "MapBatches(PackageStage)",
-                                                   "StreamingRepartition[num_rows_per_block=8"))]
-    assert len(light) == 3
-    for op in light:
-        assert op.ray_remote_args["num_cpus"] == LIGHT_TASK_CPUS and op.compute.size == 4, op.name
-    decode = ops["MapBatches(DecodeStage)"]
-    assert decode.compute.size == 8 and decode.ray_remote_args["num_cpus"] == config.decode.resources.num_cpus
-    settled = next(o for n, o in ops.items() if n.startswith("MapBatches(SettledRowsStage"))
-    assert settled.compute.size == 8  # the same as decode's: Ray fuses the two into one task
+    n_ops_after_fusion = 6  # decode+settled, split, transcribe, judge, select+package, write
+    assert config.decode.resources.num_cpus * 2 <= 2 * 0.5 / n_ops_after_fusion
+    for name in ("MapBatches(DecodeStage)", "MapBatches(SettledRowsStage)"):
+        op = next(o for n, o in ops.items() if n.startswith(name))
+        # the same as decode's: Ray fuses the settled rows' writes into decode's task
+        assert op.compute.size == 8 and op.ray_remote_args["num_cpus"] == config.decode.resources.num_cpus, name
+    for name in ("StreamingRepartition[num_rows_per_block=8", "MapBatches(SelectStage)", "MapBatches(PackageStage)"):
+        op = next(o for n, o in ops.items() if n.startswith(name))
+        assert op.ray_remote_args["num_cpus"] == ROW_TASK_CPUS, name
 
 
 def test_a_local_ray_gives_workers_the_configured_environment_and_stops_in_the_background(ray_local):

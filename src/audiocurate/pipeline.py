@@ -27,9 +27,8 @@ from .engines import engine_of, engine_versions
 from .judge.backends import judge_backend
 from .plan import columns_after_decode, placed_filters, produced_by
 from .probe import check_engines
-from .runtime import (LIGHT_TASK_CPUS, ClusterShape, actor_cpu_scale, configure_dataset, init_ray,
-                      light_concurrency, light_task_args, plan_concurrency, split_blocks,
-                      stop_own_ray, task_args)
+from .runtime import (ROW_TASK_CPUS, ClusterShape, actor_cpu_scale, configure_dataset, init_ray,
+                      plan_concurrency, split_blocks, stop_own_ray, task_args)
 from .compaction import recover as recover_compaction
 from .resume import DropWrittenSegments, plan_reads
 from .segment.stage import SegmentStage
@@ -141,7 +140,10 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
     C.check_columns(source.columns, produced_by(placed, config), source.audio_column)
     # Per block (batch_size=None): each read block, sized by bytes, is one unit of work from
     # here on; bundling blocks up again would undo that.
-    # At most a task per core: more only adds worker processes to start on a small node.
+    # Ray Data reserves each operator about half the cluster's CPUs over the number of
+    # operators, and leaves what is unreserved to the stages after decode: decode's small
+    # per-task share (`decode.resources.num_cpus`) lets a task per core run inside its own
+    # reservation, and no more than that (more only adds worker processes to start).
     decoding = {**task_args(rc, config.decode.resources), "batch_size": None,
                 "compute": ray.data.TaskPoolStrategy(size=max(int(shape.cpus), 1))}
     decode = DecodeStage(config.decode, source.audio_column, source.fetcher(), placed[C.DECODE])
@@ -161,16 +163,17 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
     # Model stages take blocks of one ASR batch of clips still in play; segments, the block of
     # their recording.
     if not config.segment.enabled:
-        ds = split_blocks(ds, config.asr.resources.batch_size, LIGHT_TASK_CPUS, light_concurrency(shape))
+        ds = split_blocks(ds, config.asr.resources.batch_size, ROW_TASK_CPUS)
     # As its backend runs it: Whisper actors, or (`asr.backend: none`) a task reading a column.
     ds = ASR_BACKENDS.get(config.asr.backend).apply(ds, config, placed[C.TRANSCRIBE], source.columns,
                                                      pools["asr"], scale)
     if config.segment.enabled:  # the rest of them, transcribed again for their recording's fences
         ds = _drop_written_segments(ds, config, source.id_column, reads, skip_segments)
     ds = apply_judge(ds, config, pools["judge"], scale)
-    light = light_task_args(rc, shape)
-    ds = ds.map_batches(SelectStage(placed[C.SELECT]), **_PYARROW, **light)
-    ds = ds.map_batches(PackageStage(config.output, source.audio_column, source.id_column), **_PYARROW, **light)
+    # Select is fused into packaging's task (the same arguments), which encodes curated FLAC.
+    packaging = {**task_args(rc), "num_cpus": ROW_TASK_CPUS, "batch_size": None}
+    ds = ds.map_batches(SelectStage(placed[C.SELECT]), **_PYARROW, **packaging)
+    ds = ds.map_batches(PackageStage(config.output, source.audio_column, source.id_column), **_PYARROW, **packaging)
     if not config.segment.enabled:
         return configure_dataset(ds, rc)
     return configure_dataset(ds, rc, block_bytes=int(config.segment.block_mb * 2**20),
@@ -186,7 +189,7 @@ def _drop_written_segments(ds: "ray.data.Dataset", config: PipelineConfig, id_co
     if reads is not None:
         return ds.map_batches(DropWrittenSegments(id_column, settled_only=settled_only), batch_format="pyarrow",
                               udf_modifying_row_count=True,
-                              **{**task_args(config.ray, config.decode.resources), "batch_size": None})
+                              **{**task_args(config.ray), "num_cpus": ROW_TASK_CPUS, "batch_size": None})
     if skip_segments:
         return _skip_ids(ds, id_column, config.ray, skip_segments, settled_only=settled_only)
     return ds
@@ -305,12 +308,11 @@ def run(
         t_exec = time.time()
         try:
             with warnings.catch_warnings():
-                # Ray's note that a small input cannot keep every planned actor (or light task) busy
-                # is no news.
+                # Ray's note that a small input cannot keep every planned actor (or a task per core
+                # of decode) busy is no news.
                 warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
                 warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks")
-                ds.write_datasink(sink, ray_remote_args={"num_cpus": LIGHT_TASK_CPUS},
-                                  concurrency=light_concurrency(shape))
+                ds.write_datasink(sink, ray_remote_args={"num_cpus": ROW_TASK_CPUS})
         except Exception as e:
             reason = explain_failure(e, config)
             attempt.update(status="failed", finished=time.time(), error=reason)

@@ -141,42 +141,23 @@ def configure_dataset(ds: "ray.data.Dataset", config: RayConfig, *, block_bytes:
     return ds
 
 
-def split_blocks(ds: "ray.data.Dataset", rows_per_block: int, num_cpus: float,
-                 concurrency: Optional[int] = None) -> "ray.data.Dataset":
-    """`ds.repartition(target_num_rows_per_block=...)` whose tasks reserve `num_cpus`, at
-    most `concurrency` at once.
+def split_blocks(ds: "ray.data.Dataset", rows_per_block: int, num_cpus: float) -> "ray.data.Dataset":
+    """`ds.repartition(target_num_rows_per_block=...)` whose tasks reserve `num_cpus`.
 
     Ray's streaming repartition only slices blocks, yet its tasks reserve a whole CPU, and
     `repartition` takes no resource arguments: on a one-CPU node beside model actors it waits
-    forever (a rerun after a node loss did). Its logical operator carries `ray_remote_args`
-    and `compute`; they are set here (tested in test_runtime, so a Ray upgrade that moves them
-    is caught)."""
+    forever (a rerun after a node loss did). Its logical operator carries `ray_remote_args`;
+    they are set here (tested in test_runtime, so a Ray upgrade that moves them is caught)."""
     ds = ds.repartition(target_num_rows_per_block=rows_per_block)
     op = ds._logical_plan.dag
     if hasattr(op, "ray_remote_args"):
         object.__setattr__(op, "ray_remote_args", {**(op.ray_remote_args or {}), "num_cpus": num_cpus})
-    if concurrency is not None and hasattr(op, "compute"):
-        object.__setattr__(op, "compute", ray.data.TaskPoolStrategy(size=concurrency))
     return ds
 
 
-# Ray Data reserves each operator's CPU for one task at least and splits what is left evenly
-# among all of them, so stages that only slice, route and write rows, reserving a decode
-# task's share each, left decode one task at a time on a small node. They take this share
-# instead, and at most `light_concurrency` tasks: a capped operator hands the CPU it cannot
-# use back to the others (decode).
-LIGHT_TASK_CPUS = 0.05
-
-
-def light_concurrency(shape: ClusterShape) -> int:
-    """Tasks at once of each light stage: one per two cores, at least two."""
-    return max(2, int(shape.cpus) // 2)
-
-
-def light_task_args(config: RayConfig, shape: ClusterShape) -> dict[str, Any]:
-    """`map_batches` arguments for a light task stage (select, package): whole blocks."""
-    return {**task_args(config), "num_cpus": LIGHT_TASK_CPUS,
-            "compute": ray.data.TaskPoolStrategy(size=light_concurrency(shape)), "batch_size": None}
+# What a task of a stage that only moves rows reserves (the 8-row split, the `none` backends,
+# select and package, write, resume's drops). Decode reserves `decode.resources.num_cpus`.
+ROW_TASK_CPUS = 0.25
 
 
 def _is_gpu_stage(res: StageResources) -> bool:

@@ -42,8 +42,8 @@ class NoJudge:
 
     @classmethod
     def apply(cls, ds: Any, config: Any, concurrency: Any, cpu_scale: float = 1.0) -> Any:
-        from ..runtime import task_args
+        from ..runtime import ROW_TASK_CPUS, task_args
 
         return ds.map_batches(NoJudgeStage(), batch_format="pyarrow",
-                              **{**task_args(config.ray), "num_cpus": config.decode.resources.num_cpus,
+                              **{**task_args(config.ray), "num_cpus": ROW_TASK_CPUS,
                                  "batch_size": None})
