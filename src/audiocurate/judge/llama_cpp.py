@@ -76,9 +76,10 @@ class LlamaCppJudgeConfig(JudgeSettings):
         8, ge=1, description="Llama_cpp: rows scored in one llama.cpp decode, each its own "
         "sequence over the prompt prefix's cached KV cells (a unified KV cache of `n_ctx` "
         "tokens: a group holds the rows whose tokens fit beside the prefix, up to 512). One "
-        "decode of 8 rows uses the weights once where 8 decodes read them 8 times: 1.18x the "
-        "rows/s of one row after another on one thread, with the same scores up to float "
-        "rounding (`benchmarks/judge_cost.py`). 1: one row after another.",
+        "decode of 8 rows uses the weights once where 8 decodes read them 8 times: 1.10x the "
+        "rows/s of one row after another on one thread, in blocks of 8 (10.09 vs 9.14, F16), "
+        "with per-row scores within 0.004 of them (`benchmarks/judge_cost.py`). 1: one row "
+        "after another.",
     )
     extra_buffer_types: bool = Field(
         False, description="Llama_cpp: let llama.cpp repack the weights into its CPU-specific "
