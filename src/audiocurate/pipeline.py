@@ -28,7 +28,7 @@ from .judge.backends import judge_backend
 from .plan import columns_after_decode, placed_filters, produced_by
 from .probe import check_engines
 from .runtime import (ROW_TASK_CPUS, ClusterShape, actor_cpu_scale, configure_dataset, init_ray,
-                      plan_concurrency, split_blocks, stop_own_ray, task_args)
+                      plan_concurrency, row_task_args, split_blocks, stop_own_ray, task_args)
 from .compaction import recover as recover_compaction
 from .resume import DropWrittenSegments, plan_reads
 from .segment.stage import SegmentStage
@@ -171,9 +171,9 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
         ds = _drop_written_segments(ds, config, source.id_column, reads, skip_segments)
     ds = apply_judge(ds, config, pools["judge"], scale)
     # Select is fused into packaging's task (the same arguments), which encodes curated FLAC.
-    packaging = {**task_args(rc), "num_cpus": ROW_TASK_CPUS, "batch_size": None}
-    ds = ds.map_batches(SelectStage(placed[C.SELECT]), **_PYARROW, **packaging)
-    ds = ds.map_batches(PackageStage(config.output, source.audio_column, source.id_column), **_PYARROW, **packaging)
+    ds = ds.map_batches(SelectStage(placed[C.SELECT]), **_PYARROW, **row_task_args(rc))
+    ds = ds.map_batches(PackageStage(config.output, source.audio_column, source.id_column), **_PYARROW,
+                        **row_task_args(rc))
     if not config.segment.enabled:
         return configure_dataset(ds, rc)
     return configure_dataset(ds, rc, block_bytes=int(config.segment.block_mb * 2**20),
@@ -189,7 +189,7 @@ def _drop_written_segments(ds: "ray.data.Dataset", config: PipelineConfig, id_co
     if reads is not None:
         return ds.map_batches(DropWrittenSegments(id_column, settled_only=settled_only), batch_format="pyarrow",
                               udf_modifying_row_count=True,
-                              **{**task_args(config.ray), "num_cpus": ROW_TASK_CPUS, "batch_size": None})
+                              **row_task_args(config.ray))
     if skip_segments:
         return _skip_ids(ds, id_column, config.ray, skip_segments, settled_only=settled_only)
     return ds

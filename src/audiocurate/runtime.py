@@ -160,6 +160,11 @@ def split_blocks(ds: "ray.data.Dataset", rows_per_block: int, num_cpus: float) -
 ROW_TASK_CPUS = 0.25
 
 
+def row_task_args(config: RayConfig) -> dict[str, Any]:
+    """`map_batches` arguments for a stage that only moves rows: whole blocks, `ROW_TASK_CPUS`."""
+    return {**task_args(config), "num_cpus": ROW_TASK_CPUS, "batch_size": None}
+
+
 def _is_gpu_stage(res: StageResources) -> bool:
     return res.num_gpus > 0
 

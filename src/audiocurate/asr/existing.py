@@ -68,7 +68,7 @@ class ExistingTranscripts:
     @classmethod
     def apply(cls, ds: Any, config: Any, filters: Sequence[Filter], input_columns: Sequence[str],
               concurrency: Any = None, cpu_scale: float = 1.0) -> Any:
-        from ..runtime import ROW_TASK_CPUS, task_args
+        from ..runtime import row_task_args
 
         column = config.asr.text_column
         if config.segment.enabled:
@@ -78,5 +78,4 @@ class ExistingTranscripts:
             raise ValueError(f"asr.text_column {column!r} is not a column of the input "
                              f"(it has: {', '.join(input_columns)})")
         return ds.map_batches(ExistingTranscriptStage(config.asr, filters), batch_format="pyarrow",
-                              **{**task_args(config.ray), "num_cpus": ROW_TASK_CPUS,
-                                 "batch_size": None})
+                              **row_task_args(config.ray))

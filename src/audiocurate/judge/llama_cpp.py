@@ -169,40 +169,45 @@ class LlamaCppJudge(ActorJudge):
     def score_batch(self, texts: Sequence[str]) -> list[JudgeScore]:
         """Rows in groups of up to `parallel` whose tokens fit one decode beside the prefix;
         a row too long for that, or a group whose decode fails, is scored on its own."""
-        tokens = [self.llm.tokenize(self.profile.suffix(t).encode(), add_bos=False, special=False) for t in texts]
+        tokens = [self._tokens(t) for t in texts]
         budget = min(self.config.n_ctx - self.n_prefix, self.N_BATCH)
         out: list[Optional[JudgeScore]] = [None] * len(texts)
         group: list[int] = []
         used = 0
         for i, toks in enumerate(tokens):
             if self.config.parallel == 1 or len(toks) > budget:
-                out[i] = self._score_alone(texts[i])
+                out[i] = self._score_alone(toks)
                 continue
             if len(group) == self.config.parallel or used + len(toks) > budget:
-                self._score_group(group, texts, tokens, out)
+                self._score_group(group, tokens, out)
                 group, used = [], 0
             group.append(i)
             used += len(toks)
-        self._score_group(group, texts, tokens, out)
+        self._score_group(group, tokens, out)
         return out  # type: ignore[return-value]
 
-    def _score_alone(self, text: str) -> JudgeScore:
+    def score(self, text: str) -> JudgeScore:
+        return self._score_tokens(self._tokens(text))
+
+    def _tokens(self, text: str) -> list[int]:
+        return self.llm.tokenize(self.profile.suffix(text).encode(), add_bos=False, special=False)
+
+    def _score_alone(self, tokens: list[int]) -> JudgeScore:
         try:
-            return self.score(text)
+            return self._score_tokens(tokens)
         except Exception as e:  # one row's failure must not fail its batch
             return JudgeScore.failed(f"judge failed on this transcript: {e}")
 
-    def _score_group(self, group: list[int], texts: Sequence[str], tokens: list[list[int]],
-                     out: list[Optional[JudgeScore]]) -> None:
+    def _score_group(self, group: list[int], tokens: list[list[int]], out: list[Optional[JudgeScore]]) -> None:
         if len(group) == 1:
-            out[group[0]] = self._score_alone(texts[group[0]])
+            out[group[0]] = self._score_alone(tokens[group[0]])
         elif group:
             try:
                 for i, score in zip(group, self._decode_group([tokens[i] for i in group])):
                     out[i] = score
             except Exception:  # llama.cpp refused the group (no KV cells left): row by row
                 for i in group:
-                    out[i] = self._score_alone(texts[i])
+                    out[i] = self._score_alone(tokens[i])
 
     def _decode_group(self, tokens: list[list[int]]) -> list[JudgeScore]:
         """Each row its own sequence after the prefix, all in one decode; logits at each row's last token."""
@@ -222,20 +227,14 @@ class LlamaCppJudge(ActorJudge):
             rc = C.llama_decode(self.llm.ctx, batch)
             if rc != 0:
                 raise RuntimeError(f"llama_decode returned {rc}")
-            scores = []
-            for i in last:
-                ptr = C.llama_get_logits_ith(self.llm.ctx, i)
-                logits = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,))
-                scores.append(score_from_logits(logits[self.label_ids], self.profile, False))
-            return scores
+            return [self._score_at(i, truncated=False) for i in last]
         finally:
             for seq in range(1, len(tokens) + 1):
                 C.llama_memory_seq_rm(memory, seq, -1, -1)
             C.llama_batch_free(batch)
 
-    def score(self, text: str) -> JudgeScore:
-        suffix = self.profile.suffix(text)
-        tokens = self.llm.tokenize(suffix.encode(), add_bos=False, special=False)
+    def _score_tokens(self, tokens: list[int]) -> JudgeScore:
+        """One row after the cached prefix (cut to the context's room, or refused: `long_text`)."""
         room = self.config.n_ctx - self.n_prefix
         truncated = False
         if len(tokens) > room:
@@ -244,11 +243,15 @@ class LlamaCppJudge(ActorJudge):
                     f"transcript is {len(tokens)} tokens, the judge's context has room for {room} "
                     f"(n_ctx={self.config.n_ctx}); set judge.long_text=truncate to score its head"
                 )
-            tail = self.llm.tokenize(self.profile.suffix("").encode(), add_bos=False, special=False)
+            tail = self._tokens("")
             tokens = tokens[: room - len(tail)] + tail
             truncated = True
         self.llm.n_tokens = self.n_prefix  # rewind to the cached prefix; eval drops the rest
         self.llm.eval(tokens)
-        ptr = self._llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+        return self._score_at(-1, truncated)
+
+    def _score_at(self, i: int, truncated: bool) -> JudgeScore:
+        """The score from the logits at batch position `i` of the last decode (-1: its last)."""
+        ptr = self._llama_cpp.llama_get_logits_ith(self.llm.ctx, i)
         logits = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,))
         return score_from_logits(logits[self.label_ids], self.profile, truncated)

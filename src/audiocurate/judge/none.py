@@ -42,8 +42,7 @@ class NoJudge:
 
     @classmethod
     def apply(cls, ds: Any, config: Any, concurrency: Any, cpu_scale: float = 1.0) -> Any:
-        from ..runtime import ROW_TASK_CPUS, task_args
+        from ..runtime import row_task_args
 
         return ds.map_batches(NoJudgeStage(), batch_format="pyarrow",
-                              **{**task_args(config.ray), "num_cpus": ROW_TASK_CPUS,
-                                 "batch_size": None})
+                              **row_task_args(config.ray))
