@@ -100,3 +100,43 @@ def test_output_compact_mb_compacts_at_the_end_of_a_run(tmp_path, ray_local, dem
     assert report["accounting"]["ok"]
     assert all(len(list((out / s).glob("*.parquet"))) <= 1 for s in SPLITS)
     assert sum(len(_rows(out, s)) for s in SPLITS) == report["accounting"]["input"]
+
+
+def test_a_merge_streams_row_groups_and_types_a_column_one_shard_left_null(small_shards, tmp_path, monkeypatch):
+    """The merge holds one row group at a time (row groups cut at `_GROUP_BYTES`), and a column
+    all null in one shard (Parquet type null) takes the type the other shards give it."""
+    import shutil
+
+    import pyarrow as pa
+
+    from audiocurate import compaction
+
+    _, built, _ = small_shards
+    out = tmp_path / "out"
+    shutil.copytree(built, out)
+    shards = sorted((out / "curated").glob("*.parquet"))
+    first = pq.read_table(shards[0])
+    nulled = first.set_column(first.schema.get_field_index("transcript"), pa.field("transcript", pa.null()),
+                              pa.nulls(first.num_rows))
+    pq.write_table(nulled, shards[0])
+    nulled_ids = set(first["id"].to_pylist())
+    before = [{**r, "transcript": None} if r["id"] in nulled_ids else r for r in _rows(built, "curated")]
+    monkeypatch.setattr(compaction, "_GROUP_BYTES", 1)  # every shard's row group stays its own
+    compact(OutputDir(str(out)), target_mb=64)
+    merged = pq.ParquetFile(next((out / "curated").glob("*.parquet")))
+    assert merged.schema_arrow.field("transcript").type == pa.string()
+    assert merged.metadata.num_row_groups == len(shards)
+    assert _rows(out, "curated") == before
+
+
+def test_a_stream_that_fails_leaves_no_file(tmp_path):
+    od = OutputDir(str(tmp_path / "out"))
+    target = od.path("curated", "part-x.parquet")
+    with pytest.raises(RuntimeError, match="disk full"):
+        with od.writing(target) as f:
+            f.write(b"half a file")
+            raise RuntimeError("disk full")
+    assert not list((tmp_path / "out" / "curated").iterdir())
+    with od.writing(target) as f:
+        f.write(b"whole")
+    assert [p.name for p in (tmp_path / "out" / "curated").iterdir()] == ["part-x.parquet"]

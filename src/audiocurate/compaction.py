@@ -94,31 +94,56 @@ def _run_merges(out: OutputDir, merges: list[tuple[str, list[str]]]) -> None:
 
 
 def _merge(out: OutputDir, split: str, shards: list[str]) -> None:
-    tables, counts = [], defaultdict(float)
+    """The shards, one row group at a time, into one file with row groups of about
+    `_GROUP_BYTES`: what is held at once is about one row group, whatever the file's size."""
+    schemas, counts = [], defaultdict(float)
     for path in shards:
         with out.fs.open_input_file(path) as f:
-            t = pq.read_table(f)
-        for key, n in json.loads((t.schema.metadata or {}).get(FOOTER_KEY, b"{}")).items():
+            schema = pq.read_schema(f)
+        for key, n in json.loads((schema.metadata or {}).get(FOOTER_KEY, b"{}")).items():
             counts[key] += n
-        tables.append(t.replace_schema_metadata(None))
-    merged = pa.concat_tables(tables, promote_options="default")
+        schemas.append(schema.remove_metadata())
+    # a column all null in one shard is typed by the others (as `pa.concat_tables` would)
+    schema = pa.unify_schemas(schemas, promote_options="default")
     if counts:
-        merged = merged.replace_schema_metadata({FOOTER_KEY: json.dumps(counts, separators=(",", ":")).encode()})
+        schema = schema.with_metadata({FOOTER_KEY: json.dumps(counts, separators=(",", ":")).encode()})
     digest = hashlib.sha1("\n".join(sorted(s.rsplit("/", 1)[-1] for s in shards)).encode()).hexdigest()[:24]
     target = out.path(split, f"part-c{digest}.parquet")
     entry = out.path(JOURNAL, f"{digest}.json")
     out.write_bytes(entry, json.dumps({"target": target, "sources": shards}).encode())
-    sink = pa.BufferOutputStream()
-    pq.write_table(merged, sink, compression="zstd", row_group_size=_rows_per_group(merged))
-    out.write_bytes(target, sink.getvalue().to_pybytes())
+    with out.writing(target) as sink, pq.ParquetWriter(sink, schema, compression="zstd") as writer:
+        pending: list[pa.Table] = []
+        held = 0
+        for path in shards:
+            with out.fs.open_input_file(path) as f:
+                pf = pq.ParquetFile(f)
+                for i in range(pf.num_row_groups):
+                    pending.append(_conform(pf.read_row_group(i), schema))
+                    held += pending[-1].nbytes
+                    if held >= _GROUP_BYTES:
+                        _write_group(writer, pending)
+                        held = 0
+        _write_group(writer, pending)
     for path in shards:
         out.fs.delete_file(path)
     out.fs.delete_file(entry)
 
 
-def _rows_per_group(table: pa.Table, group_bytes: int = 64 << 20) -> int:
-    """Row groups of about 64 MB: readers stream a large file without holding it whole."""
-    return max(1, int(table.num_rows * group_bytes / max(table.nbytes, 1)))
+# Row groups of about 64 MB: readers stream a large file without holding it whole.
+_GROUP_BYTES = 64 << 20
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A shard's rows in the merged file's schema: its column order, a missing column as nulls."""
+    return pa.Table.from_arrays([table[f.name].cast(f.type) if f.name in table.column_names
+                                 else pa.nulls(table.num_rows, f.type) for f in schema], schema=schema)
+
+
+def _write_group(writer: pq.ParquetWriter, pending: list[pa.Table]) -> None:
+    if pending:
+        group = pa.concat_tables(pending)
+        writer.write_table(group, row_group_size=max(group.num_rows, 1))
+        pending.clear()
 
 
 def _journal(out: OutputDir) -> list[str]:

@@ -236,8 +236,8 @@ def build_report(
             with out.fs.open_input_file(path) as f:
                 pf = pq.ParquetFile(f)
                 names = pf.schema_arrow.names
-                t = pf.read(columns=[c for c in dict.fromkeys(wanted) if c in names])
-            tally.add(split, t, path)
+                for i in range(pf.num_row_groups):  # a compacted file is read a row group at a time
+                    tally.add(split, pf.read_row_group(i, columns=[c for c in dict.fromkeys(wanted) if c in names]), path)
     accounted = sum(tally.rows[s] for s in SPLITS)
     dups = tally.duplicates()
     in_scope = tally.parents()

@@ -74,11 +74,18 @@ def opus_data_uri(pcm: np.ndarray, rate: int = 16000) -> str:
 
 
 def curated_audio(fs: Any, part: str, ids: list[str], id_column: str) -> dict[str, bytes]:
-    """Encoded audio of some curated rows, from the shard that holds them."""
+    """Encoded audio of some curated rows, from the shard that holds them, read a batch at a
+    time: a compacted shard holds hundreds of megabytes of audio."""
+    wanted = pa.array(sorted(set(ids)), pa.string())
+    found: dict[str, bytes] = {}
     with fs.open_input_file(part) as f:
-        t = pq.read_table(f, columns=[id_column, "audio"])
-    t = t.filter(pc.is_in(pc.cast(t[id_column], pa.string()), pa.array(ids, pa.string())))
-    return {str(i): (a or {}).get("bytes") for i, a in zip(t[id_column].to_pylist(), t["audio"].to_pylist())}
+        for batch in pq.ParquetFile(f, buffer_size=1 << 20, pre_buffer=False).iter_batches(
+                batch_size=256, columns=[id_column, "audio"]):
+            t = batch.filter(pc.is_in(pc.cast(batch.column(0), pa.string()), wanted))
+            found.update((str(i), (a or {}).get("bytes")) for i, a in zip(t.column(0).to_pylist(), t.column(1).to_pylist()))
+            if len(found) == len(wanted):
+                break
+    return found
 
 
 def players_for(picked: dict[str, list[tuple[str, dict[str, Any], str]]], fs: Any, id_column: str,

@@ -17,11 +17,12 @@ attempts, and `_SUCCESS` marks a complete output.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import uuid
 from collections import Counter
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -82,16 +83,31 @@ class OutputDir:
     def write_bytes(self, path: str, data: bytes) -> None:
         """Atomic: readers see the whole file or nothing. Bytes are written as given (pyarrow
         would otherwise gzip a `.gz` name a second time)."""
-        parent = path.rsplit("/", 1)[0]
-        self.fs.create_dir(parent, recursive=True)
         if storage.is_local(self.fs):
-            tmp = f"{parent}/{_TMP_PREFIX}{uuid.uuid4().hex}-{path.rsplit('/', 1)[1]}"
-            with self.fs.open_output_stream(tmp, compression=None) as f:
+            with self.writing(path) as f:
                 f.write(data)
-            self.fs.move(tmp, path)
-        else:  # an object store's PUT is already all-or-nothing
+        else:  # an object store's PUT of bytes in hand is already all-or-nothing
+            self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
             with self.fs.open_output_stream(path, compression=None) as f:
                 f.write(data)
+
+    @contextlib.contextmanager
+    def writing(self, path: str) -> Iterator[Any]:
+        """A stream that appears at `path` whole or not at all, for files too large to hold in
+        memory: written under a temporary name beside it (`clean_tmp` removes one a killed
+        process left) and moved into place once complete. On every filesystem: an object
+        store's multipart upload, closed after an error, would publish the part written."""
+        parent, name = path.rsplit("/", 1)
+        self.fs.create_dir(parent, recursive=True)
+        tmp = f"{parent}/{_TMP_PREFIX}{uuid.uuid4().hex}-{name}"
+        try:
+            with self.fs.open_output_stream(tmp, compression=None) as f:
+                yield f
+            self.fs.move(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self.fs.delete_file(tmp)
+            raise
 
     def read_bytes(self, path: str) -> Optional[bytes]:
         try:
