@@ -22,6 +22,15 @@ def raise_on_load(config):
     raise FileNotFoundError(f"no model at {config.model!r}")
 
 
+def raise_unless_worker_environment(config):
+    """The real judge, where `ray.env_vars` reached the process as they reach Ray's workers."""
+    if os.environ.get("AUDIOCURATE_TEST_WORKER_VAR") != "set":
+        raise RuntimeError("the probe ran without the workers' environment")
+    from audiocurate.judge import make_judge
+
+    return make_judge(config)
+
+
 class JudgeStageDyingOnFirstBatch:
     """A model stage whose engine dies from SIGILL on its first batch, in a real Ray actor,
     armed as `stages.JudgeStage` is."""

@@ -93,6 +93,22 @@ def test_probes_run_on_every_node_and_a_passing_one_is_cached(ray_running, tmp_p
     assert warm < cold
 
 
+def test_a_local_rays_probes_run_in_the_driver_with_the_workers_environment(ray_running, tests_importable, tmp_path):
+    """A Ray this process started runs on this machine: its probes run here, without a task
+    (0.4 s a run, waiting for a worker), in the environment its workers get."""
+    import ray
+
+    from audiocurate.runtime import own_node_id
+
+    assert own_node_id() == ray.get_runtime_context().get_node_id()
+    spec = judge_spec("crashing_engine:raise_unless_worker_environment")
+    config = PipelineConfig.load(overrides={"ray.env_vars": {"AUDIOCURATE_TEST_WORKER_VAR": "set"}})
+    (result,) = check_engines(config, specs=[spec], use_cache=False, cache_dir=str(tmp_path))
+    assert result.ok and not result.cached
+    with pytest.raises(EngineProbeFailed, match="without the workers' environment"):
+        check_engines(PipelineConfig(), specs=[spec], use_cache=False, cache_dir=str(tmp_path))
+
+
 def test_the_built_llama_cpp_has_no_amx_or_avx512_code():
     """The portable build (scripts/build_llama_cpp.sh) targets AVX2 machines: no AMX tile or
     AVX-512 instruction may appear in the CPU backend."""

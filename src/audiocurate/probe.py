@@ -86,10 +86,12 @@ def probe_specs(config: "PipelineConfig") -> list[ProbeSpec]:
     return specs
 
 
-def run_probe(spec: ProbeSpec) -> ProbeResult:
-    """One probe in a fresh subprocess; its exit status tells a signal from an error."""
+def run_probe(spec: ProbeSpec, env: Optional[dict[str, str]] = None) -> ProbeResult:
+    """One probe in a fresh subprocess, with `env` added to this process's variables (those
+    Ray's workers get); its exit status tells a signal from an error."""
     t0 = time.time()
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env = {**os.environ, **(env or {})}
+    env.setdefault("OMP_NUM_THREADS", "1")
     try:
         proc = subprocess.run([sys.executable, "-m", "audiocurate.probe", json.dumps(asdict(spec))],
                               capture_output=True, text=True, timeout=spec.timeout_s, env=env)
@@ -105,7 +107,8 @@ def run_probe(spec: ProbeSpec) -> ProbeResult:
     return result
 
 
-def check_node(specs: list[ProbeSpec], use_cache: bool = True, cache_dir: Optional[str] = None) -> list[ProbeResult]:
+def check_node(specs: list[ProbeSpec], use_cache: bool = True, cache_dir: Optional[str] = None,
+               env: Optional[dict[str, str]] = None) -> list[ProbeResult]:
     """All probes of one node, in parallel; passing ones are cached on this node."""
     cache = Path(cache_dir) if cache_dir else _cache_dir()
     results: list[Optional[ProbeResult]] = [None] * len(specs)
@@ -118,7 +121,7 @@ def check_node(specs: list[ProbeSpec], use_cache: bool = True, cache_dir: Option
             todo.append((i, spec, marker))
     if todo:
         with ThreadPoolExecutor(len(todo)) as pool:
-            for (i, spec, marker), result in zip(todo, pool.map(lambda t: run_probe(t[1]), todo)):
+            for (i, spec, marker), result in zip(todo, pool.map(lambda t: run_probe(t[1], env), todo)):
                 results[i] = result
                 if result.ok:
                     marker.parent.mkdir(parents=True, exist_ok=True)
@@ -135,16 +138,19 @@ def check_engines(config: "PipelineConfig", *, specs: Optional[list[ProbeSpec]] 
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from .runtime import cpu_nodes
+    from .runtime import cpu_nodes, own_node_id, worker_environment
 
     specs = probe_specs(config) if specs is None else specs
     if not specs:
         return []
     remote = ray.remote(num_cpus=0, max_retries=0)(check_node)
-    nodes = cpu_nodes()
+    here = own_node_id()  # a local Ray's node is this machine: its probes run here, without a task
+    nodes = [n for n in cpu_nodes() if n["NodeID"] != here]
     refs = [remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
             .remote(specs, use_cache, cache_dir) for n in nodes]
     results: list[ProbeResult] = []
+    if here is not None:
+        results.extend(check_node(specs, use_cache, cache_dir, env=worker_environment(config.ray)))
     for node, ref in zip(nodes, refs):
         try:
             results.extend(ray.get(ref))

@@ -45,7 +45,7 @@ def init_ray(config: RayConfig) -> ClusterShape:
     global _started_here
     if not ray.is_initialized():
         address = config.address or os.environ.get("RAY_ADDRESS")
-        env = {**config.env_vars, **{k: os.environ[k] for k in config.forward_env if k in os.environ}}
+        env = worker_environment(config)
         kwargs: dict[str, Any] = {"log_to_driver": True, "logging_level": "WARNING"}
         if address:
             ray.init(address=address, runtime_env={"env_vars": env}, **kwargs)
@@ -58,6 +58,17 @@ def init_ray(config: RayConfig) -> ClusterShape:
                 ray.init(address="local", num_cpus=config.num_cpus, include_dashboard=False, **kwargs)
             _started_here = True
     return ClusterShape.current()
+
+
+def worker_environment(config: RayConfig) -> dict[str, str]:
+    """The variables Ray's workers run with: `ray.env_vars` and those `ray.forward_env` names."""
+    return {**config.env_vars, **{k: os.environ[k] for k in config.forward_env if k in os.environ}}
+
+
+def own_node_id() -> Optional[str]:
+    """The node of a local Ray that `init_ray` started in this process, else None: its workers
+    run this machine's Python, so what a task would check there can be checked here."""
+    return ray.get_runtime_context().get_node_id() if _started_here and ray.is_initialized() else None
 
 
 @contextmanager
