@@ -349,3 +349,53 @@ def test_an_input_with_duplicate_ids_is_refused_at_start_naming_them(tmp_path, r
     assert report["accounting"]["ok"] and again["accounting"]["ok"]
     attempts = again["attempts"]
     assert attempts[0]["duplicate_id_check_s"] is not None and attempts[-1]["duplicate_id_check_s"] is None
+
+
+def _shards_on(fs, root: str, n: int) -> list[dict]:
+    """`n` shards of 3 rows, as a run leaves them (part counts in each footer)."""
+    from audiocurate.resume import FOOTER_KEY
+
+    rows = []
+    for k in range(n):
+        part = [{"id": f"c{k}-{i}", "transcript": f"shard {k} row {i}", "audio": {"bytes": bytes([k, i]) * 50}}
+                for i in range(3)]
+        table = pa.Table.from_pylist(part).replace_schema_metadata({FOOTER_KEY: json.dumps({f"f#{k}": 3})})
+        pq.write_table(table, f"{root}/curated/part-{k:04d}.parquet", filesystem=fs)
+        rows += part
+    return rows
+
+
+@pytest.mark.parametrize("store", ["s3", "gcs"])
+def test_compaction_on_object_storage_writes_each_file_whole(store, request):
+    """The merge streams into a temporary object moved into place once whole: on S3 and GCS
+    the merged file holds every row, the footers' counts are summed, and nothing is left over."""
+    import pyarrow.fs as pafs
+
+    from audiocurate.compaction import compact
+    from audiocurate.config import StorageConfig
+    from audiocurate.resume import FOOTER_KEY
+    from audiocurate.sinks import OutputDir
+
+    if store == "s3":
+        import boto3
+
+        endpoint = request.getfixturevalue("s3_server")
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="compact-out")
+        storage = StorageConfig(endpoint_url=endpoint, region="us-east-1")
+        uri = "s3://compact-out/run"
+    else:
+        endpoint = request.getfixturevalue("gcs_server")
+        pafs.GcsFileSystem(anonymous=True, endpoint_override=endpoint.split("//")[1], scheme="http",
+                           project_id="test").create_dir("compact-out")
+        storage = StorageConfig(endpoint_url=endpoint, anonymous=True)
+        uri = "gs://compact-out/run"
+    out = OutputDir(uri, storage)
+    rows = _shards_on(out.fs, out.root, 5)
+    result = compact(out, target_mb=64)
+    assert result.files_before["curated"] == 5 and result.files_after["curated"] == 1
+    names = [i.base_name for i in out.fs.get_file_info(pafs.FileSelector(out.path("curated"), recursive=True))]
+    assert len(names) == 1 and names[0].startswith("part-c"), names
+    with out.fs.open_input_file(out.part_files("curated")[0]) as f:
+        merged = pq.read_table(f)
+    assert sorted(merged.to_pylist(), key=lambda r: r["id"]) == sorted(rows, key=lambda r: r["id"])
+    assert json.loads(merged.schema.metadata[FOOTER_KEY]) == {f"f#{k}": 3 for k in range(5)}
