@@ -81,8 +81,9 @@ def curated_audio(fs: Any, part: str, ids: list[str], id_column: str) -> dict[st
     with fs.open_input_file(part) as f:
         for batch in pq.ParquetFile(f, buffer_size=1 << 20, pre_buffer=False).iter_batches(
                 batch_size=256, columns=[id_column, "audio"]):
-            t = batch.filter(pc.is_in(pc.cast(batch.column(0), pa.string()), wanted))
-            found.update((str(i), (a or {}).get("bytes")) for i, a in zip(t.column(0).to_pylist(), t.column(1).to_pylist()))
+            t = batch.filter(pc.is_in(pc.cast(batch.column(id_column), pa.string()), wanted))
+            found.update((str(i), (a or {}).get("bytes"))
+                         for i, a in zip(t.column(id_column).to_pylist(), t.column("audio").to_pylist()))
             if len(found) == len(wanted):
                 break
     return found
