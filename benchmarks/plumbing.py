@@ -16,6 +16,9 @@ workers.
 * marginal: the same run on the first `--small` rows (`--limit`); the differences in wall and
   CPU between the two, over the rows between them, are what one more row costs, without what
   a run costs whatever its size (Ray's start and stop, each worker process's imports).
+* by process: one more run of the whole input, each process's CPU seconds sampled, summed by
+  role (the driver, Ray's daemons, task workers, model actors, Ray Data's own actors): what the
+  fixed cost is made of.
 Writes benchmarks/results/plumbing.json.
 """
 
@@ -91,6 +94,54 @@ def pipeline(path: Path, out: Path, limit: int | None = None) -> dict:
             "files": {s: len(list((out / s).glob("*.parquet"))) for s in ("curated", "rejected", "errors")}}
 
 
+# Whose CPU a run spends, by process: Ray names its workers by what they run (`ray::...`).
+ROLES = (
+    ("model actors", ("ray::MapWorker",)),
+    ("Ray Data's actors", ("ray::_StatsActor", "ray::_AutoscalingCoordinatorActor", "ray::ActorLocationTracker")),
+    ("Ray's daemons", ("gcs_server", "raylet", "dashboard", "monitor.py", "log_monitor.py", "ray::DashboardAgent",
+                       "ray::RuntimeEnvAgent")),
+    ("task workers (read, decode, write)", ("ray::",)),
+)
+
+
+def cpu_by_process(path: Path, out: Path, interval: float = 0.1) -> dict:
+    """One more run, its processes' CPU seconds sampled every `interval` (the sampling costs
+    CPU of its own, so this run's wall time is not one of the medians). A process is counted
+    under the last name it was seen with; one that lived less than `interval` is missed."""
+    exe = Path(sys.executable).parent / "audiocurate"
+    seen: dict[int, tuple[float, str]] = {}
+    before = {p.pid for p in psutil.process_iter()}
+    proc = subprocess.Popen([str(exe), "run", str(path), str(out), "--restart", "--no-progress"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while True:
+        done = proc.poll() is not None
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            if p.pid in before and p.pid != proc.pid:
+                continue
+            try:
+                t = p.cpu_times()
+                cmd = " ".join(p.info["cmdline"] or [])
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            # a worker's `ray::` title is its role; on its way out it takes its plain command line back
+            if p.pid in seen and "ray::" in seen[p.pid][1] and "ray::" not in cmd:
+                cmd = seen[p.pid][1]
+            seen[p.pid] = (t.user + t.system, cmd)
+        if done:
+            break
+        time.sleep(interval)
+    roles: dict[str, dict] = {}
+    for pid, (cpu, cmd) in seen.items():
+        role = "driver (audiocurate run)" if pid == proc.pid else next(
+            (name for name, marks in ROLES if any(m in cmd for m in marks)), "other")
+        r = roles.setdefault(role, {"cpu_s": 0.0, "processes": 0})
+        r["cpu_s"] = round(r["cpu_s"] + cpu, 2)
+        r["processes"] += 1
+        if role == "other":
+            r.setdefault("names", []).append(cmd[:80])
+    return dict(sorted(roles.items(), key=lambda kv: -kv[1]["cpu_s"]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=20000)
@@ -107,6 +158,7 @@ def main() -> None:
             print(f"run {i + 1}: loop {loops[-1]['rows_per_s']:.0f} rows/s, pipeline {runs[-1]['rows_per_s']:.0f} "
                   f"rows/s ({runs[-1]['cpu_ms_per_row']:.2f} ms CPU/row, {runs[-1]['wall_s']:.1f} s wall; "
                   f"{args.small} rows: {smalls[-1]['wall_s']:.1f} s)", flush=True)
+        by_process = cpu_by_process(path, Path(tmp) / "out")
     loop_rate = float(np.median([r["rows_per_s"] for r in loops]))
     pipe_rate = float(np.median([r["rows_per_s"] for r in runs]))
     extra = args.rows - args.small
@@ -125,13 +177,14 @@ def main() -> None:
         "marginal_ratio": marginal_rate / loop_rate,
         "marginal_cpu_ms_per_row": marginal_cpu,
         "fixed_wall_s": float(np.median([s["wall_s"] - args.small / marginal_rate for s in smalls])),
+        "cpu_s_by_process": by_process,
         "loops": loops,
         "runs": runs,
         "small_runs": smalls,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k not in ("loops", "runs")}, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("loops", "runs", "small_runs")}, indent=2))
 
 
 if __name__ == "__main__":
