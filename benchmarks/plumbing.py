@@ -106,8 +106,9 @@ ROLES = (
 
 def cpu_by_process(path: Path, out: Path, interval: float = 0.1) -> dict:
     """One more run, its processes' CPU seconds sampled every `interval` (the sampling costs
-    CPU of its own, so this run's wall time is not one of the medians). A process is counted
-    under the last name it was seen with; one that lived less than `interval` is missed."""
+    CPU of its own, so this run's wall time is not one of the medians). A process counts under
+    the `ray::` title it was last seen with, else its command line; a process's last `interval`
+    before it exits, and a process that lived less, are missed."""
     exe = Path(sys.executable).parent / "audiocurate"
     seen: dict[int, tuple[float, str]] = {}
     before = {p.pid for p in psutil.process_iter()}
