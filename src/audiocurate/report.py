@@ -235,9 +235,9 @@ def build_report(
         for path in out.part_files(split):
             with out.fs.open_input_file(path) as f:
                 pf = pq.ParquetFile(f)
-                names = pf.schema_arrow.names
+                columns = [c for c in dict.fromkeys(wanted) if c in pf.schema_arrow.names]
                 for i in range(pf.num_row_groups):  # a compacted file is read a row group at a time
-                    tally.add(split, pf.read_row_group(i, columns=[c for c in dict.fromkeys(wanted) if c in names]), path)
+                    tally.add(split, pf.read_row_group(i, columns=columns), path)
     accounted = sum(tally.rows[s] for s in SPLITS)
     dups = tally.duplicates()
     in_scope = tally.parents()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import uuid
+import weakref
 from contextlib import contextmanager
 from typing import Any, Iterator, Literal, Optional, Sequence
 
@@ -163,6 +164,9 @@ class LlamaCppJudge(ActorJudge):
         self.llm.reset()
         self.llm.eval(self.prefix_tokens)
         self.n_prefix = self.llm.n_tokens
+        # One batch for every group this judge decodes (a group's tokens fit in `N_BATCH`).
+        self._batch = llama_cpp.llama_batch_init(self.N_BATCH, 0, 1)
+        weakref.finalize(self, llama_cpp.llama_batch_free, self._batch)
 
     N_BATCH = 512  # tokens per llama.cpp decode: one row's, or a group's together
 
@@ -213,7 +217,7 @@ class LlamaCppJudge(ActorJudge):
         """Each row its own sequence after the prefix, all in one decode; logits at each row's last token."""
         C = self._llama_cpp
         memory = C.llama_get_memory(self.llm.ctx)
-        batch = C.llama_batch_init(sum(len(t) for t in tokens), 0, 1)
+        batch = self._batch
         try:
             n, last = 0, []
             for seq, toks in enumerate(tokens, start=1):
@@ -231,7 +235,6 @@ class LlamaCppJudge(ActorJudge):
         finally:
             for seq in range(1, len(tokens) + 1):
                 C.llama_memory_seq_rm(memory, seq, -1, -1)
-            C.llama_batch_free(batch)
 
     def _score_tokens(self, tokens: list[int]) -> JudgeScore:
         """One row after the cached prefix (cut to the context's room, or refused: `long_text`)."""
