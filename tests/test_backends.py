@@ -49,6 +49,54 @@ def test_hf_whisper_batches_short_clips_and_windows_long_ones(tiny_whisper_dir):
         assert max(s.end_s for s in out[1].segments) <= 70.5
 
 
+@pytest.mark.parametrize("min_new", [0, 6])
+def test_hf_whisper_greedy_loop_equals_generate_and_the_confidence_pass(tiny_whisper_dir, embedded_whisper_hf_dir,
+                                                                      min_new):
+    """Beam 1 decodes in the backend's own loop: the same tokens, average log-probabilities and
+    no-speech probabilities as `generate` followed by the teacher-forced confidence pass, on
+    real weights (rows that end early, silence) and on random ones (rows cut by the budget)."""
+    import soundfile as sf
+
+    from audiocurate.asr import make_transcriber
+    from audiocurate.asr.transformers import TransformersWhisperTranscriber
+
+    rng = np.random.default_rng(3)
+    speech = [sf.read(io.BytesIO(speak(t)), dtype="int16")[0] for t in SPOKEN[:3]]
+    noise = [(rng.standard_normal(16000 * s) * 2000).astype(np.int16) for s in (1, 2)]
+    clips = speech + noise + [np.zeros(16000, np.int16)]
+    for model in (embedded_whisper_hf_dir, tiny_whisper_dir):
+        asr = make_transcriber(TransformersAsrConfig(model=model, device="cpu", compute_type="float32", beam_size=1,
+                                                     max_new_tokens=20, min_new_tokens=min_new))
+        assert isinstance(asr, TransformersWhisperTranscriber) and asr.greedy_loop
+        ours = asr.transcribe_batch(clips)
+        asr.greedy_loop = False
+        ref = asr.transcribe_batch(clips)
+        assert [r.text for r in ours] == [r.text for r in ref]
+        for a, b in zip(ours, ref):
+            assert a.no_speech_prob == pytest.approx(b.no_speech_prob, abs=1e-5)
+            assert a.avg_logprob == pytest.approx(b.avg_logprob, abs=1e-4, nan_ok=True)
+            assert [s.n_tokens for s in a.segments] == [s.n_tokens for s in b.segments]
+    assert ours[0].text and ours[-1].text  # random weights decode something for every row
+
+
+def test_hf_whisper_keeps_cudnn_attention_out_unless_asked(tiny_whisper_dir):
+    """cuDNN's attention plans every new shape anew (each decoding step's): the backend rules it
+    out while it transcribes, unless configured, and leaves PyTorch's setting as it found it."""
+    from audiocurate.asr import make_transcriber
+
+    clip = [(np.random.default_rng(0).standard_normal(16000) * 2000).astype(np.int16)]
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    for allowed in (False, True):
+        asr = make_transcriber(TransformersAsrConfig(model=tiny_whisper_dir, device="cpu", compute_type="float32",
+                                                     beam_size=1, max_new_tokens=4, cudnn_attention=allowed))
+        seen = []
+        inner = asr._transcribe
+        asr._transcribe = lambda clips: seen.append(torch.backends.cuda.cudnn_sdp_enabled()) or inner(clips)
+        assert len(asr.transcribe_batch(clip)) == 1
+        assert seen == [allowed] and torch.backends.cuda.cudnn_sdp_enabled() == before
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+
+
 def test_device_log_mel_equals_the_feature_extractor():
     from transformers import WhisperFeatureExtractor
 

@@ -9,6 +9,7 @@ generation with timestamps.
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Literal, Any, Sequence
 
@@ -34,6 +35,11 @@ class TransformersAsrConfig(AsrSettings):
     max_new_tokens: int = Field(440, description="Token budget per 30 s window.")
     min_new_tokens: int = Field(0, ge=0, description="Tokens decoded at least per clip "
                                 "(benchmarks with random weights use it to decode a fixed length).")
+    cudnn_attention: bool = Field(
+        False, description="Let PyTorch's attention (SDPA) choose cuDNN's kernel. Off by default: "
+        "on an H200 (torch 2.11) it made batched decoding of tiny 2.8x slower (608 against 1,685 "
+        "clips/s at batch 1024), since cuDNN plans every new shape anew, and decoding makes one "
+        "per step and per batch size. Flash, memory-efficient and math kernels stay allowed.")
     features_on_device: Literal["auto", "cpu", "gpu"] = Field(
         "auto", description="Where log-mel features are computed. `auto` uses "
         "the GPU when the model is there, so CPU preprocessing cannot starve it."
@@ -42,6 +48,10 @@ class TransformersAsrConfig(AsrSettings):
 @ASR_BACKENDS.register("transformers")
 class TransformersWhisperTranscriber(ActorTranscriber):
     """`WhisperForConditionalGeneration` behind the `Transcriber` protocol."""
+
+    # Beam 1 on short clips decodes in `_greedy`; False sends it through `generate` and
+    # `_confidence` instead (the reference the tests and benchmarks/gpu_asr.py compare against).
+    greedy_loop = True
 
     def __init__(self, config: TransformersAsrConfig):
         import torch
@@ -72,12 +82,22 @@ class TransformersWhisperTranscriber(ActorTranscriber):
         self.sot_id = tok.convert_tokens_to_ids("<|startoftranscript|>")
         gen = self.model.generation_config
         # Index tensors on the device once per actor, not a list copied over for every chunk.
+        # The decoder's cache argument: `past_key_values` until transformers renamed it `cache`.
+        self._cache_kwarg = ("cache" if "cache" in inspect.signature(self.model.forward).parameters
+                             else "past_key_values")
         self.suppress, self.begin_suppress = (
             torch.tensor([t for t in getattr(gen, name, None) or [] if t >= 0], dtype=torch.long, device=self.device)
             for name in ("suppress_tokens", "begin_suppress_tokens"))
 
     # ---- public ------------------------------------------------------------------------------
     def transcribe_batch(self, clips: Sequence[np.ndarray]) -> list[Transcription]:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        kernels = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+        with sdpa_kernel(kernels + [SDPBackend.CUDNN_ATTENTION] * self.config.cudnn_attention):
+            return self._transcribe(clips)
+
+    def _transcribe(self, clips: Sequence[np.ndarray]) -> list[Transcription]:
         results: list[Transcription | None] = [None] * len(clips)
         short = [i for i, c in enumerate(clips) if len(c) <= _WINDOW_S * self.sample_rate]
         for i in sorted(set(range(len(clips))) - set(short)):
@@ -138,11 +158,14 @@ class TransformersWhisperTranscriber(ActorTranscriber):
             encoder = self.model.get_encoder()(feats)
             languages, language_probs = (self._languages(encoder) if self.multilingual and not self.config.language
                                          else (None, None))
-            generated = self.model.generate(encoder_outputs=encoder, **self._generate_kwargs(languages))
             prompt = self._prompt_ids(len(clips), languages)
-            if generated.shape[1] >= prompt.shape[1] and bool((generated[:, : prompt.shape[1]] == prompt).all()):
-                generated = generated[:, prompt.shape[1]:]  # some versions return the prompt too
-            no_speech, logprobs, n_tokens = self._confidence(encoder, prompt, generated)
+            if self.config.beam_size == 1 and self.greedy_loop:
+                generated, no_speech, logprobs, n_tokens = self._greedy(encoder, prompt)
+            else:
+                generated = self.model.generate(encoder_outputs=encoder, **self._generate_kwargs(languages))
+                if generated.shape[1] >= prompt.shape[1] and bool((generated[:, : prompt.shape[1]] == prompt).all()):
+                    generated = generated[:, prompt.shape[1]:]  # some versions return the prompt too
+                no_speech, logprobs, n_tokens = self._confidence(encoder, prompt, generated)
         texts = self.processor.tokenizer.batch_decode(generated, skip_special_tokens=True)
         results = []
         for i, (text, wave) in enumerate(zip(texts, clips)):
@@ -157,6 +180,50 @@ class TransformersWhisperTranscriber(ActorTranscriber):
             for r, prob in zip(results, language_probs or [1.0] * len(results)):
                 r.language_prob = prob
         return results
+
+    def _greedy(self, encoder: Any, prompt: Any) -> tuple[Any, list, list, list]:
+        """Greedy decoding of a batch (beam 1) with the confidence signals taken from the logits
+        it already computes: what `generate` plus `_confidence` give, without the second decoder
+        pass over the whole batch and without `generate`'s per-step machinery, which dominate
+        a small model's time at large batches. The same masks as `generate`: suppressed tokens,
+        begin-suppressed tokens at the first step, end-of-text until `min_new_tokens`."""
+        torch = self.torch
+        c = self.config
+        eot = self.processor.tokenizer.eos_token_id
+        batch = prompt.shape[0]
+        cache = _encoder_decoder_cache()
+        step_ids = prompt
+        done = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        total = torch.zeros(batch, dtype=torch.float32, device=self.device)
+        n_text = torch.zeros(batch, dtype=torch.long, device=self.device)
+        tokens = []
+        no_speech: list[float] = [math.nan] * batch
+        for step in range(c.max_new_tokens):
+            logits = self.model(encoder_outputs=encoder, decoder_input_ids=step_ids, use_cache=True,
+                                **{self._cache_kwarg: cache}).logits
+            if step == 0 and self.no_speech_id is not None:
+                no_speech = torch.softmax(logits[:, 0].float(), -1)[:, self.no_speech_id].tolist()
+            scores = logits[:, -1].float()
+            scores[:, self.suppress] = -math.inf
+            if step == 0:
+                scores[:, self.begin_suppress] = -math.inf
+            logprobs = torch.log_softmax(scores, -1)
+            if step < c.min_new_tokens:
+                scores[:, eot] = -math.inf
+            chosen = torch.where(done, eot, scores.argmax(-1))
+            is_eot = chosen == eot
+            # A row's end-of-text counts towards its score; the padding after it does not.
+            total += torch.where(done, 0.0, logprobs.gather(-1, chosen[:, None]).squeeze(-1))
+            n_text += (~done & ~is_eot).long()
+            done |= is_eot
+            tokens.append(chosen)
+            if bool(done.all()):
+                break
+            step_ids = chosen[:, None]
+        generated = torch.stack(tokens, 1)
+        mean = total / (n_text + 1)
+        avg = [m if n else math.nan for m, n in zip(mean.tolist(), n_text.tolist())]
+        return generated, no_speech, avg, n_text.tolist()
 
     def _confidence(self, encoder: Any, prompt: Any, generated: Any, chunk: int = 256) -> tuple[list, list, list]:
         """P(<|nospeech|>) after <|startoftranscript|>, and Whisper's average log-probability
@@ -271,6 +338,12 @@ def log_mel_on_device(clips: list[np.ndarray], extractor: Any, device: Any) -> A
     log_spec = torch.clamp(filters.T @ power, min=1e-10).log10()
     log_spec = torch.maximum(log_spec, log_spec.amax(dim=(1, 2), keepdim=True) - 8.0)
     return (log_spec + 4.0) / 4.0
+
+
+def _encoder_decoder_cache() -> Any:
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    return EncoderDecoderCache(DynamicCache(), DynamicCache())
 
 
 def _segments_of(out: Any) -> list[dict]:
