@@ -63,7 +63,9 @@ class DecodedAudio:
 
 @dataclass
 class _Stream:
-    """What a backend found: the stream's parameters and an iterator of float32 [n, ch] blocks."""
+    """What a backend found: the stream's parameters and an iterator of [n, ch] blocks: float32,
+    or int16 where the source holds 16-bit samples (passed on exactly when no mixing or
+    resampling is needed)."""
 
     sample_rate: int
     channels: int
@@ -76,7 +78,9 @@ class _Stream:
 class AudioBackend(Protocol):
     name: str
 
-    def open(self, data: IO[bytes]) -> _Stream: ...
+    def open(self, data: IO[bytes], pcm16_rate: Optional[int] = None) -> _Stream:
+        """`pcm16_rate`: a mono 16-bit stream at this rate may come as int16 blocks."""
+        ...
 
 
 class PcmSink(Protocol):
@@ -141,34 +145,38 @@ class SoundfileBackend:
     _EXACT_LENGTH = {"FLAC", "AIFF", "W64"}
     _ESTIMATED_LENGTH = {"MPEG", "MP3"}
 
-    def open(self, data: IO[bytes]) -> _Stream:
+    def open(self, data: IO[bytes], pcm16_rate: Optional[int] = None) -> _Stream:
         import soundfile as sf
 
         wav_bytes = _wav_data_bytes(data)
         f = sf.SoundFile(data)
         declared: Optional[int] = None
         exact = True
-        if f.format in ("WAV", "WAVEX", "RF64"):
+        fmt, subtype, channels = f.format, f.subtype, f.channels  # each a call into libsndfile
+        if fmt in ("WAV", "WAVEX", "RF64"):
             # libsndfile trims a WAV's frame count to the bytes present; the header knows better.
             data_bytes = wav_bytes
-            if data_bytes is not None and f.channels > 0:
-                declared = data_bytes // (f.channels * _bytes_per_sample(f.subtype))
-        elif f.format in self._EXACT_LENGTH:
+            if data_bytes is not None and channels > 0:
+                declared = data_bytes // (channels * _bytes_per_sample(subtype))
+        elif fmt in self._EXACT_LENGTH:
             declared = f.frames
-        elif f.format in self._ESTIMATED_LENGTH:
+        elif fmt in self._ESTIMATED_LENGTH:
             declared, exact = f.frames, False
+        # Samples that pass through unchanged are read as they are; any others are mixed or
+        # resampled in float32, which libsndfile converts to faster than numpy would.
+        dtype = "int16" if subtype == "PCM_16" and channels == 1 and f.samplerate == pcm16_rate else "float32"
 
         def blocks() -> Iterator[np.ndarray]:
             step = max(f.samplerate, 1) * _BLOCK_SECONDS
             with f:
                 while True:
-                    block = f.read(step, dtype="float32", always_2d=True)
+                    block = f.read(step, dtype=dtype, always_2d=True)
                     if len(block):
                         yield block
                     if len(block) < step:  # libsndfile reads short only at the end: no read to find it
                         return
 
-        return _Stream(f.samplerate, f.channels, declared, f.format.lower(), blocks(), exact)
+        return _Stream(f.samplerate, channels, declared, fmt.lower(), blocks(), exact)
 
 
 class PyAVBackend:
@@ -177,7 +185,7 @@ class PyAVBackend:
     name = "pyav"
     _EXACT_LENGTH_CODECS = ("flac", "pcm_", "wavpack", "alac")
 
-    def open(self, data: IO[bytes]) -> _Stream:
+    def open(self, data: IO[bytes], pcm16_rate: Optional[int] = None) -> _Stream:
         import av
 
         wav_bytes = _wav_data_bytes(data)
@@ -238,7 +246,7 @@ def decode_audio(
         if into is not None:
             into.clear()
         try:
-            stream = backend.open(_reader(data))
+            stream = backend.open(_reader(data), pcm16_rate=target_rate)
         except AudioDecodeError as e:
             failures.append(f"{backend.name}: {e.reason}")
             continue
@@ -294,23 +302,31 @@ def _consume(stream: _Stream, target_rate: int, min_rate: int, max_rate: int, to
     n_out = 0
 
     def emit(x: np.ndarray) -> None:
-        nonlocal peak, sumsq, n_out
-        if not len(x):
-            return
         np.clip(x, -1.0, 1.0, out=x)
-        peak = max(peak, float(np.max(np.abs(x))))
-        sumsq += float(np.dot(x, x))
-        n_out += len(x)
+        emit_pcm16(float32_to_pcm16(x), float(np.max(np.abs(x), initial=0.0)), float(np.dot(x, x)))
+
+    def emit_pcm16(pcm: np.ndarray, block_peak: float, block_sumsq: float) -> None:
+        nonlocal peak, sumsq, n_out
+        if not len(pcm):
+            return
+        peak = max(peak, block_peak)
+        sumsq += block_sumsq
+        n_out += len(pcm)
         if into is None:
-            parts.append(float32_to_pcm16(x))
+            parts.append(pcm)
             return
         try:
-            into.write(float32_to_pcm16(x))
+            into.write(pcm)
         except Exception as e:
             raise _SinkFailed() from e
 
     for block in stream.blocks:
         frames += len(block)
+        if block.dtype == np.int16:  # 16-bit mono at the target rate: the samples themselves
+            pcm = block[:, 0]
+            y = pcm.astype(np.float32)
+            emit_pcm16(pcm, max(-int(pcm.min()), int(pcm.max())) / 32768.0, float(np.dot(y, y)) / 32768.0**2)
+            continue
         mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0].astype(np.float32, copy=True)
         if not np.isfinite(mono).all():
             raise _Implausible("non-finite sample values (NaN or infinity) in the stream")
