@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from audiocurate import contract as C
 from audiocurate.config import PipelineConfig
 from audiocurate.pipeline import run
 from audiocurate.report import format_summary
@@ -122,3 +123,32 @@ def test_curated_audio_is_found_in_any_row_group_by_its_id_column(tmp_path):
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "part.parquet", row_group_size=100)
     got = curated_audio(pafs.LocalFileSystem(), str(tmp_path / "part.parquet"), ["c3", "c999", "c500", "gone"], "clip")
     assert got == {"c3": bytes([3]) * 10, "c500": bytes([500 % 256]) * 10, "c999": bytes([999 % 256]) * 10}
+
+
+@pytest.mark.parametrize("segmented", [False, True])
+def test_accounting_counts_duplicate_ids_and_distinct_input_rows(tmp_path, segmented):
+    """Every output row's id is checked against every other's, across splits; the input rows in
+    scope are the distinct parents (recordings, when segmenting) or the rows themselves."""
+    from audiocurate.report import build_report
+    from audiocurate.sinks import OutputDir
+
+    def part(split, rows):
+        (tmp_path / split).mkdir(exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / split / "part-0.parquet")
+
+    if segmented:  # r1 cut in two kept segments and a rejected one, r2 in one, r3 failed whole
+        part("curated", [{"id": "r1-0", "parent_id": "r1"}, {"id": "r1-1", "parent_id": "r1"},
+                         {"id": "r2-0", "parent_id": "r2"}])
+        part("rejected", [{"id": "r1-2", "parent_id": "r1", C.DROP_REASON: "silence"}])
+        part("errors", [{"id": "r3", C.ERROR_STAGE: "decode", C.ERROR: "corrupt"}])
+        expected = (0, 3)
+    else:  # "b" written twice: once curated, once rejected
+        part("curated", [{"id": "a"}, {"id": "b"}])
+        part("rejected", [{"id": "b", C.DROP_REASON: "silence"}, {"id": "c", C.DROP_REASON: "silence"}])
+        expected = (1, 3)
+    config = PipelineConfig.load(overrides=[f"segment.enabled={str(segmented).lower()}"])
+    acc = build_report(OutputDir(str(tmp_path)), config, input_rows=3)["accounting"]
+    assert (acc["duplicates"], acc["in_scope"]) == expected
+    assert acc["ok"] == segmented
+    acc = build_report(OutputDir(str(tmp_path)), config, input_rows=1, keep_ids=["r1" if segmented else "c"])["accounting"]
+    assert acc["in_scope"] == 1

@@ -3,7 +3,8 @@
 The report is computed from the output files, not from counters of one attempt, so it
 describes the whole result across resumed attempts. It streams over the shards one at a time
 and keeps fixed-size histograms, so its memory does not grow with the number of clips
-(beyond 8 bytes per id for the duplicate check).
+(beyond 8 bytes per id for the duplicate check, 16 at its peak; 8 more per row of a
+segmented run, for its recordings).
 """
 
 from __future__ import annotations
@@ -67,11 +68,15 @@ class _Tally:
         n = t.num_rows
         self.rows[split] += n
         ids = [str(x) for x in t.column(0).to_pylist()]
-        self.id_hashes.append(np.fromiter((hash(x) for x in ids), dtype=np.int64, count=n))
-        parents = [str(x) for x in t["parent_id"].to_pylist()] if "parent_id" in t.column_names else ids
-        if self.keep is not None:
-            parents = [p for p in parents if p in self.keep]
-        self.parent_hashes.append(np.fromiter((hash(p) for p in parents), dtype=np.int64, count=len(parents)))
+        id_hashes = np.fromiter((hash(x) for x in ids), dtype=np.int64, count=n)
+        self.id_hashes.append(id_hashes)
+        if "parent_id" not in t.column_names and self.keep is None:
+            self.parent_hashes.append(id_hashes)  # the same array: a row is its own parent
+        else:
+            parents = [str(x) for x in t["parent_id"].to_pylist()] if "parent_id" in t.column_names else ids
+            if self.keep is not None:
+                parents = [p for p in parents if p in self.keep]
+            self.parent_hashes.append(np.fromiter((hash(p) for p in parents), dtype=np.int64, count=len(parents)))
         cols = set(t.column_names)
         if "duration_s" in cols:
             d = t["duration_s"].to_numpy(zero_copy_only=False).astype(float)
@@ -208,15 +213,26 @@ class _Tally:
                           "busy_s": self.stage_s.get(stage)}
         return out
 
-    def parents(self) -> int:
-        """Distinct input rows accounted for: each is in errors/ or the parent of output rows."""
-        return int(len(np.unique(np.concatenate(self.parent_hashes)))) if self.parent_hashes else 0
+    def duplicates_and_parents(self) -> tuple[int, int]:
+        """Rows whose id was seen before, and distinct input rows accounted for (each is in
+        errors/ or the parent of output rows). Consumes the hashes."""
+        rows = sum(len(h) for h in self.id_hashes)
+        parents_are_ids = all(p is i for p, i in zip(self.parent_hashes, self.id_hashes))
+        if parents_are_ids:
+            self.parent_hashes = []  # so that the id chunks are freed once concatenated
+        distinct_ids = _distinct(self.id_hashes)
+        return rows - distinct_ids, distinct_ids if parents_are_ids else _distinct(self.parent_hashes)
 
-    def duplicates(self) -> int:
-        if not self.id_hashes:
-            return 0
-        h = np.concatenate(self.id_hashes)
-        return int(len(h) - len(np.unique(h)))
+
+def _distinct(chunks: list[np.ndarray]) -> int:
+    """Distinct values over `chunks`, which it empties: one concatenated copy, sorted in place
+    (np.unique would hold a sorted copy, a mask and its result besides)."""
+    if not chunks:
+        return 0
+    h = np.concatenate(chunks)
+    chunks.clear()
+    h.sort()
+    return int(np.count_nonzero(h[1:] != h[:-1])) + 1 if len(h) else 0
 
 
 def build_report(
@@ -239,8 +255,7 @@ def build_report(
                 for i in range(pf.num_row_groups):  # a compacted file is read a row group at a time
                     tally.add(split, pf.read_row_group(i, columns=columns), path)
     accounted = sum(tally.rows[s] for s in SPLITS)
-    dups = tally.duplicates()
-    in_scope = tally.parents()
+    dups, in_scope = tally.duplicates_and_parents()
     attempts = out.attempts()
     finished = [a for a in attempts if a.get("status") == "finished"]
     wall_s = float(sum(a.get("wall_s", 0.0) for a in finished))
