@@ -32,7 +32,7 @@ class TransformersAsrConfig(AsrSettings):
         1.35, description="Temperature fallback above this gzip ratio of the token ids "
         "(the value transformers recommends).")
     attn_implementation: str = Field("sdpa", description="Attention kernel.")
-    max_new_tokens: int = Field(440, description="Token budget per 30 s window.")
+    max_new_tokens: int = Field(440, ge=1, description="Token budget per 30 s window.")
     min_new_tokens: int = Field(0, ge=0, description="Tokens decoded at least per clip "
                                 "(benchmarks with random weights use it to decode a fixed length).")
     cudnn_attention: bool = Field(
