@@ -376,3 +376,20 @@ def test_speaking_rate_outliers_are_judged_against_their_own_recording():
     assert out[C.DROP_REASON].to_pylist() == [None] * 5
     without = stage(pa.Table.from_pylist([{k: v for k, v in r.items() if k != "words"} for r in padded]))
     assert without[C.DROP_REASON].to_pylist()[-1] == "chars_per_s_outlier"
+
+
+@pytest.mark.parametrize("binary_type", [pa.large_binary(), pa.binary()])
+def test_pcm_rows_are_each_rows_samples_in_the_order_asked(binary_type):
+    """The transcribe stage's views of many rows at once: across chunks, sliced chunks, null
+    cells, empty clips, rows asked in any order."""
+    rng = np.random.default_rng(0)
+    cells = [rng.integers(-32768, 32767, int(rng.integers(0, 50)), dtype=np.int16).tobytes() if i % 7 else None
+             for i in range(60)]
+    whole = pa.array(cells, binary_type)
+    table = pa.table({"id": [str(i) for i in range(60)],
+                      C.PCM: pa.chunked_array([whole.slice(0, 13), whole.slice(13, 30), whole.slice(43)])})
+    rows = np.array([59, 3, 14, 0, 42, 43, 7, 13])
+    got = C.pcm_rows(table, rows)
+    assert [g.dtype for g in got] == [np.dtype("int16")] * len(rows)
+    assert [g.tolist() for g in got] == [C.pcm_of(table, int(i)).tolist() for i in rows]
+    assert got[3].tolist() == np.frombuffer(cells[0] or b"", "<i2").tolist() and len(got[-4]) == 0  # row 42: null

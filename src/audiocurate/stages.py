@@ -196,7 +196,7 @@ class TranscribeStage(ModelStage):
         return make_transcriber(self.config)
 
     def inputs(self, table: pa.Table, rows: np.ndarray) -> list[Any]:
-        return [C.pcm_of(table, int(i)) for i in rows]
+        return C.pcm_rows(table, rows)
 
     def run_batch(self, items: list[Any]) -> list[Any]:
         return self.transcriber.transcribe_batch(items)
