@@ -152,3 +152,28 @@ def test_accounting_counts_duplicate_ids_and_distinct_input_rows(tmp_path, segme
     assert acc["ok"] == segmented
     acc = build_report(OutputDir(str(tmp_path)), config, input_rows=1, keep_ids=["r1" if segmented else "c"])["accounting"]
     assert acc["in_scope"] == 1
+
+
+def test_sample_picker_keeps_the_lowest_ranked_ids_however_the_rows_come():
+    """Per outcome, the k ids of lowest rank over every shard, whatever the shards' order and
+    size; a row's fields are built only for rows that can be kept (at most k per offer)."""
+    from audiocurate.report_audio import SamplePicker, stable_ranks
+
+    ids = [f"clip-{i}" for i in range(500)]
+    outcomes = np.array(["curated" if i % 3 else "rejected: silence" for i in range(500)])
+    ranks = stable_ranks(ids)
+    want = {o: sorted((i for i in range(500) if outcomes[i] == o), key=lambda i: ranks[i])[:4] for o in set(outcomes)}
+    for order, size in ((np.arange(500), 500), (np.random.default_rng(1).permutation(500), 37)):
+        picker, built = SamplePicker(4), []
+        for lo in range(0, 500, size):
+            chunk = order[lo:lo + size]
+            chunk_ids = [ids[i] for i in chunk]
+            for o in dict.fromkeys(outcomes[chunk]):
+                rows = np.flatnonzero(outcomes[chunk] == o)
+                before = len(built)
+                picker.offer(o, chunk_ids, stable_ranks(chunk_ids), rows,
+                             lambda i, c=chunk_ids: built.append(c[i]) or {"id": c[i]}, "part")
+                assert len(built) - before <= 4
+        got = {o: [cid for cid, _, _ in rows] for o, rows in picker.picked().items()}
+        assert got == {o: [ids[i] for i in v] for o, v in want.items()}
+    assert stable_ranks(["a", "b"]).tolist() == [3904355907, 1908338681]  # CRC-32: the same in any process

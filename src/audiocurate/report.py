@@ -17,11 +17,13 @@ from collections import Counter
 from typing import Any, Optional
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import contract as C
 from .config import PipelineConfig
-from .report_audio import SamplePicker, players_for
+from .report_audio import SamplePicker, players_for, stable_ranks
 from .sinks import CURATED, ERRORS, REJECTED, SPLITS, OutputDir
 
 DURATION_EDGES = [0, 1, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 60, 120, 300, 600, 1800, 3600, math.inf]
@@ -99,7 +101,7 @@ class _Tally:
             self.wer_hist += np.histogram(w, bins=WER_EDGES)[0]
         self._count_stages(split, t)
         self._count_recordings(split, t)
-        self._pick_samples(split, t, part)
+        self._pick_samples(split, t, ids, part)
         self._count_groups(split, t)
         if split == REJECTED:
             self.drop_reasons.update(t[C.DROP_REASON].to_pylist())
@@ -166,18 +168,24 @@ class _Tally:
                 "mean_score_hist": {"edges": MEAN_EDGES, "counts": np.histogram(means, bins=MEAN_EDGES)[0].tolist()},
                 "least_kept": [row(k, a) for k, a in by_kept[:5]], "most_kept": [row(k, a) for k, a in by_kept[-5:][::-1]]}
 
-    def _pick_samples(self, split: str, t: Any, part: str) -> None:
-        """Offer every row to the picker; only the few it keeps become Python dicts."""
+    def _pick_samples(self, split: str, t: Any, ids: list[str], part: str) -> None:
+        """Offer every row to the picker, outcome by outcome (in the order they first appear);
+        only the few it keeps become Python dicts."""
         id_col = t.column_names[0]
         fields = t.select([id_col, *[c for c in SAMPLE_COLUMNS if c in t.column_names and c != id_col]])
+        ranks = stable_ranks(ids)
+
+        def row(i: int) -> dict[str, Any]:
+            return fields.slice(i, 1).to_pylist()[0]
+
         if split == CURATED:
-            outcomes = [CURATED] * t.num_rows
-        elif split == REJECTED:
-            outcomes = [f"rejected: {r}" for r in t[C.DROP_REASON].to_pylist()]
-        else:
-            outcomes = [f"error: {s}" for s in t[C.ERROR_STAGE].to_pylist()]
-        for i, (cid, outcome) in enumerate(zip(t[id_col].to_pylist(), outcomes)):
-            self.picker.add(outcome, str(cid), lambda i=i: fields.slice(i, 1).to_pylist()[0], part)
+            self.picker.offer(CURATED, ids, ranks, np.arange(t.num_rows), row, part)
+            return
+        column, prefix = (C.DROP_REASON, "rejected") if split == REJECTED else (C.ERROR_STAGE, "error")
+        codes = pc.fill_null(t[column].cast(pa.string()), "None").combine_chunks().dictionary_encode()
+        indices = codes.indices.to_numpy(zero_copy_only=False)
+        for code, value in enumerate(codes.dictionary.to_pylist()):
+            self.picker.offer(f"{prefix}: {value}", ids, ranks, np.flatnonzero(indices == code), row, part)
 
     def _count_groups(self, split: str, t: Any) -> None:
         if split == ERRORS or "edu_score" not in t.column_names:

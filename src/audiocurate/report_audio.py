@@ -9,9 +9,9 @@ back from the input (an error row whose audio does not decode has no player: tha
 from __future__ import annotations
 
 import base64
-import hashlib
 import heapq
 import io
+import zlib
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -23,32 +23,39 @@ CLIP_S = 8.0  # seconds of each clip in the page
 OPUS_BITRATE = 24_000  # 24 kb/s: about 24 KB per 8 s clip
 
 
-def stable_rank(clip_id: str) -> int:
-    return int.from_bytes(hashlib.sha1(clip_id.encode()).digest()[:8], "big")
+def stable_ranks(clip_ids: list[str]) -> np.ndarray:
+    """Each id's rank: CRC-32 of its UTF-8, the same in every process and on every rerun."""
+    return np.fromiter((zlib.crc32(c.encode()) for c in clip_ids), dtype=np.int64, count=len(clip_ids))
 
 
 class SamplePicker:
-    """The `k` rows per outcome with the lowest id hash, while streaming over the shards."""
+    """The `k` rows per outcome with the lowest id rank, while streaming over the shards."""
 
     def __init__(self, k: int, max_outcomes: int = 16):
         self.k = k
         self.max_outcomes = max_outcomes
         self.heaps: dict[str, list[tuple[int, str, dict[str, Any], str]]] = {}
 
-    def add(self, outcome: str, clip_id: str, row: Callable[[], dict[str, Any]], part: str) -> None:
-        """`row` builds the sample's fields; it is called only for a row that is kept."""
-        if self.k <= 0:
+    def offer(self, outcome: str, clip_ids: list[str], ranks: np.ndarray, rows: np.ndarray,
+              row: Callable[[int], dict[str, Any]], part: str) -> None:
+        """Rows `rows` (positions in `clip_ids` and `ranks`) of one outcome. Only the `k`
+        lowest-ranked of them can be kept, so only those reach the heap; `row(i)` builds a
+        sample's fields and is called only for a row that is kept."""
+        if self.k <= 0 or not len(rows):
             return
         if outcome not in self.heaps:
             if len(self.heaps) >= self.max_outcomes:
                 return
             self.heaps[outcome] = []
         heap = self.heaps[outcome]
-        key = -stable_rank(clip_id)
-        if len(heap) < self.k:
-            heapq.heappush(heap, (key, clip_id, row(), part))
-        elif key > heap[0][0]:
-            heapq.heapreplace(heap, (key, clip_id, row(), part))
+        if len(rows) > self.k:
+            rows = rows[np.argpartition(ranks[rows], self.k - 1)[:self.k]]
+        for i in rows.tolist():
+            key = -int(ranks[i])
+            if len(heap) < self.k:
+                heapq.heappush(heap, (key, clip_ids[i], row(i), part))
+            elif key > heap[0][0]:
+                heapq.heapreplace(heap, (key, clip_ids[i], row(i), part))
 
     def picked(self) -> dict[str, list[tuple[str, dict[str, Any], str]]]:
         return {o: [(cid, row, part) for _, cid, row, part in sorted(h, key=lambda x: -x[0])]
