@@ -157,13 +157,13 @@ def drop_settled_pcm(table: pa.Table) -> pa.Table:
 
 def pcm_of(table: pa.Table, i: int) -> np.ndarray:
     """A row's 16 kHz mono samples, without copying them out of Arrow."""
-    buf = table[PCM][i].as_buffer()
-    return np.frombuffer(buf, dtype="<i2") if buf is not None else np.zeros(0, dtype=np.int16)
+    return pcm_rows(table, [i])[0]
 
 
-def pcm_rows(table: pa.Table, rows: np.ndarray) -> list[np.ndarray]:
-    """`pcm_of` for many rows: views cut from each chunk's offsets and data buffers, without
-    an Arrow scalar per row (which costs more than the view at a GPU batch's thousands of rows)."""
+def pcm_rows(table: pa.Table, rows: Any) -> list[np.ndarray]:
+    """The samples of many rows, in the order asked, without copying them out of Arrow: views
+    cut from each chunk's offsets and data buffers, not an Arrow scalar per row (which costs
+    more than the view at a GPU batch's thousands of rows)."""
     rows = np.asarray(rows, dtype=np.int64)
     out: list[np.ndarray] = [np.zeros(0, dtype=np.int16)] * len(rows)
     start = 0

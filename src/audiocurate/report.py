@@ -47,9 +47,8 @@ class _Tally:
         self.error_stages: Counter = Counter()
         self.error_reasons: Counter = Counter()
         self.stage_s: Counter = Counter()
-        # Per stage: rows that reached it, errors there, drops there by reason.
+        # Per stage: rows that reached it, drops there by reason (its errors: `error_stages`).
         self.stage_in: Counter = Counter()
-        self.stage_errors: Counter = Counter()
         self.stage_drops: dict[str, Counter] = {s: Counter() for s in PIPELINE_STAGES}
         self.edu_score: Counter = Counter()
         self.mean_hist = np.zeros(len(MEAN_EDGES) - 1, dtype=np.int64)
@@ -131,8 +130,6 @@ class _Tally:
         self.stage_in[C.TRANSCRIBE] += int(transcribed.sum())
         self.stage_in[C.JUDGE] += int(judged.sum())
         self.stage_in[C.SELECT] += int((judged & ~failed).sum())
-        if split == ERRORS:
-            self.stage_errors.update(t[C.ERROR_STAGE].to_pylist())
         if split == REJECTED:
             where = np.where(judged, C.SELECT, np.where(transcribed, C.TRANSCRIBE, C.DECODE))
             for stage, reason in zip(where, t[C.DROP_REASON].to_pylist()):
@@ -215,7 +212,7 @@ class _Tally:
         out = {}
         for stage in PIPELINE_STAGES:
             dropped = dict(self.stage_drops[stage].most_common())
-            errors = self.stage_errors.get(stage, 0)
+            errors = self.error_stages.get(stage, 0)
             out[stage] = {"rows_in": self.stage_in[stage], "errors": errors, "dropped": dropped,
                           "passed": self.stage_in[stage] - errors - sum(dropped.values()),
                           "busy_s": self.stage_s.get(stage)}

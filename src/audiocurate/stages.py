@@ -276,8 +276,8 @@ class PackageStage(Stage):
         ids = table[self.id_column]
         source = table[self.audio_column] if self.audio_column in table.column_names else None
         audio: list[Optional[dict[str, Any]]] = []
-        for i in rows:
-            i = int(i)
+        pcm = C.pcm_rows(table, rows)
+        for k, i in enumerate(rows.tolist()):
             rid = str(ids[i].as_py())
             if self.config.audio_format == "original" and source is not None:
                 cell = source[i].as_py()
@@ -288,7 +288,7 @@ class PackageStage(Stage):
                     continue
             # A segment's id (`<parent>@<start>`) keeps its start: two segments never share a name.
             name = _basename(rid) if "@" in rid else _stem(rid)
-            audio.append({"bytes": encode_flac(C.pcm_of(table, i)), "path": f"{name}.flac"})
+            audio.append({"bytes": encode_flac(pcm[k]), "path": f"{name}.flac"})
         return Outcome(values={C.AUDIO: audio})
 
     def finish(self, table: pa.Table) -> pa.Table:
