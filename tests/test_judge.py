@@ -92,6 +92,28 @@ def test_f16_weights_are_converted_once_and_score_like_the_stored_ones(tmp_path,
     assert min(f16[:3]) > max(f16[3:]) and min(stored[:3]) > max(stored[3:])
 
 
+def test_a_converted_model_is_cached_once_per_content_not_once_per_install(tmp_path, monkeypatch):
+    """Each fresh virtual environment holds its own copy of the embedded GGUF; keying the F16
+    copy by the source's path made every install add another 259 MB to ~/.cache (25 copies, and
+    a full disk, on the machine that builds this project). Same bytes: one cached copy."""
+    from audiocurate.models import derived_model_path
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    payload = os.urandom(3 << 20)  # over the hash's 1 MiB block, so every block counts
+    first, reinstalled, changed = (tmp_path / d / "model.gguf" for d in ("venv1", "venv2", "venv3"))
+    for path, data in ((first, payload), (reinstalled, payload), (changed, payload[:-1] + b"x")):
+        path.parent.mkdir()
+        path.write_bytes(data)
+    os.utime(reinstalled, (1, 1))
+
+    cached = derived_model_path(str(first), "f16", ".gguf")
+    assert cached.parent == tmp_path / "cache" / "audiocurate" / "models"
+    assert cached.name.startswith("model-f16-") and cached.suffix == ".gguf"
+    assert derived_model_path(str(reinstalled), "f16", ".gguf") == cached
+    assert derived_model_path(str(changed), "f16", ".gguf") != cached
+    assert derived_model_path(str(first), "q8", ".gguf") != cached
+
+
 def test_rows_scored_together_as_parallel_sequences_score_as_they_do_one_by_one(judge):
     """`judge.parallel` decodes a group of rows at once, each its own sequence over the cached
     prefix: the scores are those of one row after another (float rounding aside), in order; a

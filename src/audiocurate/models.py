@@ -67,14 +67,18 @@ def resolve_model(ref: str) -> str:
 def derived_model_path(source: str, tag: str, suffix: str) -> Path:
     """Where a file made from a model (e.g. its weights in another type) is cached on this machine.
 
-    Keyed by the source's path, size and mtime, so a reinstalled model is converted again."""
+    Keyed by the source's content, not its path: every fresh install of the same model (a new
+    virtual environment, a clone) finds the copy already made instead of adding another of
+    hundreds of MB to the cache, and a changed model gets a copy of its own."""
     import hashlib
     import os
 
-    stat = os.stat(source)
-    key = hashlib.sha256(f"{os.path.abspath(source)} {stat.st_size} {int(stat.st_mtime)}".encode()).hexdigest()[:12]
+    digest = hashlib.blake2b(digest_size=8)
+    with open(source, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "audiocurate" / "models" / f"{Path(source).stem}-{tag}-{key}{suffix}"
+    return Path(base) / "audiocurate" / "models" / f"{Path(source).stem}-{tag}-{digest.hexdigest()}{suffix}"
 
 
 def dtype_kwarg(dtype: Any) -> dict[str, Any]:
