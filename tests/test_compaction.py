@@ -103,8 +103,9 @@ def test_output_compact_mb_compacts_at_the_end_of_a_run(tmp_path, ray_local, dem
 
 
 def test_a_merge_streams_row_groups_and_types_a_column_one_shard_left_null(small_shards, tmp_path, monkeypatch):
-    """The merge holds one row group at a time (row groups cut at `_GROUP_BYTES`), and a column
-    all null in one shard (Parquet type null) takes the type the other shards give it."""
+    """The merge holds one row group at a time (row groups cut at `_GROUP_BYTES`), a column all
+    null in one shard (Parquet type null) takes the type the other shards give it, and each
+    shard's footer is read once (on an object store, each read is a request or two)."""
     import shutil
 
     import pyarrow as pa
@@ -122,7 +123,37 @@ def test_a_merge_streams_row_groups_and_types_a_column_one_shard_left_null(small
     nulled_ids = set(first["id"].to_pylist())
     before = [{**r, "transcript": None} if r["id"] in nulled_ids else r for r in _rows(built, "curated")]
     monkeypatch.setattr(compaction, "_GROUP_BYTES", 1)  # every shard's row group stays its own
+    footers_read, merging, real_merge = [], [], compaction._merge
+    real_read, real_schema, real_file = pq.read_metadata, pq.read_schema, pq.ParquetFile
+
+    def merge(out, split, group):
+        merging.append(group)
+        try:
+            return real_merge(out, split, group)
+        finally:
+            merging.pop()
+
+    def read_metadata(f, *a, **kw):
+        footers_read.extend(merging[-1:])
+        return real_read(f, *a, **kw)
+
+    def read_schema(f, *a, **kw):
+        footers_read.extend(merging[-1:])
+        return real_schema(f, *a, **kw)
+
+    def parquet_file(f, *a, metadata=None, **kw):
+        if metadata is None:
+            footers_read.extend(merging[-1:])
+        return real_file(f, *a, metadata=metadata, **kw)
+
+    monkeypatch.setattr(compaction, "_merge", merge)
+    monkeypatch.setattr(compaction.pq, "read_metadata", read_metadata)
+    monkeypatch.setattr(compaction.pq, "read_schema", read_schema)
+    monkeypatch.setattr(compaction.pq, "ParquetFile", parquet_file)
     compact(OutputDir(str(out)), target_mb=64)
+    monkeypatch.undo()
+    merged_shards = sum(len(group) for group in {id(g): g for g in footers_read}.values())
+    assert len(footers_read) == merged_shards >= len(shards)  # one footer read per shard merged
     merged = pq.ParquetFile(next((out / "curated").glob("*.parquet")))
     assert merged.schema_arrow.field("transcript").type == pa.string()
     assert merged.metadata.num_row_groups == len(shards)

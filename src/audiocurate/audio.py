@@ -302,8 +302,8 @@ def _consume(stream: _Stream, target_rate: int, min_rate: int, max_rate: int, to
     n_out = 0
 
     def emit(x: np.ndarray) -> None:
-        np.clip(x, -1.0, 1.0, out=x)
-        emit_pcm16(float32_to_pcm16(x), float(np.max(np.abs(x), initial=0.0)), float(np.dot(x, x)))
+        np.clip(x, -1.0, 1.0, out=x)  # once: the levels and the samples are of the same clipped block
+        emit_pcm16(np.rint(x * 32767.0).astype(np.int16), float(np.max(np.abs(x), initial=0.0)), float(np.dot(x, x)))
 
     def emit_pcm16(pcm: np.ndarray, block_peak: float, block_sumsq: float) -> None:
         nonlocal peak, sumsq, n_out
@@ -367,10 +367,6 @@ def encode_flac(pcm: np.ndarray, sample_rate: int = TARGET_RATE) -> bytes:
 
 def pcm16_to_float32(pcm: np.ndarray) -> np.ndarray:
     return pcm.astype(np.float32) / 32768.0
-
-
-def float32_to_pcm16(x: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16)
 
 
 def _frame_to_float(frame) -> np.ndarray:

@@ -96,10 +96,11 @@ def _run_merges(out: OutputDir, merges: list[tuple[str, list[str]]]) -> None:
 def _merge(out: OutputDir, split: str, shards: list[str]) -> None:
     """The shards, one row group at a time, into one file with row groups of about
     `_GROUP_BYTES`: what is held at once is about one row group, whatever the file's size."""
-    schemas, counts = [], defaultdict(float)
+    footers, schemas, counts = [], [], defaultdict(float)
     for path in shards:
         with out.fs.open_input_file(path) as f:
-            schema = pq.read_schema(f)
+            footers.append(pq.read_metadata(f))  # kept (a few KB a shard): read once, not again below
+        schema = footers[-1].schema.to_arrow_schema()
         for key, n in json.loads((schema.metadata or {}).get(FOOTER_KEY, b"{}")).items():
             counts[key] += n
         schemas.append(schema.remove_metadata())
@@ -114,9 +115,9 @@ def _merge(out: OutputDir, split: str, shards: list[str]) -> None:
     with out.writing(target) as sink, pq.ParquetWriter(sink, schema, compression="zstd") as writer:
         pending: list[pa.Table] = []
         held = 0
-        for path in shards:
+        for path, footer in zip(shards, footers):
             with out.fs.open_input_file(path) as f:
-                pf = pq.ParquetFile(f)
+                pf = pq.ParquetFile(f, metadata=footer)
                 for i in range(pf.num_row_groups):
                     pending.append(_conform(pf.read_row_group(i), schema))
                     held += pending[-1].nbytes
