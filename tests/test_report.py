@@ -177,3 +177,37 @@ def test_sample_picker_keeps_the_lowest_ranked_ids_however_the_rows_come():
         got = {o: [cid for cid, _, _ in rows] for o, rows in picker.picked().items()}
         assert got == {o: [ids[i] for i in v] for o, v in want.items()}
     assert stable_ranks(["a", "b"]).tolist() == [3904355907, 1908338681]  # CRC-32: the same in any process
+
+
+def test_drops_are_counted_where_each_row_stopped_and_errors_by_stage(tmp_path):
+    """A rejected row is dropped at decode (no transcript), at transcribe (transcribed, not
+    judged) or at select (judged); nulls count as an outcome of their own, in two shards whose
+    reasons come in different orders; the samples are offered by the same outcomes."""
+    from audiocurate.report import build_report
+    from audiocurate.sinks import OutputDir
+
+    def part(split, name, rows):
+        (tmp_path / split).mkdir(exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / split / f"{name}.parquet")
+
+    def rejected(i, reason, asr=None, judge=None):
+        return {"id": f"r{i}", C.DROP_REASON: reason, "asr_s": asr, "judge_s": judge}
+
+    part("rejected", "part-0", [rejected(0, "silence"), rejected(1, None), rejected(2, "low_edu_score", 0.1, 0.1),
+                                rejected(3, "no_words", 0.1), rejected(4, "silence")])
+    part("rejected", "part-1", [rejected(5, "low_edu_score", 0.1, 0.2), rejected(6, None), rejected(7, "no_words", 0.1),
+                                rejected(8, "silence")])
+    part("errors", "part-0", [{"id": "e0", C.ERROR_STAGE: "judge", C.ERROR: "engine died"},
+                              {"id": "e1", C.ERROR_STAGE: "decode", C.ERROR: "corrupt"},
+                              {"id": "e2", C.ERROR_STAGE: None, C.ERROR: "?"},
+                              {"id": "e3", C.ERROR_STAGE: "decode", C.ERROR: "corrupt"}])
+    report = build_report(OutputDir(str(tmp_path)), PipelineConfig.load(overrides=[]), input_rows=13)
+    assert list(report["drop_reasons"].items()) == [("silence", 3), (None, 2), ("low_edu_score", 2), ("no_words", 2)]
+    assert list(report["error_stages"].items()) == [("decode", 2), ("judge", 1), (None, 1)]
+    stages = report["stages"]
+    assert stages["decode"]["dropped"] == {"silence": 3, None: 2} and stages["decode"]["errors"] == 2
+    assert stages["transcribe"]["dropped"] == {"no_words": 2}
+    assert stages["select"]["dropped"] == {"low_edu_score": 2}
+    assert set(report["samples"]) == {"rejected: silence", "rejected: None", "rejected: low_edu_score",
+                                      "rejected: no_words", "error: judge", "error: decode", "error: None"}
+    assert report["accounting"]["rejected"] == 9 and report["accounting"]["errors"] == 4

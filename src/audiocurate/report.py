@@ -39,6 +39,14 @@ _MAX_GROUPS = 12
 _MAX_REASON_KEYS = 40
 
 
+def _outcomes(column: Any) -> tuple[list, np.ndarray]:
+    """A column's distinct values in the order they first appear (a null is one of them) and
+    each row's code among them: what is counted and sampled by outcome, without a Python value
+    per row."""
+    encoded = pc.dictionary_encode(column.cast(pa.string()).combine_chunks(), null_encoding="encode")
+    return encoded.dictionary.to_pylist(), encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
 class _Tally:
     def __init__(self, keep_ids: Optional[list[str]], samples: int):
         self.rows: Counter = Counter()
@@ -98,14 +106,16 @@ class _Tally:
             self.wer_sum += float(w.sum())
             self.wer_n += len(w)
             self.wer_hist += np.histogram(w, bins=WER_EDGES)[0]
-        self._count_stages(split, t)
+        # a rejected row's outcome is its drop reason, a failed one's the stage it failed in
+        outcomes = None if split == CURATED else _outcomes(t[C.DROP_REASON if split == REJECTED else C.ERROR_STAGE])
+        self._count_stages(split, t, outcomes)
         self._count_recordings(split, t)
-        self._pick_samples(split, t, ids, part)
+        self._pick_samples(split, t, ids, part, outcomes)
         self._count_groups(split, t)
-        if split == REJECTED:
-            self.drop_reasons.update(t[C.DROP_REASON].to_pylist())
         if split == ERRORS:
-            self.error_stages.update(t[C.ERROR_STAGE].to_pylist())
+            values, codes = outcomes
+            for value, count in zip(values, np.bincount(codes, minlength=len(values)).tolist()):
+                self.error_stages[value] += count
             for r in t[C.ERROR].to_pylist():
                 key = (r or "")[:80]
                 if key in self.error_reasons or len(self.error_reasons) < _MAX_REASON_KEYS:
@@ -113,7 +123,7 @@ class _Tally:
                 else:
                     self.error_reasons["(other)"] += 1
 
-    def _count_stages(self, split: str, t: Any) -> None:
+    def _count_stages(self, split: str, t: Any, outcomes: Optional[tuple[list, np.ndarray]]) -> None:
         """Where each row went: a model stage writes its timing column (and the judge its
         model name) for every row it was given, so the columns tell how far a row got."""
         n = t.num_rows
@@ -130,10 +140,16 @@ class _Tally:
         self.stage_in[C.TRANSCRIBE] += int(transcribed.sum())
         self.stage_in[C.JUDGE] += int(judged.sum())
         self.stage_in[C.SELECT] += int((judged & ~failed).sum())
-        if split == REJECTED:
-            where = np.where(judged, C.SELECT, np.where(transcribed, C.TRANSCRIBE, C.DECODE))
-            for stage, reason in zip(where, t[C.DROP_REASON].to_pylist()):
-                self.stage_drops[str(stage)][reason] += 1
+        if split == REJECTED:  # dropped where it stopped: decode's filters, transcribe's, or select's
+            reasons, codes = outcomes
+            where = np.where(judged, 2, np.where(transcribed, 1, 0))
+            counts = np.bincount(where * len(reasons) + codes, minlength=3 * len(reasons)).reshape(3, len(reasons))
+            for stage, row in zip((C.DECODE, C.TRANSCRIBE, C.SELECT), counts.tolist()):
+                for reason, count in zip(reasons, row):
+                    if count:
+                        self.stage_drops[stage][reason] += count
+            for reason, count in zip(reasons, counts.sum(axis=0).tolist()):
+                self.drop_reasons[reason] += count
 
     def _count_recordings(self, split: str, t: Any) -> None:
         if "parent_id" not in t.column_names or "segments" not in t.column_names or split == ERRORS:
@@ -165,7 +181,8 @@ class _Tally:
                 "mean_score_hist": {"edges": MEAN_EDGES, "counts": np.histogram(means, bins=MEAN_EDGES)[0].tolist()},
                 "least_kept": [row(k, a) for k, a in by_kept[:5]], "most_kept": [row(k, a) for k, a in by_kept[-5:][::-1]]}
 
-    def _pick_samples(self, split: str, t: Any, ids: list[str], part: str) -> None:
+    def _pick_samples(self, split: str, t: Any, ids: list[str], part: str,
+                      outcomes: Optional[tuple[list, np.ndarray]]) -> None:
         """Offer every row to the picker, outcome by outcome (in the order they first appear);
         only the few it keeps become Python dicts."""
         id_col = t.column_names[0]
@@ -178,11 +195,10 @@ class _Tally:
         if split == CURATED:
             self.picker.offer(CURATED, ids, ranks, np.arange(t.num_rows), row, part)
             return
-        column, prefix = (C.DROP_REASON, "rejected") if split == REJECTED else (C.ERROR_STAGE, "error")
-        codes = pc.fill_null(t[column].cast(pa.string()), "None").combine_chunks().dictionary_encode()
-        indices = codes.indices.to_numpy(zero_copy_only=False)
-        for code, value in enumerate(codes.dictionary.to_pylist()):
-            self.picker.offer(f"{prefix}: {value}", ids, ranks, np.flatnonzero(indices == code), row, part)
+        prefix = "rejected" if split == REJECTED else "error"
+        values, codes = outcomes
+        for code, value in enumerate(values):
+            self.picker.offer(f"{prefix}: {value}", ids, ranks, np.flatnonzero(codes == code), row, part)
 
     def _count_groups(self, split: str, t: Any) -> None:
         if split == ERRORS or "edu_score" not in t.column_names:
