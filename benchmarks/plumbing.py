@@ -1,7 +1,7 @@
 """Per-row overhead of the pipeline: clips every one of which the silence filter rejects before
 Whisper, against one plain process that decodes and measures each clip with soundfile.
 
-    python benchmarks/plumbing.py [--rows 20000] [--runs 2]
+    python benchmarks/plumbing.py [--rows 20000] [--runs 2] [--warm-runs 3]
 
 Data: N distinct 0.5 s clips of near-silence (Gaussian noise at -80 dBFS, each its own random
 draw), 16 kHz FLAC, in Common Voice's layout (`id`, `audio_bytes`, `sentence`), one Parquet file
@@ -13,6 +13,10 @@ with row groups of 1,000; made once in benchmarks/.cache/.
 CPU: the whole machine's user+system seconds over each run (psutil.cpu_times; the machine is
 otherwise idle), divided by the rows: everything Ray runs counts, the driver, its daemons and
 workers.
+* on a running Ray (`--warm-runs N`): the same command joined (`--address`) to a Ray started
+  once with `ray start --head` on this machine (token auth, loopback, its own temp dir), as on a
+  cluster: no Ray start or stop in the run. One run more than N goes first, reported apart:
+  a new cluster's first job also starts Ray Data's own actors, which outlive it.
 * marginal: the same run on the first `--small` rows (`--limit`); the differences in wall and
   CPU between the two, over the rows between them, are what one more row costs, without what
   a run costs whatever its size (Ray's start and stop, each worker process's imports).
@@ -25,6 +29,7 @@ Writes benchmarks/results/plumbing.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -70,11 +75,13 @@ def plain_loop(path: Path) -> dict:
     return {"rows": n, "wall_s": wall, "rows_per_s": n / wall, "cpu_s": cpu, "cpu_ms_per_row": 1000 * cpu / n}
 
 
-def pipeline(path: Path, out: Path, limit: int | None = None) -> dict:
+def pipeline(path: Path, out: Path, limit: int | None = None, address: str | None = None,
+             env: dict | None = None) -> dict:
     exe = Path(sys.executable).parent / "audiocurate"
     c0, t0 = machine_cpu_s(), time.time()
     proc = subprocess.run([str(exe), "run", str(path), str(out), "--restart", "--no-progress",
-                           *(["--limit", str(limit)] if limit else [])], capture_output=True, text=True)
+                           *(["--limit", str(limit)] if limit else []), *(["--address", address] if address else [])],
+                          capture_output=True, text=True, env=env)
     wall, cpu = time.time() - t0, machine_cpu_s() - c0
     if proc.returncode != 0:
         raise SystemExit(f"audiocurate failed:\n{proc.stderr[-3000:]}")
@@ -92,6 +99,36 @@ def pipeline(path: Path, out: Path, limit: int | None = None) -> dict:
             "accounting": report["accounting"],
             "drop_reasons": report["drop_reasons"],
             "files": {s: len(list((out / s).glob("*.parquet"))) for s in ("curated", "rejected", "errors")}}
+
+
+@contextlib.contextmanager
+def running_ray():
+    """A Ray head on loopback with every core, started with `ray start` and ended by its temp
+    dir (`ray stop` would end every Ray on the machine); yields (address, environment)."""
+    import secrets
+    import shutil
+    import signal
+    import socket
+
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    env.pop("RAY_ADDRESS", None)
+    temp_dir = f"/tmp/ac-plumbing-{secrets.token_hex(4)}"  # short: Ray's socket paths must fit 107 bytes
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    try:
+        subprocess.run([str(Path(sys.executable).with_name("ray")), "start", "--head", f"--port={port}",
+                        "--node-ip-address=127.0.0.1", f"--num-cpus={os.cpu_count()}", f"--temp-dir={temp_dir}",
+                        "--include-dashboard=false", "--disable-usage-stats"], env=env, check=True, capture_output=True)
+        yield f"127.0.0.1:{port}", env
+    finally:
+        for p in psutil.process_iter(["cmdline"]):
+            try:
+                if temp_dir in " ".join(p.info["cmdline"] or []):
+                    p.send_signal(signal.SIGKILL)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 # Whose CPU a run spends, by process: Ray names its workers by what they run (`ray::...`).
@@ -148,6 +185,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=20000)
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--small", type=int, default=5000, help="rows of the smaller run for the marginal cost")
+    ap.add_argument("--warm-runs", type=int, default=3, help="runs joined to a running Ray (0: none)")
     args = ap.parse_args()
     path = dataset(args.rows)
     loops, runs, smalls = [], [], []
@@ -160,6 +198,16 @@ def main() -> None:
                   f"rows/s ({runs[-1]['cpu_ms_per_row']:.2f} ms CPU/row, {runs[-1]['wall_s']:.1f} s wall; "
                   f"{args.small} rows: {smalls[-1]['wall_s']:.1f} s)", flush=True)
         by_process = cpu_by_process(path, Path(tmp) / "out")
+        warm_first, warm, warm_loops = None, [], []
+        if args.warm_runs:
+            with running_ray() as (address, env):
+                warm_first = pipeline(path, Path(tmp) / "out", address=address, env=env)
+                for i in range(args.warm_runs):
+                    warm_loops.append(plain_loop(path))
+                    warm.append(pipeline(path, Path(tmp) / "out", address=address, env=env))
+                    print(f"on a running Ray, run {i + 1}: loop {warm_loops[-1]['rows_per_s']:.0f} rows/s, pipeline "
+                          f"{warm[-1]['rows_per_s']:.0f} rows/s ({warm[-1]['wall_s']:.1f} s wall; the first job on "
+                          f"the new cluster: {warm_first['wall_s']:.1f} s)", flush=True)
     loop_rate = float(np.median([r["rows_per_s"] for r in loops]))
     pipe_rate = float(np.median([r["rows_per_s"] for r in runs]))
     extra = args.rows - args.small
@@ -179,13 +227,25 @@ def main() -> None:
         "marginal_cpu_ms_per_row": marginal_cpu,
         "fixed_wall_s": float(np.median([s["wall_s"] - args.small / marginal_rate for s in smalls])),
         "cpu_s_by_process": by_process,
+        "on_a_running_ray": None if not warm else {
+            "rows_per_s": float(np.median([r["rows_per_s"] for r in warm])),
+            "loop_rows_per_s": float(np.median([r["rows_per_s"] for r in warm_loops])),
+            "ratio": float(np.median([r["rows_per_s"] for r in warm]) / np.median([r["rows_per_s"] for r in warm_loops])),
+            "cpu_ms_per_row": float(np.median([r["cpu_ms_per_row"] for r in warm])),
+            "wall_s": [round(r["wall_s"], 2) for r in warm],
+            "first_job_wall_s": round(warm_first["wall_s"], 2),
+            "runs": warm, "loops": warm_loops, "first_job": warm_first},
         "loops": loops,
         "runs": runs,
         "small_runs": smalls,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k not in ("loops", "runs", "small_runs")}, indent=2))
+    shown = {k: v for k, v in result.items() if k not in ("loops", "runs", "small_runs")}
+    if shown["on_a_running_ray"]:
+        shown["on_a_running_ray"] = {k: v for k, v in shown["on_a_running_ray"].items()
+                                     if k not in ("runs", "loops", "first_job")}
+    print(json.dumps(shown, indent=2))
 
 
 if __name__ == "__main__":
