@@ -65,7 +65,8 @@ class LlamaCppJudgeConfig(JudgeSettings):
                          "free cores makes llama.cpp spin (60x slower seen on 2 cores).")
     weights: Literal["f16", "stored"] = Field(
         "f16", description="Llama_cpp: the weights' type in memory. `f16` converts the model's "
-        "weights to F16 once per machine (cached in ~/.cache/audiocurate/models) and computes in "
+        "weights to F16 once per machine (cached in ~/.cache/audiocurate/models under a hash of the "
+        "model's bytes, so another virtual environment with the same model reuses the copy) and computes in "
         "F16; `stored` computes with the file's own quantized types. With the embedded Q4_1 model "
         "on one CPU thread, f16 scores 1.48x the rows per second of stored (the quantized "
         "kernels also round each activation to 8 bits; F16 matrix products do not), at 3x the "
