@@ -99,9 +99,10 @@ def test_a_converted_model_is_cached_once_per_content_not_once_per_install(tmp_p
     from audiocurate.models import derived_model_path
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    payload = os.urandom(3 << 20)  # over the hash's 1 MiB block, so every block counts
+    payload = np.random.default_rng(0).bytes(3 << 20)  # over the hash's 1 MiB block, so every block counts
     first, reinstalled, changed = (tmp_path / d / "model.gguf" for d in ("venv1", "venv2", "venv3"))
-    for path, data in ((first, payload), (reinstalled, payload), (changed, payload[:-1] + b"x")):
+    last_byte_changed = payload[:-1] + bytes([payload[-1] ^ 1])
+    for path, data in ((first, payload), (reinstalled, payload), (changed, last_byte_changed)):
         path.parent.mkdir()
         path.write_bytes(data)
     os.utime(reinstalled, (1, 1))
