@@ -1,6 +1,7 @@
 """Long recordings: WER of short vs long clips of the same speech, and peak memory of a one-hour clip.
 
     python benchmarks/long_clip.py [--minutes 60] [--skip-hour] [--hour-threads 2]
+    python benchmarks/long_clip.py --cells 10 24 [--src DIR] [--label after] [--cap-mb 9000]
 
 Speech: tests/data/long_text.txt (the Declaration of Independence and the Gettysburg Address,
 public domain) read by espeak-ng (en-us, 110 wpm: 10.3 minutes).
@@ -10,6 +11,14 @@ public domain) read by espeak-ng (en-us, 110 wpm: 10.3 minutes).
 2. One hour: the recording repeated to `--minutes`, 48 kHz FLAC (Common Voice's rate), run
    through `audiocurate run` in a subprocess while the resident memory of the driver and of
    every Ray process is sampled; peak of the whole run reported.
+3. `--cells H ...` (issue 25): one Parquet cell (`id`, `audio_bytes`, Common Voice style) of H
+   hours of FLAC, silent (48 kHz digital silence) and spoken (the recording above at 16 kHz,
+   repeated; streamed into the encoder block by block, never held whole), each through
+   `audiocurate run` in a fresh process with the default configuration: peak RSS of the driver,
+   of the decode workers, of the model actors and of all processes together; how each row
+   ended. `--src DIR` runs another tree's `src` (e.g. a copy of HEAD, for the 'before');
+   `--cap-mb` kills a run whose processes together pass that many MB (the 'before' of a spoken
+   day would take the machine), `--max-wall-s` one that runs longer (Whisper on hours).
 """
 
 from __future__ import annotations
@@ -121,13 +130,116 @@ def one_hour(minutes: float, threads: int) -> dict:
             "accounting": report["accounting"]}
 
 
+def _write_flac_blocks(path: Path, rate: int, seconds: float, block_of: "callable") -> None:
+    """A FLAC file of `seconds`, its samples written block by block (`block_of(n)` gives the
+    next n int16 samples), so a day of audio never sits in this process's memory."""
+    total = int(seconds * rate)
+    with sf.SoundFile(str(path), "w", samplerate=rate, channels=1, format="FLAC", subtype="PCM_16") as f:
+        done = 0
+        while done < total:
+            n = min(rate * 600, total - done)
+            f.write(block_of(n))
+            done += n
+
+
+def long_cell(kind: str, hours: float) -> Path:
+    """A Parquet file of one row whose `audio_bytes` cell is `hours` of `kind` FLAC (cached)."""
+    CACHE.mkdir(exist_ok=True)
+    path = CACHE / f"cell_{kind}_{hours:g}h.parquet"
+    if path.exists():
+        return path
+    flac_path = CACHE / f"cell_{kind}_{hours:g}h.flac"
+    if kind == "silent":
+        _write_flac_blocks(flac_path, 48000, hours * 3600, lambda n: np.zeros(n, dtype=np.int16))
+    else:
+        base = espeak(" ".join(SENTENCES), 16000)
+        pos = 0
+
+        def speech(n: int) -> np.ndarray:
+            nonlocal pos
+            idx = (pos + np.arange(n)) % len(base)
+            pos += n
+            return base[idx]
+
+        _write_flac_blocks(flac_path, 16000, hours * 3600, speech)
+    data = flac_path.read_bytes()
+    pq.write_table(pa.table({"id": [f"{kind}_{hours:g}h"], "audio_bytes": pa.array([data], pa.large_binary())}),
+                   path, compression="none")
+    del data
+    flac_path.unlink()
+    return path
+
+
+def _role(name: str) -> str:
+    """A sampled process's role from its name (Ray names a worker after what it runs)."""
+    if name == "driver":
+        return "driver"
+    if "Transcribe" in name or "Judge" in name or "MapWorker" in name:
+        return "actors"
+    if name.startswith("ray::"):
+        return "task workers (decode, read, write)"
+    return "ray daemons"
+
+
+def measure_cell(kind: str, hours: float, src: str | None, cap_mb: float, max_wall_s: float) -> dict:
+    path = long_cell(kind, hours)
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    if src:
+        env["PYTHONPATH"] = src
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "audiocurate.cli", "run", str(path), f"{tmp}/out", "--no-progress"]
+        code, peaks, wall = run_and_measure(cmd, env=env, kill_after=max_wall_s, kill_above_mb=cap_mb)
+        rows = []
+        for split in ("curated", "rejected", "errors"):
+            if Path(f"{tmp}/out/{split}").exists():
+                for r in pq.read_table(f"{tmp}/out/{split}", columns=None).to_pylist():
+                    rows.append({"split": split, "drop_reason": r.get("drop_reason"), "error": r.get("error"),
+                                 "duration_s": r.get("duration_s")})
+    by_role: dict[str, float] = {}
+    for name, mb in peaks.by_name_peak_mb.items():
+        by_role[_role(name)] = max(by_role.get(_role(name), 0.0), mb)
+    return {"cell": f"{kind} {hours:g} h", "input_mb": round(path.stat().st_size / 2**20, 1), "exit_code": code,
+            "killed": peaks.killed, "wall_s": round(wall, 1), "peak_rss_all_mb": round(peaks.tree_peak_mb),
+            "peak_rss_driver_mb": round(peaks.driver_peak_mb),
+            "peak_rss_one_process_by_role_mb": {k: round(v) for k, v in sorted(by_role.items())},
+            "rows": rows}
+
+
+def print_cells(label: str, results: list[dict]) -> None:
+    print(f"\n{label}")
+    print(f"{'cell':<14}{'input MB':>9}{'driver':>8}{'task wkr':>9}{'actors':>8}{'all':>8}{'wall s':>8}  outcome")
+    for r in results:
+        roles = r["peak_rss_one_process_by_role_mb"]
+        outcome = "; ".join(f"{x['split']} {x['drop_reason'] or x['error'] or ''}".strip() for x in r["rows"])
+        if r["killed"]:
+            outcome = f"killed ({r['killed']}) " + outcome
+        print(f"{r['cell']:<14}{r['input_mb']:>9}{r['peak_rss_driver_mb']:>8}"
+              f"{roles.get('task workers (decode, read, write)', 0):>9}{roles.get('actors', 0):>8}"
+              f"{r['peak_rss_all_mb']:>8}{r['wall_s']:>8}  {outcome[:90]}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=60)
     ap.add_argument("--skip-hour", action="store_true")
     ap.add_argument("--hour-threads", type=int, default=2, help="asr.threads for the one-hour run (2 cores, one clip)")
     ap.add_argument("--skip-wer", action="store_true")
+    ap.add_argument("--cells", type=float, nargs="*", help="hours of each long cell (issue 25); alone")
+    ap.add_argument("--kinds", nargs="*", default=["silent", "spoken"])
+    ap.add_argument("--src", help="PYTHONPATH of the run (another tree's src, e.g. HEAD's for 'before')")
+    ap.add_argument("--label", default="after")
+    ap.add_argument("--cap-mb", type=float, default=9000, help="kill a run whose processes pass this RSS")
+    ap.add_argument("--max-wall-s", type=float, default=300)
     args = ap.parse_args()
+    if args.cells:
+        cells = [measure_cell(k, h, args.src, args.cap_mb, args.max_wall_s) for h in args.cells for k in args.kinds]
+        print_cells(args.label, cells)
+        (HERE / "results").mkdir(exist_ok=True)
+        out = HERE / "results/long_cells.json"
+        saved = json.loads(out.read_text()) if out.exists() else {}
+        saved[args.label] = cells
+        out.write_text(json.dumps(saved, indent=2))
+        return
     result = {}
     if not args.skip_wer:
         result["wer_short_vs_long"] = short_vs_long()

@@ -28,13 +28,17 @@ class MemoryPeaks:
     processes_at_pss_peak: int = 0
     pss_by_name_at_peak_mb: dict[str, float] = field(default_factory=dict)
     samples: int = 0
+    killed: str = ""  # why the run was killed ("memory cap", "time limit"), or empty
     driver_timeline: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, MB)
 
 
-def _ray_processes() -> list[psutil.Process]:
-    """Processes of a local Ray the command started (they are re-parented, not children)."""
+def _ray_processes(started_after: float = 0.0, besides: frozenset[int] = frozenset()) -> list[psutil.Process]:
+    """Processes of a local Ray the command started (they are re-parented, not children):
+    those created after `started_after` and not in `besides` (Ray processes already running)."""
     found = []
-    for p in psutil.process_iter(["cmdline"]):
+    for p in psutil.process_iter(["cmdline", "create_time"]):
+        if p.pid in besides or (p.info["create_time"] or 0.0) < started_after:
+            continue
         cmd = " ".join(p.info["cmdline"] or [])
         if cmd.startswith("ray::") or any(k in cmd for k in ("raylet", "gcs_server", "ray/dashboard", "log_monitor",
                                                                   "ray/_private/", "ray/autoscaler")):
@@ -43,10 +47,13 @@ def _ray_processes() -> list[psutil.Process]:
 
 
 def run_and_measure(cmd: list[str], *, env: dict | None = None, interval: float = 0.25,
-                    kill_after: float | None = None, with_private: bool = False) -> tuple[int, MemoryPeaks, float]:
-    """(exit code, memory peaks in MB, wall seconds); `kill_after` SIGKILLs the whole group."""
+                    kill_after: float | None = None, with_private: bool = False,
+                    kill_above_mb: float | None = None) -> tuple[int, MemoryPeaks, float]:
+    """(exit code, memory peaks in MB, wall seconds); `kill_after` seconds or `kill_above_mb` of
+    RSS over all the processes SIGKILL the whole group (and the Ray processes it started)."""
     peaks = MemoryPeaks()
     t0 = time.time()
+    already = frozenset(p.pid for p in _ray_processes())
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stop = threading.Event()
 
@@ -54,7 +61,7 @@ def run_and_measure(cmd: list[str], *, env: dict | None = None, interval: float 
         me = psutil.Process(proc.pid)
         while not stop.is_set():
             try:
-                procs = {p.pid: p for p in [me, *me.children(recursive=True), *_ray_processes()]}
+                procs = {p.pid: p for p in [me, *me.children(recursive=True), *_ray_processes(t0 - 1, already)]}
                 total = pss = 0.0
                 by_name: dict[str, float] = {}
                 for p in procs.values():
@@ -80,6 +87,10 @@ def run_and_measure(cmd: list[str], *, env: dict | None = None, interval: float 
                 peaks.driver_timeline.append((time.time() - t0, driver_mb))
                 peaks.tree_peak_mb = max(peaks.tree_peak_mb, total)
                 peaks.samples += 1
+                if kill_above_mb is not None and total > kill_above_mb:
+                    peaks.killed = f"over {kill_above_mb:g} MB"
+                    _kill(proc.pid, procs.values())
+                    return
             except psutil.NoSuchProcess:
                 return
             stop.wait(interval)
@@ -89,11 +100,25 @@ def run_and_measure(cmd: list[str], *, env: dict | None = None, interval: float 
     try:
         proc.wait(timeout=kill_after)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        peaks.killed = peaks.killed or f"after {kill_after:g} s"
+        _kill(proc.pid, _ray_processes(t0 - 1, already))
         proc.wait()
     stop.set()
     th.join(5)
     return proc.returncode, peaks, time.time() - t0
+
+
+def _kill(group: int, processes) -> None:
+    """SIGKILL the command's process group and the Ray processes it started (re-parented)."""
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    for p in processes:
+        try:
+            p.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
 
 
 class CpuByRole:

@@ -130,6 +130,50 @@ def _merge(out: OutputDir, split: str, shards: list[str]) -> None:
     out.fs.delete_file(entry)
 
 
+def rewrite_without(out: OutputDir, split: str, shard: str, rows: "list[int]",
+                    parts_of: "dict[str, tuple[str, float]] | None" = None) -> int:
+    """Rewrite `shard` without the rows at positions `rows` (`verify --repair`,
+    `--retry-errors`); how many rows went. `parts_of` maps a dropped row's id to (row-group
+    key, weight) so the footer's counts lose what the row counted for, and resume reads it
+    again. Crash-safe through the compaction journal: the new file replaces the old one whole."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    if not rows:
+        return 0
+    with out.fs.open_input_file(shard) as f:
+        table = pq.read_table(f)
+    gone_np = np.zeros(table.num_rows, dtype=bool)
+    gone_np[np.asarray(rows, dtype=np.int64)] = True
+    gone = pa.array(gone_np)
+    removed = int(gone_np.sum())
+    ids = pc.cast(table.column(0), pa.string())
+    meta = dict(table.schema.metadata or {})
+    counts = json.loads(meta.get(FOOTER_KEY, b"{}"))
+    for i in pc.filter(ids, gone).to_pylist():
+        key, weight = (parts_of or {}).get(i, (None, 0.0))
+        if key in counts:
+            counts[key] -= weight
+            if counts[key] <= 1e-6:
+                del counts[key]
+    kept = table.filter(pc.invert(gone))
+    if not kept.num_rows:
+        out.fs.delete_file(shard)
+        return removed
+    if FOOTER_KEY in meta:
+        meta[FOOTER_KEY] = json.dumps(counts, separators=(",", ":")).encode()
+    kept = kept.replace_schema_metadata(meta)
+    digest = hashlib.sha1("\n".join(sorted(map(str, pc.cast(kept.column(0), pa.string()).to_pylist()))).encode())
+    target = out.path(split, f"part-r{digest.hexdigest()[:24]}.parquet")
+    entry = out.path(JOURNAL, f"r{digest.hexdigest()[:24]}.json")
+    out.write_bytes(entry, json.dumps({"target": target, "sources": [shard]}).encode())
+    with out.writing(target) as sink:
+        pq.write_table(kept, sink, compression="zstd")
+    out.fs.delete_file(shard)
+    out.fs.delete_file(entry)
+    return removed
+
+
 # Row groups of about 64 MB: readers stream a large file without holding it whole.
 _GROUP_BYTES = 64 << 20
 

@@ -9,6 +9,7 @@ input row reaches the sink, where it lands in exactly one of the three outputs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -216,6 +217,32 @@ def apply_judge(ds: "ray.data.Dataset", config: PipelineConfig, concurrency: Any
     return judge_backend(config.judge.backend).apply(ds, config, concurrency, cpu_scale)
 
 
+class RunInterrupted(BaseException):
+    """The run was stopped by a signal (SIGTERM; SIGINT is Python's KeyboardInterrupt): the
+    attempt is marked, what was written stays, and the same command resumes."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _callers_sigterm_handler_kept():
+    """`ray.init` replaces the process's SIGTERM handler (and Ray's native failure handler
+    then prints a stack dump): a caller that set its own (the CLI: a clean stop, exit 143)
+    gets it back."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if callable(before) and signal.getsignal(signal.SIGTERM) is not before:
+            signal.signal(signal.SIGTERM, before)
+
+
 def run(
     config: PipelineConfig,
     input_uri: str,
@@ -223,18 +250,33 @@ def run(
     *,
     limit: Optional[int] = None,
     restart: bool = False,
+    retry_errors: bool = False,
     echo: Callable[[str], None] = print,
     stop_ray: bool = False,
 ) -> dict[str, Any]:
     """Curate INPUT into OUTPUT; resumes when OUTPUT holds an unfinished run of the same
     configuration. Returns the report (also written to OUTPUT/report.json). `stop_ray`: a
     local Ray this run started is stopped once nothing needs it, while the report is built
-    (the command line's runs; a Ray you started or joined is left running)."""
+    (the command line's runs; a Ray you started or joined is left running). `retry_errors`:
+    the rows in `errors/` of stages whose faults are the engine's (`verify.RETRYABLE_STAGES`)
+    are processed again. Only one process writes OUTPUT at a time (`lease.OutputLease`)."""
+    from .lease import OutputLease
+
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be at least 1 (got {limit})")
+    out = OutputDir(output_uri, config.output.storage)
+    source = open_source(input_uri, config.source)
+    with OutputLease(out, "run"):
+        return _run_held(config, source, input_uri, output_uri, out, limit=limit, restart=restart,
+                         retry_errors=retry_errors, echo=echo, stop_ray=stop_ray)
+
+
+def _run_held(config: PipelineConfig, source: Source, input_uri: str, output_uri: str, out: OutputDir, *,
+              limit: Optional[int], restart: bool, retry_errors: bool, echo: Callable[[str], None],
+              stop_ray: bool) -> dict[str, Any]:
     from .report import build_report, write_report
 
     t_start = time.time()
-    out = OutputDir(output_uri, config.output.storage)
-    source = open_source(input_uri, config.source)
     t_book = time.time()
     engines = engine_versions(config)
     identity = {
@@ -248,6 +290,11 @@ def run(
     recover_compaction(out)  # a compaction killed mid-way is finished first: no row in two files
     out.write_bytes(out.path("_state", "config.yaml"), config.to_yaml().encode())
     out.clean_tmp()
+    if retry_errors and resumed:
+        from .verify import reopen_errors
+
+        reopened = reopen_errors(out, source, source.id_column)
+        echo(f"audiocurate: {reopened} error rows of engine stages reopened (--retry-errors)")
     # An input row is done when all its output rows are written (one, or each of a recording's
     # segments); the segments written of a recording that is not are skipped after it is cut anew.
     reads = None
@@ -282,7 +329,8 @@ def run(
          + (f", {done_in_scope} already done (resuming)" if resumed else ""))
     ray_was_up = ray.is_initialized()
     if remaining > 0:
-        shape = init_ray(config.ray)
+        with _callers_sigterm_handler_kept():
+            shape = init_ray(config.ray)
         attempt["ray_start_s"] = time.time() - t_start
         attempt["cluster"] = {"cpus": shape.cpus, "gpus": shape.gpus}
         attempt["pools"] = {k: v for k, v in plan_concurrency(config, shape).items()}
@@ -321,6 +369,12 @@ def run(
                 f"the run stopped: {reason}\nShards finished so far are kept in {output_uri}; "
                 "run the same command again to resume."
             ) from e
+        except BaseException as e:  # Ctrl-C, SIGTERM: the attempt says so, the rerun resumes
+            signal_name = "SIGINT" if isinstance(e, KeyboardInterrupt) else f"signal {getattr(e, 'signum', '?')}"
+            attempt.update(status="interrupted", finished=time.time(), error=signal_name)
+            with contextlib.suppress(Exception):
+                out.record_attempt(attempt)
+            raise
         attempt["execute_s"] = time.time() - t_exec
         attempt["written_at_the_end"] = sink.stats  # rows settled while decoding were written there
     # Resume bookkeeping: output state, finished ids, attempt records (not the shards' own
@@ -342,8 +396,10 @@ def run(
     stopping = stop_own_ray() if stop_ray and not ray_was_up and not config.output.formats else None
     report = build_report(out, config, input_rows=input_rows, keep_ids=keep_ids, id_column=source.id_column,
                           input_uri=input_uri)
+    if not report["accounting"]["ok"]:
+        out.unmark_complete()  # before anything else can fail: no _SUCCESS on an output that is wrong
     write_report(out, report, config)
-    if config.output.formats:
+    if config.output.formats and report["accounting"]["ok"]:
         from .exports import ExportOptions, export
 
         report["exports"] = [export(output_uri, fmt, f"{output_uri.rstrip('/')}/exports/{fmt}",

@@ -115,7 +115,8 @@ def players_for(picked: dict[str, list[tuple[str, dict[str, Any], str]]], fs: An
             data = encoded.get(cid)
             if data:
                 try:
-                    uri = opus_data_uri(decode_audio(data, target_rate=16000).pcm)
+                    # Only the seconds it plays: a rejected 10-hour clip costs a block, not 1.2 GB.
+                    uri = opus_data_uri(decode_audio(data, target_rate=16000, first_s=CLIP_S).pcm)
                 except (AudioDecodeError, ValueError):
                     uri = None
             samples.append({**row, "audio": uri})

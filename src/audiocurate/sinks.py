@@ -40,6 +40,7 @@ CURATED, REJECTED, ERRORS = SPLITS = ("curated", "rejected", "errors")
 STATE_DIR = "_state"
 EXPORTS_DIR = "exports"  # run-time exports (`output.formats`), one folder per format
 SUCCESS = "_SUCCESS"
+LEASE_NAME = "lease.json"  # in STATE_DIR: who writes this output now (lease.py)
 _TMP_PREFIX = ".tmp-"
 
 # The curated output's leading columns, in this order; every other column follows.
@@ -74,10 +75,17 @@ class OutputDir:
         return self.fs.get_file_info(path).type == pafs.FileType.File
 
     def has_content(self) -> bool:
+        """Anything in the folder but the lease of the process that is about to write it."""
         info = self.fs.get_file_info(self.root)
         if info.type != pafs.FileType.Directory:
             return False
-        return bool(self.fs.get_file_info(pafs.FileSelector(self.root, recursive=False)))
+        for i in self.fs.get_file_info(pafs.FileSelector(self.root, recursive=False)):
+            if i.base_name != STATE_DIR:
+                return True
+            inside = self.fs.get_file_info(pafs.FileSelector(i.path, recursive=False))
+            if any(j.base_name != LEASE_NAME for j in inside):
+                return True
+        return False
 
     # ---- files ------------------------------------------------------------------------------
     def write_bytes(self, path: str, data: bytes) -> None:
@@ -136,9 +144,17 @@ class OutputDir:
 
     def clear(self) -> None:
         """Delete everything this tool writes in the folder (for `--restart`)."""
-        for sub in (*SPLITS, STATE_DIR, EXPORTS_DIR):
+        for sub in (*SPLITS, EXPORTS_DIR):
             if self.fs.get_file_info(self.path(sub)).type == pafs.FileType.Directory:
                 self.fs.delete_dir(self.path(sub))
+        state = self.fs.get_file_info(pafs.FileSelector(self.path(STATE_DIR), allow_not_found=True))
+        for i in state:  # all but the lease this process holds
+            if i.base_name == LEASE_NAME:
+                continue
+            if i.type == pafs.FileType.Directory:
+                self.fs.delete_dir(i.path)
+            else:
+                self.fs.delete_file(i.path)
         for name in (SUCCESS, "report.json", "report.html"):
             if self.fs.get_file_info(self.path(name)).type == pafs.FileType.File:
                 self.fs.delete_file(self.path(name))

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
 
 from ..config import DurationFilter, SilenceFilter
 from .base import FILTERS, Filter
+
+if TYPE_CHECKING:
+    from ..audio import DecodedAudio
 
 TOO_SHORT = "too_short"
 TOO_LONG = "too_long"
@@ -47,3 +53,38 @@ class Silence(Filter):
 
     def reason(self, row: Mapping[str, Any]) -> Optional[str]:
         return SILENCE if row["peak_dbfs"] < self.max_peak_dbfs else None
+
+
+def decode_measures(clip: "DecodedAudio") -> dict[str, Any]:
+    """The decode stage's columns of a clip, as the filters read them (levels floored at
+    -200 dBFS: a column holds no -inf)."""
+    return {
+        "duration_s": clip.duration_s,
+        "source_sample_rate": clip.source_sample_rate,
+        "source_channels": clip.source_channels,
+        "source_format": clip.source_format,
+        "peak_dbfs": max(clip.peak_dbfs, -200.0),
+        "rms_dbfs": max(clip.rms_dbfs, -200.0),
+    }
+
+
+def rejected_on_measures(filters: Sequence[Filter], table: pa.Table, row: int, clip: "DecodedAudio") -> bool:
+    """Whether `filters` reject row `row` of `table` on the decoder's measures of `clip` alone,
+    so that a long clip they reject (silence, too long) need not keep its samples
+    (`decode_audio(keep_samples=)`). A filter that needs anything else or fails counts as
+    keeping the row: its samples are then kept and the stage decides as it always does."""
+    measures = decode_measures(clip)
+    source = table.slice(row, 1)
+    columns = {c: source[c] for c in source.column_names if c not in measures}
+    columns.update({k: pa.array([v]) for k, v in measures.items()})
+    one_row = pa.table(columns)
+    for f in filters:
+        if not set(f.needs) <= set(columns):
+            return False
+        try:
+            reasons, _ = f.evaluate(one_row, np.array([0], dtype=np.int64))
+        except Exception:
+            return False
+        if reasons and reasons[0] is not None:
+            return True
+    return False
