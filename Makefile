@@ -17,7 +17,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 export LLAMA_CMAKE_ARGS
 STEP = @printf '\n==> %s\n' 
 
-.PHONY: install install-test demo test test-fast sysdeps bench clean
+.PHONY: install install-test demo test test-fast docs-check sysdeps bench clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) scripts/build_llama_cpp.sh
 	$(STEP)"[1/4] creating $(VENV) with $$($(PYTHON) --version)"
@@ -64,8 +64,13 @@ test: install-test sysdeps
 	$(STEP)"running the test suite (about 12 minutes on 2 cores)"
 	$(VENV)/bin/pytest -q
 
+# Unit tests only: no Ray, no end-to-end run (tests/conftest.py marks those e2e).
 test-fast: install-test
-	$(VENV)/bin/pytest -q -m "not slow and not cluster"
+	$(VENV)/bin/pytest -q -m "not slow and not cluster and not e2e"
+
+# Every relative link and #anchor in README.md and docs/*.md resolves; the README stays short.
+docs-check: install-test
+	$(VENV)/bin/pytest -q tests/test_docs.py
 
 bench: install-test
 	$(PY) benchmarks/throughput.py

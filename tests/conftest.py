@@ -6,6 +6,7 @@ import io
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -17,6 +18,65 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 HERE = Path(__file__).resolve().parent
+
+# Fixtures that start Ray or run the pipeline end to end: a test that uses one, directly or
+# through another fixture, is marked `e2e`, and `make test-fast` leaves it out. A module whose
+# tests start Ray some other way opts in with `pytestmark = pytest.mark.e2e`.
+E2E_FIXTURES = frozenset({"ray_local", "cluster"})
+# Tests that start Ray without those fixtures, as `_unit_tests_leave_ray_alone` found them:
+# planning a Ray Data dataset or building a ray.data.llm processor starts a local Ray, and so
+# does the CLI's `run` called in the test's own process.
+STARTS_RAY_ITSELF = frozenset({
+    "test_backends.py::test_vllm_processor_is_built_with_rays_api",
+    "test_backends.py::test_vllm_judge_takes_its_share_of_a_gpu",
+    "test_runtime.py::test_split_blocks_reserves_what_it_is_given_not_a_whole_cpu",
+    "test_output_commands.py::test_subcommands_reach_an_output_on_object_storage",
+})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if (E2E_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+                or f"{item.path.name}::{getattr(item, 'originalname', item.name)}" in STARTS_RAY_ITSELF):
+            item.add_marker(pytest.mark.e2e)
+
+
+_RAY_BEFORE_SETUP = pytest.StashKey[tuple]()
+_LEFT_OUT_OF_TEST_FAST = ("e2e", "slow", "cluster")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    item.stash[_RAY_BEFORE_SETUP] = _ray_state()  # before any fixture this test sets up, module ones too
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_leave_ray_alone(request):
+    """Fails a test that `make test-fast` runs (not e2e, slow or cluster) if it started Ray, in
+    this process or in a command it ran, in a fixture or in its body: it would make
+    `make test-fast` slow again without anyone noticing."""
+    yield
+    if any(request.node.get_closest_marker(m) for m in _LEFT_OUT_OF_TEST_FAST):
+        return
+    (was_running, old_session), (running, session) = request.node.stash[_RAY_BEFORE_SETUP], _ray_state()
+    if (running and not was_running) or session != old_session:
+        if running and not was_running:
+            sys.modules["ray"].shutdown()  # so that the next test that starts one is caught too
+        pytest.fail(f"{request.node.nodeid} started Ray (session {session}) but is not marked e2e: use the "
+                    f"ray_local fixture, or mark it with pytest.mark.e2e", pytrace=False)
+
+
+def _ray_state() -> tuple[bool, str | None]:
+    """Whether this process has a Ray, and the newest Ray session on this machine (any process
+    that starts Ray links it as `session_latest` in Ray's temporary folder)."""
+    ray = sys.modules.get("ray")  # not imported: not started here
+    temp = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+    try:
+        session = os.readlink(os.path.join(temp, "ray", "session_latest"))
+    except OSError:
+        session = None
+    return ray is not None and ray.is_initialized(), session
 
 
 def have(cmd: str) -> bool:
