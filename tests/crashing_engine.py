@@ -1,10 +1,12 @@
 """Engines that really fail, for the probe and crash-report tests: each factory is called in a
-fresh process exactly as a real engine's would be (`probe.ProbeSpec.factory`)."""
+fresh process exactly as a real engine's would be (`probe.ProbeSpec.factory`); and a judge whose
+engine fails for a while (`FlakyJudge`), for the engine-fault tests."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 from audiocurate.engines import CrashWitness
 
@@ -54,3 +56,63 @@ class JudgeStage:
 
     def __call__(self, batch):
         os._exit(3)
+
+
+class OutOfMemoryError(RuntimeError):
+    """Named as torch's (`torch.OutOfMemoryError`), which the fault rule knows by class name."""
+
+
+class FlakyJudge:
+    """A judge whose engine fails the first `failures` calls across every process of a run
+    (None: every call), as a GPU that runs out of memory or a server that restarts would:
+    each failure takes a token file in `tokens`, so the count holds over actors and restarts."""
+
+    model_name = "flaky-judge"
+
+    def __init__(self, tokens: str, failures):
+        self.tokens, self.failures = tokens, failures
+        os.makedirs(tokens, exist_ok=True)
+        with open(os.path.join(tokens, f"load-{os.getpid()}-{time.monotonic_ns()}"), "w"):
+            pass
+
+    def score_batch(self, texts):
+        from audiocurate.judge import JudgeScore
+
+        if self._take_failure():
+            raise OutOfMemoryError(f"CUDA out of memory. Tried to allocate 2.00 GiB ({len(texts)} texts)")
+        return [JudgeScore(4 if "e" in t else 2, 3.9 if "e" in t else 2.1, [0.0, 0.1, 0.1, 0.7, 0.1]) for t in texts]
+
+    def _take_failure(self) -> bool:
+        k = 0
+        while self.failures is None or k < self.failures:
+            try:
+                os.close(os.open(os.path.join(self.tokens, f"failure-{k}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                return True
+            except FileExistsError:
+                k += 1
+        return False
+
+
+def flaky_judge_stage(tokens: str, failures):
+    """`stages.JudgeStage` with its engine replaced by a `FlakyJudge`, named as it is (Ray names
+    actors by class name), for `judge.backends.apply_judge_stage` in a real run."""
+    from audiocurate.stages import JudgeStage
+
+    return type("JudgeStage", (JudgeStage,), {"judge": _LoadedOnce(lambda stage: FlakyJudge(tokens, failures))})
+
+
+class _LoadedOnce:
+    """`functools.cached_property` without its lock, which a class pickled by value cannot carry:
+    the value is kept in the instance's `__dict__`, where `ModelStage.reset_engine` drops it."""
+
+    def __init__(self, load):
+        self.load = load
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.load(obj)
+        return value

@@ -250,7 +250,8 @@ def test_vllm_requests_are_constrained_to_five_labels():
     assert sp["max_tokens"] == 1 and sp["temperature"] == 0 and sp["logprobs"] >= 5
     assert sp["structured_outputs"] == {"choice": ["1", "2", "3", "4", "5"]}
     skipped = VllmJudgeRequest(profile)({"id": "b", "transcript": "x", "error_stage": "decode", "drop_reason": None})
-    assert "x" not in skipped["messages"][-1]["content"]
+    # no request: Ray's stages pass a row whose __inference_error__ is set by untouched
+    assert "messages" not in skipped and "sampling_params" not in skipped and skipped["__inference_error__"]
     # What Ray's vLLM stage returns: per generated token, {token_id: {logprob, rank, decoded_token}}.
     engine_row = {**req, "generated_text": "4", "logprobs": [{
         19: {"logprob": -0.1, "rank": 1, "decoded_token": "4"}, 18: {"logprob": -2.5, "rank": 2, "decoded_token": "3"},
@@ -279,7 +280,7 @@ def test_vllm_processor_is_built_with_rays_api():
     assert [s.__class__.__name__ for s in processor.stages.values()][-1].startswith("vLLMEngine")
 
 
-def test_vllm_judge_through_rays_vllm_stage_with_a_stand_in_engine(tiny_llama_dir, ray_local, monkeypatch):
+def test_vllm_judge_through_rays_vllm_stage_with_a_stand_in_engine(tiny_llama_dir, ray_local, monkeypatch, tmp_path):
     """The vLLM judge's whole path through Ray (`build_processor`, Ray's tokenize stage and
     vLLM stage, our request and result functions, continue-on-error), with only vLLM's engine
     stood in for by llama.cpp on the embedded SmolLM2: scores equal the llama.cpp judge's."""
@@ -302,9 +303,12 @@ def test_vllm_judge_through_rays_vllm_stage_with_a_stand_in_engine(tiny_llama_di
         return processor, model
 
     monkeypatch.setattr(processors, "build_judge_processor", with_stand_in_engine)
+    requests = tmp_path / "requests.txt"
+    monkeypatch.setattr(vllm_standin, "REQUEST_LOG", str(requests))
     rows = [{"id": str(i), "transcript": t, "error_stage": None, "drop_reason": None} for i, t in enumerate(TEXTS)]
     rows.append({"id": "long", "transcript": "word " * 3000, "error_stage": None, "drop_reason": None})
     rows.append({"id": "gone", "transcript": None, "error_stage": "decode", "drop_reason": None})
+    rows.append({"id": "quiet", "transcript": "Water boils at 100 C.", "error_stage": None, "drop_reason": "silence"})
     config = PipelineConfig.load(overrides=["judge.backend=vllm", f"judge.model={tiny_llama_dir}",
                                             "judge.n_ctx=512", "judge.resources.concurrency=1"])
     ds = processors.apply_processor_judge(ray.data.from_items(rows), config, 1)
@@ -318,6 +322,9 @@ def test_vllm_judge_through_rays_vllm_stage_with_a_stand_in_engine(tiny_llama_di
         assert r["edu_score_mean"] == pytest.approx(s.mean, abs=0.05) and r["edu_score"] == s.score
     assert out["long"]["error_stage"] == "judge" and "longer than the maximum model length" in out["long"]["error"]
     assert out["gone"]["error_stage"] == "decode" and out["gone"]["edu_score"] is None
+    assert out["quiet"]["drop_reason"] == "silence" and out["quiet"]["edu_score"] is None
+    # rows settled before the judge cost no request: the engine saw the active rows only
+    assert sorted(requests.read_text().split()) == sorted([str(i) for i in range(len(TEXTS))] + ["long"])
 
 
 def test_vllm_judge_takes_its_share_of_a_gpu():

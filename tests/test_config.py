@@ -147,3 +147,23 @@ def test_segment_settings_that_cannot_work_are_refused_at_load():
         PipelineConfig.load(profile="longform", overrides=["segment.block_mb=256"])
     ok = PipelineConfig.load(profile="longform", overrides=["segment.block_mb=128"])
     assert ok.segment.in_flight_mb == 4 * ok.segment.block_mb
+
+
+def test_fingerprint_holds_the_resolved_precision_not_the_device():
+    """`compute_type: default` is int8 on a CPU and float16 on a GPU (faster-whisper; the
+    transformers judge's `dtype: auto` likewise): a resume that lands on the other kind of node
+    would mix precisions, so the resolved precision is part of the fingerprint."""
+    cpu = PipelineConfig.load(overrides=["asr.device=auto"])
+    cpu_again = PipelineConfig.load(overrides=["asr.device=cpu", "asr.resources.batch_size=2"])
+    gpu = PipelineConfig.load(overrides=["asr.device=auto", "asr.resources.num_gpus=0.5"])
+    assert (cpu.asr.resolved_precision(), gpu.asr.resolved_precision()) == ("int8", "float16")
+    assert cpu.fingerprint_hash() == cpu_again.fingerprint_hash()
+    assert cpu.fingerprint_hash() != gpu.fingerprint_hash()
+    assert PipelineConfig.load(overrides=["asr.device=cuda"]).fingerprint_hash() == gpu.fingerprint_hash()
+    # an explicit precision is the same numbers wherever it runs
+    assert (PipelineConfig.load(overrides=["asr.compute_type=int8"]).fingerprint_hash()
+            == PipelineConfig.load(overrides=["asr.compute_type=int8", "asr.device=cuda"]).fingerprint_hash())
+    judge = ["judge.backend=transformers"]
+    assert (PipelineConfig.load(overrides=[*judge, "judge.device=cpu"]).fingerprint_hash()
+            != PipelineConfig.load(overrides=[*judge, "judge.device=cuda"]).fingerprint_hash())
+    assert PipelineConfig.load(overrides=judge).result_fingerprint()["judge"]["resolved_precision"] == "float32"

@@ -33,6 +33,7 @@ def clips() -> list[np.ndarray]:
     return [(rng.standard_normal(16000 * s) * 3000).astype(np.int16) for s in (3, 8, 40, 70)]
 
 
+@pytest.mark.slow  # a real model on a long clip: not a unit test's seconds
 def test_both_backends_detect_the_same_language_with_its_probability(multilingual):
     from audiocurate.asr import make_transcriber
     from audiocurate.config import FasterWhisperConfig, TransformersAsrConfig

@@ -172,7 +172,7 @@ def test_a_run_leaves_the_callers_ray_data_context_alone(demo_run):
 
 def test_a_custom_filter_module_runs_on_ray_workers_that_cannot_import_it(tmp_path, monkeypatch, ray_local,
                                                                           demo_parquet):
-    """The README's "Extending" example, end to end: a filter in a module only the driver can
+    """docs/extending.md's filter example, end to end: a filter in a module only the driver can
     import rejects rows right after Whisper, so they never reach the judge."""
     import textwrap
 

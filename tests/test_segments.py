@@ -189,6 +189,7 @@ def test_spool_streams_to_disk_and_vad_sees_the_same_regions_in_any_pieces():
     spool.close()
 
 
+@pytest.mark.slow  # a real model on a long clip: not a unit test's seconds
 def test_an_hour_is_cut_in_bounded_memory_never_holding_its_samples_whole():
     import tracemalloc
 
@@ -364,6 +365,7 @@ def test_sigkill_mid_segmented_run_then_resume_is_exact(tmp_path, ray_local):
     assert outcome(out) == outcome(tmp_path / "ref")
 
 
+@pytest.mark.slow  # a real model on a long clip: not a unit test's seconds
 def test_no_temperature_fallback_for_speech_the_model_does_not_know():
     """`asr.fallback_min_avg_logprob`: a window whose first pass scores below it keeps that pass
     (one decode, not up to six); English is transcribed exactly as without the option."""

@@ -25,6 +25,11 @@ from audiocurate.judge.llama_cpp import weights_file
 from audiocurate.models import resolve_model
 
 
+# A file each request's row id is appended to (set before the processor is built: the module
+# is pickled by value, with the value it has then), so a test can count what reached the engine.
+REQUEST_LOG = None
+
+
 class LlamaCppEngine:
     def __init__(self, gguf: str, max_model_len: int):
         import llama_cpp
@@ -38,6 +43,9 @@ class LlamaCppEngine:
 
     async def generate_async(self, row: dict[str, Any]) -> tuple[Any, dict[str, Any], float]:
         params = row["sampling_params"]
+        if REQUEST_LOG:
+            with open(REQUEST_LOG, "a") as log:
+                log.write(f"{row.get('id')}\n")
         ids = row.get("tokenized_prompt")
         ids = [int(i) for i in ids] if ids is not None else self.llm.tokenize(row["prompt"].encode(), add_bos=True)
         if len(ids) + params["max_tokens"] > self.max_model_len:

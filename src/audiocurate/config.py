@@ -314,6 +314,14 @@ class DecodeConfig(Settings):
         0.05, description="A stream that decodes shorter than its header declares by more than "
         "this is reported as truncated instead of being used as if whole.",
     )
+    max_duration_s: Optional[float] = Field(
+        4 * 3600.0, gt=0, description="A clip longer than this is rejected (`too_long`) before its samples "
+        "are kept: at once where its header declares a length the file holds (FLAC, WAV, AIFF), else as soon as "
+        "decoding passes it (its `duration_s` then stays empty). A kept clip is decoded and transcribed whole, so "
+        "this bounds the memory a decode task and a Whisper actor need for one clip (4 h: 460 MB of 16 kHz "
+        "samples). Not applied when segmenting (`--profile longform`), which cuts a recording of any length as "
+        "it decodes. None: no limit.",
+    )
     read_block_mb: float = Field(
         8.0, gt=0, json_schema_extra=SPEED_ONLY, description="Parquet input is decoded in blocks "
         "of about this many MB of encoded audio (rows estimated from the first file's bytes per "
@@ -387,6 +395,18 @@ class RayConfig(Settings):
     )
     actor_max_task_retries: int = Field(3, ge=0, description="Retries of a batch on a restarted actor.")
     task_max_retries: int = Field(3, ge=0, description="Retries of a CPU task whose worker died.")
+    engine_fault_retries: int = Field(
+        2, ge=0, description="Times a model stage runs a batch again when its engine, not a row, failed it: an "
+        "exception of a fatal kind (out of memory, a CUDA error, a refused or timed-out connection, an engine "
+        "that died) or every row of a batch of two or more failing alone with the same error. Each try waits "
+        "`engine_fault_backoff_s` (doubling) and loads the engine anew. A fault that outlasts them stops the "
+        "run with the stage and engine named, and none of the batch's rows is written as an error row, so a "
+        "rerun resumes them. The tries happen inside the actor: Ray Data retries an actor's exception only "
+        "with `DataContext.actor_task_retry_on_errors`, on the same actor, at once, and counted against "
+        "`actor_max_task_retries`.")
+    engine_fault_backoff_s: float = Field(
+        2.0, ge=0, description="Seconds before the first try again after an engine fault; doubled for each "
+        "next one (2, 4, 8...).")
     progress: bool = Field(True, description="Show Ray Data's progress bars.")
     probe_engines: bool = Field(
         True, description="Before the run, load each native engine (faster-whisper, llama.cpp) "
@@ -447,6 +467,15 @@ class PipelineConfig(Settings):
     output: OutputConfig = Field(default_factory=OutputConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
+    @model_validator(mode="after")
+    def _forward_the_judges_token(self) -> "PipelineConfig":
+        """The HTTP judge's `api_key_env` is one of the variables every worker gets
+        (`ray.forward_env`): its requests are sent there, with the token read there."""
+        name = getattr(self.judge, "api_key_env", None)
+        if name and name not in self.ray.forward_env:
+            self.ray.forward_env = [*self.ray.forward_env, name]
+        return self
+
     # ---- loading -------------------------------------------------------------------------
     @classmethod
     def from_yaml(cls, path: str | Path) -> "PipelineConfig":
@@ -482,8 +511,15 @@ class PipelineConfig(Settings):
     def result_fingerprint(self) -> dict[str, Any]:
         """The settings that change what a row's result is: every field not marked SPEED_ONLY
         (resources, threads, devices, servers' addresses, shard sizes, Ray). Changing one of
-        these on an existing output is refused; the others may change on a resumed run."""
-        return _result_settings(self)
+        these on an existing output is refused; the others may change on a resumed run.
+        A model section's precision is in it resolved (`resolved_precision`): `device` is
+        speed only, but `compute_type: default` on a GPU is not the same numbers as on a CPU."""
+        out = _result_settings(self)
+        for section in ("asr", "judge"):
+            resolve = getattr(getattr(self, section), "resolved_precision", None)
+            if resolve is not None:
+                out[section]["resolved_precision"] = resolve()
+        return out
 
     def fingerprint_hash(self, engines: Optional[dict[str, Any]] = None) -> str:
         """Hash of the result settings and, when given, the engines' installed versions."""

@@ -15,7 +15,6 @@ import re
 import socket
 import time
 import uuid
-import warnings
 from typing import Any, Callable, Optional
 
 import ray
@@ -24,6 +23,7 @@ from . import __version__
 from . import contract as C
 from .config import PipelineConfig
 from .asr import ASR_BACKENDS
+from .core.faults import engine_fault_message
 from .engines import engine_of, engine_versions
 from .judge.backends import judge_backend
 from .plan import columns_after_decode, placed_filters, produced_by
@@ -62,6 +62,9 @@ def explain_failure(e: BaseException, config: PipelineConfig) -> str:
     crash = re.search(r"EngineCrashed: ([^\n]+)", text)
     if crash:
         return crash.group(1).strip()
+    fault = engine_fault_message(text)
+    if fault:
+        return fault
     actors = [name for name in re.findall(r"MapBatches\((\w+)\)", text) if name in _STAGE_OF_ACTOR]
     if actors and re.search(r"actor died|ActorDiedError|ActorUnavailable", text, re.I):
         stage = _STAGE_OF_ACTOR[actors[0]]
@@ -107,11 +110,8 @@ def build(
     written by it there and then, and the Dataset carries only the others."""
     if isinstance(source, ray.data.Dataset):
         source = from_dataset(source, config.source)
-    with warnings.catch_warnings():
-        # Restart and retry limits have no named parameter in Ray 2.60; see runtime.actor_args.
-        warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
-        return _build(config, source, skip_ids, keep_ids, files, shape or ClusterShape.current(), sink, skip_segments,
-                      reads)
+    return _build(config, source, skip_ids, keep_ids, files, shape or ClusterShape.current(), sink, skip_segments,
+                  reads)
 
 
 def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]], keep_ids: Optional[list[str]],
@@ -258,7 +258,7 @@ def run(
     configuration. Returns the report (also written to OUTPUT/report.json). `stop_ray`: a
     local Ray this run started is stopped once nothing needs it, while the report is built
     (the command line's runs; a Ray you started or joined is left running). `retry_errors`:
-    the rows in `errors/` of stages whose faults are the engine's (`verify.RETRYABLE_STAGES`)
+    the rows in `errors/` of stages whose faults are the engine's (`Stage.retryable_errors`)
     are processed again. Only one process writes OUTPUT at a time (`lease.OutputLease`)."""
     from .lease import OutputLease
 
@@ -355,12 +355,7 @@ def _run_held(config: PipelineConfig, source: Source, input_uri: str, output_uri
                    files=files, shape=shape, sink=sink, skip_segments=skip_segments or None, reads=reads)
         t_exec = time.time()
         try:
-            with warnings.catch_warnings():
-                # Ray's note that a small input cannot keep every planned actor (or a task per core
-                # of decode) busy is no news.
-                warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
-                warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks")
-                ds.write_datasink(sink, ray_remote_args={"num_cpus": ROW_TASK_CPUS})
+            ds.write_datasink(sink, ray_remote_args={"num_cpus": ROW_TASK_CPUS})
         except Exception as e:
             reason = explain_failure(e, config)
             attempt.update(status="failed", finished=time.time(), error=reason)

@@ -23,10 +23,12 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from . import contract as C
-from .audio import AudioDecodeError, AudioInput, DecodedAudio, PcmSink, SinkError, decode_audio, encode_flac
+from .audio import (AudioDecodeError, AudioInput, ClipTooLong, DecodedAudio, PcmSink, SinkError, decode_audio,
+                    encode_flac)
 from .config import AsrConfig, DecodeConfig, JudgeConfig, OutputConfig
 from .core.stage import ModelStage, Outcome, Stage
-from .engines import CrashWitness
+from .engines import CrashWitness, engine_of
+from .filters.audio import TOO_LONG, decode_measures, rejected_on_measures
 from .filters.base import Filter
 
 if TYPE_CHECKING:
@@ -143,12 +145,26 @@ class DecodeStage(Stage):
         try:
             data = audio_input_of(table[self.audio_column][i], self.fetcher)
             try:
+                # A long clip the filters here reject on its measures (silence) is measured as it
+                # streams and never held whole; a segmented recording (`into`) is cut as it decodes.
+                wanted = None
+                if self.filters and into is None:
+                    def wanted(measured: DecodedAudio) -> bool:
+                        return not rejected_on_measures(self.filters, table, i, measured)
                 clip = decode_audio(data, target_rate=d.sample_rate, min_source_rate=d.min_source_sample_rate,
                                     max_source_rate=d.max_source_sample_rate,
-                                    truncation_tolerance_s=d.truncation_tolerance_s, into=into)
+                                    truncation_tolerance_s=d.truncation_tolerance_s, into=into,
+                                    max_duration_s=d.max_duration_s if into is None else None,
+                                    keep_samples=wanted)
             finally:
                 if isinstance(data, pa.NativeFile):
                     data.close()
+        except ClipTooLong as e:  # a rejection, not a fault of the audio
+            out.drops[j] = TOO_LONG
+            v["duration_s"][j] = e.duration_s
+            v["source_sample_rate"][j] = e.source_sample_rate
+            v["source_channels"][j] = e.source_channels
+            v["source_format"][j] = e.source_format
         except AudioDecodeError as e:
             out.errors[j] = e.reason
         except SinkError:  # VAD or the spool failed, not the audio: the task fails, and says why
@@ -156,12 +172,8 @@ class DecodeStage(Stage):
         except Exception as e:  # a decoder bug must cost one row, not the run
             out.errors[j] = f"unexpected {type(e).__name__}: {e}"
         else:
-            v["duration_s"][j] = clip.duration_s
-            v["source_sample_rate"][j] = clip.source_sample_rate
-            v["source_channels"][j] = clip.source_channels
-            v["source_format"][j] = clip.source_format
-            v["peak_dbfs"][j] = max(clip.peak_dbfs, -200.0)
-            v["rms_dbfs"][j] = max(clip.rms_dbfs, -200.0)
+            for column, value in decode_measures(clip).items():
+                v[column][j] = value
         v["decode_s"][j] = time.perf_counter() - t0
         return clip
 
@@ -178,14 +190,21 @@ class TranscribeStage(ModelStage):
     needs = (C.PCM,)
     timing_column = "asr_s"
     error_prefix = "transcription failed: "
+    engine_attribute = "transcriber"
 
-    def __init__(self, config: AsrConfig, filters: Sequence[Filter] = ()):
-        super().__init__(config.resources.batch_size, filters)
+    def __init__(self, config: AsrConfig, filters: Sequence[Filter] = (), *, engine_fault_retries: int = 2,
+                 engine_fault_backoff_s: float = 1.0):
+        super().__init__(config.resources.batch_size, filters, engine_fault_retries=engine_fault_retries,
+                         engine_fault_backoff_s=engine_fault_backoff_s)
         self.config = config
         self.produces = C.asr_columns(config)
         # A restarted actor whose engine died from a signal says so instead of loading it again.
         self.crash_witness = CrashWitness("asr", config.backend)
         self.crash_witness.arm()
+
+    @property
+    def engine_name(self) -> str:
+        return engine_of("asr", self.config.backend).name
 
     @functools.cached_property
     def transcriber(self) -> "Transcriber":
@@ -225,12 +244,19 @@ class JudgeStage(ModelStage):
     needs = ("transcript",)
     timing_column = "judge_s"
     error_prefix = "judge failed: "
+    engine_attribute = "judge"
 
-    def __init__(self, config: JudgeConfig, filters: Sequence[Filter] = ()):
-        super().__init__(config.resources.batch_size, filters)
+    def __init__(self, config: JudgeConfig, filters: Sequence[Filter] = (), *, engine_fault_retries: int = 2,
+                 engine_fault_backoff_s: float = 1.0):
+        super().__init__(config.resources.batch_size, filters, engine_fault_retries=engine_fault_retries,
+                         engine_fault_backoff_s=engine_fault_backoff_s)
         self.config = config
         self.crash_witness = CrashWitness("judge", config.backend)
         self.crash_witness.arm()
+
+    @property
+    def engine_name(self) -> str:
+        return engine_of("judge", self.config.backend).name
 
     @functools.cached_property
     def judge(self) -> "Judge":
@@ -318,6 +344,18 @@ class SkipIdsStage:
         mask = [(self.keep is None or i in self.keep) and (self.skip is None or i not in self.skip or a)
                 for i, a in zip(ids, active)]
         return table.filter(pa.array(mask, pa.bool_()))
+
+
+def retryable_error_stages() -> frozenset[str]:
+    """The `error_stage` values whose error rows are worth another try (`Stage.retryable_errors`):
+    a `--retry-errors` run takes the rows of `errors/` whose `error_stage` is one of these
+    (a model or server that refused them) and leaves the others (corrupt audio) where they are."""
+    from .judge.processors import ProcessorJudgeResultStage
+    from .segment.stage import SegmentStage
+
+    stages = (DecodeStage, SegmentStage, TranscribeStage, JudgeStage, ProcessorJudgeResultStage, SelectStage,
+              PackageStage)
+    return frozenset(s.name for s in stages if getattr(s, "retryable_errors", False))
 
 
 def _finite_or_none(x: float) -> Optional[float]:

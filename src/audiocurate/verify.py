@@ -32,9 +32,12 @@ from .compaction import recover, rewrite_without
 from .resume import FOOTER_KEY
 from .sinks import CURATED, ERRORS, REJECTED, SPLITS, SUCCESS, OutputDir
 
-# Errors of these stages come from a model engine, not from the row's audio: `--retry-errors`
-# runs them again. Decode errors are the input's own (a corrupt file stays corrupt).
-RETRYABLE_STAGES = (C.TRANSCRIBE, C.JUDGE)
+def _retryable_stages() -> tuple[str, ...]:
+    """Stages whose errors come from a model engine, not from the row's audio (`Stage.retryable_errors`):
+    `--retry-errors` runs them again. Decode errors are the input's own (a corrupt file stays corrupt)."""
+    from .stages import retryable_error_stages
+
+    return tuple(sorted(retryable_error_stages()))
 _EXAMPLES = 5
 
 
@@ -245,8 +248,9 @@ def remove_duplicates(out: OutputDir, source: Any, id_column: str) -> int:
     return removed
 
 
-def reopen_errors(out: OutputDir, source: Any, id_column: str, stages: tuple[str, ...] = RETRYABLE_STAGES) -> int:
-    """Remove the error rows of `stages` so that the next run processes their rows again."""
+def reopen_errors(out: OutputDir, source: Any, id_column: str, stages: Optional[tuple[str, ...]] = None) -> int:
+    """Remove the error rows of `stages` (the retryable ones) so that the next run processes them again."""
+    stages = stages or _retryable_stages()
     recover(out)
     reopened = 0
     for path in out.part_files(ERRORS):

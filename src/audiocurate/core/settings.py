@@ -61,3 +61,12 @@ class StageResources(Settings):
         return tuple(v) if isinstance(v, list) else v
 
 
+def planned_device(device: str, resources: StageResources) -> str:
+    """Where a model stage's engine runs: `device` as set, and for `auto` `cuda` when the stage
+    reserves GPUs (`resources.num_gpus` > 0), else `cpu`. Decided from the configuration, not
+    from what a worker happens to see, so the driver knows it before the run (the resolved
+    precision is part of the resume fingerprint) and every worker resolves it the same way."""
+    if device != "auto":
+        return device
+    return "cuda" if resources.num_gpus > 0 else "cpu"
+

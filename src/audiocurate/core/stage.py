@@ -12,13 +12,16 @@ class owns the rest, the same for every stage:
 * logging per-block counts at DEBUG (`audiocurate.stage.<name>`).
 
 `ModelStage` adds, for model stages: batching active rows by `batch_size`, isolating a row
-that breaks a batch (the batch is retried row by row, so one bad row costs itself only), and
-per-row busy seconds.
+that breaks a batch (the batch is retried row by row, so one bad row costs itself only),
+telling the engine's faults from the rows' (`core.faults`: an engine fault is tried again and
+then fails the block, never written as error rows), and per-row busy seconds.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Optional, Sequence
@@ -28,6 +31,7 @@ import pyarrow as pa
 
 from .. import contract as C
 from ..filters.base import Filter
+from .faults import EngineFault, classify_failures, is_fatal
 
 
 @dataclass
@@ -46,6 +50,10 @@ class Stage:
     name: ClassVar[str] = ""
     produces: ClassVar[Mapping[str, pa.DataType]] = {}
     needs: Sequence[str] = ()
+    # Whether this stage's error rows may be worth another try (`--retry-errors` picks the
+    # error rows whose `error_stage` names such a stage): a model or a server can refuse a row
+    # on one day and take it on another; a clip that does not decode stays corrupt.
+    retryable_errors: ClassVar[bool] = False
 
     def __init__(self, filters: Sequence[Filter] = ()):
         self.filters = tuple(filters)
@@ -139,14 +147,30 @@ class Stage:
 class ModelStage(Stage):
     """A stage around a model: rows go to `run_batch` in batches of `batch_size`; a batch
     that raises is retried row by row, so only the row that breaks it becomes an error row.
+    A failure that is the engine's (`core.faults`: a fatal kind of exception, or every row of
+    a batch failing alone the same way) is never written as error rows: the batch is run
+    again `engine_fault_retries` times, `engine_fault_backoff_s` apart (doubling) and with the
+    engine loaded anew, and then the block fails with `EngineFault`.
     `timing_column` gets each row's share of the batch's seconds (by `weight`)."""
 
     timing_column: ClassVar[str] = ""
     error_prefix: ClassVar[str] = ""
+    retryable_errors: ClassVar[bool] = True
+    # The attribute (a `functools.cached_property`) that holds the loaded engine: dropped after
+    # an engine fault, so the next try loads it again.
+    engine_attribute: ClassVar[str] = ""
 
-    def __init__(self, batch_size: int, filters: Sequence[Filter] = ()):
+    def __init__(self, batch_size: int, filters: Sequence[Filter] = (), *, engine_fault_retries: int = 2,
+                 engine_fault_backoff_s: float = 1.0):
         super().__init__(filters)
         self.batch_size = batch_size
+        self.engine_fault_retries = engine_fault_retries
+        self.engine_fault_backoff_s = engine_fault_backoff_s
+
+    @property
+    def engine_name(self) -> str:
+        """The engine as users know it, for `EngineFault`'s message."""
+        return type(self).__name__
 
     def inputs(self, table: pa.Table, rows: np.ndarray) -> list[Any]:
         """One model input per active row."""
@@ -170,7 +194,7 @@ class ModelStage(Stage):
         for lo in range(0, len(items), self.batch_size):
             batch = items[lo:lo + self.batch_size]
             t0 = time.perf_counter()
-            results.extend(self._isolated(batch))
+            results.extend(self._tried(batch))
             elapsed = time.perf_counter() - t0
             weights = [self.weight(x) for x in batch]
             total = sum(weights) or 1.0
@@ -191,19 +215,51 @@ class ModelStage(Stage):
                 out.values[self.timing_column][j] = seconds[j]
         return out
 
+    def _tried(self, batch: list[Any]) -> list[Any]:
+        """A batch's results (an exception where a row failed alone), with engine faults tried
+        again and finally raised as `EngineFault`."""
+        tries = self.engine_fault_retries + 1
+        for attempt in range(1, tries + 1):
+            results = self._isolated(batch)
+            fault = classify_failures(results)
+            if fault is None:
+                return results
+            self.log.warning("%s: engine fault on a batch of %d rows, try %d of %d: %s", self.engine_name,
+                             len(batch), attempt, tries, fault)
+            if attempt == tries:
+                raise EngineFault(self.name, self.engine_name, fault, tries)
+            self.reset_engine()
+            time.sleep(self.engine_fault_backoff_s * 2 ** (attempt - 1))
+        raise AssertionError("unreachable")
+
+    def reset_engine(self) -> None:
+        """Drop the loaded engine (and what PyTorch cached on the GPU for it), so the next
+        batch loads it again: an engine whose state broke gets a fresh one."""
+        if self.engine_attribute:
+            self.__dict__.pop(self.engine_attribute, None)
+        gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+
     def _isolated(self, batch: list[Any]) -> list[Any]:
+        """The batch, then (when it raises) each row alone: a result or an exception per row.
+        A fatal exception (`core.faults.is_fatal`) ends it there: the rows not yet run get it
+        too, rather than each going into an engine that is known to be broken."""
         try:
             results = self.run_batch(batch)
             if len(results) != len(batch):
                 raise RuntimeError(f"{len(results)} results for {len(batch)} inputs")
             return results
         except Exception as e:
-            if len(batch) == 1:
-                self.log.debug("a row failed alone: %s: %s", type(e).__name__, e)
-                return [e]
+            if len(batch) == 1 or is_fatal(e):
+                self.log.debug("a batch of %d failed: %s: %s", len(batch), type(e).__name__, e)
+                return [e] * len(batch)
         out: list[Any] = []
-        for item in batch:
+        for k, item in enumerate(batch):
             out.extend(self._isolated([item]))
+            if isinstance(out[-1], Exception) and is_fatal(out[-1]):
+                return out + [out[-1]] * (len(batch) - k - 1)
         return out
 
 

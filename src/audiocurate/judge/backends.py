@@ -35,12 +35,21 @@ class ActorJudge:
     @classmethod
     def apply(cls, ds: "ray.data.Dataset", config: "PipelineConfig", concurrency: Any,
               cpu_scale: float = 1.0) -> "ray.data.Dataset":
-        from ..runtime import actor_args
         from ..stages import JudgeStage
 
-        # Whole blocks (batch_size=None): the stage batches its active rows itself, so a block
-        # of rows already rejected costs one call, not one per `judge.resources.batch_size` rows.
-        return ds.map_batches(JudgeStage, fn_constructor_kwargs={"config": config.judge}, batch_format="pyarrow",
-                              udf_modifying_row_count=False,
-                              **{**actor_args(config.ray, config.judge.resources, concurrency, cpu_scale),
-                                 "batch_size": None})
+        return apply_judge_stage(JudgeStage, ds, config, concurrency, cpu_scale)
+
+
+def apply_judge_stage(stage: type, ds: "ray.data.Dataset", config: "PipelineConfig", concurrency: Any,
+                      cpu_scale: float = 1.0) -> "ray.data.Dataset":
+    """`stage` (`stages.JudgeStage` or a subclass of it) as the judge's actor pool."""
+    from ..runtime import actor_args
+
+    # Whole blocks (batch_size=None): the stage batches its active rows itself, so a block
+    # of rows already rejected costs one call, not one per `judge.resources.batch_size` rows.
+    faults = {"engine_fault_retries": config.ray.engine_fault_retries,
+              "engine_fault_backoff_s": config.ray.engine_fault_backoff_s}
+    return ds.map_batches(stage, fn_constructor_kwargs={"config": config.judge, **faults},
+                          batch_format="pyarrow", udf_modifying_row_count=False,
+                          **{**actor_args(config.ray, config.judge.resources, concurrency, cpu_scale),
+                             "batch_size": None})

@@ -10,8 +10,12 @@
   refuses (an error body) becomes an error row; a server that stays unreachable after the
   retries stops the run.
 
-The processor sees every row (it has no notion of rows to skip); rows that failed or were
-rejected upstream get an empty prompt and their answer is ignored.
+Rows that failed or were rejected upstream cost no request: the request functions mark them
+with `__inference_error__` (`SKIPPED`), which every stage of Ray's processors passes by
+untouched (`StatefulStageUDF`), and the result stage leaves them as they came.
+
+The HTTP judge's bearer token is read from the environment in the worker that sends the
+requests (`_http_session`); no object Ray pickles holds it.
 """
 
 from __future__ import annotations
@@ -63,7 +67,9 @@ class HttpJudgeConfig(JudgeSettings):
     url: str = Field(..., json_schema_extra=SPEED_ONLY, description="The server's "
                                "chat/completions URL (moving the server keeps a run resumable).")
     api_key_env: Optional[str] = Field(None, json_schema_extra=SPEED_ONLY,
-                                       description="Environment variable holding a bearer token.")
+                                       description="Environment variable holding a bearer token. Only the "
+                                       "name is configuration: it is added to `ray.forward_env`, and the token "
+                                       "is read from it in the worker that sends the requests.")
     max_retries: int = Field(3, ge=0, json_schema_extra=SPEED_ONLY,
                              description="Retries per request on errors and 429/5xx.")
     qps: Optional[int] = Field(None, ge=1, json_schema_extra=SPEED_ONLY, description="Most "
@@ -78,8 +84,24 @@ class HttpJudgeConfig(JudgeSettings):
         "log-probabilities.")
 
 
+# What a row settled upstream carries through the processor instead of a request. Ray's
+# stages skip a row whose `__inference_error__` is set, and its postprocess hands it on as is.
+SKIPPED = "audiocurate: settled before the judge, not sent"
+
+
 def _active(row: dict[str, Any]) -> bool:
     return row.get(C.ERROR_STAGE) is None and row.get(C.DROP_REASON) is None
+
+
+def _skipped(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, INFERENCE_ERROR: SKIPPED}
+
+
+def _sent(row: dict[str, Any]) -> dict[str, Any]:
+    """A row that gets a request. Its `__inference_error__` is set empty: a row without the key
+    shares a block with skipped ones, where Arrow fills it with null, which Ray's stages take
+    for an error (`!= ""`) and skip too."""
+    return {**row, INFERENCE_ERROR: ""}
 
 
 class VllmJudgeRequest:
@@ -89,8 +111,10 @@ class VllmJudgeRequest:
         self.profile = profile
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        text = (row.get("transcript") or "") if _active(row) else ""
-        out = dict(row)
+        if not _active(row):
+            return _skipped(row)
+        text = row.get("transcript") or ""
+        out = _sent(row)
         if self.profile.style == "chat":
             out["messages"] = self.profile.messages(text)
         else:
@@ -133,7 +157,9 @@ class HttpJudgeRequest:
         self.extra = extra or {}
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        text = (row.get("transcript") or "") if _active(row) else ""
+        if not _active(row):
+            return _skipped(row)
+        text = row.get("transcript") or ""
         if self.profile.style == "chat":
             payload = {"model": self.model, "messages": self.profile.messages(text), "max_tokens": 1,
                        "temperature": 0.0, "logprobs": True, "top_logprobs": TOP_LOGPROBS}
@@ -141,7 +167,7 @@ class HttpJudgeRequest:
             payload = {"model": self.model, "prompt": self.profile.prefix() + self.profile.suffix(text),
                        "max_tokens": 1, "temperature": 0.0, "logprobs": TOP_LOGPROBS}
         payload.update(self.extra)
-        return {**row, "payload": payload}
+        return {**_sent(row), "payload": payload}
 
 
 class HttpJudgeResult:
@@ -194,6 +220,7 @@ class ProcessorJudgeResultStage(Stage):
 
     name = C.JUDGE
     produces = C.JUDGE_COLUMNS
+    retryable_errors = True  # a server's refusal (an overloaded server, a 5xx after the retries)
 
     def __init__(self, config: "PipelineConfig", model_name: str):
         super().__init__()
@@ -260,15 +287,12 @@ def build_judge_processor(config: PipelineConfig, concurrency: Any) -> tuple[Any
         return build_processor(proc_config, preprocess=VllmJudgeRequest(profile),
                                postprocess=VllmJudgeResult(profile)), model
     if j.backend == "http":
-        headers = {}
-        if j.api_key_env:
-            token = os.environ.get(j.api_key_env)
-            if not token:
-                raise ValueError(f"judge.api_key_env={j.api_key_env!r} is not set in the environment")
-            headers["Authorization"] = f"Bearer {token}"
+        if j.api_key_env and not os.environ.get(j.api_key_env):
+            raise ValueError(f"judge.api_key_env={j.api_key_env!r} is not set in the environment")
         proc_config = HttpRequestProcessorConfig(
-            url=j.url, headers=headers, qps=j.qps, max_retries=j.max_retries,
-            session_factory=functools.partial(_http_session, j.timeout_s),
+            url=j.url, qps=j.qps, max_retries=j.max_retries,
+            # the variable's name travels, its value is read where the requests are sent
+            session_factory=functools.partial(_http_session, j.timeout_s, j.api_key_env),
             batch_size=res.batch_size, concurrency=concurrency if isinstance(concurrency, int) else concurrency[1],
         )
         return build_processor(proc_config, preprocess=HttpJudgeRequest(profile, model, j.http_extra),
@@ -276,11 +300,25 @@ def build_judge_processor(config: PipelineConfig, concurrency: Any) -> tuple[Any
     raise ValueError(f"judge backend {j.backend!r} has no ray.data.llm processor")
 
 
-def _http_session(timeout_s: float) -> Any:
-    """The HTTP judge's client session, with `judge.timeout_s` per request."""
+def _http_session(timeout_s: float, api_key_env: Optional[str] = None) -> Any:
+    """The HTTP judge's client session, in the worker: `judge.timeout_s` per request, and the
+    bearer token from this process's `api_key_env` (`ray.forward_env` brings it to workers)."""
     import aiohttp
 
-    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s))
+    headers = {}
+    if api_key_env:
+        token = os.environ.get(api_key_env)
+        if not token:
+            raise RuntimeError(f"judge.api_key_env={api_key_env!r} is not set in the judge's Ray worker on "
+                               f"{_hostname()}; list it in ray.forward_env")
+        headers["Authorization"] = f"Bearer {token}"
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s), headers=headers)
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
 
 
 def apply_processor_judge(ds: Any, config: PipelineConfig, concurrency: Any) -> Any:

@@ -7,7 +7,7 @@ from typing import Literal, Any, Sequence
 
 from pydantic import Field
 
-from ..core.settings import SPEED_ONLY
+from ..core.settings import SPEED_ONLY, planned_device
 from ..models import dtype_kwarg, resolve_model
 from . import JudgeScore, score_from_logits
 from .backends import JUDGE_BACKENDS, ActorJudge
@@ -20,8 +20,21 @@ class TransformersJudgeConfig(JudgeSettings):
 
     backend: Literal["transformers"] = "transformers"
     device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", json_schema_extra=SPEED_ONLY, description="Where the model runs; `auto` takes a GPU when one is there.")
-    dtype: str = Field("auto", description="Weights dtype (`auto`, `float16`, `bfloat16`, `float32`).")
+        "auto", json_schema_extra=SPEED_ONLY, description="Where the model runs; `auto`: a GPU when the stage "
+        "reserves one (`judge.resources.num_gpus` > 0), else the CPU. Speed only: the precision it implies "
+        "(`dtype: auto`) is part of the resume fingerprint, resolved.")
+    dtype: str = Field("auto", description="Weights dtype (`auto`: float16 on GPU, float32 on CPU; `float16`, "
+                       "`bfloat16`, `float32`).")
+
+    def resolved_device(self) -> str:
+        """`device` with `auto` resolved (`core.settings.planned_device`)."""
+        return planned_device(self.device, self.resources)
+
+    def resolved_precision(self) -> str:
+        """The dtype the judge computes in, `auto` resolved for the device (part of a result's identity)."""
+        if self.dtype != "auto":
+            return self.dtype
+        return "float16" if self.resolved_device() == "cuda" else "float32"
 
 
 @JUDGE_BACKENDS.register("transformers")
@@ -37,12 +50,9 @@ class TransformersJudge(ActorJudge):
         self.profile = profile
         self.model_name = config.model or profile.model
         path = resolve_model(self.model_name)
-        device = config.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        dtype = {"auto": torch.float16 if self.device.type == "cuda" else torch.float32,
-                 "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[config.dtype]
+        self.device = torch.device(config.resolved_device())
+        dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16,
+                 "float32": torch.float32}[config.resolved_precision()]
         load: dict[str, Any] = {}
         if path.endswith(".gguf"):  # a GGUF checkpoint, dequantized by transformers
             path, load["gguf_file"] = os.path.split(path)
