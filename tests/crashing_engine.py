@@ -116,3 +116,28 @@ class _LoadedOnce:
             return self
         value = obj.__dict__[self.name] = self.load(obj)
         return value
+
+
+class PickyJudge:
+    """A judge (or server) that refuses some rows while `flag` exists: each such row fails alone
+    with its own message, a row fault, recorded as an error row of the judge stage. Once the
+    flag is gone it scores them: what `run --retry-errors` is for."""
+
+    model_name = "picky-judge"
+
+    def __init__(self, flag: str, marker: str):
+        self.flag, self.marker = flag, marker
+
+    def score_batch(self, texts):
+        from audiocurate.judge import JudgeScore
+
+        refused = [t for t in texts if self.marker in t]
+        if refused and os.path.exists(self.flag):
+            raise ValueError(f"the server refused {refused[0][:40]!r}")
+        return [JudgeScore(4, 3.9, [0.0, 0.1, 0.1, 0.7, 0.1]) for _ in texts]
+
+
+def picky_judge_stage(flag: str, marker: str):
+    from audiocurate.stages import JudgeStage
+
+    return type("JudgeStage", (JudgeStage,), {"judge": _LoadedOnce(lambda stage: PickyJudge(flag, marker))})

@@ -350,3 +350,44 @@ def test_the_http_judge_authenticates_and_sends_no_request_for_settled_rows(ray_
     assert out["broken"]["error_stage"] == "decode" and out["broken"]["error"] == "not audio"
     assert out["quiet"]["drop_reason"] == "silence" and out["quiet"]["edu_score"] is None
     assert "__inference_error__" not in out["quiet"]
+
+
+def test_retry_errors_runs_the_rows_an_engine_refused_again_and_only_those(monkeypatch, clean_demo, tmp_path,
+                                                                           ray_local):
+    import ray
+
+    from audiocurate.judge.backends import apply_judge_stage, judge_backend
+    from audiocurate.pipeline import run
+
+    ray.cloudpickle.register_pickle_by_value(crashing_engine)
+    path, n = clean_demo
+    texts = pq.read_table(path, columns=["sentence"])["sentence"].to_pylist()
+    marker = " the "
+    refused = sum(marker in t for t in texts)
+    assert 0 < refused < n  # some rows, not all
+    flag = tmp_path / "refusing"
+    flag.touch()
+    stage = crashing_engine.picky_judge_stage(str(flag), marker)
+    monkeypatch.setattr(judge_backend("llama_cpp"), "apply", classmethod(
+        lambda cls, ds, config, concurrency, cpu_scale=1.0: apply_judge_stage(stage, ds, config, concurrency,
+                                                                              cpu_scale)))
+    out = tmp_path / "out"
+    config = fast_config(**{"output.rows_per_shard": 2, "judge.resources.batch_size": 2})
+    first = run(config, path, str(out), echo=lambda s: None)
+    rows = outputs(out)
+    assert first["accounting"]["ok"] and len(rows["errors"]) == refused
+    assert {r["error_stage"] for r in rows["errors"]} == {"judge"}
+    kept_before = {r["id"]: r for s in ("curated", "rejected") for r in rows[s]}
+    # a plain rerun finds the output complete: errors are finished rows
+    assert run(config, path, str(out), echo=lambda s: None)["accounting"]["errors"] == refused
+    flag.unlink()  # the server takes them now
+    said: list[str] = []
+    report = run(config, path, str(out), retry_errors=True, echo=said.append)
+    rows = outputs(out)
+    ids = [r["id"] for s in SPLITS for r in rows[s]]
+    assert report["accounting"]["ok"] and report["accounting"]["errors"] == 0 and not rows["errors"]
+    assert sorted(ids) == sorted(pq.read_table(path)["id"].to_pylist())  # every row once
+    assert any(f"{refused} error rows of engine stages reopened" in s for s in said)
+    after = {r["id"]: r for s in ("curated", "rejected") for r in rows[s]}
+    assert all(after[i]["edu_score"] == kept_before[i]["edu_score"] for i in kept_before)  # the others untouched
+    assert (out / "_SUCCESS").exists()
