@@ -30,6 +30,7 @@ transformers = pytest.importorskip("transformers")
 
 
 # ---- HF Whisper ----------------------------------------------------------------------------
+@pytest.mark.slow  # real model weights: tens of seconds
 def test_hf_whisper_batches_short_clips_and_windows_long_ones(tiny_whisper_dir):
     from audiocurate.asr import make_transcriber
 
@@ -49,6 +50,7 @@ def test_hf_whisper_batches_short_clips_and_windows_long_ones(tiny_whisper_dir):
         assert max(s.end_s for s in out[1].segments) <= 70.5
 
 
+@pytest.mark.slow  # real model weights: tens of seconds
 @pytest.mark.parametrize("min_new", [0, 6])
 def test_hf_whisper_greedy_loop_equals_generate_and_the_confidence_pass(tiny_whisper_dir, embedded_whisper_hf_dir,
                                                                       min_new):
@@ -147,6 +149,7 @@ def test_hf_whisper_in_the_pipeline_stage(embedded_whisper_hf_dir, tmp_path, ray
     assert rows[0].get("drop_reason") in (None, "low_edu_score")  # curated, or judged: past the filters
 
 
+@pytest.mark.slow  # real model weights: tens of seconds
 def test_hf_whisper_on_tiny_en_weights_decodes_as_ctranslate2(embedded_whisper_hf_dir):
     """Same weights, same features: the transformers backend gives CTranslate2's transcripts,
     no-speech probabilities and average log-probabilities (faster-whisper's definition), and
@@ -190,6 +193,7 @@ TEXTS = [
 ]
 
 
+@pytest.mark.slow  # real model weights: tens of seconds
 def test_hf_judge_on_the_real_smollm2_agrees_with_llama_cpp():
     """The same GGUF weights through transformers (dequantized) and llama.cpp give the same answer."""
     pytest.importorskip("gguf")

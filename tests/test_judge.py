@@ -66,6 +66,7 @@ def test_prefix_cache_gives_the_same_answer_as_a_fresh_context(judge):
     assert np.allclose(cached.probs, fresh.probs, atol=2e-3)
 
 
+@pytest.mark.slow  # real model weights: tens of seconds
 def test_f16_weights_are_converted_once_and_score_like_the_stored_ones(tmp_path, monkeypatch):
     """`judge.weights: f16` loads an F16 copy of the GGUF made once per machine; the scores stay
     those of the same model (they move by rounding only) and the copy is reused, never half-written."""
@@ -115,6 +116,7 @@ def test_a_converted_model_is_cached_once_per_content_not_once_per_install(tmp_p
     assert derived_model_path(str(first), "q8", ".gguf") != cached
 
 
+@pytest.mark.slow  # real model weights: tens of seconds
 def test_rows_scored_together_as_parallel_sequences_score_as_they_do_one_by_one(judge):
     """`judge.parallel` decodes a group of rows at once, each its own sequence over the cached
     prefix: the scores are those of one row after another (float rounding aside), in order; a

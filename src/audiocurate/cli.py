@@ -160,7 +160,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:
-        with warnings.catch_warnings():
+        from .runtime import log_records_held_back
+
+        # `--no-progress` asked for it: Ray's WARNING that progress bars are off is no news either
+        with warnings.catch_warnings(), log_records_held_back("ray.data._internal.progress", "Progress bars disabled"):
             for message in _NO_NEWS:
                 warnings.filterwarnings("ignore", message=message)
             return _dispatch(args)

@@ -108,11 +108,16 @@ class _DropRecord(logging.Filter):
         return self.text not in record.getMessage()
 
 
-def _drop_log_records(logger_name: str, text: str) -> None:
-    """Hold back one logger's records that contain `text`, for the rest of the process."""
+@contextmanager
+def log_records_held_back(logger_name: str, text: str) -> Iterator[None]:
+    """One logger's records that contain `text` held back for the block (the CLI's whole run)."""
     logger = logging.getLogger(logger_name)
-    if not any(isinstance(f, _DropRecord) and f.text == text for f in logger.filters):
-        logger.addFilter(_DropRecord(text))
+    drop = _DropRecord(text)
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 @contextmanager
@@ -139,8 +144,6 @@ def configure_dataset(ds: "ray.data.Dataset", config: RayConfig, *, block_bytes:
     ctx = ds.context
     ctx.max_errored_blocks = config.max_errored_blocks
     ctx.enable_progress_bars = config.progress
-    if not config.progress:  # asked for (`--no-progress`): Ray's WARNING that it is off is no news
-        _drop_log_records("ray.data._internal.progress", "Progress bars disabled")
     ctx.print_on_execution_start = False
     # Row order does not matter for curation; streaming throughput does.
     ctx.execution_options.preserve_order = False
