@@ -14,6 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
+from audiocurate.exports.member_names import member_name
+
 from conftest import speak
 
 SENTENCES = [
@@ -120,13 +122,14 @@ def test_lhotse_shar_reads_cuts_with_audio_and_supervisions(curated, tmp_path):
 
     out, rows = curated
     export(str(out), "lhotse", str(tmp_path / "shar"), echo=lambda s: None)
-    cuts = list(CutSet.from_shar(in_dir=str(tmp_path / "shar")))
-    assert sorted(c.id for c in cuts) == sorted(rows)
-    for c in cuts:
+    cuts = {c.custom["id"]: c for c in CutSet.from_shar(in_dir=str(tmp_path / "shar"))}  # the real id
+    assert sorted(cuts) == sorted(rows)
+    for cid, c in cuts.items():
         audio = c.load_audio()
-        assert c.sampling_rate == 16000 and audio.shape[1] == pytest.approx(rows[c.id]["duration_s"] * 16000, abs=160)
-        assert c.supervisions[0].text == rows[c.id]["transcript"]
-        assert c.custom["edu_score"] == rows[c.id]["edu_score"]
+        assert c.id == member_name(cid) and c.supervisions[0].id == c.id
+        assert c.sampling_rate == 16000 and audio.shape[1] == pytest.approx(rows[cid]["duration_s"] * 16000, abs=160)
+        assert c.supervisions[0].text == rows[cid]["transcript"]
+        assert c.custom["edu_score"] == rows[cid]["edu_score"]
 
 
 def test_hf_folder_loads_with_an_audio_feature(curated, tmp_path):
@@ -202,7 +205,7 @@ def test_segment_rows_export_with_their_parent_and_times(tmp_path, ray_local):
     OutputDir(str(out)).write_json("_state/run.json", {"input": "n/a"})
 
     export(str(out), "lhotse", str(tmp_path / "shar"), echo=lambda s: None)
-    cuts = {c.id: c for c in CutSet.from_shar(in_dir=str(tmp_path / "shar"))}
+    cuts = {c.custom["id"]: c for c in CutSet.from_shar(in_dir=str(tmp_path / "shar"))}
     assert sorted(cuts) == sorted(r["id"] for r in rows)
     c = cuts[rows[1]["id"]]
     assert c.custom["parent_id"] == "talk.mp3" and c.custom["start_s"] == 12.5
@@ -217,3 +220,69 @@ def test_segment_rows_export_with_their_parent_and_times(tmp_path, ray_local):
                                                             shardshuffle=False)]
     assert sorted((m["parent_id"], m["start_s"], m["end_s"]) for m in metas) == sorted(
         (r["parent_id"], r["start_s"], r["end_s"]) for r in rows)
+
+
+@pytest.fixture(scope="module")
+def clip_id_run(tmp_path_factory, ray_local):
+    """A real run of an input keyed by `clip_id` (no `id` column), exported at run time in
+    every format."""
+    from audiocurate.config import PipelineConfig
+    from audiocurate.pipeline import run
+
+    d = tmp_path_factory.mktemp("clip_id")
+    rows = [{"clip_id": f"clips/{k}.wav", "audio_bytes": speak(s, fmt="flac"), "sentence": s}
+            for k, s in enumerate(SENTENCES[:2] + SENTENCES[6:7])]
+    pq.write_table(pa.Table.from_pylist(rows), d / "in.parquet")
+    config = PipelineConfig.load(overrides=["ray.progress=false", "source.id_column=clip_id",
+                                            "output.formats=[webdataset, nemo, lhotse, hf]"])
+    report = run(config, str(d / "in.parquet"), str(d / "out"), echo=lambda s: None)
+    curated = pq.read_table(d / "out" / "curated")
+    assert report["accounting"]["ok"] and curated.num_rows >= 1 and "id" not in curated.column_names
+    return d / "out", sorted(curated["clip_id"].to_pylist())
+
+
+def test_every_export_of_a_run_keyed_by_clip_id(clip_id_run, tmp_path):
+    """The exports key rows by the run's `source.id_column` (read from the output's recorded
+    configuration), at run time and from `export`, rejected rows included."""
+    import datasets
+    import webdataset as wds
+    from lhotse import CutSet
+
+    from audiocurate.exports import export
+
+    out, ids = clip_id_run
+    exports = out / "exports"
+    metas = [json.loads(s["json"]) for s in wds.WebDataset(sorted(glob.glob(str(exports / "webdataset" / "*.tar"))),
+                                                            shardshuffle=False)]
+    assert sorted(m["clip_id"] for m in metas) == ids
+    assert sorted(e["clip_id"] for e in nemo_entries(str(exports / "nemo" / "manifest.jsonl"))) == ids
+    cuts = list(CutSet.from_shar(in_dir=str(exports / "lhotse")))
+    assert sorted(c.custom["clip_id"] for c in cuts) == ids and all(c.id == member_name(c.custom["clip_id"]) for c in cuts)
+    ds = datasets.load_dataset(str(exports / "hf"), split="train", cache_dir=str(tmp_path / "cache"))
+    assert sorted(ds["clip_id"]) == ids
+    rejected = sorted(pq.read_table(out / "rejected")["clip_id"].to_pylist())
+    export(str(out), "nemo", str(tmp_path / "rej"), split="rejected", echo=lambda s: None)
+    assert sorted(e["clip_id"] for e in nemo_entries(str(tmp_path / "rej" / "manifest.jsonl"))) == rejected
+
+
+def test_curated_shards_read_as_nemos_parquet_reader_reads_them(curated):
+    """NeMo's `type: parquet` input (`LazyParquetIterator`, NVIDIA-NeMo/NeMo
+    nemo/collections/common/data/lhotse/nemo_adapters.py, PR #15303) reads each file with
+    pyarrow into pandas rows; takes `row[audio_field]["bytes"]` (a struct) or raw bytes; decodes
+    them with lhotse's `Recording.from_bytes` (the duration comes from the audio, not a column);
+    the text from `text_field`, the language from `lang_field`, the cut id from a column named
+    `id`. Our shards with `audio_field: audio`, `text_field: transcript`, `lang_field: language`."""
+    from lhotse import Recording
+
+    out, rows = curated
+    seen = {}
+    for path in sorted(glob.glob(str(out / "curated" / "*.parquet"))):
+        for batch in pq.ParquetFile(path).iter_batches():
+            for _, row in batch.to_pandas().iterrows():
+                audio = row.get("audio")
+                assert isinstance(audio, dict) and isinstance(audio["bytes"], bytes)
+                rec = Recording.from_bytes(data=audio["bytes"], recording_id=str(row.get("id")))
+                assert rec.sampling_rate == 16000 and rec.duration == pytest.approx(row["duration_s"], abs=0.01)
+                assert isinstance(row.get("transcript"), str) and row.get("transcript").strip()
+                seen[row.get("id")] = row.get("transcript")
+    assert seen == {i: r["transcript"] for i, r in rows.items()}

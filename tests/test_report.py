@@ -3,6 +3,8 @@ plots in a real browser (headless Chromium), rebuilt by `audiocurate report OUTP
 
 from __future__ import annotations
 
+import html
+import io
 import json
 import re
 import shutil
@@ -211,3 +213,42 @@ def test_drops_are_counted_where_each_row_stopped_and_errors_by_stage(tmp_path):
     assert set(report["samples"]) == {"rejected: silence", "rejected: None", "rejected: low_edu_score",
                                       "rejected: no_words", "error: judge", "error: decode", "error: None"}
     assert report["accounting"]["rejected"] == 9 and report["accounting"]["errors"] == 4
+
+
+def test_dollar_signs_in_plotted_values_are_drawn_literally(tmp_path):
+    """Values from the input (an `accent` of `$x_{1$`, which matplotlib's mathtext cannot
+    parse, or `$x$`, which it would set as an italic x) are drawn as written: report.html is
+    written, and the figures the report draws hold the literal strings (rendered to SVG with
+    text kept as text), without touching matplotlib's process-wide settings."""
+    import matplotlib
+
+    from audiocurate.report import _draw_figures, build_report, write_report
+    from audiocurate.sinks import OutputDir
+
+    hostile = ["$x_{1$", "$x$", r"\$5 $\alpha$"]
+    (tmp_path / "curated").mkdir()
+    (tmp_path / "rejected").mkdir()
+    pq.write_table(pa.Table.from_pylist([{"id": f"c{i}", "edu_score": 3 + i % 3, "edu_score_mean": 3.5, "duration_s": 2.0, "accent": a}
+                                         for i, a in enumerate(hostile * 2)]), tmp_path / "curated" / "part-0.parquet")
+    pq.write_table(pa.Table.from_pylist([{"id": "r0", C.DROP_REASON: "$drop_{reason", "edu_score": 1, "edu_score_mean": 1.2,
+                                          "accent": "$"}]),
+                   tmp_path / "rejected" / "part-0.parquet")
+    out = OutputDir(str(tmp_path))
+    config = PipelineConfig.load(overrides=[])
+    before = dict(matplotlib.rcParams)
+    report = build_report(out, config, input_rows=7)
+    write_report(out, report, config)
+    assert dict(matplotlib.rcParams) == before
+    page = (tmp_path / "report.html").read_text()
+    assert "alt='Scores by accent'" in page and page.count("data:image/png;base64,") >= 5
+
+    figures = dict(_draw_figures(report))
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # the test's own setting: SVG text as <text>
+        svg = {}
+        for name, fig in figures.items():
+            buf = io.BytesIO()
+            fig.savefig(buf, format="svg")
+            svg[name] = buf.getvalue().decode()
+    for value in hostile + ["$"]:
+        assert f">{html.escape(value, quote=False)}<" in svg["Scores by accent"], value
+    assert ">drop: $drop_{reason<" in svg["Drop reasons"]

@@ -318,14 +318,16 @@ def test_duplicate_ids_are_found_across_files_and_buckets(tmp_path, ray_local, m
 
     d = tmp_path / "in"
     d.mkdir()
-    for f, names in enumerate([["a", "b", "c", "a"], ["d", "e", "b"], ["f", "g", "h", "b"]]):
-        pq.write_table(pa.table({"id": names, "audio_bytes": [b"x"] * len(names)}), d / f"part-{f}.parquet")
+    for f, names in enumerate([["a", "b", "c", "a"], ["d", "e", "b", None], ["f", None, "g", "h", "b", None]]):
+        pq.write_table(pa.table({"id": pa.array(names, pa.string()), "audio_bytes": [b"x"] * len(names)}),
+                       d / f"part-{f}.parquet")
     source = open_source(str(d), SourceConfig())
-    for bucket_rows, driver_files in ((1_000_000, 8), (1_000_000, 0), (3, 8)):  # driver; one bucket; four
+    for bucket_rows, driver_files in ((1_000_000, 8), (1_000_000, 0), (3, 8)):  # driver; one bucket; five
         monkeypatch.setattr(ids_mod, "_ROWS_PER_BUCKET", bucket_rows)
         monkeypatch.setattr(ids_mod, "_DRIVER_FILES", driver_files)
         found = find_duplicate_ids(source)
         assert (found.ids, found.rows, found.examples) == (2, 3, ["a", "b"])
+        assert found.null_rows == 3 and found.first_null == f"row index 3 of {d / 'part-1.parquet'}"
     unique = tmp_path / "unique.parquet"
     pq.write_table(pa.table({"id": ["x", "y"], "audio_bytes": [b"1", b"2"]}), unique)
     assert find_duplicate_ids(open_source(str(unique), SourceConfig())).ids == 0
@@ -349,6 +351,60 @@ def test_an_input_with_duplicate_ids_is_refused_at_start_naming_them(tmp_path, r
     assert report["accounting"]["ok"] and again["accounting"]["ok"]
     attempts = again["attempts"]
     assert attempts[0]["duplicate_id_check_s"] is not None and attempts[-1]["duplicate_id_check_s"] is None
+
+
+def test_null_ids_are_counted_and_located_not_taken_for_duplicates(tmp_path):
+    """On Arrow arrays and on Parquet files read in the driver: nulls are counted apart from
+    the ids (two nulls are not a duplicate of 'None'), and the first is located by file and row."""
+    from audiocurate.sources.ids import NullIds, find_duplicate_ids, null_ids
+
+    assert null_ids(pa.array(["a", None, "b", None], pa.string())) == NullIds(2, 1)
+    assert null_ids(pa.array(["a", "b"], pa.string())) == NullIds(0, -1)
+    assert null_ids(pa.chunked_array([[1, 2], [None]], pa.int64()).combine_chunks()) == NullIds(1, 2)
+    d = tmp_path / "in"
+    d.mkdir()
+    pq.write_table(pa.table({"id": ["a", "b"], "audio_bytes": [b"x"] * 2}), d / "part-0.parquet")
+    pq.write_table(pa.table({"id": ["c", None, "None", None, "c"], "audio_bytes": [b"x"] * 5}), d / "part-1.parquet")
+    found = find_duplicate_ids(open_source(str(d), SourceConfig()))
+    assert (found.ids, found.rows, found.examples) == (1, 1, ["c"])
+    assert found.null_rows == 2 and found.first_null == f"row index 1 of {d / 'part-1.parquet'}"
+    clean = find_duplicate_ids(open_source(str(d / "part-0.parquet"), SourceConfig()))
+    assert clean.null_rows == 0 and clean.first_null is None
+
+
+@pytest.mark.parametrize("nulls", [1, 2])
+def test_an_input_with_null_ids_is_refused_at_start_counting_them(tmp_path, ray_local, demo_parquet, nulls):
+    """One null id or two: the same refusal, before any row is processed, saying how many and
+    where the first is (before: one null id ran and landed in rejected/ with a null id, two
+    were refused as duplicates of 'None')."""
+    from audiocurate.config import PipelineConfig
+    from audiocurate.pipeline import run
+    from audiocurate.sources.ids import NullIdsError
+
+    t = pq.read_table(demo_parquet).slice(0, 6)
+    ids = t["id"].to_pylist()
+    for k in range(nulls):
+        ids[2 + 2 * k] = None
+    bad = tmp_path / "nulls.parquet"
+    pq.write_table(t.set_column(t.schema.get_field_index("id"), "id", pa.array(ids, pa.string())), bad)
+    config = PipelineConfig.load(overrides={"ray.progress": False})
+    values = "value" if nulls == 1 else "values"
+    with pytest.raises(NullIdsError, match=rf"the id column `id` has {nulls} null {values} \(the first at row index 2 of .*nulls.parquet\)"):
+        run(config, str(bad), str(tmp_path / "out"), echo=lambda s: None)
+    assert not any((tmp_path / "out" / s).exists() for s in ("curated", "rejected", "errors"))
+
+
+def test_null_ids_in_a_folder_manifest_are_refused_too(tmp_path, clips):
+    from audiocurate.sources.ids import NullIdsError, refuse_duplicate_ids
+
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    for k in SENTENCES:
+        (folder / f"{k}.{FORMATS[k][0]}").write_bytes(clips[k])
+    manifest = [{"path": f"{k}.{FORMATS[k][0]}", "id": None if k == "b" else k} for k in SENTENCES]
+    (folder / "manifest.jsonl").write_text("\n".join(json.dumps(m) for m in manifest))
+    with pytest.raises(NullIdsError, match=r"has 1 null value \(the first at row index 1 of the folder's listing"):
+        refuse_duplicate_ids(open_source(str(folder), SourceConfig()))
 
 
 def _shards_on(fs, root: str, n: int) -> list[dict]:

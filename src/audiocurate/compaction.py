@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .exports.hf_features import HF_METADATA_KEY
 from .resume import FOOTER_KEY, read_progress
 from .sinks import SPLITS, STATE_DIR, OutputDir
 
@@ -96,18 +97,22 @@ def _run_merges(out: OutputDir, merges: list[tuple[str, list[str]]]) -> None:
 def _merge(out: OutputDir, split: str, shards: list[str]) -> None:
     """The shards, one row group at a time, into one file with row groups of about
     `_GROUP_BYTES`: what is held at once is about one row group, whatever the file's size."""
-    footers, schemas, counts = [], [], defaultdict(float)
+    footers, schemas, counts, hf_features = [], [], defaultdict(float), None
     for path in shards:
         with out.fs.open_input_file(path) as f:
             footers.append(pq.read_metadata(f))  # kept (a few KB a shard): read once, not again below
         schema = footers[-1].schema.to_arrow_schema()
         for key, n in json.loads((schema.metadata or {}).get(FOOTER_KEY, b"{}")).items():
             counts[key] += n
+        hf_features = hf_features or (schema.metadata or {}).get(HF_METADATA_KEY)
         schemas.append(schema.remove_metadata())
     # a column all null in one shard is typed by the others (as `pa.concat_tables` would)
     schema = pa.unify_schemas(schemas, promote_options="default")
+    meta = {HF_METADATA_KEY: hf_features} if hf_features else {}
     if counts:
-        schema = schema.with_metadata({FOOTER_KEY: json.dumps(counts, separators=(",", ":")).encode()})
+        meta[FOOTER_KEY] = json.dumps(counts, separators=(",", ":")).encode()
+    if meta:
+        schema = schema.with_metadata(meta)
     digest = hashlib.sha1("\n".join(sorted(s.rsplit("/", 1)[-1] for s in shards)).encode()).hexdigest()[:24]
     target = out.path(split, f"part-c{digest}.parquet")
     entry = out.path(JOURNAL, f"{digest}.json")

@@ -76,8 +76,9 @@ class SourceConfig(Settings):
         True, json_schema_extra=SPEED_ONLY,
         description="Before the first attempt on an output, count the input's ids (the id column alone, "
         "by hash bucket in Ray tasks), and refuse an input with an id twice, naming them (resume "
-        "and accounting key rows by id). Runs once per output, not on resume. Off: the run goes on and "
-        "the report says `accounting MISMATCH` with the duplicates counted.")
+        "and accounting key rows by id), and an input with null ids (counted, the first one located). "
+        "Runs once per output, not on resume. Off: neither is checked; the run goes on and the report says "
+        "`accounting MISMATCH` with the duplicates counted.")
     audio_column: Optional[str] = Field(
         None,
         description="Column holding the encoded audio (bytes), an `{bytes, path}` struct, or a "

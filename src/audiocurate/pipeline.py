@@ -350,7 +350,8 @@ def _run_held(config: PipelineConfig, source: Source, input_uri: str, output_uri
         out.record_attempt(attempt)
         bookkeeping_s += time.time() - t_book
         sink = CurationSink(out, source.id_column, source.carried_columns, config.output.rows_per_shard,
-                            segmented=config.segment.enabled)
+                            segmented=config.segment.enabled,
+                            audio_sampling_rate=16000 if config.output.audio_format == "flac16k" else None)
         ds = build(config, source, skip_ids=done or None, keep_ids=None if reads is not None else keep_ids,
                    files=files, shape=shape, sink=sink, skip_segments=skip_segments or None, reads=reads)
         t_exec = time.time()

@@ -498,62 +498,90 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+# Text drawn from data (column values and names, reasons, stage names) is drawn as written,
+# whatever the caller's rcParams: no mathtext (`$x_{1$` would raise, `$x$` turn italic) and no TeX.
+_LITERAL = {"parse_math": False, "usetex": False}
+
+
+def _literal(texts: Any) -> None:
+    for t in texts:
+        t.set_parse_math(False)
+        t.set_usetex(False)
+
+
+def _bars(ax: Any, labels: list[Any], values: Any, horizontal: bool = False, **kw: Any) -> None:
+    """Bars at 0..n-1 with literal tick labels: a categorical axis would make its labels at draw
+    time, parsed as mathtext."""
+    pos = np.arange(len(labels))
+    if horizontal:
+        ax.barh(pos, values, **kw)
+        ax.set_yticks(pos, [str(x) for x in labels], **_LITERAL)
+    else:
+        ax.bar(pos, values, **kw)
+        ax.set_xticks(pos, [str(x) for x in labels], **_LITERAL)
+
+
 def _figures(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """The report's plots as (name, base64 PNG)."""
+    figs = []
+    for name, fig in _draw_figures(report):
+        buf = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buf, format="png", dpi=80)
+        figs.append((name, base64.b64encode(buf.getvalue()).decode()))
+    return figs
+
+
+def _draw_figures(report: dict[str, Any]) -> list[tuple[str, Any]]:
     # Figures drawn without pyplot: no backend switch, no global figure registry, so a
     # notebook that builds a report keeps its own matplotlib state.
     from matplotlib.figure import Figure
 
-    figs: list[tuple[str, str]] = []
+    figs: list[tuple[str, Any]] = []
 
     def subplots(*grid: int, figsize: tuple[float, float]) -> tuple[Any, Any]:
         fig = Figure(figsize=figsize)
         return fig, fig.subplots(*grid)
 
-    def save(name: str, fig: Any) -> None:
-        buf = io.BytesIO()
-        fig.tight_layout()
-        fig.savefig(buf, format="png", dpi=80)
-        figs.append((name, base64.b64encode(buf.getvalue()).decode()))
-
     sc = report["scores"]
     fig, ax = subplots(1, 2, figsize=(9, 3.2))
     ks = list(sc["edu_score"].keys())
-    ax[0].bar(ks, [sc["edu_score"][k] for k in ks],
-              color=["#c44" if int(k) < sc["min_score"] else "#4a4" for k in ks])
-    ax[0].set_title("edu_score (kept: green)")
+    _bars(ax[0], ks, [sc["edu_score"][k] for k in ks],
+          color=["#c44" if int(k) < sc["min_score"] else "#4a4" for k in ks])
+    ax[0].set_title("edu_score (kept: green)", **_LITERAL)
     edges = sc["edu_score_mean_hist"]["edges"]
     ax[1].stairs(sc["edu_score_mean_hist"]["counts"], edges, fill=True)
-    ax[1].set_title("edu_score_mean (judge's expected score)")
-    save("Score histogram", fig)
+    ax[1].set_title("edu_score_mean (judge's expected score)", **_LITERAL)
+    figs.append(("Score histogram", fig))
 
     fig, ax = subplots(figsize=(9, 3.2))
     labels = [f"<{e}" if e != "inf" else "longer" for e in report["durations"][CURATED]["edges"][1:]]
     bottom = np.zeros(len(labels))
     for split, color in ((CURATED, "#4a4"), (REJECTED, "#c84"), (ERRORS, "#c44")):
         counts = np.array(report["durations"][split]["counts"])
-        ax.bar(labels, counts, bottom=bottom, label=split, color=color)
+        _bars(ax, labels, counts, bottom=bottom, label=split, color=color)
         bottom += counts
-    ax.set_title("Clip duration (s)")
-    ax.legend()
+    ax.set_title("Clip duration (s)", **_LITERAL)
+    _literal(ax.legend().get_texts())
     ax.tick_params(axis="x", rotation=60)
-    save("Duration histogram", fig)
+    figs.append(("Duration histogram", fig))
 
     fig, ax = subplots(figsize=(9, 3.2))
     reasons = {**{f"drop: {k}": v for k, v in report["drop_reasons"].items()},
                **{f"error: {k}": v for k, v in report["error_stages"].items()}}
     if reasons:
-        ax.barh(list(reasons.keys()), list(reasons.values()), color="#c84")
-    ax.set_title("Drop reasons and errors by stage")
-    save("Drop reasons", fig)
+        _bars(ax, list(reasons.keys()), list(reasons.values()), horizontal=True, color="#c84")
+    ax.set_title("Drop reasons and errors by stage", **_LITERAL)
+    figs.append(("Drop reasons", fig))
 
     fig, ax = subplots(1, 2, figsize=(9, 3.2))
     busy = report["timing"]["stage_busy_s"]
-    ax[0].bar(list(busy.keys()), list(busy.values()), color="#48c")
-    ax[0].set_title("Busy time per stage (s)")
+    _bars(ax[0], list(busy.keys()), list(busy.values()), color="#48c")
+    ax[0].set_title("Busy time per stage (s)", **_LITERAL)
     tput = {k: v for k, v in report["throughput"]["stage_audio_s_per_busy_s"].items() if v}
-    ax[1].bar(list(tput.keys()), list(tput.values()), color="#4ac")
-    ax[1].set_title("Audio s per busy s, per worker")
-    save("Stage time and throughput", fig)
+    _bars(ax[1], list(tput.keys()), list(tput.values()), color="#4ac")
+    ax[1].set_title("Audio s per busy s, per worker", **_LITERAL)
+    figs.append(("Stage time and throughput", fig))
 
     for col, groups in (report.get("scores_by") or {}).items():
         fig, ax = subplots(figsize=(9, 3.2))
@@ -561,18 +589,18 @@ def _figures(report: dict[str, Any]) -> list[tuple[str, str]]:
         bottom = np.zeros(len(names))
         for k, color in zip(range(1, 6), ("#c44", "#c84", "#cc4", "#8c4", "#4a4")):
             counts = np.array([groups[g][str(k)] for g in names])
-            ax.bar(names, counts, bottom=bottom, label=f"score {k}", color=color)
+            _bars(ax, names, counts, bottom=bottom, label=f"score {k}", color=color)
             bottom += counts
-        ax.set_title(f"edu_score by {col}")
-        ax.legend(fontsize=7)
+        ax.set_title(f"edu_score by {col}", **_LITERAL)
+        _literal(ax.legend(fontsize=7).get_texts())
         ax.tick_params(axis="x", rotation=45)
-        save(f"Scores by {col}", fig)
+        figs.append((f"Scores by {col}", fig))
 
     if report.get("wer"):
         fig, ax = subplots(figsize=(6, 3.2))
         e = report["wer"]["hist"]["edges"]
-        ax.bar([f"{x}" for x in e[:-1]], report["wer"]["hist"]["counts"], color="#888")
-        ax.set_title(f"WER vs reference (mean {report['wer']['mean']:.3f})")
+        _bars(ax, [f"{x}" for x in e[:-1]], report["wer"]["hist"]["counts"], color="#888")
+        ax.set_title(f"WER vs reference (mean {report['wer']['mean']:.3f})", **_LITERAL)
         ax.tick_params(axis="x", rotation=60)
-        save("WER distribution", fig)
+        figs.append(("WER distribution", fig))
     return figs

@@ -232,8 +232,9 @@ class CurationSink(Datasink[dict]):
     """Routes each row to its output and writes one shard per output per write task."""
 
     def __init__(self, out: OutputDir, id_column: str, carried: list[str], rows_per_shard: int = 256,
-                 segmented: bool = False):
+                 segmented: bool = False, audio_sampling_rate: Optional[int] = 16000):
         self.out = out
+        self.audio_sampling_rate = audio_sampling_rate  # curated/'s Audio feature (None: each file's own rate)
         self.segmented = segmented
         self.id_column = id_column
         self.carried = [c for c in carried if c != id_column]
@@ -267,6 +268,11 @@ class CurationSink(Datasink[dict]):
                 continue
             part = with_part_footer(part, self.segmented)  # the resume record: rows per input row group
             part = part.select(self.columns(split, part.column_names))
+            if split == CURATED:  # `datasets` loads `audio` as an Audio feature as it is
+                from .exports.hf_features import hf_feature_metadata
+
+                part = part.replace_schema_metadata(
+                    {**(part.schema.metadata or {}), **hf_feature_metadata(part.schema, self.audio_sampling_rate)})
             self.out.write_bytes(self.out.path(split, _shard_name(part[self.id_column])), _to_parquet(part))
             _add_stats(stats, split, part)
         return stats

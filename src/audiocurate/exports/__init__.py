@@ -13,9 +13,7 @@ A format is one module: a subclass of `Exporter` registered with `@EXPORT_FORMAT
 
 from __future__ import annotations
 
-import hashlib
 import math
-import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Optional
@@ -28,6 +26,7 @@ from .. import contract as C
 from ..config import StorageConfig
 from ..core.registry import Registry
 from ..sinks import CURATED, REJECTED, OutputDir
+from .member_names import file_extension
 
 EXPORT_FORMATS: Registry[Any] = Registry("export format", lazy={
     "nemo": "audiocurate.exports.nemo", "webdataset": "audiocurate.exports.webdataset",
@@ -61,9 +60,14 @@ class Exporter:
     name: ClassVar[str] = ""
     summary_file: ClassVar[Optional[str]] = "export.json"  # None where the format's reader lists the folder
 
-    def __init__(self, dest: OutputDir, options: ExportOptions):
+    def __init__(self, dest: OutputDir, options: ExportOptions, id_column: str = "id"):
         self.dest = dest
         self.options = options
+        self.id_column = id_column  # the run's `source.id_column`: rows carry their id there
+
+    def clip_id(self, row: dict[str, Any]) -> str:
+        """A row's id as the run read it (str of the id column's value)."""
+        return str(row[self.id_column])
 
     def outputs(self, part: Part) -> list[str]:
         raise NotImplementedError
@@ -82,21 +86,23 @@ class Exporter:
         return max(1, math.ceil(part.rows / self.options.shard_size))
 
 
-def sample_key(clip_id: str) -> str:
-    """A file-name-safe, dot-free key for an id: WebDataset splits a sample's key at the first
-    dot, and ids are often file names (`common_voice_en_123.mp3`). The hash keeps two ids
-    that differ only in unsafe characters apart; the real id is in the metadata."""
-    safe = re.sub(r"[^A-Za-z0-9_-]+", "_", clip_id).strip("_")[:80] or "clip"
-    return f"{safe}-{hashlib.sha1(clip_id.encode()).hexdigest()[:8]}"
-
-
 def audio_of(cell: Optional[dict[str, Any]]) -> tuple[bytes, str]:
-    """The encoded audio of a row and its file extension (`flac` for the 16 kHz clips)."""
+    """The encoded audio of a row and its file extension (`flac` for the 16 kHz clips; the
+    extension of the audio's `path` where it is a plain one)."""
     if not cell or not cell.get("bytes"):
         raise ValueError("row has no audio")
-    path = cell.get("path") or "clip.flac"
-    ext = path.rsplit(".", 1)[-1].lower() if "." in path.rsplit("/", 1)[-1] else "flac"
-    return cell["bytes"], ext
+    return cell["bytes"], file_extension(cell.get("path") or "")
+
+
+def run_id_column(out: OutputDir) -> str:
+    """The id column of the run that wrote `out` (`source.id_column`, as recorded in
+    `_state/config.yaml`; the run's identity where that is missing; else `id`)."""
+    import yaml
+
+    raw = out.read_bytes(out.path("_state", "config.yaml"))
+    recorded = yaml.safe_load(raw) if raw else None
+    source = (recorded or {}).get("source") or ((out.identity() or {}).get("config") or {}).get("source") or {}
+    return str(source.get("id_column") or "id")
 
 
 def metadata_of(row: dict[str, Any]) -> dict[str, Any]:
@@ -153,7 +159,7 @@ def export(output_uri: str, fmt: str, dest_uri: str, *, split: str = CURATED,
     t0 = time.time()
     out = OutputDir(output_uri, storage)
     dest = OutputDir(dest_uri, storage)
-    exporter = EXPORT_FORMATS.get(fmt)(dest, options or ExportOptions())
+    exporter = EXPORT_FORMATS.get(fmt)(dest, options or ExportOptions(), id_column=run_id_column(out))
     parts = []
     for path in out.part_files(split):
         with out.fs.open_input_file(path) as f:

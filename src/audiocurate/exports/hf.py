@@ -1,34 +1,20 @@
 """Hugging Face `datasets`: Parquet files in `DEST/data/` whose schema metadata declares the
-features (`audio` as an `Audio` feature) and a dataset card (`README.md`) naming them, so
-`datasets.load_dataset(DEST, split="train")` returns an audio dataset, and `push_to_hub`
-publishes it. Decoding `Audio` in
-datasets >= 4 needs `torchcodec`; without it, `cast_column("audio", Audio(decode=False))`
-gives the bytes."""
+features (`audio` as an `Audio` feature: `hf_features`) and a dataset card (`README.md`)
+naming them, so `datasets.load_dataset(DEST, split="train")` returns an audio dataset, and
+`push_to_hub` publishes it. Decoding `Audio` in datasets >= 4 needs `torchcodec`; without it,
+`cast_column("audio", Audio(decode=False))` gives the bytes."""
 
 from __future__ import annotations
 
 import io
-import json
-from typing import Any, Optional
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import contract as C
 from . import EXPORT_FORMATS, Exporter, Part
-
-
-def _feature(t: pa.DataType) -> Optional[dict[str, Any]]:
-    if pa.types.is_list(t) or pa.types.is_large_list(t):
-        inner = _feature(t.value_type)
-        return {"feature": inner, "_type": "Sequence"} if inner else None
-    if pa.types.is_struct(t):
-        fields = {f.name: _feature(f.type) for f in t}
-        return None if any(v is None for v in fields.values()) else fields
-    names = {pa.string(): "string", pa.large_string(): "large_string", pa.bool_(): "bool", pa.int8(): "int8",
-             pa.int16(): "int16", pa.int32(): "int32", pa.int64(): "int64", pa.float32(): "float32",
-             pa.float64(): "float64", pa.binary(): "binary"}
-    return {"dtype": names[t], "_type": "Value"} if t in names else None
+from .hf_features import hf_feature_metadata
 
 
 @EXPORT_FORMATS.register("hf")
@@ -42,15 +28,8 @@ class HuggingFaceExport(Exporter):
     def write_part(self, part: Part, table: pa.Table) -> None:
         keep = [c for c in table.column_names if c not in (C.ERROR_STAGE, C.ERROR, C.PCM)]
         table = table.select(keep)
-        features: dict[str, Any] = {}
-        for field in table.schema:
-            if field.name == C.AUDIO:
-                features[field.name] = {"_type": "Audio"}
-            elif (f := _feature(field.type)) is not None:
-                features[field.name] = f
-            else:
-                table = table.drop_columns([field.name])
-        table = table.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": features}})})
+        # No sampling rate: decoded at the file's own (16 kHz, unless output.audio_format: original).
+        table = table.replace_schema_metadata(hf_feature_metadata(table.schema, sampling_rate=None))
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
         self.dest.write_bytes(self.dest.path(self.outputs(part)[0]), buf.getvalue())

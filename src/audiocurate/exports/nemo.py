@@ -5,7 +5,8 @@ tar's index in `tarred_audio_filepaths.txt`).
 
 The field names and their meaning are those NeMo's `ASRAudioText` collection parses
 (`nemo.collections.common.parts.preprocessing.collections`: `audio_filepath`, `duration`,
-`text`, optional `offset`, `lang`); relative paths resolve against the manifest's folder."""
+`text`, optional `offset`, `lang`); relative paths resolve against the manifest's folder.
+Audio files are named `member_name(id)`; each entry keeps the real id under the run's id column."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from . import EXPORT_FORMATS, Exporter, Part, audio_of, metadata_of, sample_key
+from . import EXPORT_FORMATS, Exporter, Part, audio_of, metadata_of
+from .member_names import member_name
 
 
 @EXPORT_FORMATS.register("nemo")
@@ -34,7 +36,7 @@ class NemoExport(Exporter):
         members: list[list[tuple[str, bytes]]] = [[] for _ in tars]
         for j, row in enumerate(rows):
             data, ext = audio_of(row.get("audio"))
-            key = sample_key(str(row["id"]))
+            key = member_name(self.clip_id(row))
             entry = {"audio_filepath": f"audio/{key}.{ext}", "duration": row.get("duration_s"),
                      "text": row.get("transcript") or ""}
             if row.get("language"):

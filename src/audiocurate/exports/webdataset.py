@@ -1,5 +1,6 @@
 """WebDataset: tar shards of `{key}.flac` + `{key}.json` samples, written with webdataset's
-own `TarWriter`. Read with `webdataset.WebDataset(sorted(glob("DEST/shard-*.tar")))`."""
+own `TarWriter`. Read with `webdataset.WebDataset(sorted(glob("DEST/shard-*.tar")))`.
+The key is `member_name(id)`; the json holds every column, the real id included."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from . import EXPORT_FORMATS, Exporter, Part, audio_of, metadata_of, sample_key
+from . import EXPORT_FORMATS, Exporter, Part, audio_of, metadata_of
+from .member_names import member_name
 
 
 @EXPORT_FORMATS.register("webdataset")
@@ -29,7 +31,7 @@ class WebDatasetExport(Exporter):
             with wds.TarWriter(buf) as sink:
                 for row in rows[k * size:(k + 1) * size]:
                     data, ext = audio_of(row.get("audio"))
-                    sink.write({"__key__": sample_key(str(row["id"])), ext: data, "json": metadata_of(row)})
+                    sink.write({"__key__": member_name(self.clip_id(row)), ext: data, "json": metadata_of(row)})
             self.dest.write_bytes(self.dest.path(name), buf.getvalue())
 
     def finish(self, parts: list[Part]) -> dict[str, Any]:
