@@ -17,7 +17,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 export LLAMA_CMAKE_ARGS
 STEP = @printf '\n==> %s\n' 
 
-.PHONY: install install-test demo test test-fast docs-check sysdeps bench clean
+.PHONY: install install-test demo test test-fast docs-check sysdeps bench bench-defects clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) scripts/build_llama_cpp.sh
 	$(STEP)"[1/4] creating $(VENV) with $$($(PYTHON) --version)"
@@ -74,6 +74,12 @@ docs-check: install-test
 
 bench: install-test
 	$(PY) benchmarks/throughput.py
+
+# The defect corpus's sources: espeak-ng voices, real recordings and two music packages (Debian).
+bench-defects: install-test
+	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get install -y -q --no-install-recommends \
+	  espeak-ng sox ffmpeg pocketsphinx-testdata drascula-music fb-music-high >/dev/null
+	$(PY) benchmarks/defects.py
 
 clean:
 	rm -rf out .pytest_cache build src/*.egg-info

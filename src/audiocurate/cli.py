@@ -31,7 +31,8 @@ def demo_dataset_path() -> str:
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML configuration file (see `audiocurate config`)")
-    p.add_argument("--profile", default=None, help="start from a shipped profile: default, gpu, longform")
+    p.add_argument("--profile", default=None, help="start from shipped profiles: default, gpu, longform, quality; comma-separated ones are "
+                   "layered in order (e.g. longform,quality)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. --set asr.beam_size=5 (repeatable)")
     p.add_argument("--limit", type=_positive_int, default=None,

@@ -487,13 +487,15 @@ class PipelineConfig(Settings):
         cls,
         path: str | Path | None = None,
         *,
-        profile: str | None = None,
+        profile: str | list[str] | None = None,
         overrides: list[str] | dict[str, Any] | None = None,
     ) -> "PipelineConfig":
-        """Profile, then YAML file, then overrides: each layer updates the one before."""
+        """Profiles (in order: `longform,quality`), then YAML file, then overrides: each layer
+        updates the one before."""
         data: dict[str, Any] = {}
-        if profile:
-            data = _merge_layer(data, load_profile(profile))
+        names = [p for p in profile.split(",") if p.strip()] if isinstance(profile, str) else list(profile or [])
+        for name in names:
+            data = _merge_layer(data, load_profile(name.strip()))
         if path:
             data = _merge_layer(data, yaml.safe_load(Path(path).read_text()) or {})
         if overrides:

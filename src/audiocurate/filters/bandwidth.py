@@ -1,0 +1,29 @@
+"""Reject narrow-band audio (`narrow_band`) when configured: telephone, 8 kHz sources (`signals.bandwidth`)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+from pydantic import Field
+
+from ..core.settings import Settings
+from .signal_gate import SignalGate
+
+NARROW_BAND = "narrow_band"
+
+
+class BandwidthSettings(Settings):
+    min_hz: Optional[float] = Field(
+        None, ge=0, description="Reject when the effective bandwidth is below this many Hz. Dev corpus: "
+        "16 kHz speech 7,100-8,000 Hz, telephone band 3,590-3,660 Hz; 5,000 separates them. None (default): "
+        "only measure, since narrow-band speech is a choice, not a defect, for some training sets.")
+
+
+class BandwidthGate(SignalGate):
+    name = "bandwidth"
+    signal = "bandwidth"
+    settings = BandwidthSettings
+
+    def decide(self, row: Mapping[str, Any]) -> Optional[str]:
+        m = self.config.min_hz
+        return NARROW_BAND if m is not None and row["bandwidth_hz"] < m else None

@@ -1,0 +1,50 @@
+"""A gate over one signal (`audiocurate.signals`): measure it for every row, reject past a threshold.
+
+Each gate is a `Filter` that needs the decoded samples, so it runs right after decoding (or
+on each segment with `segment.enabled`), before Whisper spends anything on a row it rejects.
+It measures every row that reaches it (`measures_all`), rejected ones too, so the signal's
+columns are in `rejected/` as well as `curated/` and a later refilter needs no model. Its
+thresholds are its constructor's keyword arguments, validated by its own pydantic `Settings`
+(whose field descriptions are the manual), given in `filters.custom[].args`."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping, Optional
+
+import numpy as np
+
+from .. import contract as C
+from ..core.settings import Settings
+from ..signals import SIGNALS, Signal
+from .base import Filter
+
+
+class SignalGate(Filter):
+    """Subclasses set `signal` (a `SIGNALS` name), `settings` (their thresholds) and `decide`."""
+
+    signal: ClassVar[str] = ""
+    settings: ClassVar[type[Settings]] = Settings
+    needs = (C.PCM,)
+    measures_all = True
+
+    def __init__(self, **args: Any):
+        try:
+            self.config = self.settings(**args)
+        except Exception as e:  # pydantic's message names the field and what is wrong with it
+            raise ValueError(f"{type(self).__name__}: {e}") from None
+        self._signal: Signal = SIGNALS.get(self.signal)
+        self.produces = dict(self._signal.columns)
+
+    def measure(self, row: Mapping[str, Any]) -> Mapping[str, Any]:
+        pcm = np.frombuffer(row[C.PCM], dtype="<i2") if row[C.PCM] else np.zeros(0, np.int16)
+        if not len(pcm):
+            return {k: None for k in self.produces}
+        return self._signal.measure(pcm)
+
+    def reason(self, row: Mapping[str, Any]) -> Optional[str]:
+        if any(row.get(k) is None for k in self.produces):
+            return None
+        return self.decide(row)
+
+    def decide(self, row: Mapping[str, Any]) -> Optional[str]:
+        raise NotImplementedError
