@@ -83,7 +83,7 @@ def test_an_engine_fault_that_stays_fails_the_block_naming_stage_and_engine():
     with pytest.raises(EngineFault) as err:
         stage(texts_table(["a", "b", "c"]))
     assert str(err.value).startswith("judge: llama.cpp: the engine failed, not the rows (ConnectionRefusedError")
-    assert "3 tries" in str(err.value) and log.count("load") == 3
+    assert "3 tries" in str(err.value) and log.count("load") == 4  # 3 tries, then each row alone on a fresh one
     assert engine_fault_message(f"ray.exceptions.RayTaskError(UserCodeException): ...\n"
                                 f"audiocurate.core.faults.EngineFault: {err.value}\n") == str(err.value)
     assert pickle.loads(pickle.dumps(err.value)).args == err.value.args  # Ray sends it back to the driver
@@ -96,7 +96,21 @@ def test_every_row_of_a_batch_failing_alone_the_same_way_is_the_engines_fault():
     stage, log = judge_stage(answer, retries=1)
     with pytest.raises(EngineFault, match=r"every one of 4 rows failed alone with ValueError: llama_decode returned -3"):
         stage(texts_table(["a", "b", "c", "d"]))
-    assert log.count("load") == 2
+    assert log.count("load") == 3
+
+
+def test_one_row_that_always_breaks_the_engine_does_not_stop_the_run():
+    """A clip or prompt too large for the GPU raises out-of-memory whenever it is in the batch:
+    after the tries, each row alone on a fresh engine; the others are scored, it is an error row."""
+    def answer(texts, loads):
+        if "huge" in texts:
+            raise crashing_engine.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+        return scores(texts)
+
+    stage, log = judge_stage(answer, retries=1)
+    rows = stage(texts_table(["a", "huge", "c"])).to_pylist()
+    assert [r[C.ERROR_STAGE] for r in rows] == [None, "judge", None]
+    assert "OutOfMemoryError" in rows[1][C.ERROR] and [rows[0]["edu_score"], rows[2]["edu_score"]] == [4, 4]
 
 
 def test_a_row_that_fails_alone_is_still_its_own_error_row():

@@ -54,6 +54,30 @@ def test_a_lease_not_renewed_within_its_ttl_is_stale_on_any_host(tmp_path):
         pass
 
 
+def test_an_unreadable_lease_blocks_only_until_its_ttl(tmp_path):
+    """An older version's torn write left an empty lease: it is as old as its file."""
+    out = OutputDir(str(tmp_path / "out"))
+    (tmp_path / "out" / "_state").mkdir(parents=True)
+    (tmp_path / "out" / LEASE).write_text("")
+    with pytest.raises(OutputBusyError, match="an unreadable lease"):
+        OutputLease(out, "run").acquire()
+    old = time.time() - 3600
+    os.utime(tmp_path / "out" / LEASE, (old, old))
+    with OutputLease(out, "run") as lease:
+        assert json.loads((tmp_path / "out" / LEASE).read_text())["token"] == lease.token
+    assert not list((tmp_path / "out" / "_state").glob("*.tmp"))
+
+
+def test_a_holder_whose_lease_was_taken_over_may_not_finish(tmp_path):
+    out = OutputDir(str(tmp_path / "out"))
+    with OutputLease(out, "run") as lease:
+        lease.check()
+        record = json.loads((tmp_path / "out" / LEASE).read_text())
+        (tmp_path / "out" / LEASE).write_text(json.dumps({**record, "token": "another", "pid": 1}))
+        with pytest.raises(OutputBusyError, match="taken over"):
+            lease.check()
+
+
 def test_the_holder_renews_its_lease(tmp_path):
     out = OutputDir(str(tmp_path / "out"))
     with OutputLease(out, "run", ttl_s=0.4):

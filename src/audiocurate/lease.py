@@ -54,7 +54,15 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _describe(holder: dict[str, Any]) -> str:
+def _pid_namespace() -> Optional[int]:
+    """Processes in two containers can share a host name, not a pid space."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+def describe_holder(holder: dict[str, Any]) -> str:
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started", 0)))
     return (f"{holder.get('command', 'a run')} on host {holder.get('host')}, pid {holder.get('pid')}, "
             f"started {started}")
@@ -70,7 +78,8 @@ class OutputLease:
         self.settle_s = settle_s
         self.token = uuid.uuid4().hex
         self.record = {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
-                       "started": time.time(), "command": command, "ttl_s": ttl_s}
+                       "pid_namespace": _pid_namespace(), "started": time.time(), "command": command, "ttl_s": ttl_s}
+        self._writing = threading.Lock()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self.lost: Optional[str] = None
@@ -82,16 +91,19 @@ class OutputLease:
 
     def holder(self) -> Optional[dict[str, Any]]:
         raw = self.out.read_bytes(self.path)
-        if not raw:
+        if raw is None:
             return None
         try:
             return json.loads(raw)
-        except ValueError:  # a torn write by a process killed mid-way (local disks only): treat as free
-            return None
+        except ValueError:  # unreadable (an older version's torn write): as old as the file says
+            info = self.out.fs.get_file_info(self.path)
+            renewed = info.mtime.timestamp() if info.mtime is not None else 0.0
+            return {"token": None, "host": "?", "pid": -1, "renewed": renewed, "ttl_s": self.ttl_s,
+                    "command": "an unreadable lease"}
 
     def is_stale(self, holder: dict[str, Any], now: Optional[float] = None) -> bool:
         now = time.time() if now is None else now
-        if holder.get("host") == socket.gethostname():
+        if holder.get("host") == socket.gethostname() and holder.get("pid_namespace", _pid_namespace()) == _pid_namespace():
             pid = int(holder.get("pid", -1))
             if not _pid_alive(pid) or (pid == os.getpid() and holder.get("token") not in _HELD):
                 return True
@@ -105,19 +117,23 @@ class OutputLease:
     def acquire(self) -> "OutputLease":
         holder = self.holder()
         if holder is not None and holder.get("token") != self.token and not self.is_stale(holder):
-            raise OutputBusyError(f"{self.out.uri} is in use by {_describe(holder)}; "
+            raise OutputBusyError(f"{self.out.uri} is in use by {describe_holder(holder)}; "
                                   "wait for it to finish (or stop it), then run this again")
         if holder is None and storage.is_local(self.out.fs):
             self._create_exclusive()
+        elif holder is not None and holder.get("token") is None and storage.is_local(self.out.fs):
+            log.warning("replacing %s's stale, unreadable lease", self.out.uri)
+            self.out.fs.delete_file(self.path)
+            self._create_exclusive()
         else:
             if holder is not None:
-                log.warning("taking over the stale lease of %s", _describe(holder))
+                log.warning("taking over the stale lease of %s", describe_holder(holder))
             self._write()
             time.sleep(self.settle_s)
         now = self.holder()
         if not now or now.get("token") != self.token:
             raise OutputBusyError(f"{self.out.uri} was claimed at the same moment by "
-                                  f"{_describe(now or {})}; run this again once it has finished")
+                                  f"{describe_holder(now or {})}; run this again once it has finished")
         _HELD.add(self.token)
         self._thread = threading.Thread(target=self._renew_loop, name="audiocurate-lease", daemon=True)
         self._thread.start()
@@ -126,24 +142,32 @@ class OutputLease:
     def _create_exclusive(self) -> None:
         self.out.fs.create_dir(self.out.path("_state"), recursive=True)
         self.record["renewed"] = time.time()
+        # Written whole beside it, then linked into place: `link` fails if the name is taken,
+        # and the lease never exists without its content (a kill leaves only the temporary file).
+        tmp = f"{self.path}.{self.token}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.record, f)
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.link(tmp, self.path)
         except FileExistsError:
             holder = self.holder() or {}
-            raise OutputBusyError(f"{self.out.uri} is in use by {_describe(holder)}; "
+            raise OutputBusyError(f"{self.out.uri} is in use by {describe_holder(holder)}; "
                                   "wait for it to finish (or stop it), then run this again") from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.record, f)
+        finally:
+            os.unlink(tmp)
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.ttl_s / 4):
             try:
                 holder = self.holder()
                 if holder is not None and holder.get("token") != self.token:
-                    self.lost = f"the lease was taken over by {_describe(holder)}"
+                    self.lost = f"the lease was taken over by {describe_holder(holder)}"
                     log.error("%s: %s", self.out.uri, self.lost)
                     return
-                self._write()
+                with self._writing:
+                    if self._stop.is_set():
+                        return
+                    self._write()
             except OSError as e:  # a passing storage fault: the next renewal tries again
                 log.warning("could not renew the lease on %s: %s", self.out.uri, e)
 
@@ -152,10 +176,21 @@ class OutputLease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        with contextlib.suppress(OSError):
+        with self._writing, contextlib.suppress(OSError):  # no renewal lands after the delete
             holder = self.holder()
             if holder is not None and holder.get("token") == self.token:
                 self.out.fs.delete_file(self.path)
+
+    def check(self) -> None:
+        """Raise if another process took this lease over (a stall longer than `ttl_s`, a race on
+        object storage): a writer that lost it must not mark the output complete."""
+        holder = self.lost or None
+        if holder is None:
+            now = self.holder()
+            if now is not None and now.get("token") != self.token:
+                holder = f"the lease was taken over by {describe_holder(now)}"
+        if holder:
+            raise OutputBusyError(f"{self.out.uri}: {holder}; this process stops writing it")
 
     def __enter__(self) -> "OutputLease":
         return self.acquire()

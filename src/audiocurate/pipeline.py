@@ -226,23 +226,6 @@ class RunInterrupted(BaseException):
         self.signum = signum
 
 
-@contextlib.contextmanager
-def _callers_sigterm_handler_kept():
-    """`ray.init` replaces the process's SIGTERM handler (and Ray's native failure handler
-    then prints a stack dump): a caller that set its own (the CLI: a clean stop, exit 143)
-    gets it back."""
-    import signal
-    import threading
-
-    main = threading.current_thread() is threading.main_thread()
-    before = signal.getsignal(signal.SIGTERM) if main else None
-    try:
-        yield
-    finally:
-        if callable(before) and signal.getsignal(signal.SIGTERM) is not before:
-            signal.signal(signal.SIGTERM, before)
-
-
 def run(
     config: PipelineConfig,
     input_uri: str,
@@ -266,12 +249,13 @@ def run(
         raise ValueError(f"--limit must be at least 1 (got {limit})")
     out = OutputDir(output_uri, config.output.storage)
     source = open_source(input_uri, config.source)
-    with OutputLease(out, "run"):
-        return _run_held(config, source, input_uri, output_uri, out, limit=limit, restart=restart,
+    with OutputLease(out, "run") as lease:
+        return _run_held(config, source, input_uri, output_uri, out, lease, limit=limit, restart=restart,
                          retry_errors=retry_errors, echo=echo, stop_ray=stop_ray)
 
 
-def _run_held(config: PipelineConfig, source: Source, input_uri: str, output_uri: str, out: OutputDir, *,
+def _run_held(config: PipelineConfig, source: Source, input_uri: str, output_uri: str, out: OutputDir,
+              lease: Any, *,
               limit: Optional[int], restart: bool, retry_errors: bool, echo: Callable[[str], None],
               stop_ray: bool) -> dict[str, Any]:
     from .report import build_report, write_report
@@ -329,8 +313,7 @@ def _run_held(config: PipelineConfig, source: Source, input_uri: str, output_uri
          + (f", {done_in_scope} already done (resuming)" if resumed else ""))
     ray_was_up = ray.is_initialized()
     if remaining > 0:
-        with _callers_sigterm_handler_kept():
-            shape = init_ray(config.ray)
+        shape = init_ray(config.ray)
         attempt["ray_start_s"] = time.time() - t_start
         attempt["cluster"] = {"cpus": shape.cpus, "gpus": shape.gpus}
         attempt["pools"] = {k: v for k, v in plan_concurrency(config, shape).items()}
@@ -404,6 +387,7 @@ def _run_held(config: PipelineConfig, source: Source, input_uri: str, output_uri
                              for fmt in config.output.formats]
         write_report(out, report, config)
     if report["accounting"]["ok"]:
+        lease.check()  # a writer whose lease was taken over does not mark the output complete
         out.mark_complete({"finished": time.time(), "input": input_rows,
                            **{k: report["accounting"][k] for k in ("curated", "rejected", "errors")}})
     if stopping is not None:

@@ -48,13 +48,14 @@ def init_ray(config: RayConfig) -> ClusterShape:
         env = worker_environment(config)
         kwargs: dict[str, Any] = {"log_to_driver": True, "logging_level": "WARNING"}
         if address:
-            ray.init(address=address, runtime_env={"env_vars": env}, **kwargs)
+            with _callers_sigterm_handler_kept():
+                ray.init(address=address, runtime_env={"env_vars": env}, **kwargs)
         else:
             # "local": start our own Ray even when a `ray start` cluster runs on this machine.
             # Its processes inherit the environment they start in, so the workers' variables
             # are set there rather than as a runtime_env: a job with one cannot use the workers
             # Ray starts ahead with the node, and each task or actor would wait for a new one.
-            with _token_auth_default_unannounced(), _environment(env):
+            with _callers_sigterm_handler_kept(), _token_auth_default_unannounced(), _environment(env):
                 ray.init(address="local", num_cpus=config.num_cpus, include_dashboard=False, **kwargs)
             _started_here = True
     return ClusterShape.current()
@@ -69,6 +70,23 @@ def own_node_id() -> Optional[str]:
     """The node of a local Ray that `init_ray` started in this process, else None: its workers
     run this machine's Python, so what a task would check there can be checked here."""
     return ray.get_runtime_context().get_node_id() if _started_here and ray.is_initialized() else None
+
+
+@contextmanager
+def _callers_sigterm_handler_kept():
+    """`ray.init` replaces the process's SIGTERM handler (and Ray's native failure handler
+    then prints a stack dump): a caller that set its own (the CLI: a clean stop, exit 143)
+    gets it back."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if callable(before) and signal.getsignal(signal.SIGTERM) is not before:
+            signal.signal(signal.SIGTERM, before)
 
 
 @contextmanager

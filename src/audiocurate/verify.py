@@ -218,33 +218,36 @@ def _weights(t: pa.Table, id_column: str) -> dict[str, float]:
 def remove_duplicates(out: OutputDir, source: Any, id_column: str) -> int:
     """Keep each row id's first copy; the rows removed."""
     recover(out)
-    seen: set[int] = set()
+    seen: set[str] = set()
     first_pass: list[tuple[str, str, pa.Table]] = []
     all_h = []
     for split, path in _shards(out):
-        t = _read_ids(out, path, id_column)
+        try:
+            t = _read_ids(out, path, id_column)
+        except (OSError, pa.ArrowException):  # `verify` names it; a repair leaves it as it is
+            continue
         all_h.append(_hashes(_keys(t, id_column)[0]))
         first_pass.append((split, path, t))
     if not all_h:
         return 0
     uniq, counts = np.unique(np.concatenate(all_h), return_counts=True)
     dup = set(uniq[counts > 1].tolist())
+    if dup:
+        out.unmark_complete()  # first: a repair cut short leaves no _SUCCESS on an inexact output
     removed = 0
     for (split, path, t), h in zip(first_pass, all_h):
         ids = _keys(t, id_column)[0]
         drop: list[int] = []
         for n, x in enumerate(h.tolist()):
-            if x in dup:
-                if x in seen:
+            if x in dup:  # by hash, then by the id itself: two ids that share a hash both stay
+                if ids[n] in seen:
                     drop.append(n)
                 else:
-                    seen.add(x)
+                    seen.add(ids[n])
         if drop:
             dropped = [ids[n] for n in drop]
             removed += rewrite_without(out, split, path, drop,
                                        _parts_of(out, source, path, dropped, _weights(t, id_column)))
-    if removed and out.exists(out.path(SUCCESS)):
-        out.fs.delete_file(out.path(SUCCESS))
     return removed
 
 
@@ -252,6 +255,7 @@ def reopen_errors(out: OutputDir, source: Any, id_column: str, stages: Optional[
     """Remove the error rows of `stages` (the retryable ones) so that the next run processes them again."""
     stages = stages or _retryable_stages()
     recover(out)
+    out.unmark_complete()  # first: a reopening cut short leaves no _SUCCESS on an output missing rows
     reopened = 0
     for path in out.part_files(ERRORS):
         t = _read_ids(out, path, id_column)
@@ -264,6 +268,4 @@ def reopen_errors(out: OutputDir, source: Any, id_column: str, stages: Optional[
             dropped = [ids[n] for n in rows]
             reopened += rewrite_without(out, ERRORS, path, rows,
                                         _parts_of(out, source, path, dropped, _weights(t, id_column)))
-    if reopened and out.exists(out.path(SUCCESS)):
-        out.fs.delete_file(out.path(SUCCESS))
     return reopened

@@ -226,11 +226,24 @@ class ModelStage(Stage):
                 return results
             self.log.warning("%s: engine fault on a batch of %d rows, try %d of %d: %s", self.engine_name,
                              len(batch), attempt, tries, fault)
-            if attempt == tries:
-                raise EngineFault(self.name, self.engine_name, fault, tries)
+            _release_frames(results)  # their tracebacks hold the failed engine's frames (and GPU memory)
+            del results
             self.reset_engine()
-            time.sleep(self.engine_fault_backoff_s * 2 ** (attempt - 1))
-        raise AssertionError("unreachable")
+            if attempt < tries:
+                time.sleep(self.engine_fault_backoff_s * 2 ** (attempt - 1))
+        # Last chance, each row alone on a fresh engine: one row that always breaks it (a clip or
+        # prompt too large for the GPU) must not stop the run. If any row succeeds the engine
+        # works, and the rows that still fail are theirs (error rows; `--retry-errors` takes them).
+        alone = []
+        for item in batch:
+            try:
+                result = self.run_batch([item])
+                alone.append(result[0] if len(result) == 1 else RuntimeError(f"{len(result)} results for 1 input"))
+            except Exception as e:
+                alone.append(e)
+        if any(not isinstance(r, BaseException) for r in alone):
+            return alone
+        raise EngineFault(self.name, self.engine_name, fault, tries)
 
     def reset_engine(self) -> None:
         """Drop the loaded engine (and what PyTorch cached on the GPU for it), so the next
@@ -261,6 +274,12 @@ class ModelStage(Stage):
             if isinstance(out[-1], Exception) and is_fatal(out[-1]):
                 return out + [out[-1]] * (len(batch) - k - 1)
         return out
+
+
+def _release_frames(results: list[Any]) -> None:
+    for r in results:
+        if isinstance(r, BaseException):
+            r.__traceback__ = None
 
 
 def _scatter(n: int, rows: np.ndarray, values: Optional[list[Any]]) -> list[Any]:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import hashlib
 import re
 
-MAX_STEM = 80  # characters before the hash; a member name stays within a POSIX tar header's 100
+MAX_STEM = 72  # characters before the hash; stem, hash and extension stay within a POSIX tar header's 100
+HASH_HEX = 20  # 80 bits: no two of 10^9 changed ids share a name but once in a million corpora
 _SAFE = re.compile(r"[a-z0-9_-]+")
 _UNSAFE_RUN = re.compile(r"[^A-Za-z0-9_-]+")
-_HASHED = re.compile(r".*-[0-9a-f]{12}")
+_HASHED = re.compile(rf".*-[0-9a-f]{{{HASH_HEX}}}")
 _EXTENSION = re.compile(r"[a-z0-9]{1,10}")
 
 
@@ -20,15 +21,16 @@ def member_name(clip_id: str) -> str:
     """A file-name stem for a clip id: the id itself where it is made of lower-case ASCII
     letters, digits, `_` and `-` only (no dot: WebDataset splits a sample's key at the first
     dot, and ids are often file names like `common_voice_en_123.mp3`; no upper case: `A` and
-    `a` are one file on a case-insensitive disk) and at most 80 characters; otherwise the id's
-    ASCII letters, digits, `_` and `-`, cut to 80, then `-` and 12 hex digits of its SHA-1.
+    `a` are one file on a case-insensitive disk) and at most 72 characters; otherwise the last 72
+    of the id's ASCII letters, digits, `_` and `-` (path-like ids differ at their end), then `-`
+    and 20 hex digits of its SHA-1.
 
-    Distinct ids get distinct names: a kept id never ends like a changed one (an id that does,
-    `x-0123456789ab`, is changed too), and two changed ids differ in their hash (48 bits)."""
+    Distinct ids get distinct names: a kept id never ends like a changed one (an id that does is
+    changed too), and two changed ids differ in their hash (80 bits)."""
     if _SAFE.fullmatch(clip_id) and len(clip_id) <= MAX_STEM and not _HASHED.fullmatch(clip_id):
         return clip_id
-    stem = _UNSAFE_RUN.sub("_", clip_id).strip("_")[:MAX_STEM] or "clip"
-    return f"{stem}-{hashlib.sha1(clip_id.encode('utf-8', 'surrogatepass')).hexdigest()[:12]}"
+    stem = _UNSAFE_RUN.sub("_", clip_id).strip("_")[-MAX_STEM:].lstrip("_") or "clip"
+    return f"{stem}-{hashlib.sha1(clip_id.encode('utf-8', 'surrogatepass')).hexdigest()[:HASH_HEX]}"
 
 
 def file_extension(name: str, default: str = "flac") -> str:
