@@ -196,7 +196,9 @@ def test_a_signal_stops_the_run_cleanly_and_the_rerun_is_exact(clips, tmp_path, 
 
 
 @pytest.mark.parametrize("store", ["s3", "gcs"])
-def test_subcommands_reach_an_output_on_object_storage(clips, store, request, tmp_path, capsys):
+def test_subcommands_reach_an_output_on_object_storage(clips, store, request, tmp_path):
+    """Each command in its own process, as a user runs them: the run's local Ray gets the test
+    server's credentials from its environment."""
     import pyarrow.fs as pafs
 
     if store == "s3":
@@ -213,19 +215,20 @@ def test_subcommands_reach_an_output_on_object_storage(clips, store, request, tm
         storage = [f"output.storage.endpoint_url={endpoint}", "output.storage.anonymous=true"]
         uri = "gs://cmd-out/run"
     reach = [x for kv in storage for x in ("--set", kv)]
-    import ray
 
-    ray.shutdown()  # the run's workers must see the test server's credentials: a Ray of this process's env
-    assert main(["run", str(clips), uri, *_sets(storage)]) == 0
-    capsys.readouterr()
-    assert main(["verify", uri, *reach]) == 0
-    assert main(["report", uri, *reach]) == 0
-    assert main(["export", uri, "nemo", str(tmp_path / "nemo"), *reach]) == 0
+    def cli(*argv: str) -> None:
+        p = _cli(*argv)
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, (argv, out, err)
+
+    cli("run", str(clips), uri, *_sets(storage))
+    cli("verify", uri, *reach)
+    cli("report", uri, *reach)
+    cli("export", uri, "nemo", str(tmp_path / "nemo"), *reach)
     manifest = [json.loads(x) for x in next((tmp_path / "nemo").rglob("*.json*")).read_text().splitlines() if x]
-    assert len(manifest) == len(_ids_of_curated(uri, storage))
-    assert main(["compact", uri, *reach]) == 0
-    assert main(["verify", uri, *reach]) == 0
-    ray.shutdown()
+    assert len(manifest) == len(_ids_of_curated(uri, storage)) > 0
+    cli("compact", uri, *reach)
+    cli("verify", uri, *reach)
 
 
 def _ids_of_curated(uri: str, storage: list[str]) -> list[str]:
