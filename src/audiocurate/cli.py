@@ -241,30 +241,23 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _on_output(args: argparse.Namespace) -> int:
-    """The subcommands that work on an existing OUTPUT, each holding its lease."""
+    """The subcommands that work on an existing OUTPUT (their errors: `_dispatch`'s exit codes)."""
     from .lease import OutputBusyError, OutputLease, describe_holder
     from .run_output import RunOutput
 
-    try:
-        storage = load_config(args).output.storage if (args.config or args.overrides) else None
-        run = RunOutput.open(args.output, storage)
-        command = {"report": _report, "export": _export, "compact": _compact, "verify": _verify}[args.command]
-        lease = OutputLease(run.out, args.command)
-        if args.command == "export" or (args.command == "verify" and not args.repair):
-            # they only read OUTPUT (it may be read-only to them): refused while a run writes it
-            holder = lease.holder()
-            if holder is not None and not lease.is_stale(holder):
-                raise OutputBusyError(f"{run.uri} is in use by {describe_holder(holder)}; "
-                                      "wait for it to finish, then run this again")
-            return command(run, args)
-        with lease:
-            return command(run, args)
-    except OutputBusyError as e:
-        raise _Exit(4, f"error: {e}") from None
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        raise _Exit(2, f"error: {e}") from None
-    except OSError as e:
-        raise _storage_exit(e, args.output) from None
+    storage = load_config(args).output.storage if (args.config or args.overrides) else None
+    run = RunOutput.open(args.output, storage)
+    command = {"report": _report, "export": _export, "compact": _compact, "verify": _verify}[args.command]
+    lease = OutputLease(run.out, args.command)
+    if args.command == "export" or (args.command == "verify" and not args.repair):
+        # they only read OUTPUT (it may be read-only to them): refused while a run writes it
+        holder = lease.holder()
+        if holder is not None and not lease.is_stale(holder):
+            raise OutputBusyError(f"{run.uri} is in use by {describe_holder(holder)}; "
+                                  "wait for it to finish, then run this again")
+        return command(run, args)
+    with lease:
+        return command(run, args)
 
 
 # OSErrors that say the user's OUTPUT cannot be written (read-only, not a folder, no permission):
