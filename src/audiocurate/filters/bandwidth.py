@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Optional
 
 from pydantic import Field
 
@@ -24,6 +24,6 @@ class BandwidthGate(SignalGate):
     signal = "bandwidth"
     settings = BandwidthSettings
 
-    def decide(self, row: Mapping[str, Any]) -> Optional[str]:
-        m = self.config.min_hz
-        return NARROW_BAND if m is not None and row["bandwidth_hz"] < m else None
+    column = "bandwidth_hz"
+    threshold = "min_hz"
+    drop_reason = NARROW_BAND

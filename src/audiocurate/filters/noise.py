@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Optional
 
 from pydantic import Field
 
@@ -24,6 +24,6 @@ class NoiseGate(SignalGate):
     signal = "noise"
     settings = NoiseSettings
 
-    def decide(self, row: Mapping[str, Any]) -> Optional[str]:
-        m = self.config.min_background_snr_db
-        return NOISY_BACKGROUND if m is not None and row["background_snr_db"] < m else None
+    column = "background_snr_db"
+    threshold = "min_background_snr_db"
+    drop_reason = NOISY_BACKGROUND

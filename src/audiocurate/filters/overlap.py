@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Optional
 
 from pydantic import Field
 
@@ -24,6 +24,7 @@ class OverlapGate(SignalGate):
     signal = "voices"
     settings = OverlapSettings
 
-    def decide(self, row: Mapping[str, Any]) -> Optional[str]:
-        m = self.config.max_second_voice_ratio
-        return OVERLAPPING_TALKERS if m is not None and row["second_voice_ratio"] > m else None
+    column = "second_voice_ratio"
+    threshold = "max_second_voice_ratio"
+    reject_above = True
+    drop_reason = OVERLAPPING_TALKERS

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Optional
 
 from pydantic import Field
 
@@ -24,6 +24,6 @@ class ReverbGate(SignalGate):
     signal = "reverb"
     settings = ReverbSettings
 
-    def decide(self, row: Mapping[str, Any]) -> Optional[str]:
-        m = self.config.min_decay_db_100ms
-        return REVERBERANT if m is not None and row["decay_db_100ms"] < m else None
+    column = "decay_db_100ms"
+    threshold = "min_decay_db_100ms"
+    drop_reason = REVERBERANT

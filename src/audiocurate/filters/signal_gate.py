@@ -20,10 +20,16 @@ from .base import Filter
 
 
 class SignalGate(Filter):
-    """Subclasses set `signal` (a `SIGNALS` name), `settings` (their thresholds) and `decide`."""
+    """Subclasses set `signal` (a `SIGNALS` name) and `settings` (their thresholds), then either
+    a one-threshold rule (`column`, `threshold`: a settings field, None to only measure,
+    `reject_above` or below it, `drop_reason`) or their own `decide`."""
 
     signal: ClassVar[str] = ""
     settings: ClassVar[type[Settings]] = Settings
+    column: ClassVar[str] = ""
+    threshold: ClassVar[str] = ""
+    reject_above: ClassVar[bool] = False
+    drop_reason: ClassVar[str] = ""
     needs = (C.PCM,)
     measures_all = True
 
@@ -47,4 +53,8 @@ class SignalGate(Filter):
         return self.decide(row)
 
     def decide(self, row: Mapping[str, Any]) -> Optional[str]:
-        raise NotImplementedError
+        limit = getattr(self.config, self.threshold)
+        if limit is None:
+            return None
+        value = row[self.column]
+        return self.drop_reason if (value > limit if self.reject_above else value < limit) else None
