@@ -183,12 +183,19 @@ def _name_examples(out: OutputDir, id_column: str, v: Verdict, dup_h: np.ndarray
                 v.unexpected_examples.append(k)
 
 
-def _parts_of(out: OutputDir, source: Any, path: str, drop: list[str], weights: dict[str, float]
+def _row_groups(source: Any) -> list:
+    """The input's row groups (none for a source resumed by id): read once per repair."""
+    from .resume import partitions
+
+    return partitions(source) if getattr(source, "partitioned", False) else []
+
+
+def _parts_of(out: OutputDir, source: Any, groups: list, path: str, drop: list[str], weights: dict[str, float]
               ) -> dict[str, tuple[str, float]]:
-    """For rows to drop from `path`: the input row group each counted for, and how much."""
-    if not getattr(source, "partitioned", False) or not drop:
+    """For rows to drop from `path`: the input row group (of `groups`) each counted for, and how much."""
+    if not groups or not drop:
         return {}
-    from .resume import _group_ids, partitions
+    from .resume import _group_ids
     import json
 
     with out.fs.open_input_file(path) as f:
@@ -197,7 +204,7 @@ def _parts_of(out: OutputDir, source: Any, path: str, drop: list[str], weights: 
     wanted = {d: weights.get(d, 1.0) for d in drop}
     parent = {d: d.rsplit("@", 1)[0] for d in drop}
     found: dict[str, tuple[str, float]] = {}
-    for p in partitions(source):
+    for p in groups:
         if p.key not in keys:
             continue
         group = set(_group_ids(source, p))
@@ -235,6 +242,7 @@ def remove_duplicates(out: OutputDir, source: Any, id_column: str) -> int:
     if dup:
         out.unmark_complete()  # first: a repair cut short leaves no _SUCCESS on an inexact output
     removed = 0
+    groups = _row_groups(source) if dup else []
     for (split, path, t), h in zip(first_pass, all_h):
         ids = _keys(t, id_column)[0]
         drop: list[int] = []
@@ -247,7 +255,7 @@ def remove_duplicates(out: OutputDir, source: Any, id_column: str) -> int:
         if drop:
             dropped = [ids[n] for n in drop]
             removed += rewrite_without(out, split, path, drop,
-                                       _parts_of(out, source, path, dropped, _weights(t, id_column)))
+                                       _parts_of(out, source, groups, path, dropped, _weights(t, id_column)))
     return removed
 
 
@@ -257,6 +265,7 @@ def reopen_errors(out: OutputDir, source: Any, id_column: str, stages: Optional[
     recover(out)
     out.unmark_complete()  # first: a reopening cut short leaves no _SUCCESS on an output missing rows
     reopened = 0
+    groups = _row_groups(source)
     for path in out.part_files(ERRORS):
         t = _read_ids(out, path, id_column)
         if C.ERROR_STAGE not in t.column_names:
@@ -267,5 +276,5 @@ def reopen_errors(out: OutputDir, source: Any, id_column: str, stages: Optional[
             ids = pc.cast(t[id_column], pa.string()).to_pylist()
             dropped = [ids[n] for n in rows]
             reopened += rewrite_without(out, ERRORS, path, rows,
-                                        _parts_of(out, source, path, dropped, _weights(t, id_column)))
+                                        _parts_of(out, source, groups, path, dropped, _weights(t, id_column)))
     return reopened
