@@ -393,3 +393,36 @@ def test_pcm_rows_are_each_rows_samples_in_the_order_asked(binary_type):
     assert [g.dtype for g in got] == [np.dtype("int16")] * len(rows)
     assert [g.tolist() for g in got] == [C.pcm_of(table, int(i)).tolist() for i in rows]
     assert got[3].tolist() == np.frombuffer(cells[0] or b"", "<i2").tolist() and len(got[-4]) == 0  # row 42: null
+
+
+def test_a_filter_failing_every_row_the_same_way_is_not_written_as_row_errors():
+    """A filter whose model is gone (or whose code is broken for every clip) is not the rows'
+    fault: the block fails with EngineFault naming the filter, so no row is lost as an error."""
+    from audiocurate.core.faults import EngineFault
+
+    class Broken(Filter):
+        name = "broken"
+        needs = ("transcript",)
+
+        def reason(self, row):
+            raise RuntimeError("session is closed")
+
+    table = pa.table({"id": ["a", "b", "c"], "transcript": ["x", "y", "z"]})
+    with pytest.raises(EngineFault, match="select: filter broken: .*every one of 3 rows"):
+        SelectStage([Broken()])(table)
+
+
+def test_a_filter_out_of_memory_fails_the_block_even_on_one_row():
+    from audiocurate.core.faults import EngineFault
+
+    class Hungry(Filter):
+        name = "hungry"
+        needs = ("transcript",)
+
+        def reason(self, row):
+            if row["transcript"] == "long":
+                raise MemoryError("cannot allocate 9 GB")
+            return None
+
+    with pytest.raises(EngineFault, match=r"select: filter hungry: .*\(MemoryError: cannot allocate"):
+        SelectStage([Hungry()])(pa.table({"id": ["a", "b"], "transcript": ["short", "long"]}))

@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from .. import contract as C
 from ..filters.base import Filter
-from .faults import EngineFault, classify_failures, is_fatal
+from .faults import EngineFault, classify_failures, describe, is_fatal
 
 
 @dataclass
@@ -123,24 +123,37 @@ class Stage:
     def _evaluate(self, f: Filter, table: pa.Table, rows: np.ndarray,
                   errors: dict[int, tuple[str, str]]) -> tuple[list[Optional[str]], dict[str, list[Any]]]:
         """A filter on the rows; one that raises is run row by row, and a row it raises on
-        becomes an error row (a filter's bug costs that row, not the run)."""
+        becomes an error row (a filter's bug on one clip costs that row, not the run).
+        `core.faults`' rules hold here as in a model stage: a fatal kind of exception (out of
+        memory, a model that a filter runs crashing) or every row failing alone the same way
+        is the filter's or the machine's fault, and fails the block with `EngineFault`."""
         if not len(rows):
             return [], {k: [] for k in f.produces}
+        label = f"filter {f.name or type(f).__name__}"
         try:
             return f.evaluate(table, rows)
-        except Exception:
-            pass
+        except Exception as e:
+            if is_fatal(e):
+                raise EngineFault(self.name, label, describe(e), 1) from e
         reasons: list[Optional[str]] = []
         measured: dict[str, list[Any]] = {k: [] for k in f.produces}
+        failed: dict[int, Exception] = {}
         for i in rows:
             try:
                 r, m = f.evaluate(table, np.array([i]))
             except Exception as e:
-                errors[int(i)] = (self.name, f"filter {f.name or type(f).__name__} failed: {type(e).__name__}: {e}")
+                if is_fatal(e):
+                    raise EngineFault(self.name, label, describe(e), 1) from e
+                failed[int(i)] = e
                 r, m = [None], {k: [None] for k in f.produces}
             reasons.extend(r)
             for k in f.produces:
                 measured[k].extend(m[k])
+        fault = classify_failures(list(failed.values())) if len(failed) == len(rows) else None
+        if fault is not None:
+            raise EngineFault(self.name, label, fault, 1)
+        for i, e in failed.items():
+            errors[i] = (self.name, f"{label} failed: {type(e).__name__}: {e}")
         return reasons, measured
 
 
