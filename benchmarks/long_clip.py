@@ -15,8 +15,9 @@ public domain) read by espeak-ng (en-us, 110 wpm: 10.3 minutes).
    hours of FLAC, silent (48 kHz digital silence) and spoken (the recording above at 16 kHz,
    repeated; streamed into the encoder block by block, never held whole), each through
    `audiocurate run` in a fresh process with the default configuration: peak RSS of the driver,
-   of the decode workers, of the model actors and of all processes together; how each row
-   ended. `--src DIR` runs another tree's `src` (e.g. a copy of HEAD, for the 'before');
+   of the decode workers, of the model actors and of all processes together, and the eight
+   largest by process title (Ray retitles a worker after the task it runs: read, decode); how
+   each row ended. `--src DIR` runs another tree's `src` (e.g. a copy of HEAD, for the 'before');
    `--cap-mb` kills a run whose processes together pass that many MB (the 'before' of a spoken
    day would take the machine), `--max-wall-s` one that runs longer (Whisper on hours).
 """
@@ -202,6 +203,9 @@ def measure_cell(kind: str, hours: float, src: str | None, cap_mb: float, max_wa
             "killed": peaks.killed, "wall_s": round(wall, 1), "peak_rss_all_mb": round(peaks.tree_peak_mb),
             "peak_rss_driver_mb": round(peaks.driver_peak_mb),
             "peak_rss_one_process_by_role_mb": {k: round(v) for k, v in sorted(by_role.items())},
+            # Ray retitles a worker after the task it runs: which task a peak belongs to.
+            "peak_rss_by_process_mb": {k: round(v) for k, v in sorted(peaks.by_name_peak_mb.items(),
+                                                                       key=lambda kv: -kv[1])[:8]},
             "rows": rows}
 
 

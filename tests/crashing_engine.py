@@ -75,7 +75,7 @@ class FlakyJudge:
         with open(os.path.join(tokens, f"load-{os.getpid()}-{time.monotonic_ns()}"), "w"):
             pass
 
-    def score_batch(self, texts):
+    def score_batch(self, texts, languages=None):
         from audiocurate.judge import JudgeScore
 
         if self._take_failure():
@@ -128,7 +128,7 @@ class PickyJudge:
     def __init__(self, flag: str, marker: str):
         self.flag, self.marker = flag, marker
 
-    def score_batch(self, texts):
+    def score_batch(self, texts, languages=None):
         from audiocurate.judge import JudgeScore
 
         refused = [t for t in texts if self.marker in t]

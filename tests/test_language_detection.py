@@ -38,8 +38,8 @@ def test_both_backends_detect_the_same_language_with_its_probability(multilingua
     from audiocurate.asr import make_transcriber
     from audiocurate.config import FasterWhisperConfig, TransformersAsrConfig
 
-    # 40 s: long-form in one window; 70 s: three windows of at most 30 s, the language taken
-    # from the first (both backends cut the windows alike, `asr.windows`).
+    # 40 s: two windows of at most 30 s, 70 s three: each window's language from its own
+    # encoder pass, the clip's the duration-weighted mean (both backends cut the windows alike).
     fw = make_transcriber(FasterWhisperConfig(model=multilingual["ct2"], language=None, compute_type="float32",
                                               beam_size=1, temperatures=[0.0], chunk_s=30))
     hf = make_transcriber(TransformersAsrConfig(model=multilingual["hf"], language=None, device="cpu",
@@ -65,7 +65,8 @@ def test_an_english_only_model_asked_to_detect_is_sure_of_english(tiny_whisper_d
 
 
 def test_the_language_filter_acts_on_the_detected_language_and_probability(multilingual):
-    pcm = pa.table({"id": ["a", "b"], C.PCM: pa.array([c.tobytes() for c in clips()[:2]], pa.large_binary())})
+    pcm = pa.table({"id": ["a", "b"], "duration_s": [3.0, 8.0],  # the hallucination filter reads it
+                    C.PCM: pa.array([c.tobytes() for c in clips()[:2]], pa.large_binary())})
 
     def run(*overrides: str) -> dict:
         config = PipelineConfig.load(overrides=[f"asr.model={multilingual['ct2']}", "asr.language=null",

@@ -3,7 +3,12 @@
 A long clip that is rejected (silent, too long) is measured as it streams and never held whole;
 a header that lies about a length allocates nothing; the report's preview decodes only the
 seconds it plays. Memory is Python's own count of allocations (`tracemalloc`: numpy's arrays
-are counted), compared with what the whole clip's samples would take."""
+are counted), compared with what the whole clip's samples would take.
+
+A huge Parquet cell (hours of FLAC) costs the read task twice the cell at most, once when handed
+on; the decode stage and the settled-rows writer add no copy of it; the report's preview does not
+read one over its cap at all. Those are Arrow's allocations, counted by a proxy of Arrow's
+default memory pool (`_arrow_peak`)."""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from audiocurate.config import SilenceFilter
 from audiocurate.filters.audio import Silence, decode_measures, rejected_on_measures
 from audiocurate.filters.base import Filter
 from audiocurate.report_audio import CLIP_S, players_for
+from audiocurate import report_audio
 
 MB = 2**20
 TWO_HOURS_S = 2 * 3600
@@ -170,7 +176,7 @@ class _InputCells:
     def __init__(self, cells: dict[str, bytes]):
         self.cells = cells
 
-    def raw_audio(self, ids: list[str]) -> dict[str, bytes]:
+    def raw_audio(self, ids: list[str], max_cell_bytes=None) -> dict[str, bytes]:
         return {i: self.cells[i] for i in ids}
 
 
@@ -238,3 +244,137 @@ def test_the_decode_stage_rejects_a_clip_over_the_limit_as_too_long(two_hours_of
     row = _decode_stage(max_duration_s=3600)(table).to_pylist()[0]
     assert row[C.DROP_REASON] == "too_long" and row.get(C.ERROR) is None
     assert row["duration_s"] == pytest.approx(TWO_HOURS_S) and row["source_sample_rate"] == 48000
+
+
+# Huge Parquet cells: what reading, decoding and previewing one costs in Arrow's memory.
+CELL_MB = 40  # a cell over `resume.LARGE_GROUP_BYTES`, small enough to write in a blink
+_POOLS: list[pa.MemoryPool] = []
+
+
+def _arrow_peak(fn):
+    """fn()'s result, the most Arrow held at once while it ran, and what it held whenever fn
+    (a generator's consumer) called `now()`: bytes, through a proxy of the default pool."""
+    pool = pa.proxy_memory_pool(pa.default_memory_pool())
+    _POOLS.append(pool)  # what it allocated may outlive the call, and is freed through it
+    held: list[int] = []
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pool)
+    try:
+        result = fn(lambda: held.append(pool.bytes_allocated()))
+        return result, pool.max_memory(), held
+    finally:
+        pa.set_memory_pool(previous)
+
+
+@pytest.fixture(scope="module")
+def huge_cell_file(tmp_path_factory, two_hours_of_silence) -> tuple[str, int]:
+    """A Parquet file as a long recording is stored: a short clip, then one row group of one
+    cell that is `CELL_MB` of (FLAC-headed) bytes; uncompressed, dictionary-encoded (pyarrow's
+    defaults but compression), as benchmarks/long_clip.py writes its 10 h and 24 h cells."""
+    import pyarrow.parquet as pq
+
+    path = str(tmp_path_factory.mktemp("huge") / "in.parquet")
+    cell = two_hours_of_silence + bytes(CELL_MB * MB - len(two_hours_of_silence))
+    with pq.ParquetWriter(path, pa.schema([("id", pa.string()), ("audio_bytes", pa.large_binary())]),
+                          compression="none") as w:
+        w.write_table(pa.table({"id": ["short"], "audio_bytes": pa.array([_tone(2)], pa.large_binary())}))
+        w.write_table(pa.table({"id": ["long"], "audio_bytes": pa.array([cell], pa.large_binary())}))
+    return path, len(cell)
+
+
+def test_a_cells_buffer_is_its_columns_own_memory_not_a_copy():
+    from audiocurate.audio import cell_buffer
+
+    big = b"x" * (4 * MB)
+    for typ in (pa.binary(), pa.large_binary()):
+        whole = pa.array([b"ab", None, big, b""], typ)
+        column = pa.chunked_array([whole.slice(0, 2), whole.slice(2)])
+        got = [cell_buffer(column, i) for i in range(4)]
+        assert got[0].to_pybytes() == b"ab" and got[1] is None and got[3].size == 0
+        assert got[2].address == whole.buffers()[2].address + 2 and got[2].size == len(big)  # a view
+        assert column[2].as_buffer().address != got[2].address  # what `column[i]` does: a copy
+    hf = pa.StructArray.from_arrays([pa.array([b"ab", None, big]), pa.array(["a.flac", "b.flac", "c.flac"])],
+                                    ["bytes", "path"], mask=pa.array([False, False, True]))
+    assert cell_buffer(hf, 0).to_pybytes() == b"ab"
+    assert cell_buffer(hf, 1) is None and cell_buffer(hf, 2) is None  # no bytes: its path; a null row
+    assert cell_buffer(pa.array(["clips/a.flac"]), 0) is None
+
+
+def test_reading_a_huge_cell_costs_twice_it_at_most_and_once_when_handed_on(huge_cell_file):
+    import pyarrow.fs as pafs
+
+    from audiocurate.sources.parquet import ParquetFileReader
+
+    path, size = huge_cell_file
+
+    def read(now):
+        reader = ParquetFileReader(pafs.LocalFileSystem(), "id")
+        groups = [{"group": g, "take": 1, "key": f"k{g}"} for g in range(2)]  # the read plan of the file
+        out = []
+        for t in reader(pa.table({"path": [path], "groups": [groups], "done": [[]], "segments_done": [[]]})):
+            now()  # what the task holds while Ray copies the block out
+            out.append(t["id"].to_pylist())
+        return out
+
+    ids, peak, held = _arrow_peak(read)
+    assert ids == [["short"], ["long"]]
+    # Before: pre-buffered (the chunk, its page, the array) and the page still held when handed on.
+    assert peak < 2.2 * size, f"{peak / size:.2f} x the cell"
+    assert held[-1] < 1.1 * size, f"{held[-1] / size:.2f} x the cell held when handed on"
+
+
+def test_decoding_and_settling_a_huge_cell_copy_none_of_it(huge_cell_file):
+    """Needs DecodeStage to hand the decoder `audio.cell_buffer` and SettledRowsStage to drop the
+    audio before it filters (issue 25's stages.py/sinks.py change)."""
+    import pyarrow.parquet as pq
+
+    from audiocurate import contract as C
+    from audiocurate.sinks import SettledRowsStage
+
+    path, size = huge_cell_file
+    table = pq.read_table(path).slice(1)  # the long row
+    written = []
+
+    class Sink:
+        def write_table(self, t):
+            written.append(t)
+
+    def decode_and_settle(now):
+        out = _decode_stage(max_duration_s=3600)(table)  # refused by its header: two hours
+        return SettledRowsStage(Sink(), {}, "audio_bytes")(out)
+
+    passed, peak, _ = _arrow_peak(decode_and_settle)
+    assert passed.num_rows == 0 and written[0].column(C.DROP_REASON).to_pylist() == ["too_long"]
+    assert "audio_bytes" not in written[0].column_names
+    # Before: the cell copied by `column[i]` in the decode stage, and by the filter of settled rows.
+    assert peak < 0.1 * size, f"{peak / size:.2f} x the cell"
+
+
+def test_the_report_does_not_read_a_cell_over_the_preview_cap(huge_cell_file, monkeypatch):
+    from audiocurate.exports.source_audio import SourceAudio
+
+    path, size = huge_cell_file
+    monkeypatch.setattr(report_audio, "PREVIEW_MAX_CELL_BYTES", size // 4)
+    picked = {"too_long": [("long", {"id": "long"}, "")], "silence": [("short", {"id": "short"}, "")]}
+    source = SourceAudio(path, None, {})
+    players, peak, _ = _arrow_peak(lambda now: players_for(picked, None, "id", source))
+    [long], [short] = players["too_long"], players["silence"]
+    assert long["audio"] is None and long["audio_note"] == f"clip too large to preview: {CELL_MB} MB"
+    assert short["audio"].startswith("data:audio/ogg;base64,") and "audio_note" not in short
+    assert peak < 0.1 * size, f"{peak / size:.2f} x the cell"  # its cell was never read
+    # Without the cap (an export of rejected clips) it is read, as an Arrow buffer: no Python copy.
+    (cells, peak, _) = _arrow_peak(lambda now: source.raw_audio(["long"]))
+    assert isinstance(cells["long"], pa.Buffer) and cells["long"].size == size
+    assert peak < 2.2 * size, f"{peak / size:.2f} x the cell"
+
+
+def test_a_row_group_of_long_recordings_is_not_read_for_previews(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from audiocurate.exports.source_audio import SourceAudio
+
+    path = str(tmp_path / "in.parquet")
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "audio_bytes": [bytes(3 * MB)] * 3}), path,
+                   compression="none", use_dictionary=False)
+    cells = SourceAudio(path, None, {}).raw_audio(["b"], max_cell_bytes=2 * MB)
+    assert cells["b"].reason == "clip too large to preview: its row group holds 3 clips in 9 MB"

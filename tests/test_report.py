@@ -95,7 +95,10 @@ def test_report_html_renders_with_its_plots_in_chromium(output, tmp_path):
          "--virtual-time-budget=10000", "--dump-dom", (out / "report.html").as_uri()],
         capture_output=True, text=True, timeout=120).stdout
     durations = [float(d) for d in re.findall(r'<audio[^>]*data-duration="([0-9.]+)"', played)]
-    assert len(durations) == played.count("<audio") == 2 and all(d > 1.0 for d in durations), durations
+    # two samples (curated, rejected), and the judge score's margin: one clip kept, one dropped
+    assert len(durations) == played.count("<audio") == 4 and all(d > 1.0 for d in durations), durations
+    whatif = played[played.index('id="gate-edu_score"'):].split("</section>")[0]
+    assert whatif.count("<audio") == 2 and 'alt="what-if: edu_score"' in whatif
     assert "data-error" not in played
     assert (out / "report.html").stat().st_size < 2_000_000
     subprocess.run(
@@ -222,7 +225,8 @@ def test_dollar_signs_in_plotted_values_are_drawn_literally(tmp_path):
     text kept as text), without touching matplotlib's process-wide settings."""
     import matplotlib
 
-    from audiocurate.report import _draw_figures, build_report, write_report
+    from audiocurate.report import build_report, write_report
+    from audiocurate.report.figures import draw_figures
     from audiocurate.sinks import OutputDir
 
     hostile = ["$x_{1$", "$x$", r"\$5 $\alpha$"]
@@ -242,7 +246,7 @@ def test_dollar_signs_in_plotted_values_are_drawn_literally(tmp_path):
     page = (tmp_path / "report.html").read_text()
     assert "alt='Scores by accent'" in page and page.count("data:image/png;base64,") >= 5
 
-    figures = dict(_draw_figures(report))
+    figures = dict(draw_figures(report))
     with matplotlib.rc_context({"svg.fonttype": "none"}):  # the test's own setting: SVG text as <text>
         svg = {}
         for name, fig in figures.items():

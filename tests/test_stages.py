@@ -116,7 +116,7 @@ def test_a_row_that_breaks_a_batch_fails_alone():
 
 
 def test_transcript_filters_run_inside_the_transcribe_stage():
-    config = PipelineConfig()
+    config = PipelineConfig.load(overrides=["asr.language_id_model=null"])  # the stand-in hears no language
     placed = placed_filters(config, ["id", "audio_bytes", "sentence"])
     stage = TranscribeStage(config.asr, filters=placed[C.TRANSCRIBE])
 
@@ -256,7 +256,7 @@ def test_custom_filter_from_config_is_built_placed_and_ordered(filter_module):
     config = PipelineConfig.load(overrides={"filters.custom": [
         {"type": f"{filter_module}:HasWord", "name": "has_the", "args": {"word": "the"}}]})
     placed = placed_filters(config, ["id", "audio_bytes"])
-    assert [type(f).__name__ for f in placed[C.TRANSCRIBE]] == ["Hallucination", "HasWord"]
+    assert [type(f).__name__ for f in placed[C.TRANSCRIBE]] == ["Language", "Hallucination", "HasWord"]
     first = PipelineConfig.load(overrides={"filters.custom": config.model_dump()["filters"]["custom"],
                                            "filters.order": ["has_the", "hallucination"]})
     assert [type(f).__name__ for f in build_filters(first, ["id", "audio_bytes"])][:2] == ["HasWord", "Hallucination"]
@@ -289,7 +289,9 @@ def test_rows_settled_while_decoding_get_every_later_column_in_order():
     detailed = PipelineConfig.load(overrides=["asr.word_timestamps=true", "asr.language=null"])
     extra = columns_after_decode(placed_filters(detailed, ["id", "audio_bytes"]), detailed)
     assert extra["words"] == C.WORDS_TYPE and "language_prob" in extra
-    assert "words" not in later and "language_prob" not in later  # a default run's schema is unchanged
+    assert "words" not in later and "language_prob" in later  # the default hears each clip's language
+    plain = PipelineConfig.load(overrides=["asr.language_id_model=null"])
+    assert "language_prob" not in columns_after_decode(placed_filters(plain, ["id", "audio_bytes"]), plain)
 
 
 def test_dnsmos_separates_clean_speech_from_speech_in_noise_and_gates_only_when_asked():
@@ -313,7 +315,7 @@ def test_dnsmos_separates_clean_speech_from_speech_in_noise_and_gates_only_when_
 
 
 def test_language_gate_and_granary_rules_reject_with_their_own_reasons():
-    config = PipelineConfig.load(overrides=["filters.language.min_avg_logprob=-0.8",
+    config = PipelineConfig.load(overrides=["filters.language.min_avg_logprob=-0.8", "asr.language_id_model=null",
                                             "filters.hallucination.min_unique_word_ratio=0.3",
                                             "filters.hallucination.max_word_chars=40"])
     stage = SelectStage(placed_filters(config, ["id", "audio_bytes"])[C.TRANSCRIBE])
@@ -333,8 +335,13 @@ def test_language_gate_and_granary_rules_reject_with_their_own_reasons():
     assert lang.reason({"language": "de", "language_prob": 0.99}) == "language"
     assert lang.reason({"language": "en", "language_prob": 0.5}) == "language"
     assert lang.reason({"language": "en", "language_prob": 0.9}) is None
-    fixed = PipelineConfig.load(overrides=["filters.language.min_prob=0.7"])  # asr.language: en, nothing detected
-    assert not [f for f in placed_filters(fixed, ["id"])[C.TRANSCRIBE] if f.name == "language"]
+    fixed = PipelineConfig.load(overrides=["filters.language.min_prob=0.7", "asr.language_id_model=null"])
+    assert not [f for f in placed_filters(fixed, ["id"])[C.TRANSCRIBE] if f.name == "language"]  # nothing detected
+    # The English default: tiny.en writes, whisper-base hears; another language is rejected.
+    default = [f for f in placed_filters(PipelineConfig.load(), ["id"])[C.TRANSCRIBE] if f.name == "language"][0]
+    assert default.reason({"language": "cs", "language_prob": 0.9}) == "language"
+    assert default.reason({"language": "en", "language_prob": 0.5}) == "language"
+    assert default.reason({"language": "en", "language_prob": 0.8}) is None
 
 
 def test_speaking_rate_outliers_are_judged_against_their_own_recording():

@@ -127,6 +127,58 @@ AudioInput = Union[bytes, bytearray, memoryview, "pa.Buffer", IO[bytes]]
 """Encoded audio: bytes, an Arrow buffer (a Parquet cell, not copied) or a seekable binary file."""
 
 
+@dataclass(frozen=True)
+class CellTooLarge:
+    """A clip left unread because its cell is larger than the reader allowed: the size is the
+    footer's, before any of it is read (its row group's audio, over `rows` rows)."""
+
+    nbytes: int
+    rows: int = 1
+
+    @property
+    def reason(self) -> str:
+        if self.rows == 1:
+            return f"clip too large to preview: {self.nbytes / 2**20:,.0f} MB"
+        return (f"clip too large to preview: its row group holds {self.rows} clips in "
+                f"{self.nbytes / 2**20:,.0f} MB")
+
+
+def cell_buffer(column: Union["pa.Array", "pa.ChunkedArray"], row: int) -> Optional["pa.Buffer"]:
+    """Row `row` of a binary column (or the `bytes` of a `{bytes, path}` struct column) as a
+    slice of the column's own data buffer. `column[row]` copies the value, as every Arrow
+    scalar owns its bytes, and one Parquet cell can hold hours of audio. None where the
+    cell is null or the column holds no bytes (a path, read by its file instead)."""
+    import pyarrow as pa
+
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    for chunk in chunks:
+        if row < len(chunk):
+            break
+        row -= len(chunk)
+    else:
+        raise IndexError(f"row {row} past the column's end")
+    one = chunk.slice(row, 1)
+    if one.null_count:
+        return None
+    if pa.types.is_struct(one.type):
+        if one.type.get_field_index("bytes") < 0:
+            return None
+        one = one.field("bytes")
+        if one.null_count:
+            return None
+    if pa.types.is_large_binary(one.type):
+        width = np.int64
+    elif pa.types.is_binary(one.type):
+        width = np.int32
+    else:
+        return None
+    _, offsets, data = one.buffers()
+    start, end = np.frombuffer(offsets, dtype=width, count=2, offset=one.offset * np.dtype(width).itemsize)
+    if data is None or end <= start:
+        return pa.py_buffer(b"")
+    return data.slice(int(start), int(end - start))
+
+
 def _reader(data: AudioInput) -> IO[bytes]:
     """A seekable binary file over the input, at its start, without copying it."""
     if hasattr(data, "seek"):

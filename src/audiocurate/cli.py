@@ -1,4 +1,4 @@
-"""`audiocurate run|demo|report|export|compact|verify|config`: the command line over `pipeline.run`.
+"""`audiocurate run|demo|report|export|compact|verify|refilter|config`: the command line over `pipeline.run`.
 
 Exit codes (docs/resume-and-failures.md): 0 done and exact; 1 accounting mismatch; 2 a user
 error; 3 an engine or machine fault stopped the run; 4 another live run holds OUTPUT;
@@ -31,7 +31,7 @@ def demo_dataset_path() -> str:
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML configuration file (see `audiocurate config`)")
-    p.add_argument("--profile", default=None, help="start from shipped profiles: default, gpu, longform, quality; comma-separated ones are "
+    p.add_argument("--profile", default=None, help="start from shipped profiles: default, gpu, longform, multilingual, quality; comma-separated ones are "
                    "layered in order (e.g. longform,quality)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. --set asr.beam_size=5 (repeatable)")
@@ -100,12 +100,31 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--repair", action="store_true",
                      help="remove rows whose id is there twice (keeps the first: curated, rejected, errors)")
     _add_storage_options(ver)
+    ref = sub.add_parser("refilter", help="route OUTPUT's rows again under new gates into DEST, from the signals "
+                         "the run stored, with no model loaded (resumes an unfinished DEST)")
+    ref.add_argument("output", help="a finished audiocurate output, local or s3:// / gs://")
+    ref.add_argument("dest", help="the new output folder, local or s3:// / gs://")
+    ref.add_argument("--profile", default=None, help="profiles layered over OUTPUT's recorded configuration")
+    ref.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override one setting of OUTPUT's configuration, e.g. --set filters.dnsmos.min_ovrl=3.2")
+    ref.add_argument("--min-score", type=int, default=None, help="keep clips with edu_score >= S")
+    ref.add_argument("--address", default=None, help="Ray cluster to join (else RAY_ADDRESS, else local Ray)")
+    ref.add_argument("--restart", action="store_true", help="delete an existing DEST of another refilter and start over")
+    ref.add_argument("--no-progress", action="store_true", help="hide Ray Data's progress bars")
     cfg = sub.add_parser("config", help="print the effective configuration as YAML")
     _add_run_options(cfg)
     return parser
 
 
 def load_config(args: argparse.Namespace) -> PipelineConfig:
+    overrides = _flag_overrides(args)
+    if args.config:
+        _check_config_file(args.config)
+    return PipelineConfig.load(args.config, profile=getattr(args, "profile", None), overrides=overrides)
+
+
+def _flag_overrides(args: argparse.Namespace) -> list[str]:
+    """`--set` and the flags that stand for a setting, as overrides."""
     overrides = list(args.overrides)
     if getattr(args, "min_score", None) is not None:
         overrides.append(f"select.min_score={args.min_score}")
@@ -113,9 +132,7 @@ def load_config(args: argparse.Namespace) -> PipelineConfig:
         overrides.append(f"ray.address={args.address}")
     if getattr(args, "no_progress", False):
         overrides.append("ray.progress=false")
-    if args.config:
-        _check_config_file(args.config)
-    return PipelineConfig.load(args.config, profile=getattr(args, "profile", None), overrides=overrides)
+    return overrides
 
 
 def _check_config_file(path: str) -> None:
@@ -209,12 +226,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     try:
         if args.command in ("report", "export", "compact", "verify"):
             return _on_output(args)
+        if args.command == "refilter":
+            report = _refilter(args)
+            return _finish(report, args.dest)
         config = load_config(args)
         if args.command == "config":
             print(config.to_yaml(), end="")
             return 0
         from .pipeline import run
-        from .report import format_summary
         from .terminal import harmless_native_lines_held_back
 
         input_uri = demo_dataset_path() if args.command == "demo" else args.input
@@ -229,8 +248,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         raise _Exit(2, f"error: {e}") from None
     except OSError as e:
         raise _storage_exit(e, args.output) from None
+    return _finish(report, args.output)
+
+
+def _finish(report: dict, output: str) -> int:
+    from .report import format_summary
+
     print(format_summary(report))
-    where = args.output.rstrip("/")
+    where = output.rstrip("/")
     if not report["accounting"]["ok"]:
         print(f"\naudiocurate: accounting MISMATCH: {where} is not exact and is not marked complete; "
               f"see `audiocurate verify {where}`, repair with `audiocurate verify {where} --repair`, "
@@ -238,6 +263,29 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 1
     print(f"\n  curated clips in {where}/curated/, report in {where}/report.html")
     return 0
+
+
+def _refilter(args: argparse.Namespace) -> dict:
+    """OUTPUT's recorded configuration with the command's layers, then `corpus.refilter`."""
+    from .corpus.refilter import new_config, refilter
+    from .lease import OutputBusyError
+    from .pipeline import RunFailed
+    from .run_output import RunOutput
+    from .terminal import harmless_native_lines_held_back
+
+    try:
+        recorded = RunOutput.open(args.output).config
+        config = new_config(recorded, args.profile, _flag_overrides(args))
+        with harmless_native_lines_held_back():
+            return refilter(config, args.output, args.dest, restart=args.restart, stop_ray=True)
+    except OutputBusyError as e:
+        raise _Exit(4, f"error: {e}") from None
+    except RunFailed as e:
+        raise _Exit(3, f"error: {e}") from None
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        raise _Exit(2, f"error: {e}") from None
+    except OSError as e:
+        raise _storage_exit(e, args.dest) from None
 
 
 def _on_output(args: argparse.Namespace) -> int:

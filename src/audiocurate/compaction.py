@@ -45,10 +45,17 @@ def recover(out: OutputDir) -> int:
     entries = _journal(out)
     for path in entries:
         entry = json.loads(out.read_bytes(path) or b"{}")
-        if entry and out.exists(entry["target"]):
+        targets = entry.get("targets") or ([entry["target"]] if entry.get("target") else [])
+        if entry and all(out.exists(t) for t in targets):
             for shard in entry["sources"]:
                 if out.exists(shard):
                     out.fs.delete_file(shard)
+        elif entry.get("sources") and all(out.exists(s) for s in entry["sources"]):
+            # a move of rows into several files (corpus passes, `corpus/moves.py`) cut off before all were
+            # written: the sources are whole, so the files written so far go
+            for t in targets:
+                if out.exists(t):
+                    out.fs.delete_file(t)
         out.fs.delete_file(path)
     return len(entries)
 

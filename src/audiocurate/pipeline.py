@@ -118,6 +118,10 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
            files: Optional[list[str]], shape: ClusterShape, sink: Optional[CurationSink],
            skip_segments: Optional[list[str]] = None,
            reads: Optional[list[dict[str, Any]]] = None) -> "ray.data.Dataset":
+    if getattr(source, "replays_stored_rows", False):  # `refilter`: stored rows, routed anew, no model
+        from .corpus.refilter import refiltered
+
+        return refiltered(config, source, skip_ids, config.ray)
     pools = plan_concurrency(config, shape)
     scale = actor_cpu_scale(config, pools, shape)
     rc = config.ray
@@ -317,12 +321,13 @@ def _run_held(config: PipelineConfig, source: Source, input_uri: str, output_uri
         attempt["ray_start_s"] = time.time() - t_start
         attempt["cluster"] = {"cpus": shape.cpus, "gpus": shape.gpus}
         attempt["pools"] = {k: v for k, v in plan_concurrency(config, shape).items()}
-        if config.source.check_duplicate_ids and not out.read_json(IDS_CHECKED):
+        models = not getattr(source, "replays_stored_rows", False)  # `refilter` loads none, and its ids are unique
+        if models and config.source.check_duplicate_ids and not out.read_json(IDS_CHECKED):
             t_ids = time.time()
             refuse_duplicate_ids(source)
             out.write_json(IDS_CHECKED, {"unique": True, "input": input_uri})
             attempt["duplicate_id_check_s"] = time.time() - t_ids
-        if config.ray.probe_engines:
+        if models and config.ray.probe_engines:
             t_probe = time.time()
             probes = check_engines(config)
             attempt["probe_s"] = time.time() - t_probe
@@ -356,6 +361,18 @@ def _run_held(config: PipelineConfig, source: Source, input_uri: str, output_uri
             raise
         attempt["execute_s"] = time.time() - t_exec
         attempt["written_at_the_end"] = sink.stats  # rows settled while decoding were written there
+    if config.dedup.enabled or config.corpus.max_hours_per is not None:
+        # Corpus passes: over every written row, before compaction. A pass cut off is done
+        # again by the next run of this command (corpus/passes.py), which finds no rows left
+        # to stream and comes straight here.
+        from .corpus.passes import run_corpus_passes
+
+        t_corpus = time.time()
+        if not ray.is_initialized():
+            init_ray(config.ray)
+        out.unmark_complete()
+        attempt["corpus"] = run_corpus_passes(out, config, source.id_column, echo)
+        attempt["corpus_s"] = time.time() - t_corpus
     # Resume bookkeeping: output state, finished ids, attempt records (not the shards' own
     # writes or the report, which any run does); recorded so its cost can be checked against
     # the wall time.

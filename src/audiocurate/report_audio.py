@@ -21,6 +21,10 @@ import pyarrow.parquet as pq
 
 CLIP_S = 8.0  # seconds of each clip in the page
 OPUS_BITRATE = 24_000  # 24 kb/s: about 24 KB per 8 s clip
+PREVIEW_MAX_CELL_BYTES = 128 << 20
+"""A rejected clip whose Parquet cell is larger (by the input's footer) gets no player but a
+note: Parquet reads a cell whole, twice its size while its page is read, and the report runs
+in the driver. 128 MB is an hour or more of FLAC at 48 kHz."""
 
 
 def stable_ranks(clip_ids: list[str]) -> np.ndarray:
@@ -80,17 +84,20 @@ def opus_data_uri(pcm: np.ndarray, rate: int = 16000) -> str:
     return "data:audio/ogg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def curated_audio(fs: Any, part: str, ids: list[str], id_column: str) -> dict[str, bytes]:
+def curated_audio(fs: Any, part: str, ids: list[str], id_column: str) -> dict[str, pa.Buffer]:
     """Encoded audio of some curated rows, from the shard that holds them, read a batch at a
-    time: a compacted shard holds hundreds of megabytes of audio."""
+    time: a compacted shard holds hundreds of megabytes of audio. Only the wanted rows are
+    kept, as Arrow buffers (no Python copy of each clip)."""
+    from .audio import cell_buffer
+
     wanted = pa.array(sorted(set(ids)), pa.string())
-    found: dict[str, bytes] = {}
+    found: dict[str, pa.Buffer] = {}
     with fs.open_input_file(part) as f:
         for batch in pq.ParquetFile(f, buffer_size=1 << 20, pre_buffer=False).iter_batches(
                 batch_size=256, columns=[id_column, "audio"]):
             t = batch.filter(pc.is_in(pc.cast(batch.column(id_column), pa.string()), wanted))
-            found.update((str(i), (a or {}).get("bytes"))
-                         for i, a in zip(t.column(id_column).to_pylist(), t.column("audio").to_pylist()))
+            for j, clip_id in enumerate(t.column(id_column).to_pylist()):
+                found[str(clip_id)] = cell_buffer(t.column("audio"), j)
             if len(found) == len(wanted):
                 break
     return found
@@ -98,27 +105,34 @@ def curated_audio(fs: Any, part: str, ids: list[str], id_column: str) -> dict[st
 
 def players_for(picked: dict[str, list[tuple[str, dict[str, Any], str]]], fs: Any, id_column: str,
                 source_audio: Optional[Any]) -> dict[str, list[dict[str, Any]]]:
-    """Sample rows per outcome, each with an `audio` data URI where its clip decodes."""
-    from .audio import AudioDecodeError, decode_audio
+    """Sample rows per outcome, each with an `audio` data URI where its clip decodes; a clip
+    too large to read for a preview has none and says so in `audio_note`."""
+    from .audio import AudioDecodeError, CellTooLarge, decode_audio
 
     out: dict[str, list[dict[str, Any]]] = {}
     # One read of the input for every outcome's rejected and error rows (they keep no audio).
     from_input = [cid for outcome, rows in picked.items() if outcome != "curated" for cid, _, _ in rows]
-    encoded: dict[str, Optional[bytes]] = source_audio.raw_audio(from_input) if source_audio and from_input else {}
+    encoded: dict[str, Any] = (source_audio.raw_audio(from_input, max_cell_bytes=PREVIEW_MAX_CELL_BYTES)
+                               if source_audio and from_input else {})
     for outcome, rows in picked.items():
         if outcome == "curated":
             for part in {p for _, _, p in rows}:
                 encoded.update(curated_audio(fs, part, [cid for cid, _, p in rows if p == part], id_column))
         samples = []
         for cid, row, _ in rows:
-            uri = None
+            uri, note = None, None
             data = encoded.get(cid)
-            if data:
+            if isinstance(data, CellTooLarge):
+                note = data.reason
+            elif data is not None and (hasattr(data, "seek") or len(data)):
                 try:
                     # Only the seconds it plays: a rejected 10-hour clip costs a block, not 1.2 GB.
                     uri = opus_data_uri(decode_audio(data, target_rate=16000, first_s=CLIP_S).pcm)
                 except (AudioDecodeError, ValueError):
                     uri = None
-            samples.append({**row, "audio": uri})
+                finally:
+                    if isinstance(data, pa.NativeFile):
+                        data.close()
+            samples.append({**row, "audio": uri, **({"audio_note": note} if note else {})})
         out[outcome] = samples
     return out

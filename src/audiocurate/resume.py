@@ -243,34 +243,50 @@ def _group_ids(source: "Source", p: Partition) -> list[str]:
         return pc.cast(pf.read_row_group(p.group, columns=[source.id_column]).column(0), pa.string()).to_pylist()
 
 
-def read_planned(pf: pq.ParquetFile, item: dict[str, Any], id_column: str,
-                 batch_rows: int = 4096, release: bool = False) -> Iterator[pa.Table]:
+LARGE_GROUP_BYTES = 32 << 20
+"""A row group this large (decoded) is read without pre-buffering (`read_planned`'s `lean`)."""
+BATCH_BYTES = 32 << 20
+"""What one read batch holds at most, unless one row alone is larger: a batch is a block."""
+
+
+def read_planned(pf: pq.ParquetFile, item: dict[str, Any], id_column: str, batch_rows: int = 4096,
+                 release: bool = False, lean: Optional[pq.ParquetFile] = None) -> Iterator[pa.Table]:
     """The rows of one file's plan item: its groups' first `take` rows, minus the ids done,
-    each row tagged with its part. `release`: Arrow's freed pages go back after each group."""
+    each row tagged with its part. `release`: Arrow's freed pages go back after each group.
+
+    Memory: a batch holds about `BATCH_BYTES` (one row, where a row is larger), and a group of
+    `LARGE_GROUP_BYTES` or more is read through `lean` (the same file without pre-buffering:
+    pre-buffering holds the group's whole column chunks besides the rows read from them).
+    A huge cell (a recording of hours) thus costs twice its size at most while it is read
+    (the page read and the array decoded from it) and once when handed on: the reader lets go
+    of that page only when it reads on or closes, so a group's last batch is handed on after
+    the reader is closed (`sources.parquet.row_group_batches`)."""
+    from .sources.parquet import row_group_batches
+
     done = pa.array(item.get("done") or [], pa.string())
     written = {d["parent"]: d["segments"] for d in item.get("segments_done") or []}
     for g in item["groups"]:
         group, take, key = g["group"], g["take"], g["key"]
-        read = 0
-        batches = pf.iter_batches(batch_size=batch_rows, row_groups=[group])
-        for batch in batches:
-            if read >= take:
-                break
-            t = pa.Table.from_batches([batch]).slice(0, take - read)
-            read += t.num_rows
+        meta = pf.metadata.row_group(group)
+        large = meta.total_byte_size >= LARGE_GROUP_BYTES
+        rows = max(1, min(batch_rows, int(BATCH_BYTES * meta.num_rows / max(meta.total_byte_size, 1))))
+        for batch in row_group_batches(lean if large and lean is not None else pf, group, take, rows, release=large):
+            t = pa.Table.from_batches([batch])
             if len(done):
-                t = t.filter(pc.invert(pc.is_in(pc.cast(t[id_column], pa.string()), value_set=done)))
+                keep = pc.invert(pc.is_in(pc.cast(t[id_column], pa.string()), value_set=done))
+                if not pc.all(keep).as_py():  # filtering copies every kept cell: only when some go
+                    t = t.filter(keep)
             if t.num_rows:
                 t = t.append_column(PART, pa.array([key] * t.num_rows, pa.string()))
                 if written:
                     ids = pc.cast(t[id_column], pa.string()).to_pylist()
                     t = t.append_column(WRITTEN_SEGMENTS, pa.array([written.get(i) for i in ids], pa.list_(pa.string())))
                 yield t
-        batches.close()
-        if release:
+            del batch, t
+        if release or large:
             # Reading a page of long recordings held it compressed and decompressed; hand those
             # pages back now, or they stay with Arrow's allocator while decoding (whose buffers
-            # come from another allocator) needs its own.
+            # come from another allocator) needs its own, in this worker and the next task it runs.
             pa.default_memory_pool().release_unused()
 
 

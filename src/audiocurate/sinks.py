@@ -315,8 +315,9 @@ class SettledRowsStage:
     def __call__(self, table: pa.Table) -> pa.Table:
         active = pa.array(C.active_mask(table), pa.bool_())
         if not pc.all(active).as_py():
-            settled = table.filter(pc.invert(active))
-            settled = settled.drop_columns([c for c in self.transport if c in settled.column_names])
+            # The audio dropped before filtering: a filter copies every cell it keeps.
+            settled = table.drop_columns([c for c in self.transport if c in table.column_names])
+            settled = settled.filter(pc.invert(active))
             self.sink.write_table(C.put_null_columns(settled, self.later_columns))
             table = table.filter(active)
         return table

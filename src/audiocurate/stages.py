@@ -23,8 +23,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from . import contract as C
-from .audio import (AudioDecodeError, AudioInput, ClipTooLong, DecodedAudio, PcmSink, SinkError, decode_audio,
-                    encode_flac)
+from .audio import (AudioDecodeError, AudioInput, ClipTooLong, DecodedAudio, PcmSink, SinkError, cell_buffer,
+                    decode_audio, encode_flac)
 from .config import AsrConfig, DecodeConfig, JudgeConfig, OutputConfig
 from .core.stage import ModelStage, Outcome, Stage
 from .engines import CrashWitness, engine_of
@@ -143,7 +143,9 @@ class DecodeStage(Stage):
         t0 = time.perf_counter()
         clip = None
         try:
-            data = audio_input_of(table[self.audio_column][i], self.fetcher)
+            # The cell's own buffer: `column[i]` would copy it (an Arrow scalar owns its bytes).
+            cells = table[self.audio_column]
+            data = cell_buffer(cells, i) or audio_input_of(cells[i], self.fetcher)
             try:
                 # A long clip the filters here reject on its measures (silence) is measured as it
                 # streams and never held whole; a segmented recording (`into`) is cut as it decodes.
@@ -266,10 +268,18 @@ class JudgeStage(ModelStage):
         return make_judge(self.config)
 
     def inputs(self, table: pa.Table, rows: np.ndarray) -> list[Any]:
-        return [t or "" for t in table["transcript"].take(pa.array(rows, pa.int64())).to_pylist()]
+        """(transcript, language) per row; the language (the ASR stage's column, or the source's)
+        is stated in the prompt by profiles with a `language_line`."""
+        index = pa.array(rows, pa.int64())
+        texts = [t or "" for t in table["transcript"].take(index).to_pylist()]
+        languages = (table["language"].take(index).to_pylist() if "language" in table.column_names
+                     else [None] * len(texts))
+        return list(zip(texts, languages))
 
     def run_batch(self, items: list[Any]) -> list[Any]:
-        return self.judge.score_batch(items)
+        texts, languages = [text for text, _ in items], [language for _, language in items]
+        # A judge written before `languages` existed keeps working on rows with no language.
+        return self.judge.score_batch(texts, languages) if any(languages) else self.judge.score_batch(texts)
 
     def row_values(self, s: Any) -> tuple[dict[str, Any], Optional[str]]:
         if s.error:

@@ -57,6 +57,32 @@ class Transcription:
         return cls(text, language, avg_logprob, no_speech, compression_ratio(text), segments)
 
 
+def detection_pieces(n_samples: int, piece: int, pieces: int) -> list[int]:
+    """Starts of up to `pieces` pieces of `piece` samples spread evenly over `n_samples`, first
+    piece at the start and last at the end, for spoken language ID beyond the first 30 s."""
+    count = 1 if n_samples <= piece else min(pieces, math.ceil(n_samples / piece))
+    return [int(x) for x in np.linspace(0, max(n_samples - piece, 0), count)]
+
+
+def mean_distribution(distributions: Sequence[dict[str, float]], weights: Sequence[float] | None = None) -> dict[str, float]:
+    """The (weighted) mean of language probability distributions."""
+    weights = list(weights) if weights is not None else [1.0] * len(distributions)
+    total = sum(weights) or 1.0
+    mean: dict[str, float] = {}
+    for w, probs in zip(weights, distributions):
+        for lang, p in probs.items():
+            mean[lang] = mean.get(lang, 0.0) + p * w / total
+    return mean
+
+
+def clip_language(windows: Sequence[tuple[float, dict[str, float]]]) -> tuple[str, float]:
+    """A clip's language and its probability from its windows' (seconds, probabilities):
+    the duration-weighted mean distribution's most likely language."""
+    mean = mean_distribution([p for _, p in windows], [s for s, _ in windows])
+    language = max(mean, key=mean.__getitem__)
+    return language, mean[language]
+
+
 class Transcriber(Protocol):
     """An ASR engine behind the pipeline's transcribe stage."""
 

@@ -9,7 +9,8 @@ import numpy as np
 from pydantic import Field
 
 from ..models import resolve_model
-from . import ASR_BACKENDS, ActorTranscriber, Segment, Transcription
+from . import (ASR_BACKENDS, ActorTranscriber, Segment, Transcription, clip_language, detection_pieces,
+               mean_distribution)
 from ..core.settings import SPEED_ONLY
 from .settings import AsrSettings
 from .windows import iter_windows
@@ -33,6 +34,15 @@ class FasterWhisperConfig(AsrSettings):
         "rejected by `filters.language.min_avg_logprob`; set both to the same value (`longform`: -0.9). None: "
         "the fallback always runs, as in Whisper.")
 
+    language_id_model: Optional[str] = Field(
+        "embedded:whisper-base", description="Spoken language ID by a second, multilingual Whisper while the transcript is written in "
+        "`language` (English by tiny.en): `embedded:whisper-base`. The detected language and its probability go to "
+        "`language` and `language_prob`, for `filters.language.allowed` / `min_prob`; the extra cost is one "
+        "encoder pass of that model per 30 s piece (`language_detection_segments`): about 0.4x of tiny.en's "
+        "transcription per short clip on CPU (benchmarks/language_id.py). The default, so that an English corpus "
+        "rejects speech in other languages before the judge. None: with `language` set, `language` is that code "
+        "and nothing is detected.")
+
     default_compute_type: ClassVar[dict[str, str]] = {"cpu": "int8", "cuda": "float16"}
 
 
@@ -54,6 +64,13 @@ class FasterWhisperTranscriber(ActorTranscriber):
             num_workers=1,
         )
         self.sample_rate = self.model.feature_extractor.sampling_rate
+        self.language_id = None
+        if config.language is not None and config.language_id_model:
+            self.language_id = WhisperModel(resolve_model(config.language_id_model), device=device,
+                                            compute_type=compute_type, cpu_threads=config.threads, num_workers=1)
+            if not self.language_id.model.is_multilingual:
+                raise ValueError(f"asr.language_id_model {config.language_id_model!r} is an English-only Whisper; "
+                                 "spoken language ID needs a multilingual one (embedded:whisper-base)")
 
     def transcribe_batch(self, clips: Sequence[np.ndarray]) -> list[Transcription]:
         return [self.transcribe(pcm) for pcm in clips]
@@ -65,21 +82,31 @@ class FasterWhisperTranscriber(ActorTranscriber):
         # transcript independent of batching and of which worker (or resumed run) decodes it.
         ctranslate2.set_random_seed(0)
         segments: list[Segment] = []
-        language = self.config.language
         previous = ""
-        language_prob = float("nan")
+        detecting = self.config.language is None
+        window_languages: list[tuple[float, dict[str, float]]] = []  # (seconds, probabilities) per window
+        window_language = None
         for offset, window in iter_windows(pcm, self.sample_rate, self.config.chunk_s):
-            # Detected on the first window and kept for the rest (as the transformers backend does).
-            result, info = self._window(window, previous, language)
+            language = self.config.language
+            if detecting:
+                probs = language_probabilities(self.model, window, self.config.language_detection_segments)
+                window_languages.append((len(window) / self.sample_rate, probs))
+                language = max(probs, key=probs.__getitem__)
+                if language != window_language:
+                    previous = ""  # another language's words make a poor prompt
+                window_language = language
+            result, _ = self._window(window, previous, language)
             for s in result:
                 words = [{"word": w.word.strip(), "start_s": offset + w.start, "end_s": offset + w.end,
                           "probability": w.probability} for w in (s.words or [])]
                 segments.append(Segment(s.text, offset + s.start, offset + s.end, s.avg_logprob,
                                         s.no_speech_prob, len(s.tokens), words))
-            if math.isnan(language_prob):  # the first window's language, and how sure of it
-                language, language_prob = info.language or language, info.language_probability
             if segments:
                 previous = " ".join(segments[-1].text.split()[-24:])
+        if self.language_id is not None:
+            window_languages = [(len(pcm) / self.sample_rate, language_probabilities(
+                self.language_id, pcm.astype(np.float32) / 32768.0, self.config.language_detection_segments))]
+        language, language_prob = clip_language(window_languages) if window_languages else (self.config.language, math.nan)
         tr = Transcription.from_segments(segments, language)
         tr.language_prob = language_prob
         return tr
@@ -121,3 +148,18 @@ class FasterWhisperTranscriber(ActorTranscriber):
             word_timestamps=self.config.word_timestamps,
         )
         return list(result), info
+
+
+def language_probabilities(model: Any, audio: np.ndarray, pieces: int) -> dict[str, float]:
+    """Whisper's spoken-language probabilities for float 16 kHz audio: the mean over up to
+    `pieces` 30 s pieces spread evenly from its start to its end (one encoder pass each, in one
+    batch), so speech that starts late or a language that takes over later is heard."""
+    from faster_whisper.audio import pad_or_trim
+
+    if not model.model.is_multilingual:
+        return {"en": 1.0}  # an English-only model (tiny.en) knows one language
+    n = model.feature_extractor.n_samples
+    features = np.stack([pad_or_trim(model.feature_extractor(audio[s:s + n]))
+                         for s in detection_pieces(len(audio), n, pieces)])
+    results = model.model.detect_language(model.encode(features))
+    return mean_distribution([{token[2:-2]: prob for token, prob in result} for result in results])

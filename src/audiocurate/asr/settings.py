@@ -31,6 +31,12 @@ class AsrSettings(Settings):
     language: Optional[str] = Field(
         "en", description="Language code, or None to detect it (multilingual models only)."
     )
+    language_detection_segments: int = Field(
+        3, ge=1, description="Spoken language ID reads this many 30 s pieces spread evenly over each window "
+        "(`chunk_s`) of a clip, or over the whole clip with `language_id_model`, and averages their language "
+        "probabilities; faster-whisper reads only the first 30 s. A clip's `language` is the window-duration "
+        "weighted mean of its windows'; with `language: null` each window is transcribed in its own language. "
+        "transformers: the same, on long clips; a clip of at most 30 s is one piece.")
     chunk_s: float = Field(
         300.0, ge=30, description="Long clips are transcribed in windows of at most this many "
         "seconds, cut at the quietest point near the end of each window, so memory is bounded "

@@ -17,7 +17,8 @@ import numpy as np
 from pydantic import Field
 
 from ..models import dtype_kwarg, resolve_model
-from . import ASR_BACKENDS, ActorTranscriber, Segment, Transcription, compression_ratio
+from . import (ASR_BACKENDS, ActorTranscriber, Segment, Transcription, clip_language, compression_ratio,
+               detection_pieces, mean_distribution)
 from .settings import AsrSettings
 from .windows import iter_windows
 
@@ -262,30 +263,40 @@ class TransformersWhisperTranscriber(ActorTranscriber):
         return no_speech, avg, counts
 
     def _languages(self, encoder: Any) -> tuple[list[str], list[float]]:
-        """Whisper's language detection, as OpenAI's and CTranslate2's: the decoder's next token
-        after <|startoftranscript|>, softmax over the language tokens only; the code and its
+        """Whisper's language detection, as OpenAI's and CTranslate2's: the code and its
         probability per clip (transformers' `detect_language` gives no probability)."""
+        distributions = self._language_distributions(encoder)
+        langs = [max(d, key=d.__getitem__) for d in distributions]
+        return langs, [d[lang] for lang, d in zip(langs, distributions)]
+
+    def _language_distributions(self, encoder: Any) -> list[dict[str, float]]:
+        """Per encoded input, the decoder's next-token distribution after <|startoftranscript|>,
+        softmax over the language tokens only."""
         torch = self.torch
         lang_ids = sorted(self.model.generation_config.lang_to_id.values())
         sot = torch.full((encoder.last_hidden_state.shape[0], 1), self.sot_id, device=self.device, dtype=torch.long)
         logits = self.model(encoder_outputs=encoder, decoder_input_ids=sot).logits[:, -1].float()
-        probs = torch.softmax(logits[:, lang_ids], -1)
-        best, index = probs.max(-1)
-        tokens = self.processor.tokenizer.convert_ids_to_tokens([lang_ids[i] for i in index.tolist()])
-        return [t.strip("<|>") for t in tokens], best.tolist()
+        probs = torch.softmax(logits[:, lang_ids], -1).tolist()
+        codes = [t.strip("<|>") for t in self.processor.tokenizer.convert_ids_to_tokens(lang_ids)]
+        return [dict(zip(codes, row)) for row in probs]
 
     # ---- long clips: windows, each decoded long-form with timestamps ---------------------------
     def _transcribe_long(self, pcm: np.ndarray) -> Transcription:
         torch = self.torch
         segments: list[Segment] = []
         language, language_prob = self.config.language, math.nan
+        window_languages: list[tuple[float, dict[str, float]]] = []
+        piece = int(_WINDOW_S * self.sample_rate)
         for offset, window in iter_windows(pcm, self.sample_rate, self.config.chunk_s):
             with torch.inference_mode():
-                if language is None and self.multilingual:  # detected once, on the first 30 s
-                    first = self.processor.feature_extractor([window[:int(_WINDOW_S * self.sample_rate)]],
-                                                             sampling_rate=self.sample_rate, return_tensors="pt")
-                    encoder = self.model.get_encoder()(first["input_features"].to(self.device, self.dtype))
-                    (language,), (language_prob,) = self._languages(encoder)
+                if self.config.language is None and self.multilingual:  # each window its own (`language_detection_segments`)
+                    starts = detection_pieces(len(window), piece, self.config.language_detection_segments)
+                    pieces = self.processor.feature_extractor([window[s:s + piece] for s in starts],
+                                                              sampling_rate=self.sample_rate, return_tensors="pt")
+                    encoder = self.model.get_encoder()(pieces["input_features"].to(self.device, self.dtype))
+                    probs = mean_distribution(self._language_distributions(encoder))
+                    window_languages.append((len(window) / self.sample_rate, probs))
+                    language = max(probs, key=probs.__getitem__)
                 inputs = self._features([window], long_form=True)
                 kw = self._generate_kwargs([language] if language and not self.config.language else None)
                 kw.pop("max_new_tokens", None)
@@ -302,6 +313,8 @@ class TransformersWhisperTranscriber(ActorTranscriber):
                 if text:  # predicted timestamps can overshoot the window's end
                     start, end = (min(float(seg[k]), length) for k in ("start", "end"))
                     segments.append(Segment(text, offset + start, offset + end, math.nan, math.nan, len(seg["tokens"])))
+        if window_languages:
+            language, language_prob = clip_language(window_languages)
         tr = Transcription.from_segments(segments, language or "en")
         tr.compression_ratio = compression_ratio(tr.text)
         tr.language_prob = language_prob if self.multilingual else 1.0

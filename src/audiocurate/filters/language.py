@@ -1,5 +1,6 @@
-"""Speech in a language the model does not handle: by Whisper's detection, or, for an
-English-only model, by its own confidence in what it wrote."""
+"""Speech in a language the model does not handle: by Whisper's spoken language ID (the
+transcribing model with `asr.language: null`, or `asr.language_id_model` beside an English-only
+one), or, for an English-only model, by its own confidence in what it wrote."""
 
 from __future__ import annotations
 
@@ -12,13 +13,20 @@ LANGUAGE = "language"
 LOW_CONFIDENCE = "low_confidence"
 
 
+def spoken_language_detected(asr: Any) -> bool:
+    """Whether `language` / `language_prob` come from the audio under this ASR configuration."""
+    return asr.language is None or bool(getattr(asr, "language_id_model", None))
+
+
 @FILTERS.register("language")
 class Language(Filter):
     name = "language"
 
     def __init__(self, config: LanguageFilter, pipeline: Optional[PipelineConfig] = None):
         self.allowed = set(config.allowed) if config.allowed else None
-        detecting = pipeline is None or pipeline.asr.language is None
+        detecting = pipeline is None or spoken_language_detected(pipeline.asr)
+        if self.allowed is None and pipeline is not None and detecting and pipeline.asr.language:
+            self.allowed = {pipeline.asr.language}  # heard beside a fixed language: that one only
         self.min_prob = config.min_prob if detecting else 0.0
         self.min_avg_logprob = config.min_avg_logprob
         needs = []

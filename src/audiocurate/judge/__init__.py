@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Optional, Protocol, Sequence
 
 import numpy as np
 
+from . import gemma_weights  # noqa: F401  (registers embedded:gemma3-270m)
 from .profile import JudgeProfile, load_judge_profile
 
 if TYPE_CHECKING:
@@ -41,13 +42,17 @@ class Judge(Protocol):
 
     model_name: str
 
-    def score_batch(self, texts: Sequence[str]) -> list[JudgeScore]:
-        """One score per text, in order; a text the model cannot take fails alone."""
+    def score_batch(self, texts: Sequence[str], languages: Optional[Sequence[Optional[str]]] = None) -> list[JudgeScore]:
+        """One score per text, in order; a text the model cannot take fails alone. `languages`
+        (the rows' `language` column, codes or names; None where unknown) is stated in the
+        prompt by profiles with a `language_line`, and ignored by the others."""
         ...
 
 
-def score_from_logits(label_logits: np.ndarray, profile: JudgeProfile, truncated: bool = False) -> JudgeScore:
-    """Softmax over the five labels' logits (or log-probabilities) to the score."""
+def score_from_logits(label_logits: np.ndarray, profile: JudgeProfile, truncated: bool = False,
+                      n_chars: Optional[int] = None) -> JudgeScore:
+    """Softmax over the five labels' logits (or log-probabilities) to the score; `n_chars` (the
+    cleaned transcript's length) for calibrations that account for length."""
     z = np.asarray(label_logits, dtype=np.float64)
     if not np.isfinite(z).any():
         return JudgeScore.failed("the model gave no probability to any of the five labels")
@@ -55,7 +60,7 @@ def score_from_logits(label_logits: np.ndarray, profile: JudgeProfile, truncated
     p = np.exp(z - z.max())
     p /= p.sum()
     mean = float(p @ np.arange(1, len(p) + 1))
-    return JudgeScore(profile.score(mean, p), mean, [float(x) for x in p], truncated)
+    return JudgeScore(profile.score(mean, p, n_chars), mean, [float(x) for x in p], truncated)
 
 
 def make_judge(config: "JudgeConfig") -> Judge:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import uuid
 import weakref
@@ -19,6 +20,8 @@ from . import JudgeScore, score_from_logits
 from .backends import JUDGE_BACKENDS, ActorJudge
 from .profile import JudgeProfile
 from .settings import JudgeSettings
+
+logger = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -93,6 +96,13 @@ class LlamaCppJudgeConfig(JudgeSettings):
     )
 
 
+def engine_version() -> str:
+    """`llama-cpp-python==X`: the engine a calibration map records (`Calibration.fitted_with`)."""
+    from importlib.metadata import version
+
+    return f"llama-cpp-python=={version('llama-cpp-python')}"
+
+
 def weights_file(path: str, weights: str) -> str:
     """The GGUF to load: `path` itself (`stored`), or its weights as F16, converted once per machine.
 
@@ -152,6 +162,10 @@ class LlamaCppJudge(ActorJudge):
                 logits_all=False,
                 verbose=False,
             )
+        if profile.calibration is not None:
+            stale = profile.calibration.mismatch(self.model_name, config.weights, engine_version())
+            if stale:
+                logger.warning("judge profile %s: %s", profile.name, stale)
         self.n_vocab = self.llm.n_vocab()
         self.label_ids = []
         for label in profile.labels:
@@ -171,50 +185,55 @@ class LlamaCppJudge(ActorJudge):
 
     N_BATCH = 512  # tokens per llama.cpp decode: one row's, or a group's together
 
-    def score_batch(self, texts: Sequence[str]) -> list[JudgeScore]:
+    def score_batch(self, texts: Sequence[str], languages: Optional[Sequence[Optional[str]]] = None) -> list[JudgeScore]:
         """Rows in groups of up to `parallel` whose tokens fit one decode beside the prefix;
         a row too long for that, or a group whose decode fails, is scored on its own."""
-        tokens = [self._tokens(t) for t in texts]
+        langs = list(languages) if languages is not None else [None] * len(texts)
+        tokens = [self._tokens(t, lang) for t, lang in zip(texts, langs)]
+        chars = [len(self.profile.clean(t)) for t in texts]
         budget = min(self.config.n_ctx - self.n_prefix, self.N_BATCH)
         out: list[Optional[JudgeScore]] = [None] * len(texts)
         group: list[int] = []
         used = 0
         for i, toks in enumerate(tokens):
             if self.config.parallel == 1 or len(toks) > budget:
-                out[i] = self._score_alone(toks)
+                out[i] = self._score_alone(toks, langs[i], chars[i])
                 continue
             if len(group) == self.config.parallel or used + len(toks) > budget:
-                self._score_group(group, tokens, out)
+                self._score_group(group, tokens, chars, out)
                 group, used = [], 0
             group.append(i)
             used += len(toks)
-        self._score_group(group, tokens, out)
+        self._score_group(group, tokens, chars, out)
         return out  # type: ignore[return-value]
 
-    def score(self, text: str) -> JudgeScore:
-        return self._score_tokens(self._tokens(text))
+    def score(self, text: str, language: Optional[str] = None) -> JudgeScore:
+        return self._score_tokens(self._tokens(text, language), language, len(self.profile.clean(text)))
 
-    def _tokens(self, text: str) -> list[int]:
-        return self.llm.tokenize(self.profile.suffix(text).encode(), add_bos=False, special=False)
+    def _tokens(self, text: str, language: Optional[str] = None) -> list[int]:
+        return self.llm.tokenize(self.profile.suffix(text, language).encode(), add_bos=False, special=False)
 
-    def _score_alone(self, tokens: list[int]) -> JudgeScore:
+    def _score_alone(self, tokens: list[int], language: Optional[str] = None, n_chars: Optional[int] = None) -> JudgeScore:
         try:
-            return self._score_tokens(tokens)
+            return self._score_tokens(tokens, language, n_chars)
         except Exception as e:  # one row's failure must not fail its batch
             return JudgeScore.failed(f"judge failed on this transcript: {e}")
 
-    def _score_group(self, group: list[int], tokens: list[list[int]], out: list[Optional[JudgeScore]]) -> None:
+    def _score_group(self, group: list[int], tokens: list[list[int]], chars: list[int],
+                     out: list[Optional[JudgeScore]]) -> None:
+        # A grouped row fits beside the prefix, so it is never cut: its language is in its tokens.
         if len(group) == 1:
-            out[group[0]] = self._score_alone(tokens[group[0]])
+            out[group[0]] = self._score_alone(tokens[group[0]], n_chars=chars[group[0]])
         elif group:
             try:
-                for i, score in zip(group, self._decode_group([tokens[i] for i in group])):
+                scores = self._decode_group([tokens[i] for i in group], [chars[i] for i in group])
+                for i, score in zip(group, scores):
                     out[i] = score
             except Exception:  # llama.cpp refused the group (no KV cells left): row by row
                 for i in group:
-                    out[i] = self._score_alone(tokens[i])
+                    out[i] = self._score_alone(tokens[i], n_chars=chars[i])
 
-    def _decode_group(self, tokens: list[list[int]]) -> list[JudgeScore]:
+    def _decode_group(self, tokens: list[list[int]], chars: Optional[list[int]] = None) -> list[JudgeScore]:
         """Each row its own sequence after the prefix, all in one decode; logits at each row's last token."""
         C = self._llama_cpp
         memory = C.llama_get_memory(self.llm.ctx)
@@ -232,12 +251,14 @@ class LlamaCppJudge(ActorJudge):
             rc = C.llama_decode(self.llm.ctx, batch)
             if rc != 0:
                 raise RuntimeError(f"llama_decode returned {rc}")
-            return [self._score_at(i, truncated=False) for i in last]
+            chars = chars or [None] * len(tokens)
+            return [self._score_at(i, False, n) for i, n in zip(last, chars)]
         finally:
             for seq in range(1, len(tokens) + 1):
                 C.llama_memory_seq_rm(memory, seq, -1, -1)
 
-    def _score_tokens(self, tokens: list[int]) -> JudgeScore:
+    def _score_tokens(self, tokens: list[int], language: Optional[str] = None,
+                      n_chars: Optional[int] = None) -> JudgeScore:
         """One row after the cached prefix (cut to the context's room, or refused: `long_text`)."""
         room = self.config.n_ctx - self.n_prefix
         truncated = False
@@ -247,15 +268,15 @@ class LlamaCppJudge(ActorJudge):
                     f"transcript is {len(tokens)} tokens, the judge's context has room for {room} "
                     f"(n_ctx={self.config.n_ctx}); set judge.long_text=truncate to score its head"
                 )
-            tail = self._tokens("")
+            tail = self._tokens("", language)
             tokens = tokens[: room - len(tail)] + tail
             truncated = True
         self.llm.n_tokens = self.n_prefix  # rewind to the cached prefix; eval drops the rest
         self.llm.eval(tokens)
-        return self._score_at(-1, truncated)
+        return self._score_at(-1, truncated, n_chars)
 
-    def _score_at(self, i: int, truncated: bool) -> JudgeScore:
+    def _score_at(self, i: int, truncated: bool, n_chars: Optional[int] = None) -> JudgeScore:
         """The score from the logits at batch position `i` of the last decode (-1: its last)."""
         ptr = self._llama_cpp.llama_get_logits_ith(self.llm.ctx, i)
         logits = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,))
-        return score_from_logits(logits[self.label_ids], self.profile, truncated)
+        return score_from_logits(logits[self.label_ids], self.profile, truncated, n_chars)

@@ -113,12 +113,12 @@ class VllmJudgeRequest:
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         if not _active(row):
             return _skipped(row)
-        text = row.get("transcript") or ""
+        text, language = row.get("transcript") or "", row.get("language")
         out = _sent(row)
         if self.profile.style == "chat":
-            out["messages"] = self.profile.messages(text)
+            out["messages"] = self.profile.messages(text, language)
         else:
-            out["prompt"] = self.profile.prefix() + self.profile.suffix(text)
+            out["prompt"] = self.profile.prefix() + self.profile.suffix(text, language)
         out["sampling_params"] = {
             "max_tokens": 1,
             "temperature": 0.0,
@@ -159,12 +159,12 @@ class HttpJudgeRequest:
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         if not _active(row):
             return _skipped(row)
-        text = row.get("transcript") or ""
+        text, language = row.get("transcript") or "", row.get("language")
         if self.profile.style == "chat":
-            payload = {"model": self.model, "messages": self.profile.messages(text), "max_tokens": 1,
+            payload = {"model": self.model, "messages": self.profile.messages(text, language), "max_tokens": 1,
                        "temperature": 0.0, "logprobs": True, "top_logprobs": TOP_LOGPROBS}
         else:
-            payload = {"model": self.model, "prompt": self.profile.prefix() + self.profile.suffix(text),
+            payload = {"model": self.model, "prompt": self.profile.prefix() + self.profile.suffix(text, language),
                        "max_tokens": 1, "temperature": 0.0, "logprobs": TOP_LOGPROBS}
         payload.update(self.extra)
         return {**_sent(row), "payload": payload}
@@ -236,13 +236,15 @@ class ProcessorJudgeResultStage(Stage):
             return table[name].take(index).to_pylist() if name in table.column_names else [None] * len(rows)
 
         lps, jerr, ierr = column(LABEL_LOGPROBS), column(JUDGE_ERROR), column(INFERENCE_ERROR)
+        texts = column("transcript")
         for j in range(len(rows)):
             v["judge_model"][j] = self.model_name
             reason = ierr[j] or jerr[j]
             if reason:
                 out.errors[j] = f"judge failed: {reason}"[:500]
                 continue
-            s = score_from_logits(np.array(lps[j] if lps[j] is not None else [-math.inf] * 5, dtype=float), self.profile)
+            s = score_from_logits(np.array(lps[j] if lps[j] is not None else [-math.inf] * 5, dtype=float), self.profile,
+                                  n_chars=len(self.profile.clean(texts[j])))
             if s.error:
                 out.errors[j] = s.error
                 continue

@@ -19,6 +19,37 @@ class Example(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str
     score: int = Field(ge=1, le=5)
+    language: Optional[str] = Field(None, description="The example's language (a name or a code), shown "
+                                    "with the profile's `language_line`.")
+
+
+# Names for the language codes Whisper writes (`language` column); other values are shown as they are.
+LANGUAGE_NAMES = {
+    "en": "English", "de": "German", "es": "Spanish", "fr": "French", "it": "Italian", "pt": "Portuguese",
+    "nl": "Dutch", "pl": "Polish", "ru": "Russian", "uk": "Ukrainian", "cs": "Czech", "sv": "Swedish",
+    "da": "Danish", "no": "Norwegian", "fi": "Finnish", "tr": "Turkish", "el": "Greek", "hu": "Hungarian",
+    "ro": "Romanian", "ca": "Catalan", "eu": "Basque", "gl": "Galician", "cy": "Welsh", "ga": "Irish",
+    "ar": "Arabic", "fa": "Persian", "he": "Hebrew", "hi": "Hindi", "bn": "Bengali", "ta": "Tamil",
+    "ja": "Japanese", "ko": "Korean", "zh": "Chinese", "th": "Thai", "vi": "Vietnamese", "id": "Indonesian",
+    "sw": "Swahili", "eo": "Esperanto", "bg": "Bulgarian", "hr": "Croatian", "sr": "Serbian", "sk": "Slovak",
+}
+
+
+def language_name(language: Optional[str]) -> Optional[str]:
+    """'de' -> 'German'; a name or an unknown code unchanged; empty -> None."""
+    if not language or not str(language).strip():
+        return None
+    return LANGUAGE_NAMES.get(str(language).strip().lower(), str(language).strip())
+
+
+class EngineRecord(BaseModel):
+    """What a calibration map was fitted with: the same prompt through another model, weights
+    type or engine build gives other expected scores, so the map holds for this one only."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(description="The model the map was fitted with (`embedded:...`, a path or an id).")
+    weights: str = Field(description="The weights' type in memory (`judge.weights`: `f16`, `stored`).")
+    engine: str = Field(description="The engine and its version, e.g. `llama-cpp-python==0.3.36`.")
 
 
 class Calibration(BaseModel):
@@ -32,7 +63,16 @@ class Calibration(BaseModel):
     method: str = "isotonic"
     x: list[float]
     y: list[float]
+    length_slope: float = Field(
+        0.0, description="How the map accounts for the transcript's length: the expected score is moved by "
+        "`length_slope * ln(chars / length_reference_chars)` before the knots are read (chars: the cleaned "
+        "transcript's characters). Small judges score long texts higher whatever they say; a negative "
+        "slope takes that back. 0: the map reads the expected score alone.")
+    length_reference_chars: float = Field(100.0, gt=0, description="The length at which the knots hold as they are.")
     fitted_on: str = Field(description="What the map was fitted on, and how.")
+    fitted_with: Optional[EngineRecord] = Field(
+        None, description="The model, weights type and engine version the map was fitted with; a test "
+        "compares the engine with the pinned one, so a new engine cannot ship with an old map.")
     metrics: dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -43,8 +83,22 @@ class Calibration(BaseModel):
             raise ValueError("calibration knots must be non-decreasing")
         return self
 
-    def apply(self, mean: float) -> float:
+    def apply(self, mean: float, n_chars: Optional[int] = None) -> float:
+        if self.length_slope and n_chars:
+            mean = mean + self.length_slope * float(np.log(max(n_chars, 1) / self.length_reference_chars))
         return float(np.interp(mean, self.x, self.y))
+
+    def mismatch(self, model: str, weights: str, engine: str) -> Optional[str]:
+        """Why this map does not hold for the judge `model`/`weights`/`engine` (a sentence), or
+        None when it was fitted with exactly that judge or records nothing to compare."""
+        if self.fitted_with is None:
+            return None
+        fitted = self.fitted_with
+        diffs = [f"{what} {now!r} (fitted with {then!r})" for what, now, then in
+                 (("model", model, fitted.model), ("weights", weights, fitted.weights), ("engine", engine, fitted.engine))
+                 if now != then]
+        return ("the calibration map was fitted with another judge: " + ", ".join(diffs) +
+                "; refit it (benchmarks/judge_eval.py --fit --write)") if diffs else None
 
 
 class JudgeProfile(BaseModel):
@@ -60,6 +114,11 @@ class JudgeProfile(BaseModel):
     instructions: str = Field(description="The header (completion) or system message (chat).")
     item_template: str = Field("Text: {text}\nScore: ", description="One example or query; `{text}` is the transcript.")
     separator: str = "\n\n"
+    language_line: Optional[str] = Field(
+        None, description="A line written before each item whose language is known, `{language}` being its "
+        "name (from the row's `language` column: Whisper's code, shown as a name). None: the language is "
+        "never stated. With it, the cached prefix ends after the examples and every row's own tokens "
+        "start with this line.")
     examples: list[Example] = Field(default_factory=list)
     labels: list[str] = Field(default_factory=lambda: ["1", "2", "3", "4", "5"])
     max_text_chars: int = Field(4000, description="Longer transcripts are cut to this many characters first.")
@@ -71,14 +130,17 @@ class JudgeProfile(BaseModel):
             raise ValueError("item_template must contain {text} exactly once")
         if len(self.labels) != 5:
             raise ValueError("a judge profile has exactly five labels (scores 1..5)")
+        if self.language_line is not None and self.language_line.count("{language}") != 1:
+            raise ValueError("language_line must contain {language} exactly once")
         return self
 
     # ---- scoring ---------------------------------------------------------------------------
-    def score(self, mean: float, probs: np.ndarray) -> int:
+    def score(self, mean: float, probs: np.ndarray, n_chars: Optional[int] = None) -> int:
         """The answer on the 1..5 scale: the calibrated score's integer part (so `edu_score >= k`
-        means exactly "calibrated score at least k"), else the argmax."""
+        means exactly "calibrated score at least k"), else the argmax. `n_chars`: the cleaned
+        transcript's length, for maps with a `length_slope`."""
         if self.calibration is not None:
-            return int(np.clip(np.floor(self.calibration.apply(mean) + 1e-9), 1, 5))
+            return int(np.clip(np.floor(self.calibration.apply(mean, n_chars) + 1e-9), 1, 5))
         return int(np.argmax(probs)) + 1
 
     # ---- completion style ------------------------------------------------------------------
@@ -87,29 +149,37 @@ class JudgeProfile(BaseModel):
         stem = before.rstrip(" ")
         return stem, before[len(stem):], after
 
+    def _language_line(self, language: Optional[str]) -> str:
+        name = language_name(language)
+        return self.language_line.format(language=name) if self.language_line and name else ""
+
     def prefix(self) -> str:
         """Everything before the transcript: identical for every row (the KV-cached part).
         Trailing spaces move to the suffix so the transcript's first word tokenizes as it
-        did inside the examples (" word", not " " + "word")."""
+        did inside the examples (" word", not " " + "word"). A profile with a `language_line`
+        ends its prefix after the examples: the row's language comes first in its suffix."""
         stem, _, _ = self._item_parts()
-        shots = "".join(self.item_template.format(text=e.text) + self.labels[e.score - 1] + self.separator
-                        for e in self.examples)
-        return self.instructions + self.separator + shots + stem
+        shots = "".join(self._language_line(e.language) + self.item_template.format(text=e.text)
+                        + self.labels[e.score - 1] + self.separator for e in self.examples)
+        return self.instructions + self.separator + shots + ("" if self.language_line else stem)
 
-    def suffix(self, text: str) -> str:
-        _, space, after = self._item_parts()
-        return space + self.clean(text) + after
+    def suffix(self, text: str, language: Optional[str] = None) -> str:
+        stem, space, after = self._item_parts()
+        head = self._language_line(language) + stem if self.language_line else ""
+        return head + space + self.clean(text) + after
 
     def clean(self, text: str) -> str:
         return " ".join((text or "").split())[: self.max_text_chars]
 
     # ---- chat style ------------------------------------------------------------------------
-    def messages(self, text: str) -> list[dict[str, str]]:
+    def messages(self, text: str, language: Optional[str] = None) -> list[dict[str, str]]:
         msgs = [{"role": "system", "content": self.instructions}]
         for e in self.examples:
-            msgs.append({"role": "user", "content": self.item_template.format(text=e.text).rstrip()})
+            msgs.append({"role": "user", "content": (self._language_line(e.language)
+                                                     + self.item_template.format(text=e.text)).rstrip()})
             msgs.append({"role": "assistant", "content": self.labels[e.score - 1]})
-        msgs.append({"role": "user", "content": self.item_template.format(text=self.clean(text)).rstrip()})
+        msgs.append({"role": "user", "content": (self._language_line(language)
+                                                 + self.item_template.format(text=self.clean(text))).rstrip()})
         return msgs
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Literal, Any, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 from pydantic import Field
 
@@ -72,19 +72,21 @@ class TransformersJudge(ActorJudge):
             raise ValueError(f"label {label!r} is {len(ids)} tokens for {self.model_name}; labels must be one token")
         return ids[0]
 
-    def prompt(self, text: str) -> str:
+    def prompt(self, text: str, language: Optional[str] = None) -> str:
         if self.use_chat:
-            return self.tokenizer.apply_chat_template(self.profile.messages(text), tokenize=False, add_generation_prompt=True)
-        return self.profile.prefix() + self.profile.suffix(text)
+            return self.tokenizer.apply_chat_template(self.profile.messages(text, language), tokenize=False,
+                                                      add_generation_prompt=True)
+        return self.profile.prefix() + self.profile.suffix(text, language)
 
-    def score_batch(self, texts: Sequence[str]) -> list[JudgeScore]:
-        prompts = [self.prompt(text) for text in texts]
+    def score_batch(self, texts: Sequence[str], languages: Optional[Sequence[Optional[str]]] = None) -> list[JudgeScore]:
+        langs = list(languages) if languages is not None else [None] * len(texts)
+        prompts = [self.prompt(text, lang) for text, lang in zip(texts, langs)]
         lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False).input_ids]
         truncated = [False] * len(texts)
         errors: dict[int, str] = {}
         for i, n in enumerate(lengths):
             if n > self.max_tokens:  # only over-long rows are tokenized again
-                prompts[i], truncated[i], err = self._fit_long(texts[i], n)
+                prompts[i], truncated[i], err = self._fit_long(texts[i], n, langs[i])
                 if err:
                     errors[i] = err
         torch = self.torch
@@ -92,23 +94,24 @@ class TransformersJudge(ActorJudge):
         with torch.inference_mode():
             logits = _last_logits(self.model, enc)
         label_logits = logits[:, self.label_ids].float().cpu().numpy()
-        return [JudgeScore.failed(errors[i]) if i in errors else score_from_logits(label_logits[i], self.profile, truncated[i])
+        return [JudgeScore.failed(errors[i]) if i in errors else
+                score_from_logits(label_logits[i], self.profile, truncated[i], len(self.profile.clean(texts[i])))
                 for i in range(len(texts))]
 
-    def _fit_long(self, text: str, n: int) -> tuple[str, bool, str | None]:
+    def _fit_long(self, text: str, n: int, language: Optional[str] = None) -> tuple[str, bool, str | None]:
         """(prompt, truncated, error) for a prompt of `n` tokens over the context: cut at the
         transcript's end when allowed, else an error (and a short stand-in prompt)."""
         if self.config.long_text == "error":
-            return self.prompt(""), False, (f"transcript makes a {n}-token prompt, the judge's context has room for "
+            return self.prompt("", language), False, (f"transcript makes a {n}-token prompt, the judge's context has room for "
                                             f"{self.max_tokens}; set judge.long_text=truncate to score its head")
         words = (text or "").split()
         keep = max(1, int(len(words) * self.max_tokens / n * 0.9))
         while keep > 1:
-            p = self.prompt(" ".join(words[:keep]))
+            p = self.prompt(" ".join(words[:keep]), language)
             if len(self.tokenizer(p, add_special_tokens=False).input_ids) <= self.max_tokens:
                 return p, True, None
             keep = int(keep * 0.8)
-        return self.prompt(" ".join(words[:1])), True, None
+        return self.prompt(" ".join(words[:1]), language), True, None
 
 
 def _last_logits(model: Any, enc: Any) -> Any:

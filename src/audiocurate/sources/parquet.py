@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -13,6 +13,9 @@ import pyarrow.parquet as pq
 from .. import storage
 from ..config import SourceConfig
 from . import SOURCE_FORMATS, Source, SourceError
+
+
+LEAN_BUFFER_BYTES = 8 << 20  # reads of a file opened `lean`
 
 
 @SOURCE_FORMATS.register("parquet")
@@ -42,13 +45,44 @@ def open_parquet(fs: pafs.FileSystem, path: str, lean: bool = False) -> Iterator
         raise SourceError(f"cannot open {path}: {e}") from None
     with f:
         try:
-            pf = pq.ParquetFile(f, pre_buffer=False, buffer_size=8 << 20) if lean else pq.ParquetFile(f)
+            pf = pq.ParquetFile(f, pre_buffer=False, buffer_size=LEAN_BUFFER_BYTES) if lean else pq.ParquetFile(f)
         except (OSError, pa.ArrowException) as e:
             raise SourceError(f"{path} is not a readable Parquet file: {e}") from None
         try:
             yield f, pf
         except (OSError, pa.ArrowException) as e:  # a corrupt row group, met while reading
             raise SourceError(f"{path}: {e}") from None
+
+
+def row_group_batches(pf: pq.ParquetFile, group: int, take: int, rows: int, release: bool = False,
+                      columns: Optional[list[str]] = None) -> Iterator[pa.RecordBatch]:
+    """The first `take` rows of a row group, `rows` at a time. The last batch comes after the
+    reader is closed: it holds the page of the last value it read until it reads on, and for
+    a recording of hours that page is a second copy of the cell. `release`: Arrow's allocator
+    hands that page back to the system first (it keeps freed pages for itself otherwise)."""
+    batches = pf.iter_batches(batch_size=rows, row_groups=[group], columns=columns)
+    read = 0
+    try:
+        for batch in batches:
+            if read + batch.num_rows >= take:
+                batches.close()
+                if release:
+                    pa.default_memory_pool().release_unused()
+                yield batch.slice(0, take - read) if read + batch.num_rows > take else batch
+                return
+            read += batch.num_rows
+            yield batch
+    finally:
+        batches.close()
+
+
+def audio_chunk_bytes(pf: pq.ParquetFile, group: int, audio_column: str) -> int:
+    """The decoded size of a row group's audio (a struct's `bytes`), from the file's footer:
+    what reading any of its cells may cost, and a cell's size where the group holds one row."""
+    meta = pf.metadata.row_group(group)
+    leaves = (audio_column, f"{audio_column}.bytes")
+    return sum(meta.column(i).total_uncompressed_size for i in range(meta.num_columns)
+               if meta.column(i).path_in_schema in leaves)
 
 
 class ParquetFileReader:
@@ -65,8 +99,11 @@ class ParquetFileReader:
         from ..resume import read_planned
 
         for item in batch.to_pylist():
-            with open_parquet(self.fs, item["path"], lean=self.lean) as (_, pf):
-                yield from read_planned(pf, item, self.id_column, release=self.lean)
+            with open_parquet(self.fs, item["path"], lean=self.lean) as (f, pf):
+                # Large row groups (long recordings) through a reader without pre-buffering.
+                lean = pf if self.lean else pq.ParquetFile(f, metadata=pf.metadata, pre_buffer=False,
+                                                           buffer_size=LEAN_BUFFER_BYTES)
+                yield from read_planned(pf, item, self.id_column, release=self.lean, lean=lean)
 
 
 def check_schema(uri: str, schema: pa.Schema, config: SourceConfig, kind: str) -> tuple[str, str]:

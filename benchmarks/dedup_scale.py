@@ -1,0 +1,88 @@
+"""Duplicate grouping at scale: N synthetic fingerprints grouped in Ray (`corpus.dedup`), with
+wall time and the peak resident memory of the driver and of the largest Ray worker, for
+several N: the driver holds no per-row state, a worker one partition, so both stay flat.
+
+The fingerprints are made in Ray tasks: random MinHash values, except that rows with
+`id % 100 < 3` form groups of three copies of one base signature, each copy with 30% of its
+values replaced (similarity about 0.5 between copies). Expected: 2 of every 100 rows grouped
+under another.
+
+    .venv/bin/python benchmarks/dedup_scale.py [--sizes 100000 300000 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+
+def synthetic(batch: dict) -> pa.Table:
+    from audiocurate.corpus.dedup import SEP
+    from audiocurate.corpus.fingerprint import PERMUTATIONS
+
+    ids = batch["id"]
+    fps, nodes = [], []
+    for i in ids:
+        rng = np.random.default_rng(int(i))
+        values = rng.integers(0, 2**32 - 1, PERMUTATIONS, dtype=np.uint32)
+        if i % 100 < 3:
+            base = np.random.default_rng(10**12 + int(i) // 100).integers(0, 2**32 - 1, PERMUTATIONS, dtype=np.uint32)
+            keep = rng.random(PERMUTATIONS) >= 0.3
+            values = np.where(keep, base, values)
+        fps.append(values.astype("<u4").tobytes())
+        nodes.append(f"{int(i) % 5}{SEP}row{int(i):09d}")
+    return pa.table({"node": pa.array(nodes, pa.string()), "fingerprint": pa.array(fps, pa.binary())})
+
+
+def one(n: int, log: str) -> None:
+    import ray
+
+    from audiocurate.config import DedupConfig, RayConfig
+    from audiocurate.corpus.dedup import group_duplicates, sort_shuffled
+    from audiocurate.corpus.passes import _partitions
+    from audiocurate.runtime import init_ray
+
+    init_ray(RayConfig(progress=False))
+    t0 = time.time()
+    nodes = sort_shuffled(ray.data.range(n, override_num_blocks=max(n // 20_000, 2))).map_batches(
+        synthetic, batch_format="numpy")
+    roots = group_duplicates(nodes, DedupConfig().min_similarity, DedupConfig().max_bucket, _partitions(n))
+    grouped = roots.count()
+    with open(log, "w") as f:
+        json.dump({"rows": n, "grouped": grouped, "expected": 2 * (n // 100), "wall_s": round(time.time() - t0, 1)}, f)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
+    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--log", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        return one(args.one, args.log)
+    from procmon import run_and_measure
+
+    print(f"{'rows':>10} {'wall s':>8} {'driver peak MB':>15} {'largest worker MB':>18} {'all processes MB':>17}")
+    for n in args.sizes:
+        log = f"/tmp/dedup_scale_{n}.json"
+        cmd = [sys.executable, __file__, "--one", str(n), "--log", log]
+        rc, peaks, wall = run_and_measure(cmd, interval=0.5)
+        workers = max((v for k, v in peaks.by_name_peak_mb.items() if k.startswith("ray::")), default=0.0)
+        driver = peaks.driver_peak_mb
+        result = json.loads(open(log).read() or "{}") if os.path.exists(log) else {}
+        if os.path.exists(log):
+            os.remove(log)
+        print(f"{n:>10,} {result.get('wall_s', wall):>8} {driver:>15.0f} {workers:>18.0f} {peaks.tree_peak_mb:>17.0f}"
+              f"   grouped {result.get('grouped')} of expected {result.get('expected')} (rc {rc})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+"""Spoken language ID with the embedded multilingual Whisper base, and the English default's
+language gate, on a dev set built here.
+
+    python benchmarks/language_id.py [--switch]      # LID, the English gate (and a language switch)
+    python benchmarks/language_id.py --wer           # then: whisper-base WER per language, held-out half
+
+Dev set: espeak-ng voices reading 12 sentences each in Czech, Dutch, German (those of
+`language_gate.py`), French, Spanish, Italian and Polish (written for this benchmark, general
+knowledge, no tuning against any threshold); English: the same 12 sentences in English read by
+an American and a British voice, and the 18 real English recordings (`corpora.real_speech`).
+Real non-English speech is missing: no Debian package found here ships recorded speech in
+other languages (gcompris-qt-data downloads its voices at run time).
+Even-numbered clips of each kind are the dev half, odd-numbered the held-out half; both are
+reported, and nothing here is fitted on either.
+
+Per clip: whisper-base's language probabilities (`asr.faster_whisper.language_probabilities`,
+int8, one thread) and tiny.en's transcript confidence (`avg_logprob`, the default transcriber with
+`fallback_min_avg_logprob: -0.9`). Printed: LID accuracy per language and per duration bucket,
+the English gate's figures for spoken LID (`allowed: [en]`) and for tiny.en's confidence gate
+(`min_avg_logprob: -0.9`) and for the default profile's gate (`filters.language` in
+profiles/default.yaml: `allowed: [en]`, `min_prob`), and the seconds each costs per clip (contended CPU: say so).
+`--wer` (after a run): whisper-base transcribes each held-out clip in its detected language
+(`--profile multilingual`); WER per language against the sentences read, and tiny.en's WER on
+the same English clips. `--switch`: a recording of 60 s of Czech then
+60 s of English through `--profile multilingual` (30 s windows), the language of each window.
+Writes benchmarks/results/language_id.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "src"))
+
+from corpora import real_speech, speak  # noqa: E402
+from language_gate import OTHER  # noqa: E402
+
+from audiocurate.asr import make_transcriber  # noqa: E402
+from audiocurate.asr.faster_whisper import language_probabilities  # noqa: E402
+from audiocurate.audio import decode_audio  # noqa: E402
+from audiocurate.config import FasterWhisperConfig  # noqa: E402
+from audiocurate.filters.text import corpus_wer  # noqa: E402
+
+MORE = {
+    "en": ["London is the capital of England and lies on the River Thames.",
+           "Water boils at one hundred degrees Celsius.",
+           "Plants need light, water and carbon dioxide to grow.",
+           "The human heart pumps blood through the whole body.",
+           "The Moon goes around the Earth in about a month.",
+           "Bees carry pollen from flower to flower.",
+           "A triangle has three sides and three angles.",
+           "It will rain tomorrow, so take an umbrella.",
+           "At school we learned about the history of the Middle Ages.",
+           "Copper conducts electricity very well.",
+           "A lot of snow fell in the mountains last night.",
+           "The book is on the table next to the window."],
+    "fr": ["Paris est la capitale de la France et se trouve sur la Seine.",
+           "L'eau bout à cent degrés Celsius.",
+           "Les plantes ont besoin de lumière, d'eau et de dioxyde de carbone pour pousser.",
+           "Le cœur humain pompe le sang dans tout le corps.",
+           "La Lune tourne autour de la Terre en un mois environ.",
+           "Les abeilles transportent le pollen de fleur en fleur.",
+           "Un triangle a trois côtés et trois angles.",
+           "Demain il va pleuvoir, alors prends un parapluie.",
+           "À l'école, nous avons étudié l'histoire du Moyen Âge.",
+           "Le cuivre conduit très bien l'électricité.",
+           "Il est tombé beaucoup de neige cette nuit dans les montagnes.",
+           "Le livre est sur la table à côté de la fenêtre."],
+    "es": ["Madrid es la capital de España y está en el centro del país.",
+           "El agua hierve a cien grados centígrados.",
+           "Las plantas necesitan luz, agua y dióxido de carbono para crecer.",
+           "El corazón humano bombea sangre a todo el cuerpo.",
+           "La Luna gira alrededor de la Tierra en aproximadamente un mes.",
+           "Las abejas llevan el polen de flor en flor.",
+           "Un triángulo tiene tres lados y tres ángulos.",
+           "Mañana va a llover, así que lleva un paraguas.",
+           "En la escuela aprendimos la historia de la Edad Media.",
+           "El cobre conduce muy bien la electricidad.",
+           "Anoche cayó mucha nieve en las montañas.",
+           "El libro está sobre la mesa junto a la ventana."],
+    "it": ["Roma è la capitale d'Italia ed è attraversata dal Tevere.",
+           "L'acqua bolle a cento gradi centigradi.",
+           "Le piante hanno bisogno di luce, acqua e anidride carbonica per crescere.",
+           "Il cuore umano pompa il sangue in tutto il corpo.",
+           "La Luna gira intorno alla Terra in circa un mese.",
+           "Le api portano il polline da un fiore all'altro.",
+           "Un triangolo ha tre lati e tre angoli.",
+           "Domani pioverà, quindi prendi un ombrello.",
+           "A scuola abbiamo studiato la storia del Medioevo.",
+           "Il rame conduce molto bene l'elettricità.",
+           "Stanotte è caduta molta neve in montagna.",
+           "Il libro è sul tavolo accanto alla finestra."],
+    "pl": ["Warszawa jest stolicą Polski i leży nad Wisłą.",
+           "Woda wrze w temperaturze stu stopni Celsjusza.",
+           "Rośliny potrzebują światła, wody i dwutlenku węgla, aby rosnąć.",
+           "Ludzkie serce pompuje krew do całego ciała.",
+           "Księżyc okrąża Ziemię mniej więcej w ciągu miesiąca.",
+           "Pszczoły przenoszą pyłek z kwiatu na kwiat.",
+           "Trójkąt ma trzy boki i trzy kąty.",
+           "Jutro będzie padać, więc weź parasol.",
+           "W szkole uczyliśmy się historii średniowiecza.",
+           "Miedź bardzo dobrze przewodzi prąd elektryczny.",
+           "W nocy w górach spadło dużo śniegu.",
+           "Książka leży na stole obok okna."],
+}
+SENTENCES = {**OTHER, **MORE}
+BUCKETS = [(0, 3), (3, 6), (6, 10), (10, 1e9)]
+
+
+def build_dev_set() -> list[dict]:
+    """[{kind, language, text, pcm, half}]: `half` alternates dev/held-out within each kind."""
+    items = [("en-real", "en", r["sentence"], r["audio_bytes"]) for r in real_speech()]
+    for lang, texts in SENTENCES.items():
+        if lang == "en":  # two English voices: the gate must keep accents as well
+            items += [("en-espeak", "en", t, speak(t, voice, 16000)) for t in texts for voice in ("en-us", "en-gb-x-rp")]
+        else:
+            items += [(lang, lang, t, speak(t, lang, 16000)) for t in texts]
+    out, seen = [], {}
+    for kind, lang, text, data in items:
+        k = seen[kind] = seen.get(kind, -1) + 1
+        out.append({"kind": kind, "language": lang, "text": text, "half": "dev" if k % 2 == 0 else "held_out",
+                    "pcm": decode_audio(data, target_rate=16000).pcm})
+    return out
+
+
+def share(xs: list[bool]) -> float | None:
+    return round(float(np.mean(xs)), 3) if xs else None
+
+
+def summarize(rows: list[dict]) -> dict:
+    from audiocurate.config import PipelineConfig
+
+    gate = PipelineConfig.load(profile="default").filters.language  # the English default's language gate
+    out = {}
+    for half in ("dev", "held_out", "all"):
+        rs = [r for r in rows if half == "all" or r["half"] == half]
+        langs = sorted({r["language"] for r in rs})
+        en = [r for r in rs if r["language"] == "en"]
+        other = [r for r in rs if r["language"] != "en"]
+        out[half] = {
+            "clips": len(rs),
+            "lid_accuracy": {lang: share([r["detected"] == lang for r in rs if r["language"] == lang]) for lang in langs},
+            "lid_accuracy_by_seconds": {f"{lo}-{hi if hi < 1e9 else 'inf'}": share(
+                [r["detected"] == r["language"] for r in rs if lo <= r["audio_s"] < hi]) for lo, hi in BUCKETS},
+            "lid_accuracy_at_least_3s": share([r["detected"] == r["language"] for r in rs if r["audio_s"] >= 3]),
+            "english_gate": {
+                "spoken_lid_allowed_en": {"english_kept": share([r["detected"] == "en" for r in en]),
+                                          "other_passed": share([r["detected"] == "en" for r in other])},
+                "tiny_en_min_avg_logprob_-0.9": {
+                    "english_kept": share([r["tiny_en_avg_logprob"] >= -0.9 for r in en]),
+                    "other_passed": share([r["tiny_en_avg_logprob"] >= -0.9 for r in other])},
+                f"default_profile_allowed_en_min_prob_{gate.min_prob}": {
+                    "english_kept": share([r["detected"] == "en" and r["prob"] >= gate.min_prob for r in en]),
+                    "other_passed": share([r["detected"] == "en" and r["prob"] >= gate.min_prob for r in other])},
+            },
+        }
+    n = len(rows)
+    out["seconds_per_clip"] = {"whisper_base_lid": round(sum(r["lid_s"] for r in rows) / n, 3),
+                               "tiny_en_transcribe": round(sum(r["tiny_en_s"] for r in rows) / n, 3),
+                               "mean_clip_s": round(sum(r["audio_s"] for r in rows) / n, 2)}
+    done = [r for r in rows if "base_text" in r]
+    if done:
+        out["wer_whisper_base"] = {lang: round(corpus_wer([r["text"] for r in done if r["language"] == lang],
+                                                          [r["base_text"] for r in done if r["language"] == lang]), 3)
+                                   for lang in sorted({r["language"] for r in done})}
+        out["wer_whisper_base"]["clips"] = len(done)
+        en = [r for r in done if r["language"] == "en"]
+        out["wer_tiny_en_on_the_same_english"] = round(corpus_wer([r["text"] for r in en],
+                                                                  [r["tiny_en_text"] for r in en]), 3)
+        out["seconds_per_clip"]["whisper_base_detect_and_transcribe"] = round(
+            sum(r["base_s"] for r in done) / len(done), 3)
+    return out
+
+
+def switch_recording(clips: list[dict]) -> dict:
+    """60 s of Czech, then 60 s of English (clips joined with 0.5 s pauses) through the
+    multilingual profile's transcriber: each 30 s window's language against the truth."""
+    from audiocurate.config import PipelineConfig
+
+    def join(kind: str, seconds: float) -> np.ndarray:
+        parts, total = [], 0.0
+        for c in (c for c in clips if c["kind"] == kind):
+            if total >= seconds:
+                break
+            parts += [c["pcm"], np.zeros(8000, np.int16)]
+            total += len(c["pcm"]) / 16000 + 0.5
+        return np.concatenate(parts)
+
+    first, second = join("cs", 60), join("en-real", 60)
+    pcm = np.concatenate([first, second])
+    switch_s = len(first) / 16000
+    asr = PipelineConfig.load(profile="multilingual").asr
+    model = make_transcriber(asr)
+    from audiocurate.asr.windows import plan_windows
+
+    windows = []
+    for start, end in plan_windows(len(pcm), 16000, asr.chunk_s, pcm):
+        probs = language_probabilities(model.model, pcm[start:end].astype(np.float32) / 32768.0,
+                                       asr.language_detection_segments)
+        lang = max(probs, key=probs.__getitem__)
+        truth_cs = max(0.0, min(end / 16000, switch_s) - start / 16000)
+        windows.append({"start_s": round(start / 16000, 1), "end_s": round(end / 16000, 1), "detected": lang,
+                        "prob": round(probs[lang], 3), "czech_s": round(truth_cs, 1)})
+    mislabelled = sum((w["end_s"] - w["start_s"] - w["czech_s"]) if w["detected"] == "cs" else
+                      w["czech_s"] if w["detected"] == "en" else (w["end_s"] - w["start_s"]) for w in windows)
+    t0 = time.perf_counter()
+    tr = model.transcribe_batch([pcm])[0]
+    return {"seconds": round(len(pcm) / 16000, 1), "switch_s": round(switch_s, 1), "windows": windows,
+            "seconds_in_a_window_of_the_other_language": round(mislabelled, 1),
+            "clip_language": tr.language, "clip_language_prob": round(tr.language_prob, 3),
+            "transcribe_s": round(time.perf_counter() - t0, 1),
+            "text_around_switch": " ".join(s.text.strip() for s in tr.segments
+                                           if abs(s.start_s - switch_s) < 15)[:400]}
+
+
+def main() -> None:
+    clips = build_dev_set()
+    base = make_transcriber(FasterWhisperConfig(model="embedded:whisper-base", language=None))
+    tiny = make_transcriber(FasterWhisperConfig(fallback_min_avg_logprob=-0.9))
+    rows = []
+    for c in clips:
+        audio = c["pcm"].astype(np.float32) / 32768.0
+        t0 = time.perf_counter()
+        probs = language_probabilities(base.model, audio, 3)
+        t1 = time.perf_counter()
+        tr = tiny.transcribe_batch([c["pcm"]])[0]
+        t2 = time.perf_counter()
+        detected = max(probs, key=probs.__getitem__)
+        row = {k: c[k] for k in ("kind", "language", "text", "half")}
+        row.update(audio_s=len(audio) / 16000, detected=detected, prob=probs[detected], p_en=probs.get("en", 0.0),
+                   lid_s=t1 - t0, tiny_en_s=t2 - t1, tiny_en_text=tr.text,
+                   tiny_en_avg_logprob=tr.avg_logprob if np.isfinite(tr.avg_logprob) else -99.0)
+        rows.append(row)
+        print(f"{len(rows)}/{len(clips)} {row['kind']}: {detected} {row['prob']:.2f}", file=sys.stderr)
+    result = summarize(rows)
+    if "--switch" in sys.argv:
+        result["switch"] = switch_recording(clips)
+    result["rows"] = rows
+    (HERE / "results" / "language_id.json").write_text(json.dumps(result, indent=1, ensure_ascii=False))
+    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1, ensure_ascii=False))
+
+
+def add_wer(half: str = "held_out") -> None:
+    """WER per language of whisper-base transcribing each clip of `half` in the language it
+    detects (`--profile multilingual`'s transcriber), added to the saved rows."""
+    from audiocurate.config import PipelineConfig
+
+    path = HERE / "results" / "language_id.json"
+    saved = json.loads(path.read_text())
+    base = make_transcriber(PipelineConfig.load(profile="multilingual").asr)
+    for c, row in zip(build_dev_set(), saved["rows"]):
+        assert (c["kind"], c["text"]) == (row["kind"], row["text"])
+        if c["half"] != half:
+            continue
+        t0 = time.perf_counter()
+        tr = base.transcribe_batch([c["pcm"]])[0]
+        row.update(base_text=tr.text, base_language=tr.language, base_s=time.perf_counter() - t0)
+        print(f"{row['kind']}: {tr.language} {tr.text[:60]}", file=sys.stderr)
+    path.write_text(json.dumps(saved, indent=1, ensure_ascii=False))
+    resummarize()
+
+
+def resummarize() -> None:
+    """Recompute the summary from the saved rows (no model runs); the switch test is kept."""
+    path = HERE / "results" / "language_id.json"
+    saved = json.loads(path.read_text())
+    result = {**summarize(saved["rows"]), **({"switch": saved["switch"]} if "switch" in saved else {}),
+              "rows": saved["rows"]}
+    path.write_text(json.dumps(result, indent=1, ensure_ascii=False))
+    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    if "--summary-only" in sys.argv:
+        resummarize()
+    elif "--wer" in sys.argv:
+        add_wer()
+    else:
+        main()

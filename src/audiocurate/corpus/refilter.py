@@ -1,0 +1,251 @@
+"""`audiocurate refilter OUTPUT DEST`: OUTPUT's rows routed again under a new configuration,
+from the signals the run stored, with no model loaded ("tag once, filter many").
+
+DEST is a run like any other (`pipeline._run_held`: lease, resume by id, corpus passes,
+compaction, report, exports); only its input is OUTPUT's stored rows (`sources.stored`) and
+its decode, ASR and judge stages are replaced by `RefilterStage`, which runs the same placed
+filters a run would, in the same order, on the stored columns.
+
+Which rows can change outcome: a filter decides a row only when the row reached the stage
+whose signals it reads. A row that OUTPUT rejected before Whisper or the judge has no
+transcript or score, so where the new gates let it past its old gate, it keeps its old
+`drop_reason` (deciding it would need the models). A row that passes every new gate and
+reached every stage is curated; one from `rejected/` (which keeps no audio) gets its clip
+read back from OUTPUT's input, as `export --from rejected` does. errors/ rows stay errors.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .. import contract as C
+from ..config import PipelineConfig
+from ..filters.base import Filter
+from ..sources.stored import StoredRows
+from .fingerprint import FINGERPRINT
+from .moves import DUPLICATE_OF
+
+# Where a stored row can have stopped, in pipeline order (the segment stage's filters are
+# the audio filters of a segmented run).
+_STAGES = (C.SEGMENT, C.DECODE, C.TRANSCRIBE, C.SELECT)
+REFILTER_STAGE = "refilter"
+
+
+class MissingSignal(ValueError):
+    """A setting of the new configuration needs a column OUTPUT did not store."""
+
+
+def refilter(config: PipelineConfig, output_uri: str, dest_uri: str, *, restart: bool = False,
+             echo: Callable[[str], None] = print, stop_ray: bool = False) -> dict[str, Any]:
+    """Route OUTPUT's stored rows under `config` into DEST; returns DEST's report. A rerun
+    of the same command resumes DEST; a different configuration on it is refused."""
+    from ..lease import OutputLease
+    from ..pipeline import _run_held
+    from ..run_output import RunOutput
+    from ..sinks import OutputDir
+
+    run = RunOutput.open(output_uri, config.output.storage)
+    if not run.out.is_complete():
+        raise ValueError(f"{output_uri} is not a finished run (no _SUCCESS): finish it with its `audiocurate run` "
+                         "command first")
+    if run.config.segment.enabled or config.segment.enabled:
+        raise ValueError("refilter of a segmented output (`--profile longform`) is not supported yet")
+    if dest_uri.rstrip("/") == output_uri.rstrip("/"):
+        raise ValueError("DEST must be another folder than OUTPUT: OUTPUT's rows are its input")
+    source = StoredRows.open(run.out, run.id_column)
+    source.input_columns = input_columns(source.columns, (run.config, config))
+    check_signals(config, source, output_uri)
+    out = OutputDir(dest_uri, config.output.storage)
+    with OutputLease(out, "refilter") as lease:
+        return _run_held(config, source, output_uri, dest_uri, out, lease, limit=None, restart=restart,
+                         retry_errors=False, echo=echo, stop_ray=stop_ray)
+
+
+def new_config(recorded: PipelineConfig, profile: Optional[str], overrides: list[str]) -> PipelineConfig:
+    """OUTPUT's recorded configuration, then `--profile` layers, then `--set` overrides."""
+    return PipelineConfig.load(profile=profile, overrides=overrides, base=recorded.model_dump(mode="json"))
+
+
+def input_columns(stored: list[str], configs: tuple[PipelineConfig, ...]) -> list[str]:
+    """The stored columns that came from the run's input, not from a stage, filter or pass:
+    filters are placed on these as in a run, so a transcript check still runs after Whisper
+    (where a row that never reached Whisper is not decided) though `transcript` is stored."""
+    from ..plan import placed_filters, produced_by
+
+    made = set(C.STATUS_COLUMNS) | {C.AUDIO, C.PCM, DUPLICATE_OF, FINGERPRINT}
+    for config in configs:
+        made |= set(produced_by(placed_filters(config, stored), config))
+    return [c for c in stored if c not in made]
+
+
+def check_signals(config: PipelineConfig, source: StoredRows, output_uri: str) -> None:
+    """Refuse, naming the column, a configuration whose filters or corpus passes need a
+    signal OUTPUT did not store."""
+    have = set(source.columns)
+    missing: list[str] = []
+    for f in _all_filters(config, source.input_columns):
+        lacking = _lacking(f, have)
+        if lacking:
+            missing.append(f"filter {f.name or type(f).__name__} needs {', '.join(sorted(lacking))}")
+    if config.dedup.enabled and FINGERPRINT not in have:
+        missing.append(f"dedup needs {FINGERPRINT} (set dedup.enabled in the run that makes OUTPUT)")
+    cap = config.corpus.max_hours_per
+    if cap is not None and cap.column not in have:
+        missing.append(f"corpus.max_hours_per needs {cap.column}")
+    if missing:
+        raise MissingSignal(f"cannot refilter {output_uri} under this configuration without a model: "
+                            f"{'; '.join(missing)}, which the run did not store")
+
+
+def _all_filters(config: PipelineConfig, stored: list[str]) -> list[Filter]:
+    from ..plan import placed_filters
+
+    placed = placed_filters(config, stored)
+    return [f for stage in _STAGES for f in placed.get(stage, [])]
+
+
+def _lacking(f: Filter, have: set[str]) -> set[str]:
+    """The columns `f` would need and OUTPUT lacks: none when it can read its needs, or the
+    signals it measures were stored (then it decides on those, `_replay`)."""
+    needs = set(f.needs) - have
+    if not needs:
+        return set()
+    return set(f.produces) - have if f.produces else needs
+
+
+def refiltered(config: PipelineConfig, source: StoredRows, skip_ids: Optional[list[str]],
+               rc: Any) -> Any:
+    """The refilter's Dataset: stored rows, finished ones skipped (resume), routed anew."""
+    from ..pipeline import _skip_ids
+    from ..runtime import configure_dataset, row_task_args
+
+    ds = source.dataset(num_cpus=config.decode.resources.num_cpus)
+    if skip_ids:
+        ds = _skip_ids(ds, source.id_column, rc, skip_ids)
+    from ..plan import placed_filters
+
+    placed = placed_filters(config, source.input_columns)
+    stage = RefilterStage(placed, reached_columns(config), source.id_column, source.uri)
+    ds = ds.map_batches(stage, batch_format="pyarrow", udf_modifying_row_count=False, **row_task_args(rc))
+    return configure_dataset(ds, rc)
+
+
+def reached_columns(config: PipelineConfig) -> dict[str, list[str]]:
+    """For each model stage, the columns whose values show a stored row got that far; a stage
+    with no model (`backend: none` writes no score) has nothing to show and is never a stop."""
+    from ..judge.backends import judge_backend
+
+    out: dict[str, list[str]] = {C.TRANSCRIBE: list(C.asr_columns(config.asr))}
+    if getattr(judge_backend(config.judge.backend), "scores", True):
+        out[C.SELECT] = list(C.JUDGE_COLUMNS)
+    return out
+
+
+class RefilterStage:
+    """Routes stored rows anew: the placed filters in pipeline order, each deciding the rows
+    that reached its stage; see the module's docstring for rows that cannot be decided."""
+
+    def __init__(self, placed: dict[str, list[Filter]], reached: dict[str, list[str]], id_column: str,
+                 output_uri: str):
+        self.placed = placed
+        self.reached = reached
+        self.id_column = id_column
+        self.output_uri = output_uri
+        self._audio: Any = None
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        table = C.ensure_status(table)
+        if C.AUDIO not in table.column_names:
+            table = table.append_column(C.AUDIO, pa.nulls(table.num_rows, C.AUDIO_TYPE))
+        old = table[C.DROP_REASON].to_pylist()
+        failed = pc.is_valid(table[C.ERROR_STAGE]).to_pylist()
+        curated_before = [r is None and not e for r, e in zip(old, failed)]
+        reasons: list[Optional[str]] = list(old)
+        pending = [i for i in range(table.num_rows) if not failed[i]]
+        for stage in _STAGES:
+            shown = [c for c in self.reached.get(stage, []) if c in table.column_names]
+            if shown:
+                got_there = np.zeros(table.num_rows, dtype=bool)
+                for c in shown:
+                    got_there |= pc.is_valid(table[c]).to_numpy(zero_copy_only=False)
+                pending = [i for i in pending if curated_before[i] or got_there[i]]  # others keep `old`
+            for f in self.placed.get(stage, []):
+                if not pending:
+                    break
+                table, decided = _decide(f, table, pending)
+                for i, r in zip(pending, decided):
+                    if r is not None:
+                        reasons[i] = r
+                pending = [i for i, r in zip(pending, decided) if r is None]
+        for i in pending:
+            reasons[i] = None
+        table = C.put_column(table, C.DROP_REASON, reasons, pa.string())
+        if DUPLICATE_OF in table.column_names:  # a corpus pass's record, true only while its reason stands
+            dup = [d if r == old_r and r is not None else None
+                   for d, r, old_r in zip(table[DUPLICATE_OF].to_pylist(), reasons, old)]
+            table = C.put_column(table, DUPLICATE_OF, dup, table.schema.field(DUPLICATE_OF).type)
+        return self._with_audio(table, [i for i in pending if not curated_before[i]])
+
+    def _with_audio(self, table: pa.Table, rows: list[int]) -> pa.Table:
+        """Rows curated now that OUTPUT had rejected: their clip, read back from OUTPUT's input.
+        A clip that cannot be read there any more becomes an error row saying so."""
+        if not rows:
+            return table
+        audio = table[C.AUDIO].to_pylist()
+        stage = table[C.ERROR_STAGE].to_pylist()
+        error = table[C.ERROR].to_pylist()
+        reasons = table[C.DROP_REASON].to_pylist()
+        reader = self._audio_reader()
+        wanted = table.select([c for c in table.column_names if c != C.AUDIO])
+        try:  # one lookup in the input for the block's rows; row by row only to name the one that fails
+            got = reader(wanted.take(pa.array(rows, pa.int64())))[C.AUDIO].to_pylist()
+            for i, a in zip(rows, got):
+                audio[i] = a
+        except ValueError:
+            for i in rows:
+                try:
+                    audio[i] = reader(wanted.slice(i, 1))[C.AUDIO][0].as_py()
+                except ValueError as e:
+                    stage[i], error[i], reasons[i] = REFILTER_STAGE, f"curated now, but {e}", None
+        table = C.put_column(table, C.AUDIO, audio, C.AUDIO_TYPE)
+        table = C.put_column(table, C.ERROR_STAGE, stage, pa.string())
+        table = C.put_column(table, C.DROP_REASON, reasons, pa.string())
+        return C.put_column(table, C.ERROR, error, pa.string())
+
+    def _audio_reader(self) -> Any:
+        if self._audio is None:
+            from ..exports.source_audio import SourceAudio
+            from ..run_output import RunOutput
+
+            run = RunOutput.open(self.output_uri)
+            self._audio = SourceAudio(run.input_uri, run.config.output.storage,
+                                      run.config.model_dump(mode="json"))
+        return self._audio
+
+
+def _decide(f: Filter, table: pa.Table, rows: list[int]) -> tuple[pa.Table, list[Optional[str]]]:
+    """`f`'s reasons for `rows`: from its needs where they were stored (its measured columns
+    written back), else from the signals it measures, as stored (`_replay`)."""
+    index = np.asarray(rows, dtype=np.int64)
+    if set(f.needs) <= set(table.column_names):
+        reasons, measured = f.evaluate(table, index)
+        for name, values in measured.items():
+            typ = f.produces[name]
+            column = table[name].to_pylist() if name in table.column_names else [None] * table.num_rows
+            for i, v in zip(rows, values):
+                column[i] = v
+            table = C.put_column(table, name, column, typ)
+        return table, reasons
+    return table, _replay(f, table, index)
+
+
+def _replay(f: Filter, table: pa.Table, index: np.ndarray) -> list[Optional[str]]:
+    """A measuring filter (DNSMOS, the quality gates) deciding on its stored measurements."""
+    taken = pa.array(index, pa.int64())
+    names = [c for c in (*f.needs, *f.produces) if c in table.column_names]
+    cols = {c: table[c].take(taken).to_pylist() for c in names}
+    return [f.reason({c: cols[c][j] for c in names}) for j in range(len(index))]

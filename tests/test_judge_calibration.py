@@ -1,0 +1,71 @@
+"""A calibration map holds for the judge it was fitted with: model, weights type, engine build."""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from audiocurate.judge import load_judge_profile
+from audiocurate.judge.profile import Calibration, EngineRecord
+
+CONSTRAINTS = Path(__file__).resolve().parents[1] / "constraints.txt"
+
+
+def pinned(package: str) -> str:
+    match = re.search(rf"^{re.escape(package)}==(\S+)", CONSTRAINTS.read_text(), flags=re.M)
+    assert match, f"{package} is not pinned in {CONSTRAINTS}"
+    return f"{package}=={match.group(1)}"
+
+
+def shipped_profiles() -> list[str]:
+    folder = resources.files("audiocurate.judge") / "profiles"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+@pytest.mark.parametrize("name", shipped_profiles())
+def test_every_shipped_map_was_fitted_with_the_pinned_engine(name):
+    """Upgrading llama-cpp-python in constraints.txt without refitting the maps fails here: the
+    same prompt through another build moves the expected scores, and with them what is kept."""
+    profile = load_judge_profile(name)
+    if profile.calibration is None:
+        return
+    fitted = profile.calibration.fitted_with
+    assert fitted is not None, f"{name}: the calibration does not record the model, weights and engine it was fitted with"
+    assert fitted.model == profile.model
+    package = fitted.engine.split("==")[0]
+    assert fitted.engine == pinned(package), (
+        f"{name}: calibration fitted with {fitted.engine}, constraints.txt pins {pinned(package)}; "
+        f"refit: python benchmarks/judge_eval.py --judge-profile {name} --fit --write")
+
+
+def test_a_map_names_what_differs_from_the_judge_it_was_fitted_with():
+    cal = Calibration(x=[1, 5], y=[1, 5], fitted_on="test",
+                      fitted_with=EngineRecord(model="embedded:smollm2-135m", weights="f16",
+                                               engine="llama-cpp-python==0.3.36"))
+    assert cal.mismatch("embedded:smollm2-135m", "f16", "llama-cpp-python==0.3.36") is None
+    why = cal.mismatch("embedded:smollm2-135m", "stored", "llama-cpp-python==0.3.40")
+    assert "weights 'stored'" in why and "engine 'llama-cpp-python==0.3.40'" in why and "model" not in why
+    assert Calibration(x=[1, 5], y=[1, 5], fitted_on="old map").mismatch("m", "f16", "x") is None
+
+
+def test_the_installed_engine_is_the_pinned_one():
+    """The maps are checked against constraints.txt; this ties constraints.txt to what runs."""
+    from audiocurate.judge.llama_cpp import engine_version
+
+    assert engine_version() == pinned("llama-cpp-python")
+
+
+def test_a_length_aware_map_reads_long_texts_lower_and_short_ones_higher():
+    """Small judges give long texts higher expected scores whatever they say: a map with a negative
+    `length_slope` takes that back, and reads the expected score alone at the reference length."""
+    cal = Calibration(x=[1, 2, 3], y=[1, 3, 5], length_slope=-0.5, length_reference_chars=100, fitted_on="test")
+    assert cal.apply(2.0, 100) == pytest.approx(3.0)
+    assert cal.apply(2.0) == pytest.approx(3.0)  # no length known: the knots as they are
+    assert cal.apply(2.0, 400) < 3.0 < cal.apply(2.0, 25)
+    assert cal.apply(2.0, 400) == pytest.approx(3.0 - 2 * 0.5 * np.log(4))
+    profile = load_judge_profile("smollm2-135m-edu").model_copy(update={"calibration": cal})
+    assert profile.score(2.2, None, 30) >= 3 > profile.score(2.2, None, 400)
