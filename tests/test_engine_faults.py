@@ -405,3 +405,26 @@ def test_retry_errors_runs_the_rows_an_engine_refused_again_and_only_those(monke
     after = {r["id"]: r for s in ("curated", "rejected") for r in rows[s]}
     assert all(after[i]["edu_score"] == kept_before[i]["edu_score"] for i in kept_before)  # the others untouched
     assert (out / "_SUCCESS").exists()
+
+
+def test_a_processor_judges_engine_failure_fails_the_block_and_a_rows_own_stays_a_row():
+    """vLLM through `ray.data.llm` hands failures back as text per row (`should_continue_on_error`):
+    a dead engine's rows are not written as error rows; one over-long prompt still is."""
+    from audiocurate.judge.processors import INFERENCE_ERROR, LABEL_LOGPROBS, ProcessorJudgeResultStage
+
+    config = PipelineConfig.load(overrides=["judge.backend=vllm", "judge.model=/models/llama",
+                                            "judge.profile=smollm2-135m-edu"])
+    stage = ProcessorJudgeResultStage(config, "llama")
+    logprobs = pa.array([[-3.0, -2.0, -0.1, -2.0, -3.0]] * 3, pa.list_(pa.float64()))
+
+    def table(errors):
+        return pa.table({"id": ["a", "b", "c"], "transcript": ["x", "y", "z"], LABEL_LOGPROBS: logprobs,
+                         INFERENCE_ERROR: pa.array(errors, pa.string())})
+
+    with pytest.raises(EngineFault, match=r"judge: llama \(vllm\): .*EngineDeadError"):
+        stage(table(["", "EngineDeadError: EngineCore encountered an issue", ""]))
+    with pytest.raises(EngineFault, match="every one of 3 rows failed the same way"):
+        stage(table(["RuntimeError: engine loop stopped"] * 3))
+    out = stage(table(["", "ValueError: the prompt (3001 tokens) is longer than the maximum model length of 512", ""]))
+    assert out[C.ERROR_STAGE].to_pylist() == [None, "judge", None]
+    assert out["edu_score"].to_pylist()[0] is not None

@@ -137,10 +137,12 @@ def test_a_processor_judge_is_measured_through_the_runs_own_processor(llama_serv
 
     texts = ["The heart pumps blood through the arteries to every part of the body.",
              "lol that was so funny, we should totally do that again.", ""]
+    # The server runs SmolLM2, so both sides take its profile (prompt and calibration map).
     config = PipelineConfig.load(overrides=["judge.backend=http", f"judge.url={llama_server}/v1/completions",
-                                            "judge.max_retries=1"])
+                                            "judge.max_retries=1", "judge.profile=smollm2-135m-edu"])
     remote, seconds = judge_eval.judge_texts(config, texts, ["English", None, None])
-    local, _ = judge_eval.judge_texts(PipelineConfig.load(), texts, ["English", None, None])
+    local, _ = judge_eval.judge_texts(PipelineConfig.load(overrides=["judge.profile=smollm2-135m-edu"]), texts,
+                                      ["English", None, None])
     assert seconds > 0
     for r, s in zip(remote, local):
         assert r.error is None and abs(r.mean - s.mean) < 0.2 and r.score in {1, 2, 3, 4, 5}

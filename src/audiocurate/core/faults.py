@@ -90,6 +90,24 @@ def classify_failures(results: Sequence[Any]) -> Optional[str]:
     return None
 
 
+_FATAL_NAMES_IN_TEXT = re.compile(
+    r"\b(?:%s|MemoryError|ConnectionError|ConnectionRefusedError|ConnectionResetError|TimeoutError|"
+    r"ClientConnectorError)\b|Connection refused|Connection reset" % "|".join(sorted(FATAL_CLASS_NAMES)))
+
+
+def classify_failure_texts(reasons: Sequence[Optional[str]]) -> Optional[str]:
+    """Rules 1 and 2 for engines that hand back each row's failure as text (`ray.data.llm`'s
+    processors with `should_continue_on_error`: a dead vLLM engine fails every row in turn).
+    `reasons` has one entry per row sent, None where the row succeeded."""
+    failures = [r for r in reasons if r]
+    for r in failures:
+        if FATAL_MESSAGE.search(r) or _FATAL_NAMES_IN_TEXT.search(r):
+            return " ".join(r.split())[:300]
+    if len(reasons) >= 2 and len(failures) == len(reasons) and len(set(failures)) == 1:
+        return f"every one of {len(reasons)} rows failed the same way: {' '.join(failures[0].split())[:250]}"
+    return None
+
+
 _FAULT_LINE = re.compile(r"EngineFault: ([^\n]+)")
 
 

@@ -4,7 +4,9 @@
   is gone in Ray 2.60). One token is generated, constrained by vLLM's structured outputs to the
   five labels (`structured_outputs={"choice": [...]}`; the tutorial's `guided_decoding` is
   deprecated), and the first token's top log-probabilities give p1..p5. Rows the engine fails
-  on come back with `__inference_error__` (`should_continue_on_error`) and become error rows.
+  on come back with `__inference_error__` (`should_continue_on_error`) and become error rows,
+  unless the failure is the engine's (`core.faults`: a dead engine, out of memory, every row of a
+  block failing the same way): then the block fails with `EngineFault`, and no row is lost.
 * `http`: `HttpRequestProcessorConfig` against any OpenAI-compatible server (vLLM serve,
   llama.cpp server, a hosted API), with Ray's retries and rate limit. A request the server
   refuses (an error body) becomes an error row; a server that stays unreachable after the
@@ -31,6 +33,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from .. import contract as C
+from ..core.faults import EngineFault, classify_failure_texts
 from ..core.settings import SPEED_ONLY
 from ..core.stage import Outcome, Stage
 from ..models import resolve_model
@@ -226,6 +229,7 @@ class ProcessorJudgeResultStage(Stage):
         super().__init__()
         self.profile = load_judge_profile(config.judge.profile)
         self.model_name = model_name
+        self.backend = config.judge.backend
 
     def process(self, table: pa.Table, rows: np.ndarray) -> Outcome:
         out = Outcome(values={k: [None] * len(rows) for k in self.produces})
@@ -237,6 +241,11 @@ class ProcessorJudgeResultStage(Stage):
 
         lps, jerr, ierr = column(LABEL_LOGPROBS), column(JUDGE_ERROR), column(INFERENCE_ERROR)
         texts = column("transcript")
+        # core.faults' rules: the engine's failure (a dead vLLM engine, out of memory, a refused
+        # connection, or every row failing the same way) stops the block, not N error rows.
+        fault = classify_failure_texts([ierr[j] or jerr[j] for j in range(len(rows))])
+        if fault is not None:
+            raise EngineFault(self.name, f"{self.model_name} ({self.backend})", fault, 1)
         for j in range(len(rows)):
             v["judge_model"][j] = self.model_name
             reason = ierr[j] or jerr[j]
