@@ -151,3 +151,37 @@ def tiny_whisper_dir(tmp_path_factory):
     import tiny_whisper
 
     return tiny_whisper.build_english(str(tmp_path_factory.mktemp("tiny-whisper")))
+
+
+@pytest.fixture(scope="module")
+def llama_server():
+    """SmolLM2 behind llama.cpp's OpenAI-compatible server on loopback (for the HTTP judge)."""
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    from audiocurate.models import resolve_model
+
+    pytest.importorskip("llama_cpp.server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", resolve_model("embedded:smollm2-135m"),
+         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024", "--n_threads", "1", "--logits_all", "true"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(url + "/v1/models", timeout=1)
+                break
+            except Exception:
+                time.sleep(0.5)
+        else:
+            pytest.fail("llama.cpp server did not start")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)

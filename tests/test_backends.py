@@ -346,31 +346,6 @@ def test_vllm_judge_takes_its_share_of_a_gpu():
 
 
 # ---- HTTP judge against a real llama.cpp server ----------------------------------------------
-@pytest.fixture(scope="module")
-def llama_server():
-    pytest.importorskip("llama_cpp.server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", resolve_model("embedded:smollm2-135m"),
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024", "--n_threads", "1", "--logits_all", "true"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(url + "/v1/models", timeout=1)
-            break
-        except Exception:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("llama.cpp server did not start")
-    yield url
-    proc.terminate()
-    proc.wait(10)
-
-
 def test_http_judge_through_rays_http_processor(llama_server, tmp_path, ray_local):
     from audiocurate.judge.processors import apply_processor_judge
     import ray

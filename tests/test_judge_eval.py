@@ -95,40 +95,6 @@ def test_the_cpu_is_named():
     assert "cores" in judge_eval.cpu_model()
 
 
-@pytest.fixture(scope="module")
-def llama_server():
-    """SmolLM2 behind llama.cpp's OpenAI-compatible server on loopback."""
-    import socket
-    import subprocess
-    import time
-    import urllib.request
-
-    from audiocurate.models import resolve_model
-
-    pytest.importorskip("llama_cpp.server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", resolve_model("embedded:smollm2-135m"),
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024", "--n_threads", "1", "--logits_all", "true"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(url + "/v1/models", timeout=1)
-                break
-            except Exception:
-                time.sleep(0.5)
-        else:
-            pytest.fail("llama.cpp server did not start")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
 @pytest.mark.slow  # a Ray Data processor and a model server: tens of seconds
 def test_a_processor_judge_is_measured_through_the_runs_own_processor(llama_server, ray_local):
     """`--profile gpu` measures a vLLM judge the way a run uses it: through `ray.data.llm`. The

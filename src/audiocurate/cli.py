@@ -220,15 +220,13 @@ def _stop_ray() -> None:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from .lease import OutputBusyError
-    from .pipeline import RunFailed
-
-    try:
-        if args.command in ("report", "export", "compact", "verify"):
-            return _on_output(args)
-        if args.command == "refilter":
+    if args.command in ("report", "export", "compact", "verify"):
+        return _on_output(args)
+    if args.command == "refilter":
+        with _exit_codes_of_a_run(args.dest):
             report = _refilter(args)
-            return _finish(report, args.dest)
+        return _finish(report, args.dest)
+    with _exit_codes_of_a_run(getattr(args, "output", "")):
         config = load_config(args)
         if args.command == "config":
             print(config.to_yaml(), end="")
@@ -240,6 +238,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         with harmless_native_lines_held_back():
             report = run(config, input_uri, args.output, limit=args.limit, restart=args.restart,
                          retry_errors=getattr(args, "retry_errors", False), stop_ray=True)
+    return _finish(report, args.output)
+
+
+@contextlib.contextmanager
+def _exit_codes_of_a_run(output: str):
+    """A run's (or refilter's) errors as exit codes: 4 busy, 3 failed, 2 the user's, storage by kind."""
+    from .lease import OutputBusyError
+    from .pipeline import RunFailed
+
+    try:
+        yield
     except OutputBusyError as e:
         raise _Exit(4, f"error: {e}") from None
     except RunFailed as e:
@@ -247,8 +256,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         raise _Exit(2, f"error: {e}") from None
     except OSError as e:
-        raise _storage_exit(e, args.output) from None
-    return _finish(report, args.output)
+        raise _storage_exit(e, output) from None
 
 
 def _finish(report: dict, output: str) -> int:
@@ -268,24 +276,13 @@ def _finish(report: dict, output: str) -> int:
 def _refilter(args: argparse.Namespace) -> dict:
     """OUTPUT's recorded configuration with the command's layers, then `corpus.refilter`."""
     from .corpus.refilter import new_config, refilter
-    from .lease import OutputBusyError
-    from .pipeline import RunFailed
     from .run_output import RunOutput
     from .terminal import harmless_native_lines_held_back
 
-    try:
-        recorded = RunOutput.open(args.output).config
-        config = new_config(recorded, args.profile, _flag_overrides(args))
-        with harmless_native_lines_held_back():
-            return refilter(config, args.output, args.dest, restart=args.restart, stop_ray=True)
-    except OutputBusyError as e:
-        raise _Exit(4, f"error: {e}") from None
-    except RunFailed as e:
-        raise _Exit(3, f"error: {e}") from None
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        raise _Exit(2, f"error: {e}") from None
-    except OSError as e:
-        raise _storage_exit(e, args.dest) from None
+    recorded = RunOutput.open(args.output).config
+    config = new_config(recorded, args.profile, _flag_overrides(args))
+    with harmless_native_lines_held_back():
+        return refilter(config, args.output, args.dest, restart=args.restart, stop_ray=True)
 
 
 def _on_output(args: argparse.Namespace) -> int:
