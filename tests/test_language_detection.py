@@ -77,9 +77,10 @@ def test_the_language_filter_acts_on_the_detected_language_and_probability(multi
         assert all(r["language"] in multilingual["codes"] and 0 < r["language_prob"] <= 1 for r in out)
         return {r["id"]: (r["language"], r["language_prob"], r[C.DROP_REASON]) for r in out}
 
-    detected = run()
+    detected = run("filters.language.min_prob=0")
     lang, prob, reason = detected["a"]
     assert reason is None  # no criterion set: nothing rejected
+    assert run()["a"][2] == "language"  # the default min_prob (0.6) is far above random weights' ~1/99
     other = "de" if lang != "de" else "fr"
     kept = run(f"filters.language.allowed=[{lang}]", f"filters.language.min_prob={prob / 2:.6f}")
     assert kept["a"][2] is None

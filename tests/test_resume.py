@@ -160,8 +160,11 @@ def test_row_that_breaks_the_judge_becomes_an_error_row(clips_parquet, tmp_path,
     from audiocurate.config import LlamaCppJudgeConfig
     from audiocurate.judge import make_judge
 
-    prefix = len(make_judge(LlamaCppJudgeConfig()).prefix_tokens)
-    config = PipelineConfig.load(overrides=[*OVERRIDES, "judge.long_text=error", f"judge.n_ctx={prefix + 14}"])
+    # n_ctx just over the prompt's prefix, measured in SmolLM2's tokens (its profile, pinned here)
+    prefix = len(make_judge(LlamaCppJudgeConfig(profile="smollm2-135m-edu")).prefix_tokens)
+    config = PipelineConfig.load(overrides=[*OVERRIDES, "judge.long_text=error", f"judge.n_ctx={prefix + 14}",
+                                            "judge.profile=smollm2-135m-edu",
+                                            "asr.language_id_model=null"])  # c00, the longest, reaches the judge
     report = run(config, str(clips_parquet), str(tmp_path / "out"), echo=lambda s: None, limit=4)
     assert report["accounting"]["ok"] and report["accounting"]["input"] == 4
     errors = pq.read_table(tmp_path / "out" / "errors").to_pylist()
