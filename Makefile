@@ -70,7 +70,7 @@ demo: install
 	$(VENV)/bin/audiocurate demo out/demo
 
 test: install-test sysdeps
-	$(STEP)"running the test suite (about 12 minutes on 2 cores)"
+	$(STEP)"running the test suite (about 40 minutes on 2 cores)"
 	$(VENV)/bin/pytest -q --durations=15
 
 # Unit tests only: no Ray, no end-to-end run (tests/conftest.py marks those e2e).
