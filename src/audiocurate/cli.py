@@ -221,7 +221,8 @@ def _stop_ray() -> None:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command in ("report", "export", "compact", "verify"):
-        return _on_output(args)
+        with _exit_codes_of_a_run(args.output):
+            return _on_output(args)
     if args.command == "refilter":
         with _exit_codes_of_a_run(args.dest):
             report = _refilter(args)
