@@ -17,7 +17,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 export LLAMA_CMAKE_ARGS
 STEP = @printf '\n==> %s\n' 
 
-.PHONY: install install-test demo test test-fast docs-check sysdeps bench bench-defects bench-judge bench-language \
+.PHONY: install install-test install-bench demo test test-fast docs-check sysdeps bench bench-defects bench-judge bench-language \
   bench-dedup bench-memory bench-refilter clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) scripts/build_llama_cpp.sh
@@ -81,36 +81,50 @@ test-fast: install-test
 docs-check: install-test
 	$(VENV)/bin/pytest -q tests/test_docs.py
 
-bench: install-test
+# What the benchmarks import beyond the test extras (`.[bench]`: mwparserfromhell for the judge
+# dev set's Wikipedia text).
+$(VENV)/.installed-bench: $(VENV)/.installed-test
+	$(STEP)"benchmark extras (.[bench])"
+	$(PIP) install -q --progress-bar off -c $(CONSTRAINTS) -e '.[test,bench]'
+	touch $@
+
+install-bench: $(VENV)/.installed-bench
+
+# The default pipeline against the engine's best setting on the same clips.
+bench: install-bench sysdeps
 	$(PY) benchmarks/throughput.py
 
+# Any other benchmark by name, with its arguments: `make bench-judge_cost ARGS="--rows 50"`.
+bench-%: install-bench sysdeps
+	$(PY) benchmarks/$*.py $(ARGS)
+
 # The defect corpus's sources: espeak-ng voices, real recordings and two music packages (Debian).
-bench-defects: install-test
+bench-defects: install-bench sysdeps
 	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get install -y -q --no-install-recommends \
 	  espeak-ng sox ffmpeg pocketsphinx-testdata drascula-music fb-music-high >/dev/null
 	$(PY) benchmarks/defects.py
 
 # The judge on the dev set in four languages (held-out half): AUC, precision, recall, rows/s.
-bench-judge: install-test sysdeps
+bench-judge: install-bench sysdeps
 	$(PY) benchmarks/judge_eval.py
 
 # Spoken language ID on espeak-ng speech in 8 languages and real English: accuracy per language and
 # duration, the English default's gate, a recording that switches language.
-bench-language: install-test sysdeps
+bench-language: install-bench sysdeps
 	$(PY) benchmarks/language_id.py --switch
 
 # Near-duplicates: pair precision/recall on a dev set of re-encodes, gain changes and trims against
 # other voices reading the same sentence; then 100k/300k/1M synthetic fingerprints grouped in Ray.
-bench-dedup: install-test sysdeps
+bench-dedup: install-bench sysdeps
 	$(PY) benchmarks/dedup_dev.py
 	$(PY) benchmarks/dedup_scale.py
 
 # Peak memory on one huge Parquet cell (10 h and 24 h, silent and spoken).
-bench-memory: install-test sysdeps
+bench-memory: install-bench sysdeps
 	$(PY) benchmarks/long_clip.py --cells 10 24
 
 # `audiocurate refilter` against the run that made its input: rows/s and wall time.
-bench-refilter: install-test sysdeps
+bench-refilter: install-bench sysdeps
 	$(PY) benchmarks/refilter.py
 
 clean:
