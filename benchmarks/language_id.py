@@ -1,15 +1,14 @@
 """Spoken language ID with the embedded multilingual Whisper base, and the English default's
-language gate, on a dev set built here.
+language gate, on a dev set built here: synthetic speech in 8 languages and real recorded speech.
 
-    python benchmarks/language_id.py [--switch]      # LID, the English gate (and a language switch)
+    python benchmarks/language_id.py [--switch]      # all of it (and a language switch)
+    python benchmarks/language_id.py --real-only [--real-per-language 80]   # the real speech section only
     python benchmarks/language_id.py --wer           # then: whisper-base WER per language, held-out half
 
-Dev set: espeak-ng voices reading 12 sentences each in Czech, Dutch, German (those of
+Synthetic dev set: espeak-ng voices reading 12 sentences each in Czech, Dutch, German (those of
 `language_gate.py`), French, Spanish, Italian and Polish (written for this benchmark, general
 knowledge, no tuning against any threshold); English: the same 12 sentences in English read by
 an American and a British voice, and the 18 real English recordings (`corpora.real_speech`).
-Real non-English speech is missing: no Debian package found here ships recorded speech in
-other languages (gcompris-qt-data downloads its voices at run time).
 Even-numbered clips of each kind are the dev half, odd-numbered the held-out half; both are
 reported, and nothing here is fitted on either.
 
@@ -19,6 +18,17 @@ int8, one thread) and tiny.en's transcript confidence (`avg_logprob`, the defaul
 the English gate's figures for spoken LID (`allowed: [en]`) and for tiny.en's confidence gate
 (`min_avg_logprob: -0.9`) and for the default profile's gate (`filters.language` in
 profiles/default.yaml: `allowed: [en]`, `min_prob`), and the seconds each costs per clip (contended CPU: say so).
+
+Real speech (`real_speech` in the results): Drascula's voiced dialogue from Debian's `drascula`
+(English) and `drascula-spanish` packages (`corpora.drascula_speech`: acted game lines, 8-bit
+11025 Hz, licence: Alcachofa Soft's freeware licence, DFSG-free), a seeded draw of up to 80 lines
+per language spread over 1-3 s, 3-10 s and at least 10 s. Each line goes through the English
+default exactly as the pipeline runs it: `asr.language_id_model` with
+`asr.language_detection_segments` pieces, then the `language` filter built from
+profiles/default.yaml. Printed: LID accuracy per language and per duration bucket, English kept
+and Spanish curated by that gate, the same for other `min_prob` values (a measurement, not a
+fit: nothing here changes the default), and the LID seconds per clip.
+
 `--wer` (after a run): whisper-base transcribes each held-out clip in its detected language
 (`--profile multilingual`); WER per language against the sentences read, and tiny.en's WER on
 the same English clips. `--switch`: a recording of 60 s of Czech then
@@ -31,6 +41,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +50,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from corpora import real_speech, speak  # noqa: E402
+from corpora import DURATION_BUCKETS, bucket_name, drascula_speech, real_speech, speak  # noqa: E402
 from language_gate import OTHER  # noqa: E402
 
 from audiocurate.asr import make_transcriber  # noqa: E402
 from audiocurate.asr.faster_whisper import language_probabilities  # noqa: E402
 from audiocurate.audio import decode_audio  # noqa: E402
-from audiocurate.config import FasterWhisperConfig  # noqa: E402
+from audiocurate.config import FasterWhisperConfig, PipelineConfig  # noqa: E402
+from audiocurate.filters.language import Language  # noqa: E402
 from audiocurate.filters.text import corpus_wer  # noqa: E402
 
 MORE = {
@@ -111,6 +123,7 @@ MORE = {
            "Książka leży na stole obok okna."],
 }
 SENTENCES = {**OTHER, **MORE}
+RESULTS = HERE / "results" / "language_id.json"
 BUCKETS = [(0, 3), (3, 6), (6, 10), (10, 1e9)]
 
 
@@ -135,8 +148,6 @@ def share(xs: list[bool]) -> float | None:
 
 
 def summarize(rows: list[dict]) -> dict:
-    from audiocurate.config import PipelineConfig
-
     gate = PipelineConfig.load(profile="default").filters.language  # the English default's language gate
     out = {}
     for half in ("dev", "held_out", "all"):
@@ -179,10 +190,79 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
+def real_speech_rows(per_language: int) -> list[dict]:
+    """Drascula's lines through the English default's language ID and `language` filter, built
+    from profiles/default.yaml as the pipeline builds them."""
+    config = PipelineConfig.load(profile="default")
+    gate = Language.configured(config, {"id", "audio_bytes"})
+    lid = make_transcriber(FasterWhisperConfig(model=config.asr.language_id_model, language=None,
+                                               threads=config.asr.threads)).model
+    clips = drascula_speech(per_language)
+    rows = []
+    for c in clips:
+        audio = decode_audio(c["audio_bytes"], target_rate=16000).pcm.astype(np.float32) / 32768.0
+        t0 = time.perf_counter()
+        probs = language_probabilities(lid, audio, config.asr.language_detection_segments)
+        detected = max(probs, key=probs.__getitem__)
+        rows.append({k: c[k] for k in ("id", "language", "bucket", "duration_s")} | {
+            "detected": detected, "prob": probs[detected], "p_en": probs.get("en", 0.0),
+            "default_gate": gate.reason({"language": detected, "language_prob": probs[detected]}),
+            "lid_s": time.perf_counter() - t0})
+        print(f"real {len(rows)}/{len(clips)} {c['id']} {c['duration_s']:.1f}s: {detected} {probs[detected]:.2f}",
+              file=sys.stderr)
+    return rows
+
+
+def summarize_real(rows: list[dict]) -> dict:
+    """The real speech section: LID accuracy, the default gate, and the gate at other `min_prob`."""
+    default = PipelineConfig.load(profile="default").filters.language.min_prob
+    langs = sorted({r["language"] for r in rows})
+    en = [r for r in rows if r["language"] == "en"]
+    other = [r for r in rows if r["language"] != "en"]
+
+    def passes(r: dict, min_prob: float) -> bool:  # the English default's rule at another threshold
+        return r["detected"] == "en" and r["prob"] >= min_prob
+
+    buckets = [b for b in map(bucket_name, DURATION_BUCKETS) if any(r["bucket"] == b for r in rows)]
+    return {
+        "clips": {lang: {b: sum(r["language"] == lang and r["bucket"] == b for r in rows) for b in buckets}
+                  for lang in langs},
+        "lid_accuracy": {lang: share([r["detected"] == lang for r in rows if r["language"] == lang]) for lang in langs},
+        "lid_accuracy_by_bucket": {lang: {b: share([r["detected"] == lang for r in rows
+                                                    if r["language"] == lang and r["bucket"] == b]) for b in buckets}
+                                   for lang in langs},
+        "lid_accuracy_at_least_3s": share([r["detected"] == r["language"] for r in rows if r["duration_s"] >= 3]),
+        "heard_as": {lang: dict(sorted(Counter(r["detected"] for r in rows if r["language"] == lang).items(),
+                                       key=lambda kv: -kv[1])) for lang in langs},
+        f"default_gate_min_prob_{default}": {
+            "english_kept": share([r["default_gate"] is None for r in en]),
+            "english_kept_by_bucket": {b: share([r["default_gate"] is None for r in en if r["bucket"] == b])
+                                       for b in buckets},
+            "non_english_curated": share([r["default_gate"] is None for r in other]),
+            "non_english_curated_by_bucket": {b: share([r["default_gate"] is None for r in other if r["bucket"] == b])
+                                              for b in buckets}},
+        "gate_at_min_prob": [{"min_prob": t, "english_kept": share([passes(r, t) for r in en]),
+                              "non_english_curated": share([passes(r, t) for r in other])}
+                             for t in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)],
+        # Another rule, measured only: keep a clip while P(en) >= t, whichever language is most likely.
+        "p_en_at_least": [{"p_en": t, "english_kept": share([r["p_en"] >= t for r in en]),
+                           "non_english_curated": share([r["p_en"] >= t for r in other])}
+                          for t in (0.1, 0.2, 0.3, 0.4, 0.5)],
+        "english_p_en_p5_p10_p50": [round(float(x), 3) for x in np.percentile([r["p_en"] for r in en], [5, 10, 50])]
+        if en else None,
+        "lid_seconds_per_clip": round(sum(r["lid_s"] for r in rows) / len(rows), 3),
+        "audio_s_per_lid_s": round(sum(r["duration_s"] for r in rows) / sum(r["lid_s"] for r in rows), 1),
+    }
+
+
+def real_speech_section(per_language: int) -> dict:
+    rows = real_speech_rows(per_language)
+    return {**summarize_real(rows), "rows": rows}
+
+
 def switch_recording(clips: list[dict]) -> dict:
     """60 s of Czech, then 60 s of English (clips joined with 0.5 s pauses) through the
     multilingual profile's transcriber: each 30 s window's language against the truth."""
-    from audiocurate.config import PipelineConfig
 
     def join(kind: str, seconds: float) -> np.ndarray:
         parts, total = [], 0.0
@@ -242,17 +322,35 @@ def main() -> None:
     result = summarize(rows)
     if "--switch" in sys.argv:
         result["switch"] = switch_recording(clips)
+    result["real_speech"] = real_speech_section(real_per_language())
     result["rows"] = rows
-    (HERE / "results" / "language_id.json").write_text(json.dumps(result, indent=1, ensure_ascii=False))
-    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1, ensure_ascii=False))
+    RESULTS.write_text(json.dumps(result, indent=1, ensure_ascii=False))
+    print_summary(result)
+
+
+def real_per_language() -> int:
+    return int(sys.argv[sys.argv.index("--real-per-language") + 1]) if "--real-per-language" in sys.argv else 80
+
+
+def print_summary(result: dict) -> None:
+    shown = {k: v for k, v in result.items() if k != "rows"}
+    if "real_speech" in shown:
+        shown["real_speech"] = {k: v for k, v in shown["real_speech"].items() if k != "rows"}
+    print(json.dumps(shown, indent=1, ensure_ascii=False))
+
+
+def real_only() -> None:
+    """The real speech section alone, written into the saved results beside the synthetic ones."""
+    saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    saved["real_speech"] = real_speech_section(real_per_language())
+    RESULTS.write_text(json.dumps(saved, indent=1, ensure_ascii=False))
+    print_summary({"real_speech": saved["real_speech"]})
 
 
 def add_wer(half: str = "held_out") -> None:
     """WER per language of whisper-base transcribing each clip of `half` in the language it
     detects (`--profile multilingual`'s transcriber), added to the saved rows."""
-    from audiocurate.config import PipelineConfig
-
-    path = HERE / "results" / "language_id.json"
+    path = RESULTS
     saved = json.loads(path.read_text())
     base = make_transcriber(PipelineConfig.load(profile="multilingual").asr)
     for c, row in zip(build_dev_set(), saved["rows"]):
@@ -268,18 +366,22 @@ def add_wer(half: str = "held_out") -> None:
 
 
 def resummarize() -> None:
-    """Recompute the summary from the saved rows (no model runs); the switch test is kept."""
-    path = HERE / "results" / "language_id.json"
-    saved = json.loads(path.read_text())
-    result = {**summarize(saved["rows"]), **({"switch": saved["switch"]} if "switch" in saved else {}),
-              "rows": saved["rows"]}
-    path.write_text(json.dumps(result, indent=1, ensure_ascii=False))
-    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1, ensure_ascii=False))
+    """Recompute the summaries from the saved rows (no model runs); the switch test is kept."""
+    saved = json.loads(RESULTS.read_text())
+    result = {**summarize(saved["rows"]), **({"switch": saved["switch"]} if "switch" in saved else {})}
+    if "real_speech" in saved:
+        rows = saved["real_speech"]["rows"]
+        result["real_speech"] = {**summarize_real(rows), "rows": rows}
+    result["rows"] = saved["rows"]
+    RESULTS.write_text(json.dumps(result, indent=1, ensure_ascii=False))
+    print_summary(result)
 
 
 if __name__ == "__main__":
     if "--summary-only" in sys.argv:
         resummarize()
+    elif "--real-only" in sys.argv:
+        real_only()
     elif "--wer" in sys.argv:
         add_wer()
     else:

@@ -246,7 +246,8 @@ def test_hf_judge_chat_batch_with_truncation_and_errors(tiny_llama_dir):
 # ---- vLLM judge: requests and parsing (vLLM itself needs a GPU) -----------------------------
 def test_vllm_requests_are_constrained_to_five_labels():
     from audiocurate.judge import load_judge_profile
-    from audiocurate.judge.processors import VllmJudgeRequest, VllmJudgeResult, ProcessorJudgeResultStage, LABEL_LOGPROBS
+    from audiocurate.judge.processors import LABEL_LOGPROBS, ProcessorJudgeResultStage
+    from audiocurate.judge.vllm import VllmJudgeRequest, VllmJudgeResult
 
     profile = load_judge_profile("llama3-edu")
     req = VllmJudgeRequest(profile)({"id": "a", "transcript": "Water boils at 100 C.", "error_stage": None, "drop_reason": None})

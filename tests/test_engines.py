@@ -71,6 +71,7 @@ def test_an_engine_that_raises_is_an_error_not_a_crash(tests_importable):
         raise_for([result])
 
 
+@pytest.mark.slow  # loads both demo models in a new process
 def test_the_demo_engines_run_in_a_fresh_process_with_the_users_configuration():
     """The fresh-machine check: the configuration `make demo` uses, in a new process, uncached."""
     config = PipelineConfig.load(profile="default")

@@ -17,6 +17,7 @@ import soundfile as sf
 
 from audiocurate import contract as C
 from audiocurate.exports.hf_features import HF_METADATA_KEY, hf_feature_metadata
+from conftest import QUICK_MODELS
 
 
 def _clip(seconds: float, freq: float) -> bytes:
@@ -120,7 +121,7 @@ def test_a_runs_curated_folder_loads_with_an_audio_feature(tmp_path, ray_local, 
     from audiocurate.sinks import OutputDir
 
     out = tmp_path / "out"
-    config = PipelineConfig.load(overrides=["ray.progress=false", "output.compact_mb=null"])  # compacted below
+    config = PipelineConfig.load(overrides=["ray.progress=false", "output.compact_mb=null", *QUICK_MODELS])  # compacted below
     run(config, demo_parquet, str(out), limit=8, echo=lambda s: None)
     report = run(config, demo_parquet, str(out), limit=16, echo=lambda s: None)  # a second attempt's shards
     assert report["accounting"]["curated"] >= 2

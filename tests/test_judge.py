@@ -143,6 +143,7 @@ def test_rows_scored_together_as_parallel_sequences_score_as_they_do_one_by_one(
     assert s[0].error is None and s[2].error is None
 
 
+@pytest.mark.slow  # two judges loaded and a full context evaluated
 def test_long_transcript_is_truncated_or_an_error():
     long_text = "the cat sat on the mat and " * 800
     truncating = make_judge(LlamaCppJudgeConfig(n_ctx=1024))

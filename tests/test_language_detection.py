@@ -53,6 +53,7 @@ def test_both_backends_detect_the_same_language_with_its_probability(multilingua
         assert (x.language, pytest.approx(x.language_prob, rel=0.02)) == (y.language, y.language_prob)
 
 
+@pytest.mark.slow  # random weights decode to the window's token limit, long form included
 def test_an_english_only_model_asked_to_detect_is_sure_of_english(tiny_whisper_dir):
     from audiocurate.asr import make_transcriber
     from audiocurate.config import TransformersAsrConfig
@@ -64,6 +65,7 @@ def test_an_english_only_model_asked_to_detect_is_sure_of_english(tiny_whisper_d
     assert [(r.language, r.language_prob) for r in out] == [("en", 1.0)] * 3
 
 
+@pytest.mark.slow  # five transcribe stages, each loading and running a model
 def test_the_language_filter_acts_on_the_detected_language_and_probability(multilingual):
     pcm = pa.table({"id": ["a", "b"], "duration_s": [3.0, 8.0],  # the hallucination filter reads it
                     C.PCM: pa.array([c.tobytes() for c in clips()[:2]], pa.large_binary())})

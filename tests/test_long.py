@@ -16,6 +16,7 @@ import soundfile as sf
 
 from audiocurate.asr.windows import plan_windows
 from audiocurate.filters import corpus_wer, word_error_rate
+from conftest import QUICK_MODELS
 
 TEXT = (Path(__file__).parent / "data" / "long_text.txt").read_text()
 SENTENCES = [s.strip() for s in TEXT.splitlines() if s.strip()]
@@ -70,7 +71,7 @@ def test_ten_minute_clip_is_transcribed_as_well_as_short_clips(tmp_path, long_cl
     rows = [{"id": "long", "audio_bytes": long_clip, "sentence": TEXT}]
     rows += [{"id": f"short{i:02d}", "audio_bytes": b, "sentence": s} for i, (b, s) in enumerate(zip(short, picks))]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
-    config = PipelineConfig.load(overrides=["ray.progress=false", "judge.long_text=truncate"])
+    config = PipelineConfig.load(overrides=["ray.progress=false", "judge.long_text=truncate", *QUICK_MODELS])
     report = run(config, str(tmp_path / "in.parquet"), str(tmp_path / "out"), echo=lambda s: None)
     assert report["accounting"]["ok"] and report["accounting"]["errors"] == 0
     out = [r for s in ("curated", "rejected") if (tmp_path / "out" / s).exists()

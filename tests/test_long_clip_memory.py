@@ -23,8 +23,7 @@ import pytest
 import soundfile as sf
 
 from audiocurate.audio import ClipTooLong, AudioDecodeError, decode_audio
-from audiocurate.config import SilenceFilter
-from audiocurate.filters.audio import Silence, decode_measures, rejected_on_measures
+from audiocurate.filters.audio import Silence, SilenceFilter, decode_measures, rejected_on_measures
 from audiocurate.filters.base import Filter
 from audiocurate.report_audio import CLIP_S, players_for
 from audiocurate import report_audio
@@ -217,8 +216,8 @@ _stage_wired = pytest.mark.skipif(
 
 
 def _decode_stage(**decode):
-    from audiocurate.config import DecodeConfig, DurationFilter
-    from audiocurate.filters.audio import DurationLimits
+    from audiocurate.config import DecodeConfig
+    from audiocurate.filters.audio import DurationFilter, DurationLimits
     from audiocurate.stages import DecodeStage
 
     filters = [DurationLimits(DurationFilter()), Silence(SilenceFilter())]

@@ -91,6 +91,7 @@ def test_the_embedded_whisper_base_is_the_recorded_model():
 
 
 @needs_base
+@pytest.mark.slow  # whisper-base on real speech: a model run, not a unit test's seconds
 def test_the_multilingual_profile_hears_each_clips_language_and_transcribes_in_it():
     from audiocurate.asr import make_transcriber
 
@@ -104,6 +105,7 @@ def test_the_multilingual_profile_hears_each_clips_language_and_transcribes_in_i
 
 
 @needs_base
+@pytest.mark.slow  # tiny.en and whisper-base on real speech
 def test_the_english_default_rejects_czech_as_language_before_the_judge():
     from audiocurate.plan import placed_filters
     from audiocurate.stages import TranscribeStage

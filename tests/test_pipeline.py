@@ -202,7 +202,7 @@ def test_a_custom_filter_module_runs_on_ray_workers_that_cannot_import_it(tmp_pa
         return importlib.util.find_spec("my_filters_e2e") is not None
 
     assert not ray.get(importable.remote()), "the workers must not see the module for this test to mean anything"
-    config = PipelineConfig.load(overrides={"ray.progress": False, "filters.custom": [
+    config = PipelineConfig.load(overrides={"ray.progress": False, "asr.language_id_model": None, "filters.custom": [
         {"type": "my_filters_e2e:HasWord", "args": {"word": "the"}}]})
     out = tmp_path / "out"
     report = run(config, demo_parquet, str(out), echo=lambda s: None)

@@ -227,6 +227,7 @@ def _chromium(*args: str, profile) -> subprocess.CompletedProcess:
                            f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # a headless browser
 def test_whatif_page_renders_in_chromium_with_each_gate_marked(built, config, tmp_path):
     """Each gate's section has its plot (a PNG that decodes, with the kept hours in green and
     the threshold as a red line), its table of thresholds per share of hours, and players for the kept clips at

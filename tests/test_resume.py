@@ -11,15 +11,16 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from ray._private import state as ray_state
+from ray.core.generated import common_pb2
 
 from audiocurate.config import PipelineConfig
 from audiocurate.pipeline import RunFailed, run
 
-from conftest import speak
+from conftest import QUICK_MODELS, speak
 
 SENTENCES = [
     "The sun is a star at the centre of our solar system.",
@@ -32,7 +33,7 @@ SENTENCES = [
 ]
 SPLITS = ("curated", "rejected", "errors")
 OVERRIDES = ["ray.progress=false", "output.rows_per_shard=2", "asr.resources.batch_size=2",
-             "judge.resources.batch_size=2"]
+             "judge.resources.batch_size=2", *QUICK_MODELS]
 
 
 @pytest.fixture(scope="module")
@@ -88,15 +89,33 @@ def test_sigkill_mid_run_then_resume_is_exact(clips_parquet, reference, tmp_path
     assert not list(out.rglob(".tmp-*")) and (out / "_SUCCESS").exists()
 
 
-def _actor_procs(name: str) -> list[psutil.Process]:
-    found = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if any(name in part for part in (p.info["cmdline"] or [])) and "ray::" in " ".join(p.info["cmdline"] or []):
-                found.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return found
+def _stage_actors(stage: str) -> dict[str, int]:
+    """The pid of each actor of `stage` that has a process, by actor id, from Ray's actor table
+    in the GCS: what `ray list actors` shows (`ray.util.state` asks the dashboard, which a local
+    Ray started by `init_ray` runs without)."""
+    return {actor_id: a["Pid"] for actor_id, a in ray_state.actors().items()
+            if stage in a["ActorClassName"] and a["State"] != "DEAD" and a["Pid"]}
+
+
+def _running_a_block(actor_ids) -> set[str]:
+    """Those of `actor_ids` with a `submit` task (a block) started and not ended, from the task
+    events the GCS keeps (what `ray list tasks` shows; each worker reports about once a second)."""
+    seen: dict[tuple, set[int]] = {}
+    for event in ray_state.state._get_all_task_events():
+        info = event.task_info
+        if info.func_or_class_name.endswith(".submit") and info.actor_id.hex() in actor_ids:
+            key = (info.actor_id.hex(), event.task_id, event.attempt_number)
+            seen.setdefault(key, set()).update(event.state_updates.state_ts_ns)
+    ended = {common_pb2.FINISHED, common_pb2.FAILED}
+    return {actor_id for (actor_id, *_), states in seen.items() if common_pb2.RUNNING in states and not states & ended}
+
+
+def _kill(pid: int) -> bool:
+    try:
+        os.kill(pid, signal.SIGKILL)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 def _run_in_thread(config, src, out):
@@ -120,17 +139,18 @@ def test_killed_transcribe_actor_is_restarted_and_the_run_is_exact(clips_parquet
     deadline = time.time() + 120
     # Kill the Whisper actors while they work: once they exist and a block reached them
     # (transcription is quick here, so waiting for output would find them already gone).
-    victims: list = []
+    victims: dict[str, int] = {}
     while not victims and t.is_alive() and time.time() < deadline:
-        victims = [p for p in _actor_procs("TranscribeStage") if ".submit" in " ".join(p.cmdline())]
-        time.sleep(0.05)
-    assert victims, "no transcribe actor process found"
-    for p in victims:
-        p.kill()
+        actors = _stage_actors("TranscribeStage")
+        victims = {a: pid for a, pid in actors.items() if a in _running_a_block(actors)} if actors else {}
+        time.sleep(0.1)
+    assert victims, "no transcribe actor found running a block"
+    assert all(_kill(pid) for pid in victims.values())
     t.join(600)
     assert not t.is_alive() and "error" not in result, result.get("error")
     assert result["report"]["accounting"]["ok"]
     assert splits_of(out) == reference
+    assert all(ray_state.actors(a)["NumRestarts"] >= 1 for a in victims)  # the processes killed were those actors
 
 
 @pytest.mark.slow
@@ -141,12 +161,7 @@ def test_engine_that_keeps_dying_stops_the_run_with_a_clear_message(clips_parque
     kills = 0
     deadline = time.time() + 300
     while t.is_alive() and time.time() < deadline:
-        for p in _actor_procs("TranscribeStage"):
-            try:
-                p.kill()
-                kills += 1
-            except psutil.NoSuchProcess:
-                pass
+        kills += sum(_kill(pid) for pid in _stage_actors("TranscribeStage").values())
         time.sleep(0.5)
     t.join(60)
     assert not t.is_alive(), "the run hangs instead of stopping"

@@ -77,13 +77,13 @@ def test_decode_runs_a_task_per_core_within_its_own_reservation(ray_local, demo_
     """Ray Data reserves each operator about half the CPUs over the number of operators and
     hands the rest to the stages after decode: decode's tasks reserve a share small enough for
     a task per core to fit in its own reservation (2 CPUs: 0.17 for 6 operators), capped at a
-    task per core; the stages that only move rows reserve `ROW_TASK_CPUS` each, uncapped."""
+    task per core; the stages that only move rows reserve `ray.row_task_cpus` each, uncapped.
+    The planner's arguments reach Ray Data's operators as planned (`runtime.apply_step`)."""
     from audiocurate.pipeline import build
-    from audiocurate.runtime import ROW_TASK_CPUS
     from audiocurate.sinks import CurationSink, OutputDir
     from audiocurate.sources import open_source
 
-    config = PipelineConfig.load(overrides=["ray.progress=false"])
+    config = PipelineConfig.load(overrides=["ray.progress=false", "ray.row_task_cpus=0.2"])
     source = open_source(demo_parquet, config.source)
     sink = CurationSink(OutputDir(str(tmp_path), config.output.storage), source.id_column, source.carried_columns,
                         config.output.rows_per_shard)
@@ -100,7 +100,32 @@ def test_decode_runs_a_task_per_core_within_its_own_reservation(ray_local, demo_
         assert op.compute.size == 8 and op.ray_remote_args["num_cpus"] == config.decode.resources.num_cpus, name
     for name in ("StreamingRepartition[num_rows_per_block=8", "MapBatches(SelectStage)", "MapBatches(PackageStage)"):
         op = next(o for n, o in ops.items() if n.startswith(name))
-        assert op.ray_remote_args["num_cpus"] == ROW_TASK_CPUS, name
+        assert op.ray_remote_args["num_cpus"] == config.ray.row_task_cpus, name
+    transcribe = next(o for n, o in ops.items() if n.startswith("MapBatches(TranscribeStage)"))
+    assert transcribe.compute.max_size == 8 and transcribe.ray_remote_args["max_restarts"] == 3
+    # a fixed number of decode tasks, and calls of that many rows, when configured
+    fixed = PipelineConfig.load(overrides=["ray.progress=false", "decode.resources.concurrency=3",
+                                           "decode.resources.batch_size=16"])
+    op = build(fixed, source, shape=ClusterShape(8, 0))._logical_plan.dag
+    while not op.name.startswith("MapBatches(DecodeStage)"):
+        op = op.input_dependencies[0]
+    assert op.compute.size == 3 and op.batch_size == 16
+
+
+def test_resume_and_limit_filter_ids_in_one_actor_that_reserves_the_configured_share(ray_local, demo_parquet):
+    from audiocurate.pipeline import build
+    from audiocurate.sources import open_source
+
+    config = PipelineConfig.load(overrides=["ray.progress=false", "ray.id_filter_cpus=0.03"])
+    source = open_source(demo_parquet, config.source)
+    ds = build(config, source, shape=ClusterShape(2, 0), skip_ids=["x"], keep_ids=["x", "y"])
+    op = ds._logical_plan.dag
+    while not op.name.startswith("MapBatches(SkipIdsStage)"):
+        op = op.input_dependencies[0]
+    assert op.compute.max_size == 1 and op.ray_remote_args["num_cpus"] == 0.03
+    assert {k: v for k, v in op.fn_constructor_kwargs.items() if k != "skip_ref" and k != "keep_ref"} == \
+        {"id_column": "id", "settled_only": False}
+    assert isinstance(op.fn_constructor_kwargs["skip_ref"][0], ray.ObjectRef)
 
 
 def test_a_local_ray_gives_workers_the_configured_environment_and_stops_in_the_background(ray_local):

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from conftest import speak
+from conftest import QUICK_MODELS, speak
 
 SENTENCES = [
     "The Nile is the longest river in Africa and flows north into the sea.",
@@ -236,7 +236,7 @@ def test_longform_run_accounts_per_recording_resumes_per_segment_and_transcribes
             {"id": "rec/two.flac", "audio_bytes": encode_flac(second), "sentence": " ".join(SENTENCES[4:])},
             {"id": "rec/silent.flac", "audio_bytes": encode_flac(np.zeros(4 * RATE, np.int16)), "sentence": ""}]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
-    overrides = ["ray.progress=false", "output.rows_per_shard=1", "segment.max_s=12", "select.min_score=1"]
+    overrides = ["ray.progress=false", "output.rows_per_shard=1", "segment.max_s=12", "select.min_score=1", *QUICK_MODELS]
     config = PipelineConfig.load(profile="longform", overrides=overrides)
     out = tmp_path / "out"
     report = run(config, str(tmp_path / "in.parquet"), str(out), echo=lambda s: None)
@@ -257,7 +257,7 @@ def test_longform_run_accounts_per_recording_resumes_per_segment_and_transcribes
     # two recordings segments do worse (0.18 vs 0.13 measured: a lost "eighty degrees", digits
     # spelled differently); the issue asks for "no worse", a miss we report rather than tune.
     # What this asserts: segments still transcribe the speech, nothing cut away.
-    whole = run(PipelineConfig.load(overrides=["ray.progress=false", "select.min_score=1"]),
+    whole = run(PipelineConfig.load(overrides=["ray.progress=false", "select.min_score=1", *QUICK_MODELS]),
                 str(tmp_path / "in.parquet"), str(tmp_path / "whole"), echo=lambda s: None)
     assert whole["accounting"]["ok"]
     refs = [r["sentence"] for r in rows[:2]]
@@ -297,6 +297,7 @@ def test_longform_run_accounts_per_recording_resumes_per_segment_and_transcribes
     assert set(lost) <= set(ids)
 
 
+@pytest.mark.slow  # tiny.en on real speech
 def test_word_timestamps_lie_inside_the_clip_in_order():
     from audiocurate.asr import make_transcriber
     from audiocurate.config import FasterWhisperConfig
@@ -333,7 +334,7 @@ def test_sigkill_mid_segmented_run_then_resume_is_exact(tmp_path, ray_local):
     # segment spread the writes over the run, so the kill lands with some recordings written,
     # maybe one in part, and others not started.
     overrides = ["ray.progress=false", "output.rows_per_shard=1", "segment.max_s=8", "select.min_score=1",
-                 "filters.dnsmos.enabled=false", "asr.resources.batch_size=2", "decode.read_block_mb=0.01"]
+                 "filters.dnsmos.enabled=false", "asr.resources.batch_size=2", "decode.read_block_mb=0.01", *QUICK_MODELS]
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "audiocurate.cli", "run", str(tmp_path / "in.parquet"), str(out),
            "--profile", "longform", *[a for o in overrides for a in ("--set", o)]]

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 from scipy import signal as sps
 
-from audiocurate.filters.clipping import ClippingGate
+from audiocurate.filters.clipping import ClippingGate, ClippingSettings
 from audiocurate.signals import SIGNALS, RATE
 
 from conftest import speak
@@ -39,7 +39,7 @@ def test_a_clipped_sine_clips_and_a_clean_one_does_not():
     clean, hard = measure("clipping", as_int16(sine)), measure("clipping", as_int16(clipped))
     assert clean == {"clip_fraction": 0.0, "clip_longest_run": 0}
     assert hard["clip_fraction"] > 0.5 and hard["clip_longest_run"] > 20
-    gate = ClippingGate()
+    gate = ClippingGate(ClippingSettings())  # `filters.clipping`'s defaults, `--profile quality`'s thresholds
     assert gate.reason(hard) == "clipped" and gate.reason(clean) is None
 
 
@@ -80,9 +80,9 @@ def test_two_voices_at_once_are_two_talkers_and_one_voice_is_one():
 
 def test_a_signal_column_is_kept_for_rows_an_earlier_gate_rejected():
     from audiocurate import contract as C
-    from audiocurate.filters.noise import NoiseGate
+    from audiocurate.filters.noise import NoiseGate, NoiseSettings
 
-    gates = [ClippingGate(), NoiseGate()]
+    gates = [ClippingGate(ClippingSettings()), NoiseGate(NoiseSettings())]
     t = np.arange(RATE) / RATE
     tone = np.round(np.clip(np.sin(2 * np.pi * 220 * t) * 8, -1, 1) * 32767).astype("<i2").tobytes()
     table = pa.table({C.PCM: pa.array([tone], pa.large_binary())})
@@ -93,9 +93,13 @@ def test_a_signal_column_is_kept_for_rows_an_earlier_gate_rejected():
     assert measured["background_snr_db"][0] is not None
 
 
-def test_gate_arguments_are_validated():
+def test_gate_settings_are_validated():
+    from audiocurate.config import PipelineConfig
+
     with pytest.raises(ValueError, match="max_clip_fraction"):
-        ClippingGate(max_clip_fraction=2.0)
+        PipelineConfig.load(overrides=["filters.clipping.max_clip_fraction=2.0"])
+    with pytest.raises(ValueError, match="max_clip_fraction"):
+        ClippingGate(max_clip_fraction=2.0)  # as a `filters.custom` entry
 
 
 @pytest.mark.slow

@@ -341,7 +341,7 @@ def test_an_input_with_duplicate_ids_is_refused_at_start_naming_them(tmp_path, r
     t = pq.read_table(demo_parquet)
     dup = tmp_path / "dup.parquet"
     pq.write_table(pa.concat_tables([t, t.slice(5, 2)]), dup)
-    config = PipelineConfig.load(overrides={"ray.progress": False})
+    config = PipelineConfig.load(overrides={"ray.progress": False, "asr.language_id_model": None})
     with pytest.raises(DuplicateIdsError, match=r"2 id\(s\) that occur more than once .*'demo_0005', 'demo_0006'"):
         run(config, str(dup), str(tmp_path / "out"), echo=lambda s: None)
     assert not (tmp_path / "out" / "curated").exists()

@@ -345,7 +345,8 @@ def test_language_gate_and_granary_rules_reject_with_their_own_reasons():
 
 
 def test_speaking_rate_outliers_are_judged_against_their_own_recording():
-    config = PipelineConfig.load(profile="longform")
+    # in the stream, within a block (`scope: block`); the default takes them in a corpus pass (test_fences)
+    config = PipelineConfig.load(profile="longform", overrides=["filters.speaking_rate.scope=block"])
     placed = placed_filters(config, ["id", "audio_bytes"])
     assert [f.name for f in placed[C.TRANSCRIBE]][-2:] == ["hallucination", "speaking_rate"]  # after the cheap rules
     assert not [f for f in placed_filters(PipelineConfig(), ["id"])[C.TRANSCRIBE] if f.name == "speaking_rate"]

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Optional
 
 from . import __version__
 from .config import PipelineConfig
+from .exports import EXPORT_FORMATS
 
 if TYPE_CHECKING:
     from .run_output import RunOutput
@@ -77,10 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="rebuild OUTPUT/report.json and report.html from the output files")
     rep.add_argument("output")
     _add_storage_options(rep)
-    exp = sub.add_parser("export", help="write OUTPUT's curated clips in a training format: nemo, webdataset, "
-                         "lhotse, hf (resumable: a rerun completes an interrupted export)")
+    formats = EXPORT_FORMATS.declared()
+    exp = sub.add_parser("export", help=f"write OUTPUT's curated clips in a training format: {', '.join(formats)} "
+                         "(resumable: a rerun completes an interrupted export)")
     exp.add_argument("output", help="an audiocurate output folder, local or s3:// / gs://")
-    exp.add_argument("format", choices=["nemo", "webdataset", "lhotse", "hf"])
+    exp.add_argument("format", choices=formats)
     exp.add_argument("dest", help="destination folder, local or s3:// / gs://")
     exp.add_argument("--from", dest="split", choices=["curated", "rejected"], default="curated",
                      help="which rows (rejected clips are read back from the run's input)")
@@ -111,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     ref.add_argument("--address", default=None, help="Ray cluster to join (else RAY_ADDRESS, else local Ray)")
     ref.add_argument("--restart", action="store_true", help="delete an existing DEST of another refilter and start over")
     ref.add_argument("--no-progress", action="store_true", help="hide Ray Data's progress bars")
-    cfg = sub.add_parser("config", help="print the effective configuration as YAML")
+    cfg = sub.add_parser("config", help="print the effective configuration as YAML, each field under its description")
     _add_run_options(cfg)
     return parser
 
@@ -230,7 +232,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     with _exit_codes_of_a_run(getattr(args, "output", "")):
         config = load_config(args)
         if args.command == "config":
-            print(config.to_yaml(), end="")
+            from .core.settings import documented_yaml
+
+            print(documented_yaml(config), end="")
             return 0
         from .pipeline import run
         from .terminal import harmless_native_lines_held_back
@@ -323,7 +327,7 @@ def _export(run: "RunOutput", args: argparse.Namespace) -> int:
 
     options = ExportOptions(shard_size=args.tarred or args.shard_size, tarred=args.tarred is not None)
     summary = export(run.uri, args.format, args.dest, split=args.split, options=options, input_uri=args.input,
-                     storage=run.config.output.storage)
+                     storage=run.config.output.storage, ray_config=run.config.ray)
     print(f"  exported {summary['clips']:,} clips in {summary['shards']} shards to {summary['dest']} "
           f"({summary['exported_now']} shards written now, {summary['wall_s']:.1f} s)")
     return 0
@@ -332,7 +336,7 @@ def _export(run: "RunOutput", args: argparse.Namespace) -> int:
 def _compact(run: "RunOutput", args: argparse.Namespace) -> int:
     from .compaction import compact, summary
 
-    print(summary(compact(run.out, args.target_mb)))
+    print(summary(compact(run.out, args.target_mb, run.config.ray)))
     return 0
 
 

@@ -21,10 +21,12 @@ import hashlib
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .config import RayConfig
 from .exports.hf_features import HF_METADATA_KEY
 from .resume import FOOTER_KEY, read_progress
 from .sinks import SPLITS, STATE_DIR, OutputDir
@@ -60,7 +62,9 @@ def recover(out: OutputDir) -> int:
     return len(entries)
 
 
-def compact(out: OutputDir, target_mb: float = 256.0) -> CompactionResult:
+def compact(out: OutputDir, target_mb: float = 256.0, ray_config: Optional[RayConfig] = None) -> CompactionResult:
+    """Merge each split's small shards into files of about `target_mb`; `ray_config`: what each merge
+    task reserves (`ray.merge_task_cpus`) and its retries (`ray.task_max_retries`), else the defaults."""
     result = CompactionResult(recovered=recover(out))
     progress = read_progress(out, SPLITS)
     if progress.unpartitioned_shards and progress.shards:
@@ -83,18 +87,18 @@ def compact(out: OutputDir, target_mb: float = 256.0) -> CompactionResult:
                 bins.append([shard])
                 filled = sizes[shard]
         merges = [(split, group) for group in bins if len(group) > 1]
-        _run_merges(out, merges)
+        _run_merges(out, merges, ray_config or RayConfig())
         result.files_after[split] = len(out.part_files(split))
     return result
 
 
-def _run_merges(out: OutputDir, merges: list[tuple[str, list[str]]]) -> None:
+def _run_merges(out: OutputDir, merges: list[tuple[str, list[str]]], rc: RayConfig) -> None:
     """Each merge in a Ray task when Ray is up (a run's end: the bins are independent, and the
     workers read and write the object store themselves), else here, one after another."""
     import ray
 
     if ray.is_initialized() and len(merges) > 1:
-        remote = ray.remote(num_cpus=0.25, max_retries=3)(_merge)
+        remote = ray.remote(num_cpus=rc.merge_task_cpus, max_retries=rc.task_max_retries)(_merge)
         ray.get([remote.remote(out, split, group) for split, group in merges])
     else:
         for split, group in merges:

@@ -10,35 +10,51 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Optional, Union
+from typing import Annotated, Any, Iterator, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, Discriminator, Field, Tag, model_validator
+from pydantic import (BaseModel, Field, GetCoreSchemaHandler, GetJsonSchemaHandler, create_model, field_validator,
+                      model_validator)
+from pydantic_core import core_schema
 
-from .asr.existing import ExistingTranscriptConfig
-from .asr.faster_whisper import FasterWhisperConfig
-from .asr.transformers import TransformersAsrConfig
+from .asr import ASR_BACKENDS
+from .core.registry import Registry
 from .core.settings import SPEED_ONLY, SPEED_ONLY_SECTION, Settings, StageResources, changes_results
-from .judge.llama_cpp import LlamaCppJudgeConfig
-from .judge.none import NoJudgeConfig
-from .judge.processors import HttpJudgeConfig, VllmJudgeConfig
-from .judge.transformers import TransformersJudgeConfig
+from .exports import EXPORT_FORMATS
+from .filters.base import FILTERS
+from .judge.backends import JUDGE_BACKENDS
+from .sources import SOURCE_FORMATS
 
 __all__ = ["AsrConfig", "JudgeConfig", "PipelineConfig", "SPEED_ONLY", "StageResources", "changes_results",
            "FasterWhisperConfig", "TransformersAsrConfig", "LlamaCppJudgeConfig", "TransformersJudgeConfig",
            "VllmJudgeConfig", "HttpJudgeConfig", "ExistingTranscriptConfig", "NoJudgeConfig"]
 
+# Each built-in backend's config class, by its old name here: imported from its own module on
+# first use (`from audiocurate.config import LlamaCppJudgeConfig`), so importing the configuration
+# imports no backend.
+_BACKEND_CONFIG_NAMES = {
+    "FasterWhisperConfig": (ASR_BACKENDS, "faster_whisper"), "TransformersAsrConfig": (ASR_BACKENDS, "transformers"),
+    "ExistingTranscriptConfig": (ASR_BACKENDS, "none"), "LlamaCppJudgeConfig": (JUDGE_BACKENDS, "llama_cpp"),
+    "TransformersJudgeConfig": (JUDGE_BACKENDS, "transformers"), "VllmJudgeConfig": (JUDGE_BACKENDS, "vllm"),
+    "HttpJudgeConfig": (JUDGE_BACKENDS, "http"), "NoJudgeConfig": (JUDGE_BACKENDS, "none"),
+}
 
-def _backend_or(default: str) -> Callable[[Any], str]:
-    """The `backend` of a section given as a dict or a model; `default` when it names none."""
-    def backend(value: Any) -> str:
-        if isinstance(value, dict):
-            return value.get("backend", default)
-        return getattr(value, "backend", default)
 
-    return backend
+def __getattr__(name: str) -> Any:
+    if name in _BACKEND_CONFIG_NAMES:
+        registry, backend = _BACKEND_CONFIG_NAMES[name]
+        return registry.config_of(backend)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _one_of(registry: Registry[Any], value: Any, *, also: tuple[str, ...] = ()) -> Any:
+    """`value` when it names an entry of `registry` (or one of `also`); else a clear error."""
+    if value not in also and value not in registry:
+        raise ValueError(f"unknown {registry.kind} {value!r}; known: {', '.join([*also, *registry.names()])}")
+    return value
 
 
 class StorageConfig(Settings):
@@ -59,13 +75,14 @@ class StorageConfig(Settings):
 class SourceConfig(Settings):
     """Where the audio comes from and how its rows are laid out."""
 
-    format: Literal["auto", "parquet", "hf_parquet", "folder"] = Field(
+    format: str = Field(
         "auto",
         description="`parquet`: one row per clip with encoded audio bytes in `audio_column` "
         "(Ray's Common Voice copy: `id`, `audio_bytes`). `hf_parquet`: Hugging Face `datasets` "
         "layout, an `audio` struct of `bytes` and `path`. `folder`: audio files found "
         "recursively, optionally joined with a manifest. `auto` picks `folder` for a directory "
-        "holding audio files, and for Parquet looks at the audio column's type.",
+        "holding audio files, and for Parquet looks at the audio column's type. Any other source "
+        "kind registered in `sources.SOURCE_FORMATS`.",
     )
     id_column: str = Field(
         "id",
@@ -97,74 +114,10 @@ class SourceConfig(Settings):
     )
     storage: StorageConfig = Field(default_factory=StorageConfig)
 
-
-class DurationFilter(Settings):
-    enabled: bool = True
-    min_s: float = Field(0.3, ge=0, description="Clips shorter than this are rejected (`too_short`).")
-    max_s: Optional[float] = Field(
-        None, description="Clips longer than this are rejected (`too_long`); None keeps any length."
-    )
-
-
-class SilenceFilter(Settings):
-    enabled: bool = True
-    max_peak_dbfs: float = Field(
-        -45.0,
-        description="A clip whose loudest sample stays below this level (dB full scale) is "
-        "digital silence or near-silence and is rejected (`silence`) before transcription.",
-    )
-
-
-class HallucinationFilter(Settings):
-    """Whisper's own failure signs, checked on the transcript before the judge sees it."""
-
-    enabled: bool = True
-    max_compression_ratio: float = Field(
-        2.4, description="gzip compression ratio of the transcript above which it is repetitive "
-        "gibberish (`repetitive_transcript`); 2.4 is Whisper's own threshold.",
-    )
-    no_speech_prob: float = Field(
-        0.6, description="With `avg_logprob` below `no_speech_logprob`, a no-speech probability "
-        "above this marks a clip with no speech (`no_speech`), as Whisper decides.",
-    )
-    no_speech_logprob: float = Field(-1.0, description="See `no_speech_prob`.")
-    max_ngram_repeats: int = Field(
-        4, ge=2, description="Any 1- to 3-word sequence repeated back to back more than this many "
-        "times is a decoding loop (`repeated_ngrams`).",
-    )
-    min_chars_per_s: float = Field(
-        1.0, ge=0, description="Fewer transcript characters per second of audio than this means "
-        "most speech was missed (`too_few_chars_per_s`). Ignored for clips under 2 s.",
-    )
-    max_chars_per_s: float = Field(
-        40.0, description="More characters per second than anyone speaks means invented text "
-        "(`too_many_chars_per_s`).",
-    )
-    drop_empty: bool = Field(True, description="Reject clips whose transcript is empty (`empty_transcript`).")
-    min_unique_word_ratio: Optional[float] = Field(
-        None, ge=0, le=1, description="Granary's rule for loops the n-gram check misses: in a transcript of 10 "
-        "words or more, distinct words / words below this is a loop (`low_unique_words`). None: off (0.3 in "
-        "`--profile longform`).")
-    max_word_chars: Optional[int] = Field(
-        None, ge=10, description="A 'word' longer than this many characters is decoding garbage (`long_word`). "
-        "None: off (40 in `--profile longform`).")
-
-
-class WerFilter(Settings):
-    reference_column: Optional[str] = Field(
-        "sentence",
-        description="Column with a reference transcript (Common Voice `sentence`, a manifest "
-        "`text`). When present, a `wer` column is written; when absent, nothing happens.",
-    )
-    max_wer: Optional[float] = Field(
-        None, ge=0, description="Reject clips whose WER against the reference exceeds this "
-        "(`wer_above_max`); None only measures.",
-    )
-    normalizer: Literal["whisper_english", "basic"] = Field(
-        "whisper_english", description="How both texts are normalized before comparing: "
-        "`whisper_english` (Whisper's English normalizer: case, punctuation, numbers, spelling) "
-        "or `basic` (lowercase, no punctuation; use it for other languages).",
-    )
+    @field_validator("format")
+    @classmethod
+    def _registered_format(cls, value: str) -> str:
+        return _one_of(SOURCE_FORMATS, value, also=("auto",))
 
 
 class CustomFilter(Settings):
@@ -176,85 +129,77 @@ class CustomFilter(Settings):
     args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the class's constructor.")
 
 
-class LanguageFilter(Settings):
-    """Speech the model cannot understand, caught before the judge. With a multilingual model
-    (`asr.language: null`) or a language ID model beside an English-only one
-    (`asr.language_id_model`), Whisper's detected language and its probability; with an
-    English-only one (tiny.en), speech in another language comes out as fluent English
-    nonsense that only Whisper's own confidence gives away (`min_avg_logprob`)."""
-
-    allowed: Optional[list[str]] = Field(None, description="Languages kept (Whisper's codes: `en`, `de`...); "
-                                         "others are rejected (`language`). None: `asr.language` when "
-                                         "`asr.language_id_model` hears the language beside it (the English "
-                                         "default keeps English only), else any.")
-    min_prob: float = Field(0.6, ge=0, le=1, description="With spoken language ID (`asr.language: null`, or "
-                            "`asr.language_id_model` beside a fixed `asr.language`): reject clips whose detected "
-                            "language has a lower probability (`language`). Granary uses 0.7, Emilia 0.8 (large "
-                            "models); 0.6 was set on the dev half of benchmarks/language_id.py with whisper-base. 0: off.")
-    min_avg_logprob: Optional[float] = Field(
-        None, le=0, description="Reject transcripts whose mean token log-probability is below this "
-        "(`low_confidence`). Measured on tiny.en (`benchmarks/language_gate.py`): -0.9 keeps all 18 real "
-        "English recordings and 88% of 60 espeak-ng English clips, and lets through 8% of Czech, 17% of "
-        "Dutch and 17% of German espeak-ng clips (12 each); -0.9 in `--profile longform`. None: off.")
-
-
 class SpeakingRateFilter(Settings):
     """Emilia's speaking-rate rule, in segmented runs: a segment whose characters per second lie
     outside its recording's inter-quartile fences (Q1 - k*IQR, Q3 + k*IQR) is rejected
     (`chars_per_s_outlier`): most often a missed or hallucinated stretch of text. The rate is over
     the words' span when Whisper gives word timestamps (`asr.word_timestamps`), else over the
-    segment's duration. A recording's segments are judged together, in its block; a recording
-    whose segments run past a block's end (`segment.block_mb`: 32 MB, about 17 minutes of
-    16 kHz samples) is judged by parts.
-    On resume, the segments already written of a recording cut off mid-write are transcribed
-    again for its fences, and not written again."""
+    segment's duration. With `scope: recording` (or `column`) the fences are taken over every
+    segment of the recording (or every row of the group), however many blocks and shards they
+    were written in: while the run streams each row in play gets its rate (`speech_cps`), and a
+    corpus pass after the streaming pass moves the curated rows outside their group's fences to
+    `rejected/` (`docs/corpus.md`). A row a later gate (WER, the judge) rejected keeps that
+    reason. `scope: block` judges in the stream instead, within one block: a recording whose
+    segments run past a block's end (`segment.block_mb`: 32 MB, about 17 minutes of 16 kHz
+    samples) is judged by parts."""
 
     enabled: bool = Field(True, description="Check every segmented recording's segments (no effect unless "
-                          "`segment.enabled`).")
+                          "`segment.enabled`), or with `scope: column` every group's rows.")
+    scope: Literal["block", "recording", "column"] = Field(
+        "recording", description="Whose rows the fences are taken over: `recording`, all segments of one "
+        "recording (segmented runs), in a corpus pass; `column`, all rows sharing a value of `column` (e.g. "
+        "Common Voice's `client_id`; segmented or not; a null value is no group and is not judged), in a "
+        "corpus pass; `block`, a recording's segments within one Ray block, in the stream (the behaviour "
+        "before corpus passes).")
+    column: Optional[str] = Field(None, description="With `scope: column`: the input column whose values are "
+                                  "the groups.")
     iqr_k: float = Field(1.5, gt=0, description="Fence distance in inter-quartile ranges (Tukey's 1.5). The range "
                          "counts as at least a tenth of the recording's median rate, so an even reader's segments "
                          "are not outliers by a character or two.")
-    min_segments: int = Field(4, ge=4, description="Recordings with fewer segments still in play are not checked: "
-                              "quartiles of two or three values mean nothing.")
+    min_segments: int = Field(4, ge=4, description="Recordings (groups) with fewer rows still in play are not "
+                              "checked: quartiles of two or three values mean nothing.")
+
+    @model_validator(mode="after")
+    def _column_named(self) -> "SpeakingRateFilter":
+        if (self.scope == "column") != (self.column is not None):
+            raise ValueError("filters.speaking_rate: `column` names the groups exactly when `scope: column` "
+                             f"(scope {self.scope!r}, column {self.column!r})")
+        return self
 
 
-class DnsmosFilter(Settings):
-    """DNSMOS P.835 (Microsoft's no-reference speech quality model, ONNX on CPU): SIG (speech),
-    BAK (background) and OVRL (overall) on a 1-5 scale, written as `dnsmos_sig`, `dnsmos_bak`,
-    `dnsmos_ovrl` right after decoding. Measured here: clean espeak-ng speech OVRL about 3.0,
-    the same with white noise at 10 dB SNR 1.9, at 0 dB 1.6 (`benchmarks/dnsmos.py`). Emilia
-    keeps OVRL >= 3.0 on real speech; that gate would reject much clean synthetic speech, so
-    gating is a choice you make (`min_ovrl`), measuring is on in the `longform` profile."""
-
-    enabled: bool = Field(False, description="Measure DNSMOS for every decoded clip or segment: about 0.36 s "
-                          "of one core per 9 s of audio (4% of real time), in the decode or segment tasks.")
-    min_ovrl: Optional[float] = Field(None, ge=1, le=5, description="Reject clips whose OVRL is below this "
-                                      "(`low_dnsmos`); None only measures.")
-    model: str = Field("embedded:dnsmos-p835", description="The P.835 `sig_bak_ovr.onnx`; embedded: from `speechmos`.")
+def _built_in_filter_sections() -> dict[str, Any]:
+    """A section `filters.<name>` per built-in filter with settings of its own (`FILTERS`, in run
+    order), typed by the settings class in the filter's module and described by its docstring."""
+    sections: dict[str, Any] = {}
+    for name in FILTERS.declared():
+        # speaking_rate's settings are still defined in this module, which its module imports
+        settings = SpeakingRateFilter if name == "speaking_rate" else FILTERS.get(name).settings
+        if settings is not None:
+            about = " ".join((settings.__doc__ or "").split())
+            sections[name] = (settings, Field(default_factory=settings, description=about))
+    return sections
 
 
-class FiltersConfig(Settings):
-    """Every filter runs at the earliest stage whose columns cover what it needs: duration and
-    silence right after decoding, hallucination and WER right after Whisper, `min_score`
-    (`select`) after the judge."""
-
-    duration: DurationFilter = Field(default_factory=DurationFilter)
-    silence: SilenceFilter = Field(default_factory=SilenceFilter)
-    hallucination: HallucinationFilter = Field(default_factory=HallucinationFilter)
-    wer: WerFilter = Field(default_factory=WerFilter)
-    dnsmos: DnsmosFilter = Field(default_factory=DnsmosFilter)
-    language: LanguageFilter = Field(default_factory=LanguageFilter)
-    speaking_rate: SpeakingRateFilter = Field(default_factory=SpeakingRateFilter)
-    custom: list[CustomFilter] = Field(
+FiltersConfig = create_model(
+    "FiltersConfig",
+    __base__=Settings,
+    __module__=__name__,
+    __doc__="""Every filter runs at the earliest stage whose columns cover what it needs: duration,
+    silence, DNSMOS and the quality gates right after decoding, language, hallucination and WER
+    right after Whisper, `min_score` (`select`) after the judge. Each built-in filter's section is
+    defined beside the filter, in its module of `audiocurate.filters`.""",
+    **_built_in_filter_sections(),
+    custom=(list[CustomFilter], Field(
         default_factory=list, description="Your own filters, e.g. `[{type: \"my_filters:LoudEnough\", args: "
         "{min_dbfs: -30}}]`. Ray ships their code to the workers (pickled by value), so the module need "
         "only be importable where you start the run.",
-    )
-    order: Optional[list[str]] = Field(
-        None, description="Run order by name: built-ins `duration`, `silence`, `dnsmos`, `language`, "
-        "`hallucination`, `speaking_rate`, `wer`, `min_score` (their default order), and custom filters' names. Where two filters reject the same row, the first one's "
-        "reason is recorded. None: built-ins in that order, then custom filters in list order.",
-    )
+    )),
+    order=(Optional[list[str]], Field(
+        None, description=f"Run order by name: built-ins {', '.join(f'`{n}`' for n in FILTERS.declared())} "
+        "(their default order), and custom filters' names. Where two filters reject the same row, the first "
+        "one's reason is recorded. None: built-ins in that order, then custom filters in list order.",
+    )),
+)
 
 
 class SegmentConfig(Settings):
@@ -311,6 +256,19 @@ class SegmentConfig(Settings):
 
 
 class DecodeConfig(Settings):
+    class Resources(StageResources):
+        """Decode's Ray resources: it runs as CPU tasks, so a pool is a number of tasks, not actors."""
+
+        num_cpus: float = Field(0.08, ge=0, description="CPUs Ray reserves per decode task (fractions allowed).")
+        concurrency: Union[int, Literal["auto"]] = Field(
+            "auto", description="Decode tasks at most at once: `auto` is one per CPU of the cluster, an int a "
+            "fixed number (tasks have no `[min, max]`: Ray Data starts them as blocks arrive).")
+        batch_size: Optional[int] = Field(
+            None, ge=1, description="Rows per decode call. None: each read block (`read_block_mb`, sized by "
+            "bytes) in one call, the unit of work from there on. A number makes Ray Data cut blocks into, or "
+            "bundle them up to, calls of that many rows; the rows that settle while decoding are written once "
+            "per call.")
+
     sample_rate: Literal[16000] = Field(16000, description="Whisper's rate; every clip is resampled to it, mono.")
     max_source_sample_rate: int = Field(
         384_000, description="Headers declaring a higher rate are corrupt, not audio (`error`)."
@@ -336,10 +294,10 @@ class DecodeConfig(Settings):
         "on to the model stages in blocks of `asr.resources.batch_size` clips (segmented runs: of the "
         "segments of the recordings read together).",
     )
-    resources: StageResources = Field(
-        default_factory=lambda: StageResources(num_cpus=0.08, batch_size=8),
-        description="Decode runs as CPU tasks (`concurrency` and `batch_size` are not used), one "
-        "per block (`read_block_mb`), a task per core at most. `num_cpus` is each task's reservation: "
+    resources: Resources = Field(
+        default_factory=lambda: DecodeConfig.Resources(),
+        description="Decode runs as CPU tasks, by default one per block (`read_block_mb`), a task per core at "
+        "most. `num_gpus` is not used. `num_cpus` is each task's reservation: "
         "Ray Data reserves each operator about half the cluster's CPUs over the number of operators "
         "(2 CPUs, 6 operators: 0.17) and hands the unreserved rest to the stages after decode, so "
         "0.08 lets decode run a task per core within its own share; 0.25 ran one task at a time on "
@@ -413,12 +371,18 @@ class OutputConfig(Settings):
                               "audio player: the first 8 s as Opus at 24 kb/s, about 24 KB each, so the page stays "
                               "under 2 MB (16 outcomes at most). Rejected and error rows' clips are read back "
                               "from the input.")
-    formats: list[Literal["nemo", "webdataset", "lhotse", "hf"]] = Field(
+    formats: list[str] = Field(
         default_factory=list, json_schema_extra=SPEED_ONLY, description="Exports written at the end of a run, "
         "each to `OUTPUT/exports/<format>/`, as `audiocurate export` writes them (resumable: every curated "
-        "clip once). `lhotse` needs the `lhotse` package.")
+        "clip once): `nemo`, `webdataset`, `lhotse`, `hf`, or any format registered in `exports.EXPORT_FORMATS`. "
+        "`lhotse` needs the `lhotse` package.")
     export_shard_size: int = Field(1000, ge=1, json_schema_extra=SPEED_ONLY,
                                    description="Clips per tar shard of the `webdataset` export.")
+
+    @field_validator("formats")
+    @classmethod
+    def _registered_formats(cls, value: list[str]) -> list[str]:
+        return [_one_of(EXPORT_FORMATS, f) for f in value]
 
 
 class RayConfig(Settings):
@@ -440,6 +404,29 @@ class RayConfig(Settings):
     )
     actor_max_task_retries: int = Field(3, ge=0, description="Retries of a batch on a restarted actor.")
     task_max_retries: int = Field(3, ge=0, description="Retries of a CPU task whose worker died.")
+    # Logical CPU reservations of the stages and jobs that are not a model: Ray schedules by
+    # them, they never limit threads. Model stages and decode take theirs from `resources`.
+    row_task_cpus: float = Field(
+        0.25, gt=0, description="CPUs each task of a stage that only moves rows reserves: the split into model "
+        "blocks, select and package (one fused task), the write to the outputs, resume's drops of written "
+        "segments, the `none` ASR and judge backends and a processor judge's result stage. A whole CPU "
+        "(Ray's default) each would leave them waiting beside model actors on a small machine.")
+    id_filter_cpus: float = Field(
+        0.05, gt=0, description="CPUs of the one actor that drops finished rows by id on resume (and keeps "
+        "`--limit`'s rows) for inputs that are not Parquet: it holds the id set, and mostly waits.")
+    task_headroom_cpus: float = Field(
+        1.25, ge=0, description="CPUs kept out of the model actors' reservations for the read and decode tasks "
+        "(Ray Data's listing task takes a whole CPU): where the actors' pools would reserve more than the "
+        "cluster's CPUs less this, every actor's `num_cpus` is scaled down to fit (2 CPUs: to 0.75 in all), "
+        "so the tasks that feed them can always start. Logical only: the actors' threads are unchanged.")
+    merge_task_cpus: float = Field(
+        0.25, gt=0, description="CPUs each task merging small shards (`output.compact_mb`, `compact`) reserves.")
+    id_check_task_cpus: float = Field(
+        0.25, gt=0, description="CPUs each task of the duplicate-id check (`source.check_duplicate_ids`) "
+        "reserves: one reads a file's id column, one counts a bucket of ids.")
+    export_task_cpus: float = Field(
+        0.5, gt=0, description="CPUs each export task (`output.formats`, `export`) reserves: one per shard, "
+        "reading it and writing the format's files.")
     engine_fault_retries: int = Field(
         2, ge=0, description="Times a model stage runs a batch again when its engine, not a row, failed it: an "
         "exception of a fatal kind (out of memory, a CUDA error, a refused or timed-out connection, an engine "
@@ -477,24 +464,79 @@ class RayConfig(Settings):
     )
 
 
-AsrConfig = Annotated[
-    Union[Annotated[FasterWhisperConfig, Tag("faster_whisper")], Annotated[TransformersAsrConfig, Tag("transformers")],
-          Annotated[ExistingTranscriptConfig, Tag("none")]],
-    Discriminator(_backend_or("faster_whisper")),
-]
-JudgeConfig = Annotated[
-    Union[Annotated[LlamaCppJudgeConfig, Tag("llama_cpp")], Annotated[TransformersJudgeConfig, Tag("transformers")],
-          Annotated[VllmJudgeConfig, Tag("vllm")], Annotated[HttpJudgeConfig, Tag("http")],
-          Annotated[NoJudgeConfig, Tag("none")]],
-    Discriminator(_backend_or("llama_cpp")),
-]
+class BackendSection:
+    """The type of a section whose fields depend on its `backend` (`asr`, `judge`): validated
+    into the config class the backend registered (`Registry.config_of`), dumped with that class's
+    fields, and described in the JSON schema as one of the registered classes. Read from the
+    registry at validation time, so a backend registered after this module was imported is taken."""
+
+    def __init__(self, registry: Registry[Any], default: str):
+        self.registry = registry
+        self.default = default
+
+    def section_class(self, value: Any) -> type[Settings]:
+        backend = (value.get("backend", self.default) if isinstance(value, dict)
+                   else getattr(value, "backend", self.default))
+        return self.registry.config_of(_one_of(self.registry, backend))
+
+    def validate(self, value: Any) -> Settings:
+        if isinstance(value, BaseModel):
+            section = self.section_class(value)
+            return value if isinstance(value, section) else section.model_validate(value.model_dump())
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a mapping of {self.registry.kind} settings, got {type(value).__name__}")
+        return self.section_class(value).model_validate(value)
+
+    def classes(self) -> dict[str, type[Settings]]:
+        return {name: self.registry.config_of(name) for name in self.registry.declared()}
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_plain_validator_function(
+            self.validate, serialization=core_schema.plain_serializer_function_ser_schema(
+                _dump_section, info_arg=True))
+
+    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> Any:
+        return handler(core_schema.union_schema([cls.__pydantic_core_schema__ for cls in self.classes().values()]))
+
+
+def _dump_section(section: BaseModel, info: core_schema.SerializationInfo) -> Any:
+    return section.model_dump(mode=info.mode, include=info.include, exclude=info.exclude, by_alias=info.by_alias,
+                              exclude_unset=info.exclude_unset, exclude_defaults=info.exclude_defaults,
+                              exclude_none=info.exclude_none, round_trip=info.round_trip)
+
+
+ASR_SECTION = BackendSection(ASR_BACKENDS, default="faster_whisper")
+JUDGE_SECTION = BackendSection(JUDGE_BACKENDS, default="llama_cpp")
+AsrConfig = Annotated[Settings, ASR_SECTION]
+JudgeConfig = Annotated[Settings, JUDGE_SECTION]
+
+
+class _RegisteredConfigs(Mapping):
+    """A section's config classes by backend name, as the registry holds them now (the
+    default backend first)."""
+
+    def __init__(self, section: BackendSection):
+        self.section = section
+
+    def __getitem__(self, name: str) -> type[Settings]:
+        if name not in self.section.registry:
+            raise KeyError(name)
+        return self.section.registry.config_of(name)
+
+    def __iter__(self) -> Iterator[str]:
+        names = self.section.registry.declared()
+        return iter([self.section.default, *(n for n in names if n != self.section.default)])
+
+    def __len__(self) -> int:
+        return len(self.section.registry.declared())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self.section.registry
+
+
 # The sections whose fields depend on `backend`, and each backend's class.
-BACKEND_SECTIONS: dict[str, dict[str, type[Settings]]] = {
-    "asr": {"faster_whisper": FasterWhisperConfig, "transformers": TransformersAsrConfig,
-            "none": ExistingTranscriptConfig},
-    "judge": {"llama_cpp": LlamaCppJudgeConfig, "transformers": TransformersJudgeConfig, "vllm": VllmJudgeConfig,
-              "http": HttpJudgeConfig, "none": NoJudgeConfig},
-}
+BACKEND_SECTIONS: dict[str, Mapping[str, type[Settings]]] = {
+    "asr": _RegisteredConfigs(ASR_SECTION), "judge": _RegisteredConfigs(JUDGE_SECTION)}
 
 
 _FINGERPRINT_FILTER = "audiocurate.corpus.fingerprint:AudioFingerprint"
@@ -505,12 +547,14 @@ class PipelineConfig(Settings):
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
-    asr: AsrConfig = Field(default_factory=FasterWhisperConfig, description="Speech recognition; the fields "
-                           "depend on `backend` (`faster_whisper`, `transformers`, or `none` "
-                           "with `text_column`: judge transcripts the input has).")
-    judge: JudgeConfig = Field(default_factory=LlamaCppJudgeConfig, description="The educational-value "
-                               "judge; the fields depend on `backend` (`llama_cpp`, `transformers`, `vllm`, `http`, or `none`: "
-                               "keep every transcribed row the filters pass, unscored).")
+    asr: AsrConfig = Field(default_factory=lambda: ASR_SECTION.validate({}), description="Speech recognition; "
+                           "the fields depend on `backend` (`faster_whisper`, `transformers`, `none` with "
+                           "`text_column`: judge transcripts the input has, or any backend registered in "
+                           "`asr.ASR_BACKENDS`).")
+    judge: JudgeConfig = Field(default_factory=lambda: JUDGE_SECTION.validate({}), description="The "
+                               "educational-value judge; the fields depend on `backend` (`llama_cpp`, `transformers`, "
+                               "`vllm`, `http`, `none`: keep every transcribed row the filters pass, unscored, or any "
+                               "backend registered in `judge.backends.JUDGE_BACKENDS`).")
     select: SelectConfig = Field(default_factory=SelectConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)

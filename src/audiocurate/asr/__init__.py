@@ -121,7 +121,8 @@ class ActorTranscriber:
                                  "batch_size": None})
 
 
-# ASR engines by `asr.backend`; each backend module registers its class (`cls(config)`).
+# ASR engines by `asr.backend`. Each backend module registers its class (`cls(config)`), its config
+# class and its engine: `@ASR_BACKENDS.register("name", config=..., engine=engines.Engine(...))`.
 ASR_BACKENDS: Registry[Any] = Registry("ASR backend", lazy={
     "faster_whisper": "audiocurate.asr.faster_whisper",
     "transformers": "audiocurate.asr.transformers",

@@ -17,6 +17,7 @@ from pydantic import Field
 from .. import contract as C
 from ..core.settings import Settings, StageResources
 from ..core.stage import Outcome, Stage
+from ..engines import Engine
 from ..filters.base import Filter
 from . import ASR_BACKENDS
 
@@ -59,7 +60,8 @@ class ExistingTranscriptStage(Stage):
         })
 
 
-@ASR_BACKENDS.register("none")
+@ASR_BACKENDS.register("none", config=ExistingTranscriptConfig, engine=Engine(
+    "none (transcripts from a column)", (), False, "nothing to reinstall"))
 class ExistingTranscripts:
     """The backend: a task stage instead of a model actor (`runs_as`)."""
 

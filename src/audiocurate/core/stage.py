@@ -45,7 +45,8 @@ class Outcome:
 
 class Stage:
     """Base of every stage. Subclasses set `name`, `produces` (column -> Arrow type) and
-    `needs` (columns `process` reads), and implement `process`."""
+    `needs` (columns `process` reads; `plan.check_needs` checks them against the input's and
+    the earlier stages' columns before the run starts), and implement `process`."""
 
     name: ClassVar[str] = ""
     produces: ClassVar[Mapping[str, pa.DataType]] = {}

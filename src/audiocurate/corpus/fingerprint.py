@@ -122,6 +122,17 @@ def band_keys(fp: bytes) -> np.ndarray:
     return key.view(np.int64)
 
 
+def band_keys_matrix(values: np.ndarray) -> np.ndarray:
+    """`band_keys` of many fingerprints at once: (n, PERMUTATIONS) uint32 -> (n, BANDS) int64 keys,
+    rows of an empty set left out (as `band_keys` gives none for them)."""
+    values = values[values[:, 0] != _EMPTY].astype(np.uint64)
+    bands = values.reshape(len(values), BANDS, ROWS_PER_BAND)
+    key = np.broadcast_to(np.arange(BANDS, dtype=np.uint64), (len(values), BANDS))
+    for j in range(ROWS_PER_BAND):
+        key = _mix64(key ^ (bands[:, :, j] << np.uint64(8 * (j % 4))) ^ np.uint64(0x9E3779B97F4A7C15 * (j + 1) % 2**64))
+    return key.view(np.int64)
+
+
 class AudioFingerprint(Filter):
     """Measures `fingerprint` on the decoded samples of every row; rejects nothing. Added to
     the run's filters when `dedup.enabled` (config.py), so the corpus pass reads it back."""

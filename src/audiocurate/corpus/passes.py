@@ -1,5 +1,7 @@
 """The corpus passes a run ends with, after its streaming pass and before compaction and the
-report: near-duplicates (`dedup`), then per-group caps (`corpus.max_hours_per`).
+report: speaking-rate fences over whole recordings or groups (`filters.speaking_rate.scope`),
+then near-duplicates (`dedup`), then per-group caps (`corpus.max_hours_per`). Fences first: a
+clip with a wrong transcript should not be the copy a duplicate group keeps.
 
 Why a second pass over what was written, not a fingerprint pre-pass: the streaming pass stays
 as it is (exact resume by shard), the fingerprint costs one cheap measurement while the samples
@@ -31,9 +33,26 @@ DUPLICATE = "duplicate"
 OVER_CAP = "over_cap"
 
 
+def corpus_passes_wanted(config: Any) -> bool:
+    """Whether this configuration has a corpus pass to run after the streaming pass."""
+    return bool(fences_wanted(config) or config.dedup.enabled or config.corpus.max_hours_per is not None)
+
+
+def fences_wanted(config: Any) -> bool:
+    rate = config.filters.speaking_rate
+    return rate.enabled and (rate.scope == "column" or (rate.scope == "recording" and config.segment.enabled))
+
+
 def run_corpus_passes(out: OutputDir, config: Any, id_column: str, echo: Callable[[str], None] = print) -> dict:
     """Every configured pass, in order; what each moved."""
+    from ..filters.speaking_rate import CPS_OUTLIER
+    from .fences import fences_pass
+
     done: dict[str, int] = {}
+    if fences_wanted(config):
+        done[CPS_OUTLIER] = fences_pass(out, config, id_column)
+        echo(f"audiocurate: speaking-rate fences per {config.filters.speaking_rate.scope}: {done[CPS_OUTLIER]} "
+             "curated rows outside their fences moved to rejected/")
     if config.dedup.enabled:
         done[DUPLICATE] = dedup_pass(out, config, id_column)
         echo(f"audiocurate: dedup: {done[DUPLICATE]} curated rows were copies of another and moved to rejected/")
@@ -117,7 +136,8 @@ def dedup_pass(out: OutputDir, config: Any, id_column: str) -> int:
         prior = _read(out, moved_before, [*_present(out, moved_before, columns), C.DROP_REASON])
         nodes = nodes.union(prior.map_batches(_nodes(id_column, keep, DUPLICATE), batch_format="pyarrow"))
     nodes = nodes.select_columns(["node", FINGERPRINT]).materialize()
-    roots = group_duplicates(nodes, config.dedup.min_similarity, config.dedup.max_bucket, _partitions(nodes.count()))
+    roots = group_duplicates(nodes, config.dedup.min_similarity, config.dedup.max_bucket, _partitions(0),
+                             rows=nodes.count())
     curated_set = set(curated)
 
     def to_moves(batch: pa.Table) -> pa.Table:

@@ -8,7 +8,9 @@ shard is done is written last, atomically: a rerun skips finished shards and rew
 rest, so an export holds every clip exactly once however often it is interrupted. `finish`
 then writes what covers all shards (NeMo's manifest, the list of tar shards).
 
-A format is one module: a subclass of `Exporter` registered with `@EXPORT_FORMATS.register`.
+A format is one module: a subclass of `Exporter` registered with `@EXPORT_FORMATS.register("name")`;
+`output.formats` and `audiocurate export FORMAT` take every registered name. This module imports
+nothing that imports `config`, which validates `output.formats` against `EXPORT_FORMATS`.
 """
 
 from __future__ import annotations
@@ -16,17 +18,19 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import contract as C
-from ..config import StorageConfig
 from ..core.registry import Registry
-from ..sinks import CURATED, REJECTED, OutputDir
 from .member_names import file_extension
+
+if TYPE_CHECKING:
+    from ..config import RayConfig, StorageConfig
+    from ..sinks import OutputDir
 
 EXPORT_FORMATS: Registry[Any] = Registry("export format", lazy={
     "nemo": "audiocurate.exports.nemo", "webdataset": "audiocurate.exports.webdataset",
@@ -60,7 +64,7 @@ class Exporter:
     name: ClassVar[str] = ""
     summary_file: ClassVar[Optional[str]] = "export.json"  # None where the format's reader lists the folder
 
-    def __init__(self, dest: OutputDir, options: ExportOptions, id_column: str = "id"):
+    def __init__(self, dest: "OutputDir", options: ExportOptions, id_column: str = "id"):
         self.dest = dest
         self.options = options
         self.id_column = id_column  # the run's `source.id_column`: rows carry their id there
@@ -94,7 +98,7 @@ def audio_of(cell: Optional[dict[str, Any]]) -> tuple[bytes, str]:
     return cell["bytes"], file_extension(cell.get("path") or "")
 
 
-def run_id_column(out: OutputDir) -> str:
+def run_id_column(out: "OutputDir") -> str:
     """The id column of the run that wrote `out` (`source.id_column`, as recorded in
     `_state/config.yaml`; the run's identity where that is missing; else `id`)."""
     import yaml
@@ -124,7 +128,7 @@ def metadata_of(row: dict[str, Any]) -> dict[str, Any]:
 class _ExportParts:
     """The Ray task: each input row names one shard; it is exported and a summary returned."""
 
-    def __init__(self, exporter: Exporter, source: OutputDir, audio_from: Optional[Callable[[pa.Table], pa.Table]]):
+    def __init__(self, exporter: Exporter, source: "OutputDir", audio_from: Optional[Callable[[pa.Table], pa.Table]]):
         self.exporter = exporter
         self.source = source
         self.audio_from = audio_from
@@ -144,9 +148,10 @@ class _ExportParts:
                                                             ("seconds", pa.float64())]))
 
 
-def export(output_uri: str, fmt: str, dest_uri: str, *, split: str = CURATED,
-           options: Optional[ExportOptions] = None, storage: Optional[StorageConfig] = None,
-           input_uri: Optional[str] = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
+def export(output_uri: str, fmt: str, dest_uri: str, *, split: str = "curated",
+           options: Optional[ExportOptions] = None, storage: Optional["StorageConfig"] = None,
+           input_uri: Optional[str] = None, echo: Callable[[str], None] = print,
+           ray_config: Optional["RayConfig"] = None) -> dict[str, Any]:
     """Export `split` of the output at `output_uri` to `dest_uri` in format `fmt`; resumable.
 
     `rejected/` keeps no audio: with `split="rejected"` the clips are read back from the run's
@@ -155,6 +160,7 @@ def export(output_uri: str, fmt: str, dest_uri: str, *, split: str = CURATED,
 
     from ..config import RayConfig
     from ..runtime import configure_dataset, init_ray
+    from ..sinks import REJECTED, OutputDir
 
     t0 = time.time()
     out = OutputDir(output_uri, storage)
@@ -181,7 +187,7 @@ def export(output_uri: str, fmt: str, dest_uri: str, *, split: str = CURATED,
                                     override_num_blocks=len(todo))
         items = configure_dataset(items, RayConfig())
         results = items.map_batches(_ExportParts(exporter, out, audio_from), batch_size=1, batch_format="pyarrow",
-                                    num_cpus=0.5).take_all()
+                                    num_cpus=(ray_config or RayConfig()).export_task_cpus).take_all()
         seconds = float(sum(r["seconds"] for r in results))
     facts = exporter.finish(parts)
     wall = time.time() - t0

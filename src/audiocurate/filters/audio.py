@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
-from ..config import DurationFilter, SilenceFilter
+from pydantic import Field
+
+from ..core.settings import Settings
 from .base import FILTERS, Filter
 
 if TYPE_CHECKING:
@@ -18,17 +20,35 @@ TOO_LONG = "too_long"
 SILENCE = "silence"
 
 
+class DurationFilter(Settings):
+    """Clip length, from the decoder's `duration_s`, before any model runs."""
+
+    enabled: bool = Field(True, description="Check every clip's duration.")
+    min_s: float = Field(0.3, ge=0, description="Clips shorter than this are rejected (`too_short`).")
+    max_s: Optional[float] = Field(
+        None, description="Clips longer than this are rejected (`too_long`); None keeps any length."
+    )
+
+
+class SilenceFilter(Settings):
+    """Digital silence, from the decoder's `peak_dbfs`, before any model runs."""
+
+    enabled: bool = Field(True, description="Check every clip's peak level.")
+    max_peak_dbfs: float = Field(
+        -45.0,
+        description="A clip whose loudest sample stays below this level (dB full scale) is "
+        "digital silence or near-silence and is rejected (`silence`) before transcription.",
+    )
+
+
 @FILTERS.register("duration")
 class DurationLimits(Filter):
     name = "duration"
+    settings = DurationFilter
     needs = ("duration_s",)
 
     def __init__(self, config: DurationFilter):
         self.min_s, self.max_s = config.min_s, config.max_s
-
-    @classmethod
-    def configured(cls, config: Any, input_columns: set[str]) -> Optional[Filter]:
-        return cls(config.filters.duration) if config.filters.duration.enabled else None
 
     def reason(self, row: Mapping[str, Any]) -> Optional[str]:
         d = row["duration_s"]
@@ -42,14 +62,11 @@ class DurationLimits(Filter):
 @FILTERS.register("silence")
 class Silence(Filter):
     name = "silence"
+    settings = SilenceFilter
     needs = ("peak_dbfs",)
 
     def __init__(self, config: SilenceFilter):
         self.max_peak_dbfs = config.max_peak_dbfs
-
-    @classmethod
-    def configured(cls, config: Any, input_columns: set[str]) -> Optional[Filter]:
-        return cls(config.filters.silence) if config.filters.silence.enabled else None
 
     def reason(self, row: Mapping[str, Any]) -> Optional[str]:
         return SILENCE if row["peak_dbfs"] < self.max_peak_dbfs else None

@@ -6,19 +6,23 @@ from typing import Optional
 
 from pydantic import Field
 
-from ..core.settings import Settings
-from .signal_gate import SignalGate
+from .base import FILTERS
+from .signal_gate import GateSettings, SignalGate
 
 NARROW_BAND = "narrow_band"
 
 
-class BandwidthSettings(Settings):
+class BandwidthSettings(GateSettings):
+    """Effective bandwidth (`signals.bandwidth`): the highest frequency with real energy
+    (`bandwidth_hz`), right after decoding; rejected as `narrow_band` only with `min_hz` set."""
+
     min_hz: Optional[float] = Field(
         None, ge=0, description="Reject when the effective bandwidth is below this many Hz. Dev corpus: "
         "16 kHz speech 7,100-8,000 Hz, telephone band 3,590-3,660 Hz; 5,000 separates them. None (default): "
         "only measure, since narrow-band speech is a choice, not a defect, for some training sets.")
 
 
+@FILTERS.register("bandwidth")
 class BandwidthGate(SignalGate):
     name = "bandwidth"
     signal = "bandwidth"

@@ -16,6 +16,10 @@ A filter of your own is a class in any importable module:
 ...         return "too_quiet" if row["rms_dbfs"] < self.min_dbfs else None
 
 and `filters.custom: [{type: "my_filters:LoudEnough", args: {min_dbfs: -30}}]` in the config.
+
+A built-in filter is the same class plus its settings (a `Settings` subclass in its own module,
+whose field descriptions are the manual), registered in `FILTERS` under the name of its section:
+`config.py` builds `filters.<name>` from `settings`, and `configured` builds the filter from it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..core.registry import Registry
+from ..core.settings import Settings
 
 if TYPE_CHECKING:
     from ..config import PipelineConfig
@@ -40,6 +45,8 @@ class Filter:
     a vectorized check over the Arrow columns is worth it."""
 
     name: ClassVar[str] = ""
+    # A built-in's section, `filters.<name>`: its constructor takes an instance.
+    settings: ClassVar[Optional[type[Settings]]] = None
     needs: Sequence[str] = ()
     produces: Mapping[str, pa.DataType] = {}
     # A measuring filter whose column should exist for rows an earlier filter rejected too.
@@ -47,9 +54,20 @@ class Filter:
 
     @classmethod
     def configured(cls, config: "PipelineConfig", input_columns: set[str]) -> Optional["Filter"]:
-        """A built-in filter from its own config section, or None when it is off (or has
-        nothing to read in this input). Your own filters are built from `filters.custom`."""
-        raise NotImplementedError(f"{cls.__name__} is not a built-in filter")
+        """A built-in filter from its section `filters.<name>`, or None when the section is
+        off (`enabled: false`) or the filter does not apply to this run (`applies`). Your own
+        filters are built from `filters.custom`."""
+        if cls.settings is None:
+            raise NotImplementedError(f"{cls.__name__} is not a built-in filter")
+        section = getattr(config.filters, cls.name)
+        if not getattr(section, "enabled", True) or not cls.applies(config, input_columns):
+            return None
+        return cls(section)
+
+    @classmethod
+    def applies(cls, config: "PipelineConfig", input_columns: set[str]) -> bool:
+        """Whether this run has anything for the filter to check (say, the input's reference column)."""
+        return True
 
     def reason(self, row: Mapping[str, Any]) -> Optional[str]:
         """The drop reason for this row, or None to keep it."""
@@ -80,10 +98,15 @@ class Filter:
 
 
 # Built-in filters, by the name that configures them (`filters.order`, `filters.<name>`), in
-# their default run order.
+# their default run order. The quality gates come after `dnsmos`, as the other filters that read
+# the samples, right after decoding.
 FILTERS: Registry[type[Filter]] = Registry("filter", lazy={
     "duration": "audiocurate.filters.audio", "silence": "audiocurate.filters.audio",
-    "dnsmos": "audiocurate.filters.dnsmos", "language": "audiocurate.filters.language",
+    "dnsmos": "audiocurate.filters.dnsmos",
+    "clipping": "audiocurate.filters.clipping", "noise": "audiocurate.filters.noise",
+    "reverb": "audiocurate.filters.reverb", "overlap": "audiocurate.filters.overlap",
+    "bandwidth": "audiocurate.filters.bandwidth",
+    "language": "audiocurate.filters.language",
     "hallucination": "audiocurate.filters.hallucination", "speaking_rate": "audiocurate.filters.speaking_rate",
     "wer": "audiocurate.filters.wer",
     "min_score": "audiocurate.filters.score",

@@ -6,13 +6,16 @@ from typing import Any, Mapping, Optional
 
 from pydantic import Field
 
-from ..core.settings import Settings
-from .signal_gate import SignalGate
+from .base import FILTERS
+from .signal_gate import GateSettings, SignalGate
 
 CLIPPED = "clipped"
 
 
-class ClippingSettings(Settings):
+class ClippingSettings(GateSettings):
+    """Hard clipping (`signals.clipping`): the share of samples at full scale (`clip_fraction`) and
+    their longest run (`clip_longest_run`), right after decoding; rejected as `clipped`."""
+
     max_clip_fraction: Optional[float] = Field(
         0.01, ge=0, le=1, description="Reject when more than this share of samples is at >= 0.99 of full scale. "
         "Dev corpus (docs/quality.md): clean speech 0 (24 clips), speech driven 8x past full scale 0.12-0.36; "
@@ -21,6 +24,7 @@ class ClippingSettings(Settings):
                          "samples: a peak-normalized clean clip touches full scale in runs of 1-2.")
 
 
+@FILTERS.register("clipping")
 class ClippingGate(SignalGate):
     name = "clipping"
     signal = "clipping"

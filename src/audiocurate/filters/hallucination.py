@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Optional
 
-from ..config import HallucinationFilter
+from pydantic import Field
+
+from ..core.settings import Settings
 from .base import FILTERS, Filter
 from .text import max_consecutive_ngram_repeats
 
@@ -19,17 +21,50 @@ LOW_UNIQUE_WORDS = "low_unique_words"
 LONG_WORD = "long_word"
 
 
+
+class HallucinationFilter(Settings):
+    """Whisper's own failure signs, checked on the transcript before the judge sees it."""
+
+    enabled: bool = Field(True, description="Check every transcript.")
+    max_compression_ratio: float = Field(
+        2.4, description="gzip compression ratio of the transcript above which it is repetitive "
+        "gibberish (`repetitive_transcript`); 2.4 is Whisper's own threshold.",
+    )
+    no_speech_prob: float = Field(
+        0.6, description="With `avg_logprob` below `no_speech_logprob`, a no-speech probability "
+        "above this marks a clip with no speech (`no_speech`), as Whisper decides.",
+    )
+    no_speech_logprob: float = Field(-1.0, description="See `no_speech_prob`.")
+    max_ngram_repeats: int = Field(
+        4, ge=2, description="Any 1- to 3-word sequence repeated back to back more than this many "
+        "times is a decoding loop (`repeated_ngrams`).",
+    )
+    min_chars_per_s: float = Field(
+        1.0, ge=0, description="Fewer transcript characters per second of audio than this means "
+        "most speech was missed (`too_few_chars_per_s`). Ignored for clips under 2 s.",
+    )
+    max_chars_per_s: float = Field(
+        40.0, description="More characters per second than anyone speaks means invented text "
+        "(`too_many_chars_per_s`).",
+    )
+    drop_empty: bool = Field(True, description="Reject clips whose transcript is empty (`empty_transcript`).")
+    min_unique_word_ratio: Optional[float] = Field(
+        None, ge=0, le=1, description="Granary's rule for loops the n-gram check misses: in a transcript of 10 "
+        "words or more, distinct words / words below this is a loop (`low_unique_words`). None: off (0.3 in "
+        "`--profile longform`).")
+    max_word_chars: Optional[int] = Field(
+        None, ge=10, description="A 'word' longer than this many characters is decoding garbage (`long_word`). "
+        "None: off (40 in `--profile longform`).")
+
+
 @FILTERS.register("hallucination")
 class Hallucination(Filter):
     name = "hallucination"
+    settings = HallucinationFilter
     needs = ("transcript", "duration_s", "avg_logprob", "no_speech_prob", "compression_ratio")
 
     def __init__(self, config: HallucinationFilter):
         self.c = config
-
-    @classmethod
-    def configured(cls, config: Any, input_columns: set[str]) -> Optional[Filter]:
-        return cls(config.filters.hallucination) if config.filters.hallucination.enabled else None
 
     def reason(self, row: Mapping[str, Any]) -> Optional[str]:
         c = self.c

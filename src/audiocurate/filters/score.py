@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
-from ..config import SelectConfig
 from .base import FILTERS, Filter
+
+if TYPE_CHECKING:
+    from ..config import SelectConfig
 
 LOW_EDU_SCORE = "low_edu_score"
 
@@ -15,11 +17,12 @@ class MinScore(Filter):
     name = "min_score"
     needs = ("edu_score",)
 
-    def __init__(self, config: SelectConfig):
+    def __init__(self, config: "SelectConfig"):
         self.min_score = config.min_score
 
     @classmethod
     def configured(cls, config: Any, input_columns: set[str]) -> Optional[Filter]:
+        """From `select`, not a `filters` section."""
         from ..judge.backends import judge_backend
 
         # `judge.backend: none` writes no scores: rows are kept on the other filters alone.

@@ -4,14 +4,15 @@ Each gate is a `Filter` that needs the decoded samples, so it runs right after d
 on each segment with `segment.enabled`), before Whisper spends anything on a row it rejects.
 It measures every row that reaches it (`measures_all`), rejected ones too, so the signal's
 columns are in `rejected/` as well as `curated/` and a later refilter needs no model. Its
-thresholds are its constructor's keyword arguments, validated by its own pydantic `Settings`
-(whose field descriptions are the manual), given in `filters.custom[].args`."""
+thresholds are its own `GateSettings` (whose field descriptions are the manual), the section
+`filters.<name>` of a built-in gate (off by default, on in `--profile quality`)."""
 
 from __future__ import annotations
 
 from typing import Any, ClassVar, Mapping, Optional
 
 import numpy as np
+from pydantic import Field
 
 from .. import contract as C
 from ..core.settings import Settings
@@ -19,13 +20,21 @@ from ..signals import SIGNALS, Signal
 from .base import Filter
 
 
+class GateSettings(Settings):
+    """A gate's section: on or off, then its thresholds."""
+
+    enabled: bool = Field(False, description="Measure this signal for every decoded clip or segment (its "
+                          "columns go to curated/ and rejected/ alike) and reject past the threshold below. "
+                          "Off by default; on in `--profile quality`.")
+
+
 class SignalGate(Filter):
-    """Subclasses set `signal` (a `SIGNALS` name) and `settings` (their thresholds), then either
-    a one-threshold rule (`column`, `threshold`: a settings field, None to only measure,
+    """Subclasses set `signal` (a `SIGNALS` name) and `settings` (their `GateSettings`), then
+    either a one-threshold rule (`column`, `threshold`: a settings field, None to only measure,
     `reject_above` or below it, `drop_reason`) or their own `decide`."""
 
     signal: ClassVar[str] = ""
-    settings: ClassVar[type[Settings]] = Settings
+    settings: ClassVar[type[GateSettings]] = GateSettings
     column: ClassVar[str] = ""
     threshold: ClassVar[str] = ""
     reject_above: ClassVar[bool] = False
@@ -33,11 +42,17 @@ class SignalGate(Filter):
     needs = (C.PCM,)
     measures_all = True
 
-    def __init__(self, **args: Any):
-        try:
-            self.config = self.settings(**args)
-        except Exception as e:  # pydantic's message names the field and what is wrong with it
-            raise ValueError(f"{type(self).__name__}: {e}") from None
+    def __init__(self, config: Optional[GateSettings] = None, **args: Any):
+        """From its section (`filters.<name>`), or from keyword arguments as a filter of
+        `filters.custom` (`args`), which are validated the same way."""
+        if config is None:
+            try:
+                config = self.settings(**args)
+            except Exception as e:  # pydantic's message names the field and what is wrong with it
+                raise ValueError(f"{type(self).__name__}: {e}") from None
+        elif args:
+            raise TypeError(f"{type(self).__name__}: give its settings or keyword arguments, not both")
+        self.config = config
         self._signal: Signal = SIGNALS.get(self.signal)
         self.produces = dict(self._signal.columns)
 

@@ -3,20 +3,45 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Optional
 
 import pyarrow as pa
+from pydantic import Field
 
-from ..config import WerFilter
+from ..core.settings import Settings
 from .base import FILTERS, Filter
 from .text import word_error_rate
 
+if TYPE_CHECKING:
+    from ..config import PipelineConfig
+
 WER_ABOVE_MAX = "wer_above_max"
+
+
+class WerFilter(Settings):
+    """Word error rate of the transcript against a reference the input brings; measured for every
+    transcribed row when the input has the column, a drop reason only with `max_wer` set."""
+
+    reference_column: Optional[str] = Field(
+        "sentence",
+        description="Column with a reference transcript (Common Voice `sentence`, a manifest "
+        "`text`). When present, a `wer` column is written; when absent, nothing happens.",
+    )
+    max_wer: Optional[float] = Field(
+        None, ge=0, description="Reject clips whose WER against the reference exceeds this "
+        "(`wer_above_max`); None only measures.",
+    )
+    normalizer: Literal["whisper_english", "basic"] = Field(
+        "whisper_english", description="How both texts are normalized before comparing: "
+        "`whisper_english` (Whisper's English normalizer: case, punctuation, numbers, spelling) "
+        "or `basic` (lowercase, no punctuation; use it for other languages).",
+    )
 
 
 @FILTERS.register("wer")
 class WerAgainstReference(Filter):
     name = "wer"
+    settings = WerFilter
     measures_all = True  # the report's WER covers every transcribed row, rejected ones too
     produces = {"wer": pa.float32()}
 
@@ -26,10 +51,9 @@ class WerAgainstReference(Filter):
         self.needs = ("transcript", self.reference)
 
     @classmethod
-    def configured(cls, config: Any, input_columns: set[str]) -> Optional[Filter]:
+    def applies(cls, config: "PipelineConfig", input_columns: set[str]) -> bool:
         """Off when the input has no reference column: nothing to measure."""
-        wer = config.filters.wer
-        return cls(wer) if wer.reference_column in input_columns else None
+        return config.filters.wer.reference_column in input_columns
 
     def measure(self, row: Mapping[str, Any]) -> Mapping[str, Any]:
         ref = row[self.reference]

@@ -65,7 +65,7 @@ def score_from_logits(label_logits: np.ndarray, profile: JudgeProfile, truncated
 
 def make_judge(config: "JudgeConfig") -> Judge:
     """The configured per-actor judge (llama.cpp, transformers). vLLM and HTTP judges run as
-    `ray.data.llm` processors instead; see `judge.processors`."""
+    `ray.data.llm` processors instead; see `judge.processors`, `judge.vllm`, `judge.http`."""
     from .backends import judge_backend
 
     backend = judge_backend(config.backend)

@@ -1,7 +1,10 @@
 """Judge backends by name. How a judge runs is a property of its backend: `actor` judges
 (llama.cpp, transformers) are created once per Ray actor inside `stages.JudgeStage`;
-`processor` judges (vllm, http) run as `ray.data.llm` processors that bring their own pools.
-A backend module registers itself here; adding one is that module and its test."""
+`processor` judges (`judge.vllm`, `judge.http`) run as `ray.data.llm` processors that bring their
+own pools (`judge.processors.ProcessorJudge`).
+A backend module registers itself here with its config class and engine facts
+(`@JUDGE_BACKENDS.register("name", config=..., engine=engines.Engine(...))`); adding one is that
+module and its test."""
 
 from __future__ import annotations
 
@@ -17,8 +20,8 @@ if TYPE_CHECKING:
 JUDGE_BACKENDS: Registry[Any] = Registry("judge backend", lazy={
     "llama_cpp": "audiocurate.judge.llama_cpp",
     "transformers": "audiocurate.judge.transformers",
-    "vllm": "audiocurate.judge.processors",
-    "http": "audiocurate.judge.processors",
+    "vllm": "audiocurate.judge.vllm",
+    "http": "audiocurate.judge.http",
     "none": "audiocurate.judge.none",
 })
 

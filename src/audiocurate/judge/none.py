@@ -13,6 +13,7 @@ from pydantic import Field
 from .. import contract as C
 from ..core.settings import Settings, StageResources
 from ..core.stage import Outcome, Stage
+from ..engines import Engine
 from .backends import JUDGE_BACKENDS
 
 
@@ -35,7 +36,8 @@ class NoJudgeStage(Stage):
         return Outcome(values={"judge_model": ["none"] * len(rows)})
 
 
-@JUDGE_BACKENDS.register("none")
+@JUDGE_BACKENDS.register("none", config=NoJudgeConfig, engine=Engine("none (no judge)", (), False,
+                                                                       "nothing to reinstall"))
 class NoJudge:
     runs_as: ClassVar[str] = "task"
     scores: ClassVar[bool] = False

@@ -8,6 +8,7 @@ from typing import Any, Literal, Optional, Sequence
 from pydantic import Field
 
 from ..core.settings import SPEED_ONLY, planned_device
+from ..engines import Engine
 from ..models import dtype_kwarg, resolve_model
 from . import JudgeScore, score_from_logits
 from .backends import JUDGE_BACKENDS, ActorJudge
@@ -37,7 +38,8 @@ class TransformersJudgeConfig(JudgeSettings):
         return "float16" if self.resolved_device() == "cuda" else "float32"
 
 
-@JUDGE_BACKENDS.register("transformers")
+@JUDGE_BACKENDS.register("transformers", config=TransformersJudgeConfig, engine=Engine(
+    "transformers (PyTorch)", ("transformers", "torch"), False, "reinstall PyTorch's published wheel for this machine"))
 class TransformersJudge(ActorJudge):
     """Left-padded batch, logits of the last position only, the five labels' softmax."""
 

@@ -79,10 +79,13 @@ def column_values(t: Any, column: str) -> np.ndarray:
 
 def gates_of(config: Any) -> list[Gate]:
     """The numeric gates of a run's configuration, gated or only measured, in run order of
-    the built-ins, then `filters.custom`'s one-threshold signal gates."""
+    the built-ins (the signal gates that are on among them), then `filters.custom`'s
+    one-threshold signal gates."""
+    from ..filters import FILTERS
     from ..filters.dnsmos import LOW_DNSMOS
     from ..filters.language import LANGUAGE, LOW_CONFIDENCE
     from ..filters.score import LOW_EDU_SCORE
+    from ..filters.signal_gate import SignalGate
     from ..filters.wer import WER_ABOVE_MAX
 
     f = config.filters
@@ -112,18 +115,23 @@ def gates_of(config: Any) -> list[Gate]:
         Gate("DNSMOS SIG", "dnsmos_sig", True, None, "(none)", None, _steps(1, 5, 0.05)),
         Gate("DNSMOS BAK", "dnsmos_bak", True, None, "(none)", None, _steps(1, 5, 0.05)),
     ]
+    sections = [(FILTERS.get(name), getattr(f, name), f"filters.{name}") for name in FILTERS.declared()
+                if issubclass(FILTERS.get(name), SignalGate) and getattr(f, name).enabled]
+    for cls, settings, where in sections:
+        gate = _signal_gate(cls, settings, where)
+        if gate is not None:
+            gates.append(gate)
     for i, spec in enumerate(f.custom):
-        gate = _signal_gate(spec.type, spec.args, f"filters.custom[{i}].args")
+        gate = _custom_signal_gate(spec.type, spec.args, f"filters.custom[{i}].args")
         if gate is not None:
             gates.append(gate)
     return gates
 
 
-def _signal_gate(type_: str, args: dict[str, Any], where: str) -> Optional[Gate]:
-    """A custom filter as a `Gate`, when it is a one-threshold signal gate (or the clipping
-    gate, whose threshold holds only for runs of `min_run` samples)."""
+def _custom_signal_gate(type_: str, args: dict[str, Any], where: str) -> Optional[Gate]:
+    """A custom filter as a `Gate`, when it is a signal gate (an output recorded before the
+    gates were sections of `filters` names them there)."""
     from ..core.registry import import_object
-    from ..filters.clipping import CLIPPED, ClippingGate
     from ..filters.signal_gate import SignalGate
 
     try:
@@ -136,6 +144,14 @@ def _signal_gate(type_: str, args: dict[str, Any], where: str) -> Optional[Gate]
         settings = cls.settings(**args)
     except Exception:  # the run refused these arguments with its own message
         return None
+    return _signal_gate(cls, settings, where)
+
+
+def _signal_gate(cls: Any, settings: Any, where: str) -> Optional[Gate]:
+    """A signal gate as a `Gate`, when it has one threshold (or is the clipping gate, whose
+    threshold holds only for runs of `min_run` samples)."""
+    from ..filters.clipping import CLIPPED, ClippingGate
+
     if issubclass(cls, ClippingGate):
         min_run = settings.min_run
 

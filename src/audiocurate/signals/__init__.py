@@ -2,8 +2,8 @@
 
 A signal is one module here that computes a few numbers from 16 kHz mono samples and
 registers itself in `SIGNALS` (name -> `Signal`: its columns and the function that measures
-them). Gates (`audiocurate.filters.clipping`, `.bandwidth`, `.noise`, `.overlap`, `.reverb`)
-read a signal's columns and decide; the columns are written for rejected rows too, so a later
+them). Gates (`audiocurate.filters.clipping`, `.bandwidth`, `.noise`, `.overlap`, `.reverb`,
+configured as `filters.clipping` and so on) read a signal's columns and decide; the columns are written for rejected rows too, so a later
 `refilter` under new thresholds needs no model (as in OLMoASR: tag once, filter many).
 
 >>> from audiocurate.signals import SIGNALS                      # doctest: +SKIP

@@ -5,7 +5,7 @@ smoothed over 250 Hz; the bandwidth is the highest frequency whose level is with
 `FLOOR_DB` of the spectrum's peak. A telephone channel reads about 3,400 Hz, an 8 kHz
 recording upsampled 4,000 Hz, wideband speech at 16 kHz 6,000-8,000 Hz. NeMo Curator answers
 the same question with a trained full-band / narrow-band classifier; a figure in Hz lets the
-user pick the cut (`filters.custom` ... `min_hz`)."""
+user pick the cut (`filters.bandwidth.min_hz`)."""
 
 from __future__ import annotations
 

@@ -6,21 +6,27 @@ Three layouts, local or on object storage:
 * `folder`: audio files found recursively, joined by path with an optional JSONL/CSV manifest.
   Manifest rows whose file is missing stay in the run and become error rows.
 A Dataset the user built themselves enters through `from_dataset`.
+
+A source kind is one module registering its opener with `@SOURCE_FORMATS.register("name")`:
+`open(uri, fs, path, config) -> Source`; `source.format` takes every registered name. This module
+imports nothing that imports `config`, which validates `source.format` against `SOURCE_FORMATS`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import pyarrow as pa
 import pyarrow.fs as pafs
-import ray
 
-from .. import storage
-from ..config import SourceConfig
 from ..core.registry import Registry
-from ..stages import AudioFetcher
+
+if TYPE_CHECKING:
+    import ray
+
+    from ..config import SourceConfig
+    from ..stages import AudioFetcher
 
 _BLOCK_ROWS = 32  # folder sources: rows per block of the listing
 
@@ -55,7 +61,9 @@ class Source:
         """Columns passed through unchanged to every output (all but the audio)."""
         return [c for c in self.columns if c != self.audio_column]
 
-    def fetcher(self) -> AudioFetcher:
+    def fetcher(self) -> "AudioFetcher":
+        from ..stages import AudioFetcher
+
         return AudioFetcher(self.fs, self.root)
 
     def count(self) -> int:
@@ -106,6 +114,8 @@ class Source:
         from `resume.plan_reads`; all of them by default); the blocks are then cut by rows at
         the first file's bytes per row (a streaming split, no shuffle). The files are known
         already, so no listing task runs."""
+        import ray
+
         from ..resume import whole_reads
         from ..runtime import split_blocks
         from .parquet import ParquetFileReader, open_parquet
@@ -150,8 +160,10 @@ class DatasetSource(Source):
         return self.provided  # its blocks as you made them
 
 
-def open_source(uri: str, config: SourceConfig) -> Source:
+def open_source(uri: str, config: "SourceConfig") -> Source:
     """The input at `uri` as the configured (or detected) source format."""
+    from .. import storage
+
     fs, path = storage.resolve(uri, config.storage)
     kind = config.format
     exts = tuple(e.lower() for e in config.extensions)
@@ -160,7 +172,7 @@ def open_source(uri: str, config: SourceConfig) -> Source:
     return SOURCE_FORMATS.get(kind)(uri, fs, path, config)
 
 
-def from_dataset(ds: "ray.data.Dataset", config: SourceConfig) -> Source:
+def from_dataset(ds: "ray.data.Dataset", config: "SourceConfig") -> Source:
     """A Dataset the user already has (read, joined, filtered their way) as the pipeline's
     input: it needs the id column and an audio column, checked here rather than mid-run."""
     schema = ds.schema()
@@ -177,6 +189,8 @@ def from_dataset(ds: "ray.data.Dataset", config: SourceConfig) -> Source:
 
 
 def _detect(fs: pafs.FileSystem, path: str, exts: tuple[str, ...]) -> str:
+    from .. import storage
+
     if any(ch in path for ch in "*?[") or path.lower().endswith((".parquet", ".pq")):
         return "auto_parquet"  # which Parquet layout is decided from the schema
     info = fs.get_file_info(path)

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 if TYPE_CHECKING:
+    from ..config import RayConfig
     from . import Source
 
 
@@ -95,13 +96,18 @@ def _with_nulls(found: DuplicateIds, nulls: list[tuple[str, NullIds]]) -> Duplic
     return found
 
 
-def find_duplicate_ids(source: "Source", examples: int = 10) -> DuplicateIds:
+def find_duplicate_ids(source: "Source", examples: int = 10, ray_config: Optional["RayConfig"] = None) -> DuplicateIds:
     """Ids that occur more than once in `source`, and its null ids. Parquet: one task per file
     reads its id column, counts its nulls and splits the rest by hash into buckets, one task per
     bucket counts it (plain Ray tasks on the workers already running: no shuffle service, no
     actors). Only the repeated ids and the null counts come back. An input of one bucket in a
-    few files is counted here, in the driver."""
+    few files is counted here, in the driver. `ray_config`: what each task reserves
+    (`ray.id_check_task_cpus`), else the default."""
     import ray
+
+    from ..config import RayConfig
+
+    cpus = (ray_config or RayConfig()).id_check_task_cpus
 
     if source.listing is not None:  # a folder's listing is in this process already
         ids = source.listing[source.id_column].combine_chunks().cast(pa.string())
@@ -115,10 +121,10 @@ def find_duplicate_ids(source: "Source", examples: int = 10) -> DuplicateIds:
         read_here = [_read_ids(source.fs, path, source.id_column, 1) for path in source.files]
         return _with_nulls(_repeated(examples, *(ids for _, ids in read_here)),
                            [(path, nulls) for path, (nulls, _) in zip(source.files, read_here)])
-    read = ray.remote(num_cpus=0.25, num_returns=buckets + 1)(_read_ids)
+    read = ray.remote(num_cpus=cpus, num_returns=buckets + 1)(_read_ids)
     parts = [read.remote(source.fs, path, source.id_column, buckets) for path in source.files]
     by_bucket = [[p[1 + b] for p in parts] for b in range(buckets)]
-    count = ray.remote(num_cpus=0.25)(_repeated)
+    count = ray.remote(num_cpus=cpus)(_repeated)
     found = ray.get([count.remote(examples, *refs) for refs in by_bucket])
     nulls = ray.get([p[0] for p in parts])
     return _with_nulls(DuplicateIds(sum(f.ids for f in found), sum(f.rows for f in found),
@@ -126,10 +132,10 @@ def find_duplicate_ids(source: "Source", examples: int = 10) -> DuplicateIds:
                        list(zip(source.files, nulls)))
 
 
-def refuse_duplicate_ids(source: "Source") -> None:
+def refuse_duplicate_ids(source: "Source", ray_config: Optional["RayConfig"] = None) -> None:
     """Refuse an input with null ids (first: they cannot be counted as duplicates of each
     other) or with an id twice."""
-    found = find_duplicate_ids(source)
+    found = find_duplicate_ids(source, ray_config=ray_config)
     if found.null_rows:
         values = "value" if found.null_rows == 1 else "values"
         raise NullIdsError(

