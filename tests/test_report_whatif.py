@@ -252,3 +252,40 @@ def test_whatif_page_renders_in_chromium_with_each_gate_marked(built, config, tm
         durations = [float(x) for x in re.findall(r'<audio[^>]*data-duration="([0-9.]+)"', section)]
         assert len(durations) == len(g["margin"]["kept"]) == MARGIN_CLIPS and all(d > 1.0 for d in durations), g["column"]
     assert "data-error" not in dom
+
+
+def test_the_english_default_language_gate_is_a_what_if_with_its_threshold_and_language():
+    """The default hears the language beside tiny.en and keeps English at P >= min_prob: the
+    what-if marks that threshold and counts a clip heard as German as rejected at any threshold."""
+    from audiocurate.config import PipelineConfig
+    from audiocurate.report.whatif import gates_of
+
+    config = PipelineConfig.load()
+    gate = next(g for g in gates_of(config) if g.drop_reason == "language")
+    assert gate.threshold == config.filters.language.min_prob == 0.6
+    t = pa.table({"language": ["en", "de", "en"], "language_prob": pa.array([0.9, 0.99, 0.5], pa.float32())})
+    values = gate.values(t)
+    assert values[0] == pytest.approx(0.9) and np.isnan(values[1]) and values[2] == pytest.approx(0.5)
+
+
+def test_the_hf_dataset_card_lists_every_gate_its_threshold_and_the_hours_it_removed(built, config):
+    """Hours per drop reason come from the stored rows; the card names each gate's setting and
+    threshold (quality profile: the signal gates too) and the settings as run."""
+    from audiocurate.exports.hf import curation_card
+
+    _, rows, report = built
+    by_reason: dict[str, float] = {}
+    for r in rows:
+        reason = _route(r, config)
+        if reason:
+            by_reason[reason] = by_reason.get(reason, 0.0) + r["duration_s"] / 3600
+    assert report["drop_reason_hours"] == pytest.approx(by_reason)
+    card = curation_card(report, config.model_dump(mode="json"))
+    for gate in report["whatif"]:
+        if gate["threshold"] is not None:
+            line = next(l for l in card.splitlines() if l.startswith(f"| `{gate['drop_reason']}` |"))
+            assert f"`{gate['setting']}`" in line and f"{gate['threshold']:g}" in line
+    for reason, hours in by_reason.items():
+        line = next(l for l in card.splitlines() if l.startswith(f"| `{reason}` |"))
+        assert line.endswith(f"| {report['drop_reasons'][reason]} | {hours:.3f} |")
+    assert "clipping:" in card and "max_clip_fraction: 0.01" in card  # an enabled gate's settings as run

@@ -68,6 +68,7 @@ class Exporter:
         self.dest = dest
         self.options = options
         self.id_column = id_column  # the run's `source.id_column`: rows carry their id there
+        self.run: Optional["OutputDir"] = None  # the output exported: its report.json and recorded config
 
     def clip_id(self, row: dict[str, Any]) -> str:
         """A row's id as the run read it (str of the id column's value)."""
@@ -166,6 +167,7 @@ def export(output_uri: str, fmt: str, dest_uri: str, *, split: str = "curated",
     out = OutputDir(output_uri, storage)
     dest = OutputDir(dest_uri, storage)
     exporter = EXPORT_FORMATS.get(fmt)(dest, options or ExportOptions(), id_column=run_id_column(out))
+    exporter.run = out
     parts = []
     for path in out.part_files(split):
         with out.fs.open_input_file(path) as f:

@@ -59,6 +59,7 @@ def build_report(
             "ok": dups == 0 and in_scope == input_rows,
         },
         "drop_reasons": dict(tally.drop_reasons.most_common()),
+        "drop_reason_hours": {k: tally.drop_reason_seconds[k] / 3600 for k, _ in tally.drop_reasons.most_common()},
         "error_stages": dict(tally.error_stages.most_common()),
         "stages": tally.stages(),
         "error_reasons": dict(tally.error_reasons.most_common()),

@@ -56,6 +56,7 @@ class RunTally:
         self.rows: Counter = Counter()
         self.audio_s: Counter = Counter()
         self.drop_reasons: Counter = Counter()
+        self.drop_reason_seconds: Counter = Counter()  # audio each reason removed
         self.error_stages: Counter = Counter()
         self.error_reasons: Counter = Counter()
         self.stage_s: Counter = Counter()
@@ -158,6 +159,9 @@ class RunTally:
                         self.stage_drops[stage][reason] += count
             for reason, count in zip(reasons, counts.sum(axis=0).tolist()):
                 self.drop_reasons[reason] += count
+            seconds = np.bincount(codes, weights=durations(t), minlength=len(reasons))
+            for reason, s in zip(reasons, seconds.tolist()):
+                self.drop_reason_seconds[reason] += s
 
     def _count_recordings(self, split: str, t: Any) -> None:
         if "parent_id" not in t.column_names or "segments" not in t.column_names or split == ERRORS:

@@ -83,15 +83,17 @@ def gates_of(config: Any) -> list[Gate]:
     one-threshold signal gates."""
     from ..filters import FILTERS
     from ..filters.dnsmos import LOW_DNSMOS
-    from ..filters.language import LANGUAGE, LOW_CONFIDENCE
+    from ..filters.language import LANGUAGE, LOW_CONFIDENCE, spoken_language_detected
     from ..filters.score import LOW_EDU_SCORE
     from ..filters.signal_gate import SignalGate
     from ..filters.wer import WER_ABOVE_MAX
 
     f = config.filters
     lang = f.language
-    detecting = config.asr.language is None
+    detecting = spoken_language_detected(config.asr)
     allowed = set(lang.allowed) if lang.allowed else None
+    if allowed is None and detecting and config.asr.language:
+        allowed = {config.asr.language}  # as the filter: heard beside a fixed language, that one only
 
     def language_prob(t: Any) -> np.ndarray:
         v = column_values(t, "language_prob")
