@@ -215,7 +215,7 @@ def test_a_pass_killed_half_way_is_finished_exactly_by_the_next(tmp_path, readin
     before = _state(out)
     # Killed in the middle of one shard's move (its files written, the shard not yet deleted),
     # after another shard's move finished: the moves run here, in this process, to be cut off.
-    monkeypatch.setattr("audiocurate.corpus.passes._apply", _apply_here_and_die_in_second)
+    monkeypatch.setattr("audiocurate.corpus.shards.apply_moves", _apply_here_and_die_in_second)
     with pytest.raises(_Killed):
         dedup_pass(out, dedup_config, "id")
     assert _journal(out)  # the cut-off move's journal entry

@@ -127,7 +127,7 @@ def test_a_group_spread_over_shards_is_fenced_whole_and_a_killed_pass_is_finishe
 
     out, ids = _output(tmp_path / "out")
     before = _state(out)
-    monkeypatch.setattr("audiocurate.corpus.passes._apply", _apply_here_and_die_in_second)
+    monkeypatch.setattr("audiocurate.corpus.shards.apply_moves", _apply_here_and_die_in_second)
     with pytest.raises(_Killed):  # one shard's move done, the other's files written, its shard not deleted
         fences_pass(out, grouped_config, "id")
     assert _journal(out)

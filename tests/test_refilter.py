@@ -40,7 +40,8 @@ def test_each_gate_decides_only_the_rows_that_reached_its_stage():
     now low_edu_score; a row rejected at decode keeps its reason, having no score to judge;
     an error row stays one."""
     from audiocurate import contract as C
-    from audiocurate.corpus.refilter import RefilterStage, input_columns, reached_columns
+    from audiocurate.corpus.refilter import input_columns
+    from audiocurate.corpus.replay import RefilterStage, reached_columns
     from audiocurate.plan import placed_filters
 
     config = PipelineConfig.load(overrides=["select.min_score=5", "filters.hallucination.enabled=false"])

@@ -106,7 +106,7 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
            skip_segments: Optional[list[str]] = None,
            reads: Optional[list[dict[str, Any]]] = None) -> "ray.data.Dataset":
     if getattr(source, "replays_stored_rows", False):  # `refilter`: stored rows, routed anew, no model
-        from .corpus.refilter import refiltered
+        from .corpus.replay import refiltered
 
         return refiltered(config, source, skip_ids, config.ray)
     # Blocks of about `decode.read_block_mb` of encoded audio: a unit of work sized by bytes,

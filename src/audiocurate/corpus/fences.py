@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from .. import contract as C
 from ..filters.speaking_rate import CPS_OUTLIER, SPEECH_CPS, group_column, tukey_fences
 from ..sinks import CURATED, REJECTED, OutputDir
+from . import shards
 
 _GROUP = "group"
 _RATES = pa.schema([("path", pa.string()), ("id", pa.string()), (_GROUP, pa.string()), (SPEECH_CPS, pa.float64()),
@@ -58,23 +59,21 @@ def _moves(rows: pa.Table) -> pa.Table:
 def fences_pass(out: OutputDir, config: Any, id_column: str) -> int:
     """Move the curated rows whose rate lies outside their group's fences to `rejected/` as
     `chars_per_s_outlier`; how many moved."""
-    from .passes import _apply, _partitions, _present, _read
-
     rate = config.filters.speaking_rate
     group = group_column(rate)
     parts = []
     for split, curated in ((CURATED, True), (REJECTED, False)):
-        shards = [s for s in out.part_files(split) if SPEECH_CPS in _present(out, [s], [SPEECH_CPS])]
-        if not shards:
+        files = [s for s in out.part_files(split) if SPEECH_CPS in shards.present_columns(out, [s], [SPEECH_CPS])]
+        if not files:
             continue
-        columns = _present(out, shards, [id_column, group, SPEECH_CPS])
+        columns = shards.present_columns(out, files, [id_column, group, SPEECH_CPS])
         if group not in columns:
             raise ValueError(f"filters.speaking_rate: the rows of {out.uri}/{split} have no column {group!r}")
-        parts.append(_read(out, shards, columns).map_batches(rate_rows(id_column, group, curated),
-                                                             batch_format="pyarrow"))
+        parts.append(shards.read_shards(out, files, columns).map_batches(rate_rows(id_column, group, curated),
+                                                                         batch_format="pyarrow"))
     if not parts:
         return 0
     rows = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-    moves = rows.groupby(_GROUP, num_partitions=_partitions(0)).map_groups(
+    moves = rows.groupby(_GROUP, num_partitions=shards.partitions(0)).map_groups(
         outliers(rate.iqr_k, rate.min_segments), batch_format="pyarrow")
-    return _apply(out, id_column, moves.materialize())
+    return shards.apply_moves(out, id_column, moves.materialize())

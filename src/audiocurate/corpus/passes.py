@@ -25,7 +25,8 @@ from .. import contract as C
 from ..sinks import CURATED, REJECTED, OutputDir
 from .dedup import SEP, group_duplicates, id_of, node_keys
 from .fingerprint import FINGERPRINT
-from .moves import DUPLICATE_OF, move_to_rejected
+from . import shards
+from .moves import DUPLICATE_OF
 
 log = logging.getLogger(__name__)
 
@@ -63,26 +64,6 @@ def run_corpus_passes(out: OutputDir, config: Any, id_column: str, echo: Callabl
     return done
 
 
-def _read(out: OutputDir, shards: list[str], columns: list[str]) -> Any:
-    """The shards' `columns` (those present) as a Dataset, with each row's shard as `path`."""
-    import ray
-
-    from .dedup import sort_shuffled
-
-    return sort_shuffled(ray.data.read_parquet(shards, filesystem=out.fs, columns=columns, include_paths=True))
-
-
-def _present(out: OutputDir, shards: list[str], wanted: list[str]) -> list[str]:
-    import pyarrow.parquet as pq
-
-    have: Optional[set[str]] = None
-    for shard in shards:
-        with out.fs.open_input_file(shard) as f:
-            names = set(pq.read_schema(f).names)
-        have = names if have is None else have & names
-    return list(dict.fromkeys(c for c in wanted if c in (have or set())))
-
-
 def _nodes(id_column: str, keep: list[str], reason: Optional[str]) -> Callable[[pa.Table], pa.Table]:
     def nodes(batch: pa.Table) -> pa.Table:
         if reason is not None:  # rows an earlier run of this pass moved: inputs of the same decision
@@ -97,28 +78,6 @@ def _nodes(id_column: str, keep: list[str], reason: Optional[str]) -> Callable[[
     return nodes
 
 
-def _apply(out: OutputDir, id_column: str, moves: Any) -> int:
-    """Moves (path, id, drop_reason, ...) applied shard by shard, each in a Ray task."""
-    def per_shard(group: pa.Table) -> pa.Table:
-        shard = group["path"][0].as_py()
-        moved = move_to_rejected(out, shard, id_column, group.drop_columns(["path"]))
-        return pa.table({"moved": [moved]})
-
-    # executed once: a second execution would find the shards moved already
-    partitions = _partitions(0)  # one shard's rows per group
-    return sum(int(r["moved"]) for r in moves.groupby("path", num_partitions=partitions).map_groups(per_shard, batch_format="pyarrow")
-               .iter_rows())
-
-
-def _partitions(rows: int) -> int:
-    """Hash-shuffle partitions: two per core, and one per 200,000 rows beyond that (a partition's
-    rows are what one worker holds)."""
-    import ray
-
-    cores = int(ray.cluster_resources().get("CPU", 1))
-    return max(2 * cores, rows // 200_000)
-
-
 def dedup_pass(out: OutputDir, config: Any, id_column: str) -> int:
     """Group the curated rows (and those an earlier run of this pass moved) by fingerprint; every
     copy but each group's best is moved to `rejected/` as `duplicate`, `duplicate_of` its id."""
@@ -126,17 +85,17 @@ def dedup_pass(out: OutputDir, config: Any, id_column: str) -> int:
     if not curated:
         return 0
     keep = list(config.dedup.keep)
-    columns = _present(out, curated, [id_column, FINGERPRINT, *keep])
+    columns = shards.present_columns(out, curated, [id_column, FINGERPRINT, *keep])
     if FINGERPRINT not in columns:
         raise ValueError(f"dedup: the curated rows of {out.uri} have no `{FINGERPRINT}` column (the run that "
                          "wrote them had `dedup.enabled: false`); run with dedup enabled from the start")
-    nodes = _read(out, curated, columns).map_batches(_nodes(id_column, keep, None), batch_format="pyarrow")
-    moved_before = [s for s in out.part_files(REJECTED) if FINGERPRINT in _present(out, [s], [FINGERPRINT])]
+    nodes = shards.read_shards(out, curated, columns).map_batches(_nodes(id_column, keep, None), batch_format="pyarrow")
+    moved_before = [s for s in out.part_files(REJECTED) if FINGERPRINT in shards.present_columns(out, [s], [FINGERPRINT])]
     if moved_before:
-        prior = _read(out, moved_before, [*_present(out, moved_before, columns), C.DROP_REASON])
+        prior = shards.read_shards(out, moved_before, [*shards.present_columns(out, moved_before, columns), C.DROP_REASON])
         nodes = nodes.union(prior.map_batches(_nodes(id_column, keep, DUPLICATE), batch_format="pyarrow"))
     nodes = nodes.select_columns(["node", FINGERPRINT]).materialize()
-    roots = group_duplicates(nodes, config.dedup.min_similarity, config.dedup.max_bucket, _partitions(0),
+    roots = group_duplicates(nodes, config.dedup.min_similarity, config.dedup.max_bucket, shards.partitions(0),
                              rows=nodes.count())
     curated_set = set(curated)
 
@@ -152,7 +111,7 @@ def dedup_pass(out: OutputDir, config: Any, id_column: str) -> int:
                          C.DROP_REASON: pa.array([DUPLICATE] * len(ids), pa.string()),
                          DUPLICATE_OF: pa.array(of, pa.string())})
 
-    return _apply(out, id_column, roots.map_batches(to_moves, batch_format="pyarrow"))
+    return shards.apply_moves(out, id_column, roots.map_batches(to_moves, batch_format="pyarrow"))
 
 
 def caps_pass(out: OutputDir, config: Any, id_column: str) -> int:
@@ -163,7 +122,7 @@ def caps_pass(out: OutputDir, config: Any, id_column: str) -> int:
     if not curated:
         return 0
     keep = list(config.dedup.keep)
-    columns = _present(out, curated, [id_column, cap.column, "duration_s", *keep])
+    columns = shards.present_columns(out, curated, [id_column, cap.column, "duration_s", *keep])
     if cap.column not in columns:
         raise ValueError(f"corpus.max_hours_per.column: the curated rows have no column {cap.column!r}")
     limit_s = cap.hours * 3600.0
@@ -181,6 +140,6 @@ def caps_pass(out: OutputDir, config: Any, id_column: str) -> int:
         return pa.table({"path": pa.array(path, pa.string()), "id": pa.array(ids, pa.string()),
                          C.DROP_REASON: pa.array([OVER_CAP] * len(ids), pa.string())})
 
-    moves = (_read(out, curated, columns).groupby(cap.column, num_partitions=_partitions(0))
+    moves = (shards.read_shards(out, curated, columns).groupby(cap.column, num_partitions=shards.partitions(0))
              .map_groups(over_cap, batch_format="pyarrow"))
-    return _apply(out, id_column, moves.materialize())
+    return shards.apply_moves(out, id_column, moves.materialize())
