@@ -28,7 +28,7 @@ CASE = r"""
 import json, sys, time
 import pyarrow as pa
 from audiocurate.config import PipelineConfig
-from audiocurate.resume import whole_reads
+from audiocurate.sources.parquet import whole_reads
 from audiocurate.segment.stage import SegmentStage
 from audiocurate.sources import open_source
 from audiocurate.sources.parquet import ParquetFileReader
@@ -49,7 +49,7 @@ t0 = time.time()
 if source.listing is not None:
     table = source.listing
 else:
-    reads = whole_reads(source, None)
+    reads = whole_reads(source.fs, source.root, source.files)
     reader = ParquetFileReader(source.fs, source.id_column, lean=True)  # as segmented runs read
     table = pa.concat_tables(list(reader(pa.Table.from_pylist(reads))))
 decode = DecodeStage(config.decode, source.audio_column, source.fetcher())

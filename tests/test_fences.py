@@ -18,7 +18,7 @@ from audiocurate import contract as C
 from audiocurate.config import PipelineConfig, SpeakingRateFilter
 from audiocurate.corpus.fences import outliers
 from audiocurate.filters.speaking_rate import CPS_OUTLIER, SPEECH_CPS, SpeakingRateOutliers
-from audiocurate.resume import FOOTER_KEY
+from audiocurate.sinks import FOOTER_KEY
 from audiocurate.sinks import CurationSink, OutputDir
 
 # One speaker's rates, written in two blocks: the fast pair looks ordinary beside its own block's

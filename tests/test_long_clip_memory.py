@@ -350,7 +350,7 @@ def test_decoding_and_settling_a_huge_cell_copy_none_of_it(huge_cell_file):
 
 
 def test_the_report_does_not_read_a_cell_over_the_preview_cap(huge_cell_file, monkeypatch):
-    from audiocurate.exports.source_audio import SourceAudio
+    from audiocurate.sources.audio_by_id import SourceAudio
 
     path, size = huge_cell_file
     monkeypatch.setattr(report_audio, "PREVIEW_MAX_CELL_BYTES", size // 4)
@@ -370,7 +370,7 @@ def test_the_report_does_not_read_a_cell_over_the_preview_cap(huge_cell_file, mo
 def test_a_row_group_of_long_recordings_is_not_read_for_previews(tmp_path, monkeypatch):
     import pyarrow.parquet as pq
 
-    from audiocurate.exports.source_audio import SourceAudio
+    from audiocurate.sources.audio_by_id import SourceAudio
 
     path = str(tmp_path / "in.parquet")
     pq.write_table(pa.table({"id": ["a", "b", "c"], "audio_bytes": [bytes(3 * MB)] * 3}), path,

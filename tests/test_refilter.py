@@ -3,11 +3,16 @@ what a fresh run under those gates gives, into a normal, exact, resumable output
 
 from __future__ import annotations
 
+import io
 import json
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import soundfile as sf
+
+from conftest import QUICK_MODELS
 
 from audiocurate.cli import main
 from audiocurate.config import PipelineConfig
@@ -155,3 +160,97 @@ def test_a_row_rejected_after_its_signals_were_taken_comes_back_with_its_clip(ru
         return {r["id"]: r["audio"]["bytes"] for r in pq.read_table(f"{uri}/curated").to_pylist()}
 
     assert clips(dest) == clips(str(runs / "a"))
+
+
+# A segmented OUTPUT (`--profile longform`): Whisper tiny.en transcribes each segment (the
+# `none` backend reads one transcript per recording), no judge, no DNSMOS; the segment stage's
+# duration gate is the one refiltered.
+LONGFORM = ["judge.backend=none", "ray.progress=false", "ray.probe_engines=false", "filters.dnsmos.enabled=false",
+            "segment.max_s=8", "output.rows_per_shard=2", *QUICK_MODELS]
+
+
+@pytest.fixture(scope="module")
+def longform_runs(tmp_path_factory, ray_local):
+    """Three recordings (two spoken, one silent) cut into segments at the default gates (`a`)
+    and, fresh, with the segment duration gate at the curated segments' median (`b`)."""
+    from audiocurate.audio import encode_flac
+    from test_segments import SENTENCES, recording
+
+    root = tmp_path_factory.mktemp("refilter_longform")
+    rows = [{"id": f"talk{k}.flac", "audio_bytes": encode_flac(recording(SENTENCES[3 * k:3 * k + 4])[0]),
+             "speaker": f"s{k}"} for k in range(2)]
+    rows.append({"id": "quiet.flac", "audio_bytes": encode_flac(np.zeros(4 * 16000, np.int16)), "speaker": "s2"})
+    pq.write_table(pa.Table.from_pylist(rows), root / "in.parquet")
+    quiet = {"echo": lambda s: None}
+    base = run(PipelineConfig.load(profile="longform", overrides=LONGFORM), str(root / "in.parquet"),
+               str(root / "a"), **quiet)
+    durations = sorted(pq.read_table(str(root / "a" / "curated"), columns=["duration_s"])["duration_s"].to_pylist())
+    stricter = f"filters.duration.min_s={round(durations[len(durations) // 2], 2)}"
+    fresh = run(PipelineConfig.load(profile="longform", overrides=[*LONGFORM, stricter]), str(root / "in.parquet"),
+                str(root / "b"), **quiet)
+    assert base["accounting"]["ok"] and fresh["accounting"]["ok"] and base["accounting"]["recordings"] == 3
+    return root, stricter
+
+
+@pytest.mark.slow
+def test_refilter_of_segments_routes_as_a_fresh_run_accounted_per_recording(longform_runs):
+    """Each stored segment lands once in DEST, routed as a fresh longform run at the stricter
+    gate routes it; DEST counts OUTPUT's recordings; a rerun changes nothing; a DEST that
+    lost a shard mid-recording is completed exactly."""
+    root, stricter = longform_runs
+    dest = str(root / "a_to_b")
+    assert main(["refilter", str(root / "a"), dest, "--set", stricter, "--no-progress"]) == 0
+    routed, fresh, before = _routing(dest), _routing(str(root / "b")), _routing(str(root / "a"))
+    assert routed == fresh and set(routed) == set(before)
+    moved = [i for i in routed if routed[i] != before[i]]
+    assert moved and all(routed[i] == ("rejected", "too_short") for i in moved), "the stricter gate moved nothing"
+    report = json.loads((root / "a_to_b" / "report.json").read_text())
+    assert report["accounting"]["ok"] and report["accounting"]["recordings"] == 3
+    assert report["accounting"]["accounted"] == len(before) > 3
+    segments = {r["id"]: r for r in pq.read_table(str(root / "a_to_b" / "curated")).to_pylist()}
+    assert segments and all(r["audio"]["bytes"] and "@" in r["id"] and r["parent_id"] for r in segments.values())
+
+    assert main(["refilter", str(root / "a"), dest, "--set", stricter, "--no-progress"]) == 0
+    assert _routing(dest) == routed
+    # Killed with one of a recording's segments not yet written: only that one is routed again
+    shard = next(p for p in sorted((root / "a_to_b").glob("*/*.parquet"))
+                 if max(pq.read_table(p, columns=["segments"])["segments"].to_pylist()) > 1)
+    written = pq.read_table(shard)
+    lost = next(i for i, n in enumerate(written["segments"].to_pylist()) if n > 1)
+    pq.write_table(written.take([i for i in range(written.num_rows) if i != lost]), shard)
+    (root / "a_to_b" / "_SUCCESS").unlink()
+    assert main(["refilter", str(root / "a"), dest, "--set", stricter, "--no-progress"]) == 0
+    assert _routing(dest) == routed and (root / "a_to_b" / "_SUCCESS").exists()
+    assert json.loads((root / "a_to_b" / "report.json").read_text())["accounting"]["ok"]
+
+
+@pytest.mark.slow
+def test_a_segment_curated_anew_gets_its_clip_cut_from_its_recording(longform_runs):
+    """A gate after Whisper rejected some segments; refiltered without it, they are curated as
+    in the run without it, each with its own clip: its recording in OUTPUT's input, cut at its
+    times (the same samples the run cut)."""
+    root, _ = longform_runs
+    few_words = {**dict(o.split("=", 1) for o in LONGFORM), "asr.language_id_model": None,
+                 "filters.custom": [{"type": f"{__name__}:FewWords", "args": {"min_words": 12}}]}
+    gated = run(PipelineConfig.load(profile="longform", overrides=few_words), str(root / "in.parquet"),
+                str(root / "gated"), echo=lambda s: None)
+    assert gated["accounting"]["ok"] and ("rejected", "few_words") in _routing(str(root / "gated")).values()
+    dest = str(root / "ungated")
+    assert main(["refilter", str(root / "gated"), dest, "--set", "filters.custom=[]", "--no-progress"]) == 0
+    assert _routing(dest) == _routing(str(root / "a"))
+
+    def samples(uri):
+        return {r["id"]: sf.read(io.BytesIO(r["audio"]["bytes"]), dtype="int16")[0]
+                for r in pq.read_table(f"{uri}/curated").to_pylist()}
+
+    got, want = samples(dest), samples(str(root / "a"))
+    assert got.keys() == want.keys()
+    assert all(len(got[i]) == len(want[i]) and np.abs(got[i].astype(int) - want[i]).max() <= 1 for i in got)
+
+
+def test_refilter_refuses_to_cut_recordings_anew(longform_runs, capsys):
+    root, _ = longform_runs
+    dest = root / "recut"
+    assert main(["refilter", str(root / "a"), str(dest), "--set", "segment.max_s=12"]) == 2
+    err = capsys.readouterr().err
+    assert "segment.max_s: 8.0 -> 12.0" in err and not dest.exists()

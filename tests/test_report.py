@@ -95,8 +95,11 @@ def test_report_html_renders_with_its_plots_in_chromium(output, tmp_path):
          "--virtual-time-budget=10000", "--dump-dom", (out / "report.html").as_uri()],
         capture_output=True, text=True, timeout=120).stdout
     durations = [float(d) for d in re.findall(r'<audio[^>]*data-duration="([0-9.]+)"', played)]
-    # two samples (curated, rejected), and the judge score's margin: one clip kept, one dropped
-    assert len(durations) == played.count("<audio") == 4 and all(d > 1.0 for d in durations), durations
+    # every player decodes: two samples (curated, rejected), the judge score's margin (one clip
+    # kept, one dropped), and the margins of the other gates that have clips near their threshold
+    assert len(durations) == played.count("<audio") >= 4 and all(d > 1.0 for d in durations), durations
+    samples = played[played.index("Listen: samples per outcome"):]
+    assert samples.count("<audio") == 2, "the curated and the rejected sample; the corrupt row has none"
     whatif = played[played.index('id="gate-edu_score"'):].split("</section>")[0]
     assert whatif.count("<audio") == 2 and 'alt="what-if: edu_score"' in whatif
     assert "data-error" not in played

@@ -9,10 +9,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from audiocurate import resume
-from audiocurate.resume import PART, DropWrittenSegments, plan_reads, read_planned
-from audiocurate.sinks import SPLITS, CurationSink, OutputDir
-from audiocurate.sources import open_source
 from audiocurate.config import SourceConfig
+from audiocurate.contract import PART
+from audiocurate.resume import DropWrittenSegments, plan_reads
+from audiocurate.sinks import FOOTER_KEY, SPLITS, CurationSink, OutputDir
+from audiocurate.sources import open_source
+from audiocurate.sources.parquet import read_planned
 
 
 @pytest.fixture
@@ -48,7 +50,7 @@ def test_finished_groups_are_not_read_and_cut_off_ones_drop_their_done_ids(sourc
     # the footers hold the counts; the rows do not carry the partition column
     shard = out.part_files("curated")[0]
     assert PART not in pq.read_schema(shard).names
-    assert resume.FOOTER_KEY in pq.read_schema(shard).metadata
+    assert FOOTER_KEY in pq.read_schema(shard).metadata
 
     read_for_ids = []
     real = resume.written_ids
@@ -192,3 +194,24 @@ def test_shards_without_partition_counts_ask_for_a_restart(source, tmp_path):
     pq.write_table(pa.table({"id": ["r00"]}), tmp_path / "out" / "curated" / "part-old.parquet")
     with pytest.raises(RuntimeError, match="--restart"):
         plan_reads(source, out, SPLITS, resumed=True)
+
+
+def test_resume_sits_above_sinks_and_sources_and_nothing_below_imports_it():
+    """Resume plans from what the sinks wrote and what the sources hold; if a sink or a source
+    reached back into it (lazily or for typing), the three would again load and change as one."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "import_graph", Path(__file__).resolve().parent.parent / "benchmarks" / "import_graph.py")
+    graph = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(graph)
+    below = {"audiocurate.sinks", "audiocurate.sources", "audiocurate.sources.parquet", "audiocurate.sources.errors"}
+    edges = {(a, b) for a, b, _ in graph.edges(graph.modules())}
+    assert ("audiocurate.resume", "audiocurate.sinks") in edges
+    assert ("audiocurate.resume", "audiocurate.sources.parquet") in edges
+    assert not [(a, b) for a, b in edges if a in below and b == "audiocurate.resume"]
+    # the Parquet reader imports neither the package that uses it nor the formats that open inputs
+    assert not [(a, b) for a, b in edges if a == "audiocurate.sources.parquet" and b.startswith("audiocurate.sources")
+                and b != "audiocurate.sources.errors"]
+    # the report and the run-time exports fetch rejected clips through the source side
+    assert not [(a, b) for a, b in edges if a.startswith("audiocurate.report") and b.startswith("audiocurate.exports")]

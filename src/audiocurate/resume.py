@@ -2,9 +2,9 @@
 shards' footers, never from a list of every finished id.
 
 * Every row read from a Parquet input carries `_part`, its row group's key (the file's path
-  and size, and the group's index). The sink counts the rows of each part in a shard and
-  stores the counts in the shard's Parquet footer (`audiocurate.parts`); `_part` itself is
-  not written. A segment row counts 1/segments of its recording, so a part is finished when
+  and size, and the group's index; `sources.parquet.read_planned`). The sink counts the rows
+  of each part in a shard and stores the counts in the shard's Parquet footer
+  (`audiocurate.parts`, `sinks.with_part_footer`); `_part` itself is not written. A segment row counts 1/segments of its recording, so a part is finished when
   the counts reach its rows whichever way recordings were cut.
 * On resume the driver reads only the footers: its memory and requests grow with the shards
   and row groups, not with the rows. Finished row groups are not read at all. Row groups that
@@ -14,72 +14,32 @@ shards' footers, never from a list of every finished id.
 * `--limit N` is the first N rows in file order, as whole row groups and one group's head.
 
 Sources with no stable partitions (a folder listing, a user's own Dataset) resume by id.
+
+This module plans; it imports the sinks (footers, written ids) and the Parquet reader (row
+groups), and neither imports it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import contract as C
+from .contract import WRITTEN_SEGMENTS
+from .sinks import FOOTER_KEY, written_ids
+from .sources.parquet import Partition, group_ids, plan_items, row_groups
+
 if TYPE_CHECKING:
     from .sinks import OutputDir
     from .sources import Source
 
-from . import contract as C
-from .contract import PART, WRITTEN_SEGMENTS
-
-FOOTER_KEY = b"audiocurate.parts"
 _EPS = 1e-6
-
-
-@dataclass(frozen=True)
-class Partition:
-    key: str
-    path: str
-    group: int  # Parquet row group
-    rows: int
-
-
-def part_key(root: str, path: str, size: int, group: int) -> str:
-    """Stable across runs for the same file, wherever the input is mounted (the path is taken
-    relative to the input's root); a file rewritten with another size gets new keys."""
-    relative = path[len(root):].lstrip("/") if root and path.startswith(root) else path
-    return f"{hashlib.sha1(f'{relative}|{size}'.encode()).hexdigest()[:16]}:{group}"
-
-
-def part_counts(table: pa.Table, segmented: bool) -> dict[str, float]:
-    """Rows of each part in `table`; in a segmented run a segment row counts 1/segments of its
-    recording (an input's own `segments` column means nothing here)."""
-    if PART not in table.column_names or not table.num_rows:
-        return {}
-    parts = table[PART].to_pylist()
-    if segmented and "segments" in table.column_names:
-        weights = [1.0 / max(n or 1, 1) for n in table["segments"].to_pylist()]
-    else:
-        weights = [1.0] * len(parts)
-    out: dict[str, float] = defaultdict(float)
-    for p, w in zip(parts, weights):
-        out[p] += w
-    return dict(out)
-
-
-def with_part_footer(table: pa.Table, segmented: bool) -> pa.Table:
-    """`table` without `_part`, its part counts in the schema metadata (the Parquet footer)."""
-    table = table.drop_columns([c for c in (WRITTEN_SEGMENTS,) if c in table.column_names])
-    if PART not in table.column_names:
-        return table
-    counts = part_counts(table, segmented)
-    table = table.drop_columns([PART])
-    meta = dict(table.schema.metadata or {})
-    meta[FOOTER_KEY] = json.dumps(counts, separators=(",", ":")).encode()
-    return table.replace_schema_metadata(meta)
 
 
 @dataclass
@@ -136,15 +96,7 @@ class ReadPlan:
 
 def partitions(source: "Source") -> list[Partition]:
     """The input's row groups in file order, from the files' footers."""
-    from .sources.parquet import open_parquet
-
-    out = []
-    for path in source.files:
-        with open_parquet(source.fs, path) as (f, pf):
-            size = f.size()
-            for g in range(pf.metadata.num_row_groups):
-                out.append(Partition(part_key(source.root, path, size, g), path, g, pf.metadata.row_group(g).num_rows))
-    return out
+    return row_groups(source.fs, source.root, source.files)
 
 
 def plan_reads(source: "Source", out: "OutputDir", splits: tuple[str, ...], *, resumed: bool,
@@ -185,7 +137,7 @@ def plan_reads(source: "Source", out: "OutputDir", splits: tuple[str, ...], *, r
     by_parent: dict[str, list[str]] = defaultdict(list)
     for sid in skip_segments:
         by_parent[sid.rsplit("@", 1)[0]].append(sid)
-    items = _items(todo)
+    items = plan_items(todo)
     for p, take in cut_off:
         ids = _group_ids(source, p)
         item = items[p.path]
@@ -197,97 +149,9 @@ def plan_reads(source: "Source", out: "OutputDir", splits: tuple[str, ...], *, r
     return ReadPlan(list(items.values()), sum(t for _, t in scope), finished, skip_segments, groups)
 
 
-def _items(todo: list[tuple[Partition, int]]) -> dict[str, dict[str, Any]]:
-    """One read-plan item per file: its row groups to read and how many rows of each."""
-    items: dict[str, dict[str, Any]] = {}
-    for p, take in todo:
-        item = items.setdefault(p.path, {"path": p.path, "groups": [], "done": [], "segments_done": []})
-        item["groups"].append({"group": p.group, "take": take, "key": p.key})
-    return items
-
-
-def whole_reads(source: "Source", files: Optional[list[str]] = None) -> list[dict[str, Any]]:
-    """The read plan of every row of `files` (all of the source's by default)."""
-    wanted = set(files or source.files)
-    return list(_items([(p, p.rows) for p in partitions(source) if p.path in wanted]).values())
-
-
-def written_ids(out: "OutputDir", shards: list[str], id_column: str, segmented: bool) -> tuple[list[str], list[str]]:
-    """(ids of input rows whose output rows are all in `shards`, segment ids of the others).
-    Unsegmented, a row is its own input row; segmented, rows name their recording (`parent_id`)
-    and how many segments it was cut into (`segments`), in every output, errors included."""
-    seen: dict[str, list[str]] = {}
-    expected: dict[str, int] = {}
-    for path in shards:
-        with out.fs.open_input_file(path) as f:
-            names = pq.ParquetFile(f).schema_arrow.names
-            segment_rows = segmented and "parent_id" in names
-            t = pq.read_table(f, columns=[id_column, *(("parent_id", "segments") if segment_rows else ())])
-        ids = pc.cast(t[id_column], pa.string()).to_pylist()
-        parents = pc.cast(t["parent_id"], pa.string()).to_pylist() if segment_rows else ids
-        totals = t["segments"].to_pylist() if segment_rows else [1] * len(ids)
-        for i, p, n in zip(ids, parents, totals):
-            p = p if p is not None else i  # a recording that failed before it was cut is its own row
-            seen.setdefault(p, []).append(i)
-            expected[p] = max(expected.get(p, 1), n or 1)
-    done = [p for p, ids in seen.items() if len(ids) >= expected[p]]
-    partial = [i for p, ids in seen.items() if len(ids) < expected[p] for i in ids]
-    return done, partial
-
-
 def _group_ids(source: "Source", p: Partition) -> list[str]:
     """The ids of one input row group (its id column only)."""
-    from .sources.parquet import open_parquet
-
-    with open_parquet(source.fs, p.path) as (_, pf):
-        return pc.cast(pf.read_row_group(p.group, columns=[source.id_column]).column(0), pa.string()).to_pylist()
-
-
-LARGE_GROUP_BYTES = 32 << 20
-"""A row group this large (decoded) is read without pre-buffering (`read_planned`'s `lean`)."""
-BATCH_BYTES = 32 << 20
-"""What one read batch holds at most, unless one row alone is larger: a batch is a block."""
-
-
-def read_planned(pf: pq.ParquetFile, item: dict[str, Any], id_column: str, batch_rows: int = 4096,
-                 release: bool = False, lean: Optional[pq.ParquetFile] = None) -> Iterator[pa.Table]:
-    """The rows of one file's plan item: its groups' first `take` rows, minus the ids done,
-    each row tagged with its part. `release`: Arrow's freed pages go back after each group.
-
-    Memory: a batch holds about `BATCH_BYTES` (one row, where a row is larger), and a group of
-    `LARGE_GROUP_BYTES` or more is read through `lean` (the same file without pre-buffering:
-    pre-buffering holds the group's whole column chunks besides the rows read from them).
-    A huge cell (a recording of hours) thus costs twice its size at most while it is read
-    (the page read and the array decoded from it) and once when handed on: the reader lets go
-    of that page only when it reads on or closes, so a group's last batch is handed on after
-    the reader is closed (`sources.parquet.row_group_batches`)."""
-    from .sources.parquet import row_group_batches
-
-    done = pa.array(item.get("done") or [], pa.string())
-    written = {d["parent"]: d["segments"] for d in item.get("segments_done") or []}
-    for g in item["groups"]:
-        group, take, key = g["group"], g["take"], g["key"]
-        meta = pf.metadata.row_group(group)
-        large = meta.total_byte_size >= LARGE_GROUP_BYTES
-        rows = max(1, min(batch_rows, int(BATCH_BYTES * meta.num_rows / max(meta.total_byte_size, 1))))
-        for batch in row_group_batches(lean if large and lean is not None else pf, group, take, rows, release=large):
-            t = pa.Table.from_batches([batch])
-            if len(done):
-                keep = pc.invert(pc.is_in(pc.cast(t[id_column], pa.string()), value_set=done))
-                if not pc.all(keep).as_py():  # filtering copies every kept cell: only when some go
-                    t = t.filter(keep)
-            if t.num_rows:
-                t = t.append_column(PART, pa.array([key] * t.num_rows, pa.string()))
-                if written:
-                    ids = pc.cast(t[id_column], pa.string()).to_pylist()
-                    t = t.append_column(WRITTEN_SEGMENTS, pa.array([written.get(i) for i in ids], pa.list_(pa.string())))
-                yield t
-            del batch, t
-        if release or large:
-            # Reading a page of long recordings held it compressed and decompressed; hand those
-            # pages back now, or they stay with Arrow's allocator while decoding (whose buffers
-            # come from another allocator) needs its own, in this worker and the next task it runs.
-            pa.default_memory_pool().release_unused()
+    return group_ids(source.fs, p, source.id_column)
 
 
 class DropWrittenSegments:

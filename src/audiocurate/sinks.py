@@ -21,7 +21,7 @@ import contextlib
 import hashlib
 import json
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from typing import Any, Iterable, Iterator, Optional
 
 import pyarrow as pa
@@ -34,12 +34,13 @@ from ray.data.datasource import Datasink
 from . import contract as C
 from . import storage
 from .config import StorageConfig
-from .resume import with_part_footer
+from .contract import PART, WRITTEN_SEGMENTS
 
 CURATED, REJECTED, ERRORS = SPLITS = ("curated", "rejected", "errors")
 STATE_DIR = "_state"
 EXPORTS_DIR = "exports"  # run-time exports (`output.formats`), one folder per format
 SUCCESS = "_SUCCESS"
+FOOTER_KEY = b"audiocurate.parts"  # a shard's rows per input row group, in its Parquet footer (`resume`)
 LEASE_NAME = "lease.json"  # in STATE_DIR: who writes this output now (lease.py)
 _TMP_PREFIX = ".tmp-"
 
@@ -221,10 +222,59 @@ class OutputDir:
     # ---- finished rows ----------------------------------------------------------------------
     def segment_progress(self, id_column: str, segmented: bool) -> tuple[list[str], list[str]]:
         """(input ids whose output rows are all written, row ids written of the others), read
-        from every shard's ids: the resume of sources without row groups (`resume.written_ids`)."""
-        from .resume import written_ids
-
+        from every shard's ids: the resume of sources without row groups (`written_ids`)."""
         return written_ids(self, [p for split in SPLITS for p in self.part_files(split)], id_column, segmented)
+
+
+def written_ids(out: "OutputDir", shards: list[str], id_column: str, segmented: bool) -> tuple[list[str], list[str]]:
+    """(ids of input rows whose output rows are all in `shards`, segment ids of the others).
+    Unsegmented, a row is its own input row; segmented, rows name their recording (`parent_id`)
+    and how many segments it was cut into (`segments`), in every output, errors included."""
+    seen: dict[str, list[str]] = {}
+    expected: dict[str, int] = {}
+    for path in shards:
+        with out.fs.open_input_file(path) as f:
+            names = pq.ParquetFile(f).schema_arrow.names
+            segment_rows = segmented and "parent_id" in names
+            t = pq.read_table(f, columns=[id_column, *(("parent_id", "segments") if segment_rows else ())])
+        ids = pc.cast(t[id_column], pa.string()).to_pylist()
+        parents = pc.cast(t["parent_id"], pa.string()).to_pylist() if segment_rows else ids
+        totals = t["segments"].to_pylist() if segment_rows else [1] * len(ids)
+        for i, p, n in zip(ids, parents, totals):
+            p = p if p is not None else i  # a recording that failed before it was cut is its own row
+            seen.setdefault(p, []).append(i)
+            expected[p] = max(expected.get(p, 1), n or 1)
+    done = [p for p, ids in seen.items() if len(ids) >= expected[p]]
+    partial = [i for p, ids in seen.items() if len(ids) < expected[p] for i in ids]
+    return done, partial
+
+
+def part_counts(table: pa.Table, segmented: bool) -> dict[str, float]:
+    """Rows of each part in `table`; in a segmented run a segment row counts 1/segments of its
+    recording (an input's own `segments` column means nothing here)."""
+    if PART not in table.column_names or not table.num_rows:
+        return {}
+    parts = table[PART].to_pylist()
+    if segmented and "segments" in table.column_names:
+        weights = [1.0 / max(n or 1, 1) for n in table["segments"].to_pylist()]
+    else:
+        weights = [1.0] * len(parts)
+    out: dict[str, float] = defaultdict(float)
+    for p, w in zip(parts, weights):
+        out[p] += w
+    return dict(out)
+
+
+def with_part_footer(table: pa.Table, segmented: bool) -> pa.Table:
+    """`table` without `_part`, its part counts in the schema metadata (the Parquet footer)."""
+    table = table.drop_columns([c for c in (WRITTEN_SEGMENTS,) if c in table.column_names])
+    if PART not in table.column_names:
+        return table
+    counts = part_counts(table, segmented)
+    table = table.drop_columns([PART])
+    meta = dict(table.schema.metadata or {})
+    meta[FOOTER_KEY] = json.dumps(counts, separators=(",", ":")).encode()
+    return table.replace_schema_metadata(meta)
 
 
 

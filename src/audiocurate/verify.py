@@ -29,8 +29,7 @@ import pyarrow.parquet as pq
 
 from . import contract as C
 from .compaction import recover, rewrite_without
-from .resume import FOOTER_KEY
-from .sinks import CURATED, ERRORS, REJECTED, SPLITS, SUCCESS, OutputDir
+from .sinks import CURATED, ERRORS, FOOTER_KEY, REJECTED, SPLITS, SUCCESS, OutputDir
 
 def _retryable_stages() -> tuple[str, ...]:
     """Stages whose errors come from a model engine, not from the row's audio (`Stage.retryable_errors`):

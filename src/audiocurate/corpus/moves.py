@@ -21,8 +21,7 @@ import pyarrow.parquet as pq
 
 from .. import contract as C
 from ..exports.hf_features import HF_METADATA_KEY
-from ..resume import FOOTER_KEY
-from ..sinks import CURATED, REJECTED, OutputDir
+from ..sinks import CURATED, FOOTER_KEY, REJECTED, OutputDir
 
 DUPLICATE_OF = "duplicate_of"
 

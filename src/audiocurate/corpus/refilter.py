@@ -12,6 +12,13 @@ transcript or score, so where the new gates let it past its old gate, it keeps i
 `drop_reason` (deciding it would need the models). A row that passes every new gate and
 reached every stage is curated; one from `rejected/` (which keeps no audio) gets its clip
 read back from OUTPUT's input, as `export --from rejected` does. errors/ rows stay errors.
+
+A segmented OUTPUT (`--profile longform`): its rows are segments, decided one by one as in the
+run (the audio filters as the segment stage placed them), a segment curated anew cut from its
+recording in OUTPUT's input. DEST is accounted per recording, as OUTPUT was and as any
+segmented run is: its input rows are OUTPUT's recordings, each in DEST's errors/ or the parent
+of its segments, every segment once (each row names its recording's segment count, which
+resume and verify read). A change to how recordings are cut (`segment.*`) is refused.
 """
 
 from __future__ import annotations
@@ -44,17 +51,39 @@ def refilter(config: PipelineConfig, output_uri: str, dest_uri: str, *, restart:
     if not run.out.is_complete():
         raise ValueError(f"{output_uri} is not a finished run (no _SUCCESS): finish it with its `audiocurate run` "
                          "command first")
-    if run.config.segment.enabled or config.segment.enabled:
-        raise ValueError("refilter of a segmented output (`--profile longform`) is not supported yet")
+    check_segments(run.config, config, output_uri)
     if dest_uri.rstrip("/") == output_uri.rstrip("/"):
         raise ValueError("DEST must be another folder than OUTPUT: OUTPUT's rows are its input")
     source = StoredRows.open(run.out, run.id_column)
+    out = OutputDir(dest_uri, config.output.storage)
+    if config.segment.enabled:
+        source.recordings = _recordings(run.out, output_uri)
+        source.dest = out
     source.input_columns = input_columns(source.columns, (run.config, config))
     check_signals(config, source, output_uri)
-    out = OutputDir(dest_uri, config.output.storage)
     with OutputLease(out, "refilter") as lease:
         return _run_held(config, source, output_uri, dest_uri, out, lease, limit=None, restart=restart,
                          retry_errors=False, echo=echo, stop_ray=stop_ray)
+
+
+def check_segments(recorded: PipelineConfig, config: PipelineConfig, output_uri: str) -> None:
+    """Refuse, naming the settings, a change to how recordings are cut: OUTPUT's rows are the
+    segments it cut, and cutting them anew needs the audio decoded and every model run again."""
+    before, now = recorded.result_fingerprint()["segment"], config.result_fingerprint()["segment"]
+    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    if changed:
+        raise ValueError(f"refilter cannot change how {output_uri}'s recordings were cut "
+                         f"({', '.join(f'segment.{k}: {before.get(k)} -> {now.get(k)}' for k in changed)}): "
+                         "its rows are those segments; run `audiocurate run` on the input instead")
+
+
+def _recordings(out: Any, output_uri: str) -> int:
+    """How many recordings a segmented OUTPUT accounted for: what its `_SUCCESS` records."""
+    count = (out.read_json("_SUCCESS") or {}).get("input")
+    if not isinstance(count, int):
+        raise ValueError(f"{output_uri}/_SUCCESS records no input count, so DEST's accounting has nothing to "
+                         "match: run OUTPUT's `audiocurate run` command again to finish it anew")
+    return count
 
 
 def new_config(recorded: PipelineConfig, profile: Optional[str], overrides: list[str]) -> PipelineConfig:

@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 from .. import contract as C
 from ..config import PipelineConfig
 from ..filters.base import Filter
-from ..sources.stored import StoredRows
+from ..sources.stored import RECORDING, StoredRows
 from .moves import DUPLICATE_OF
 
 # Where a stored row can have stopped, in pipeline order (the segment stage's filters are
@@ -29,6 +29,11 @@ def refiltered(config: PipelineConfig, source: StoredRows, skip_ids: Optional[li
     from ..runtime import apply_step, configure_dataset, row_task_args
 
     ds = source.dataset(num_cpus=config.decode.resources.num_cpus)
+    if source.segmented:  # `skip_ids` are recordings; the segments of one not finished are also skipped
+        written = source.dest.segment_progress(source.id_column, True)[1] if source.dest is not None else []
+        if skip_ids:
+            ds = apply_step(ds, drop_by_id_step(rc, RECORDING, skip_ids, None, False, name="skip_recordings"))
+        skip_ids = written
     if skip_ids:
         ds = apply_step(ds, drop_by_id_step(rc, source.id_column, skip_ids, None, False))
 
@@ -62,14 +67,15 @@ class RefilterStage:
         self._audio: Any = None
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        table = C.ensure_status(table)
+        table = C.ensure_status(table.drop_columns([c for c in (RECORDING,) if c in table.column_names]))
         if C.AUDIO not in table.column_names:
             table = table.append_column(C.AUDIO, pa.nulls(table.num_rows, C.AUDIO_TYPE))
         old = table[C.DROP_REASON].to_pylist()
         failed = pc.is_valid(table[C.ERROR_STAGE]).to_pylist()
+        uncut = _uncut_recordings(table, self.id_column)
         curated_before = [r is None and not e for r, e in zip(old, failed)]
         reasons: list[Optional[str]] = list(old)
-        pending = [i for i in range(table.num_rows) if not failed[i]]
+        pending = [i for i in range(table.num_rows) if not failed[i] and not uncut[i]]
         for stage in _STAGES:
             shown = [c for c in self.reached.get(stage, []) if c in table.column_names]
             if shown:
@@ -122,13 +128,22 @@ class RefilterStage:
 
     def _audio_reader(self) -> Any:
         if self._audio is None:
-            from ..exports.source_audio import SourceAudio
+            from ..sources.audio_by_id import SourceAudio
             from ..run_output import RunOutput
 
             run = RunOutput.open(self.output_uri)
             self._audio = SourceAudio(run.input_uri, run.config.output.storage,
                                       run.config.model_dump(mode="json"))
         return self._audio
+
+
+def _uncut_recordings(table: pa.Table, id_column: str) -> list[bool]:
+    """Rows that are a recording the segment stage did not cut (no speech found; they are
+    their own parent): no segment gate saw them in the run, so none decides them now."""
+    if "parent_id" not in table.column_names:
+        return [False] * table.num_rows
+    own = pc.equal(pc.cast(table[id_column], pa.string()), pc.cast(table["parent_id"], pa.string()))
+    return pc.fill_null(own, False).to_pylist()
 
 
 def _decide(f: Filter, table: pa.Table, rows: list[int]) -> tuple[pa.Table, list[Optional[str]]]:

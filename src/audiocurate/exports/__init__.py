@@ -176,7 +176,7 @@ def export(output_uri: str, fmt: str, dest_uri: str, *, split: str = "curated",
     todo = [p for p in parts if not exporter.done(p)]
     audio_from = None
     if split == REJECTED:
-        from .source_audio import SourceAudio
+        from ..sources.audio_by_id import SourceAudio
 
         identity = out.identity() or {}
         audio_from = SourceAudio(input_uri or identity.get("input"), storage, identity.get("config", {}))

@@ -114,7 +114,7 @@ def _players(out: OutputDir, picked: dict[str, Any], margins: dict[str, Any], co
     source = None
     if input_uri and any(o != CURATED for o in picked):
         try:
-            from ..exports.source_audio import SourceAudio
+            from ..sources.audio_by_id import SourceAudio
 
             source = SourceAudio(input_uri, config.source.storage, {"source": config.source.model_dump(mode="json")})
         except ValueError:

@@ -10,6 +10,9 @@ A Dataset the user built themselves enters through `from_dataset`.
 A source kind is one module registering its opener with `@SOURCE_FORMATS.register("name")`:
 `open(uri, fs, path, config) -> Source`; `source.format` takes every registered name. This module
 imports nothing that imports `config`, which validates `source.format` against `SOURCE_FORMATS`.
+Imports among sources point one way: the openers (`parquet_formats`, `folder`) and the audio
+fetch by id (`audio_by_id`) import this package, which imports only the Parquet reader
+(`parquet`), which imports neither; none of them imports `resume` or `sinks`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from ..core.registry import Registry
+from .errors import SourceError
 
 if TYPE_CHECKING:
     import ray
@@ -33,13 +37,9 @@ _BLOCK_ROWS = 32  # folder sources: rows per block of the listing
 # Source formats by `source.format`; each module registers its opener,
 # `open(uri, fs, path, config) -> Source`.
 SOURCE_FORMATS: Registry[Any] = Registry("source format", lazy={
-    "parquet": "audiocurate.sources.parquet", "hf_parquet": "audiocurate.sources.parquet",
-    "auto_parquet": "audiocurate.sources.parquet", "folder": "audiocurate.sources.folder",
+    "parquet": "audiocurate.sources.parquet_formats", "hf_parquet": "audiocurate.sources.parquet_formats",
+    "auto_parquet": "audiocurate.sources.parquet_formats", "folder": "audiocurate.sources.folder",
 })
-
-
-class SourceError(ValueError):
-    """The input cannot be read as configured; the message says what was found instead."""
 
 
 @dataclass
@@ -111,14 +111,13 @@ class Source:
         recording's segments stay in its block, which must stay well under Ray's block limit).
 
         One read task per Parquet file streams the row groups its plan item names (`reads`,
-        from `resume.plan_reads`; all of them by default); the blocks are then cut by rows at
-        the first file's bytes per row (a streaming split, no shuffle). The files are known
+        from `resume.plan_reads`; all of them by default: `parquet.whole_reads`); the blocks are
+        then cut by rows at the first file's bytes per row (a streaming split, no shuffle). The files are known
         already, so no listing task runs."""
         import ray
 
-        from ..resume import whole_reads
         from ..runtime import split_blocks
-        from .parquet import ParquetFileReader, open_parquet
+        from .parquet import ParquetFileReader, open_parquet, whole_reads
 
         if self.listing is not None:
             t = self.listing
@@ -126,7 +125,7 @@ class Source:
             blocks = [t.slice(i, step) for i in range(0, t.num_rows, step)] or [t]
             return ray.data.from_arrow(blocks)
         if reads is None:
-            reads = whole_reads(self, files)
+            reads = whole_reads(self.fs, self.root, files or self.files)
         if not reads:
             return ray.data.from_items([{"path": ""}]).limit(0)
         with open_parquet(self.fs, reads[0]["path"]) as (f, pf):
@@ -183,7 +182,7 @@ def from_dataset(ds: "ray.data.Dataset", config: "SourceConfig") -> Source:
                        if isinstance(t, pa.DataType)])
     from .parquet import check_schema
 
-    kind, audio_col = check_schema("the dataset", arrow, config, "auto")
+    kind, audio_col = check_schema("the dataset", arrow, config.id_column, config.audio_column, "auto")
     return DatasetSource("<dataset>", kind, config.id_column, audio_col, pafs.LocalFileSystem(), "", [], names,
                          provided=ds)
 

@@ -2,7 +2,10 @@
 rejected/ and errors/ shards, with every column the run stored, instead of audio to decode.
 
 Resumed by id (the shards of OUTPUT are not the rows' original row groups), like a folder
-listing; ids are unique already, since OUTPUT accounted for each input row once."""
+listing; ids are unique already, since OUTPUT accounted for each input row once.
+
+A segmented OUTPUT's rows are segments: its input rows are still its recordings (`count`), so
+DEST is accounted per recording, as OUTPUT was, and resumed per recording and segment."""
 
 from __future__ import annotations
 
@@ -10,11 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import contract as C
 from . import Source
 
+RECORDING = "_recording"  # a segment row's recording, while it is routed (never written)
 _ROWS_PER_READ = 1024  # a curated row carries its FLAC: a read batch stays a few MB
 
 
@@ -27,6 +32,10 @@ class StoredRows(Source):
     # The run's own input columns among the stored ones: where filters are placed, as in the run
     input_columns: list[str] = field(default_factory=list)
     replays_stored_rows: bool = True  # no model and no decoder runs on these rows (pipeline._run_held)
+    # A segmented OUTPUT: how many recordings it accounted for (its input rows), and DEST,
+    # whose segment rows written so far a resumed refilter skips (`corpus.replay.refiltered`)
+    recordings: Optional[int] = None
+    dest: Any = None
 
     @classmethod
     def open(cls, out: Any, id_column: str) -> "StoredRows":
@@ -56,6 +65,14 @@ class StoredRows(Source):
     def partitioned(self) -> bool:
         return False
 
+    @property
+    def segmented(self) -> bool:
+        return self.recordings is not None
+
+    def count(self) -> int:
+        """The input rows: OUTPUT's stored rows, or its recordings when they are segments."""
+        return self.recordings if self.recordings is not None else super().count()
+
     def dataset(self, files: Optional[list[str]] = None, num_cpus: Optional[float] = None,
                 block_bytes: int = 8 << 20, reads: Optional[list[dict[str, Any]]] = None,
                 segmented: bool = False) -> "Any":
@@ -65,20 +82,28 @@ class StoredRows(Source):
         paths = files if files is not None else self.files
         if not paths:
             return ray.data.from_items([{"path": ""}]).limit(0)
+        reader = StoredShardReader(self.fs, self.id_column if self.segmented else None)
         return ray.data.from_items([{"path": p} for p in paths], override_num_blocks=len(paths)).map_batches(
-            StoredShardReader(self.fs), batch_size=1, batch_format="pyarrow", num_cpus=num_cpus,
-            udf_modifying_row_count=True)
+            reader, batch_size=1, batch_format="pyarrow", num_cpus=num_cpus, udf_modifying_row_count=True)
 
 
 class StoredShardReader:
-    """Reads the shards named in a batch of `{path}` rows, a batch of rows at a time."""
+    """Reads the shards named in a batch of `{path}` rows, a batch of rows at a time. With
+    `id_column` (segment rows), each row also names its recording in `RECORDING`: its
+    `parent_id`, or its own id for a recording that failed before it was cut."""
 
-    def __init__(self, fs: Any):
+    def __init__(self, fs: Any, id_column: Optional[str] = None):
         self.fs = fs
+        self.id_column = id_column
 
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
         for path in batch["path"].to_pylist():
             with self.fs.open_input_file(path) as f:
                 pf = pq.ParquetFile(f)
                 for rows in pf.iter_batches(batch_size=_ROWS_PER_READ):
-                    yield pa.Table.from_batches([rows]).replace_schema_metadata(None)
+                    table = pa.Table.from_batches([rows]).replace_schema_metadata(None)
+                    if self.id_column is not None:
+                        own = pc.cast(table[self.id_column], pa.string())
+                        parent = table["parent_id"] if "parent_id" in table.column_names else own
+                        table = table.append_column(RECORDING, pc.coalesce(pc.cast(parent, pa.string()), own))
+                    yield table

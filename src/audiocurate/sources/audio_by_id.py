@@ -1,5 +1,6 @@
-"""`rejected/` keeps no audio (it is not training data): to export or listen to rejected rows,
-their clips are read back from the run's input by id and encoded as 16 kHz mono FLAC.
+"""A clip's audio fetched by id from a run's input: `rejected/` keeps no audio (it is not
+training data), so to export or listen to rejected rows (`exports`, the report's players,
+`corpus.replay`) their clips are read back from the input and encoded as 16 kHz mono FLAC.
 
 A cell is handed to the decoder as a slice of the Arrow buffer it was read into, never as a
 Python `bytes` copy: one cell can hold hours of audio (`audio.cell_buffer`)."""
@@ -56,7 +57,7 @@ class SourceAudio:
     @functools.cached_property
     def source(self) -> Any:
         """The input, opened once per process (it lists files and reads a schema)."""
-        from ..sources import open_source
+        from . import open_source
 
         return open_source(self.input_uri, self.config)
 
@@ -122,7 +123,7 @@ def _rows_with_ids(src: Any, wanted: pa.Array, max_cell_bytes: Optional[int] = N
     id, without pre-buffering, a few megabytes of rows at a time, of which only the wanted rows
     are kept. Memory: the rows kept, and a batch (one row, where a row is larger: twice it
     while its page is read)."""
-    from ..sources.parquet import audio_chunk_bytes, open_parquet, row_group_batches
+    from .parquet import audio_chunk_bytes, open_parquet, row_group_batches
 
     parts: list[pa.Table] = []
     too_large: dict[str, CellTooLarge] = {}
