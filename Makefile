@@ -70,7 +70,7 @@ demo: install
 	$(VENV)/bin/audiocurate demo out/demo
 
 test: install-test sysdeps
-	$(STEP)"running the test suite (40-50 minutes on 2 cores)"
+	$(STEP)"running the test suite (about 35 minutes on 2 cores)"
 	$(VENV)/bin/pytest -q --durations=15
 
 # Unit tests only: no Ray, no end-to-end run, no model run on real speech (tests/conftest.py
