@@ -5,8 +5,6 @@ finished by the next), and a grouped run end to end with every row accounted for
 from __future__ import annotations
 
 import io
-import json
-from collections import Counter
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +16,6 @@ from audiocurate import contract as C
 from audiocurate.config import PipelineConfig, SpeakingRateFilter
 from audiocurate.corpus.fences import outliers
 from audiocurate.filters.speaking_rate import CPS_OUTLIER, SPEECH_CPS, SpeakingRateOutliers
-from audiocurate.sinks import FOOTER_KEY
 from audiocurate.sinks import CurationSink, OutputDir
 
 # One speaker's rates, written in two blocks: the fast pair looks ordinary beside its own block's
@@ -93,14 +90,10 @@ def _output(path) -> tuple[OutputDir, list[str]]:
 
 
 def _state(out: OutputDir) -> dict:
-    cur = pa.concat_tables([pq.read_table(p) for p in out.part_files("curated")])
-    rej = pa.concat_tables([pq.read_table(p) for p in out.part_files("rejected")], promote_options="default")
-    counts: Counter = Counter()
-    for split in ("curated", "rejected"):
-        for p in out.part_files(split):
-            counts.update(json.loads(pq.read_schema(p).metadata[FOOTER_KEY]))
-    return {"curated": sorted(cur["id"].to_pylist()),
-            "rejected": sorted(zip(rej["id"].to_pylist(), rej[C.DROP_REASON].to_pylist())), "counts": dict(counts)}
+    from test_caps import _routing
+
+    curated, rejected, counts = _routing(out)
+    return {"curated": curated, "rejected": rejected, "counts": counts}
 
 
 @pytest.fixture
