@@ -124,6 +124,9 @@ MORE = {
 }
 SENTENCES = {**OTHER, **MORE}
 RESULTS = HERE / "results" / "language_id.json"
+DEFAULT = PipelineConfig.load(profile="default")
+DEFAULT_GATE = Language.configured(DEFAULT, {"id", "audio_bytes"})
+REAL_ORDER: dict[str, int] = {}
 BUCKETS = [(0, 3), (3, 6), (6, 10), (10, 1e9)]
 
 
@@ -147,6 +150,20 @@ def share(xs: list[bool]) -> float | None:
     return round(float(np.mean(xs)), 3) if xs else None
 
 
+def default_gate(row: dict, avg_logprob: float) -> str | None:
+    """The English default's `language` filter on a clip as the pipeline routes it: language ID
+    is skipped when tiny.en is confident (`asr.skip_language_id_above_avg_logprob`), and then
+    the clip has no `language_prob`."""
+    skipped = lid_skipped(avg_logprob)
+    return DEFAULT_GATE.reason({"language": "en" if skipped else row["detected"],
+                                "language_prob": None if skipped else row["prob"], "avg_logprob": avg_logprob})
+
+
+def lid_skipped(avg_logprob: float) -> bool:
+    above = DEFAULT.asr.skip_language_id_above_avg_logprob
+    return above is not None and avg_logprob >= above
+
+
 def summarize(rows: list[dict]) -> dict:
     gate = PipelineConfig.load(profile="default").filters.language  # the English default's language gate
     out = {}
@@ -167,9 +184,13 @@ def summarize(rows: list[dict]) -> dict:
                 "tiny_en_min_avg_logprob_-0.9": {
                     "english_kept": share([r["tiny_en_avg_logprob"] >= -0.9 for r in en]),
                     "other_passed": share([r["tiny_en_avg_logprob"] >= -0.9 for r in other])},
-                f"default_profile_allowed_en_min_prob_{gate.min_prob}": {
+                f"spoken_lid_allowed_en_min_prob_{gate.min_prob}": {
                     "english_kept": share([r["detected"] == "en" and r["prob"] >= gate.min_prob for r in en]),
                     "other_passed": share([r["detected"] == "en" and r["prob"] >= gate.min_prob for r in other])},
+                "default_profile": {  # the cascade: tiny.en's confidence first, language ID for the rest
+                    "english_kept": share([default_gate(r, r["tiny_en_avg_logprob"]) is None for r in en]),
+                    "other_passed": share([default_gate(r, r["tiny_en_avg_logprob"]) is None for r in other]),
+                    "english_lid_skipped": share([lid_skipped(r["tiny_en_avg_logprob"]) for r in en])},
             },
         }
     n = len(rows)
@@ -193,10 +214,10 @@ def summarize(rows: list[dict]) -> dict:
 def real_speech_rows(per_language: int) -> list[dict]:
     """Drascula's lines through the English default's language ID and `language` filter, built
     from profiles/default.yaml as the pipeline builds them."""
-    config = PipelineConfig.load(profile="default")
-    gate = Language.configured(config, {"id", "audio_bytes"})
+    config = DEFAULT
     lid = make_transcriber(FasterWhisperConfig(model=config.asr.language_id_model, language=None,
                                                threads=config.asr.threads)).model
+    tiny = make_transcriber(config.asr.model_copy(update={"language_id_model": None}))  # the default's transcriber
     clips = drascula_speech(per_language)
     rows = []
     for c in clips:
@@ -204,10 +225,13 @@ def real_speech_rows(per_language: int) -> list[dict]:
         t0 = time.perf_counter()
         probs = language_probabilities(lid, audio, config.asr.language_detection_segments)
         detected = max(probs, key=probs.__getitem__)
-        rows.append({k: c[k] for k in ("id", "language", "bucket", "duration_s")} | {
+        t1 = time.perf_counter()
+        tr = tiny.transcribe_batch([(audio * 32768.0).astype(np.int16)])[0]
+        row = {k: c[k] for k in ("id", "language", "bucket", "duration_s")} | {
             "detected": detected, "prob": probs[detected], "p_en": probs.get("en", 0.0),
-            "default_gate": gate.reason({"language": detected, "language_prob": probs[detected]}),
-            "lid_s": time.perf_counter() - t0})
+            "tiny_en_avg_logprob": tr.avg_logprob if np.isfinite(tr.avg_logprob) else -99.0,
+            "lid_s": t1 - t0, "tiny_en_s": time.perf_counter() - t1}
+        rows.append(row | {"default_gate": default_gate(row, row["tiny_en_avg_logprob"])})
         print(f"real {len(rows)}/{len(clips)} {c['id']} {c['duration_s']:.1f}s: {detected} {probs[detected]:.2f}",
               file=sys.stderr)
     return rows
@@ -215,7 +239,10 @@ def real_speech_rows(per_language: int) -> list[dict]:
 
 def summarize_real(rows: list[dict]) -> dict:
     """The real speech section: LID accuracy, the default gate, and the gate at other `min_prob`."""
-    default = PipelineConfig.load(profile="default").filters.language.min_prob
+    default = DEFAULT.filters.language.min_prob
+    for lang in {r["language"] for r in rows}:
+        for i, r in enumerate(r for r in rows if r["language"] == lang):
+            REAL_ORDER[r["id"]] = i
     langs = sorted({r["language"] for r in rows})
     en = [r for r in rows if r["language"] == "en"]
     other = [r for r in rows if r["language"] != "en"]
@@ -234,8 +261,12 @@ def summarize_real(rows: list[dict]) -> dict:
         "lid_accuracy_at_least_3s": share([r["detected"] == r["language"] for r in rows if r["duration_s"] >= 3]),
         "heard_as": {lang: dict(sorted(Counter(r["detected"] for r in rows if r["language"] == lang).items(),
                                        key=lambda kv: -kv[1])) for lang in langs},
-        f"default_gate_min_prob_{default}": {
+        "default_gate": {  # the English default as it routes: tiny.en's confidence, then language ID
             "english_kept": share([r["default_gate"] is None for r in en]),
+            "by_half": {half: {"english_kept": share([r["default_gate"] is None for r in en if half_of(r) == half]),
+                               "non_english_curated": share([r["default_gate"] is None for r in other
+                                                             if half_of(r) == half])}
+                        for half in ("dev", "held_out")},
             "english_kept_by_bucket": {b: share([r["default_gate"] is None for r in en if r["bucket"] == b])
                                        for b in buckets},
             "non_english_curated": share([r["default_gate"] is None for r in other]),
@@ -251,8 +282,24 @@ def summarize_real(rows: list[dict]) -> dict:
         "english_p_en_p5_p10_p50": [round(float(x), 3) for x in np.percentile([r["p_en"] for r in en], [5, 10, 50])]
         if en else None,
         "lid_seconds_per_clip": round(sum(r["lid_s"] for r in rows) / len(rows), 3),
+        "lid_skipped_by_tiny_en_confidence": {"english": share([lid_skipped(r["tiny_en_avg_logprob"]) for r in en]),
+                                              "non_english": share([lid_skipped(r["tiny_en_avg_logprob"]) for r in other])},
+        "lid_seconds_per_clip_with_the_skip": round(sum(r["lid_s"] for r in rows if not lid_skipped(
+            r["tiny_en_avg_logprob"])) / len(rows), 3),
+        "tiny_en_seconds_per_clip": round(sum(r["tiny_en_s"] for r in rows) / len(rows), 3),
+        "skip_at_avg_logprob": [{"above": t, "english_kept": share([r["tiny_en_avg_logprob"] >= t or passes(r, default)
+                                                                    for r in en]),
+                                 "non_english_curated": share([r["tiny_en_avg_logprob"] >= t or passes(r, default)
+                                                               for r in other])}
+                                for t in (-0.4, -0.5, -0.6, -0.7, -0.8)],
         "audio_s_per_lid_s": round(sum(r["duration_s"] for r in rows) / sum(r["lid_s"] for r in rows), 1),
     }
+
+
+def half_of(row: dict) -> str:
+    """Dev or held-out, alternating over each language's lines in the order drawn (the skip
+    threshold was set on the dev half)."""
+    return "dev" if REAL_ORDER[row["id"]] % 2 == 0 else "held_out"
 
 
 def real_speech_section(per_language: int) -> dict:

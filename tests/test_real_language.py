@@ -44,6 +44,7 @@ def test_the_english_default_rejects_real_spanish_speech_as_language_and_keeps_r
     rows = {r["id"]: r for r in TranscribeStage(config.asr, filters=placed[C.TRANSCRIBE])(table).to_pylist()}
     assert {k: (r["language"], r[C.DROP_REASON]) for k, r in rows.items()} == {
         "es": ("es", "language"), "en": ("en", None)}
-    assert rows["en"]["language_prob"] >= config.filters.language.min_prob
+    # tiny.en is sure of the English line, so language ID was skipped (tests/test_language_cascade.py)
+    assert rows["en"]["language_prob"] is None and rows["es"]["language_prob"] > 0.9
     # "It is the typical skeleton you find in the dungeons of all the games": still tiny.en's words
     assert "skeleton" in rows["en"]["transcript"].lower()

@@ -45,6 +45,20 @@ def spoken_language_detected(asr: Any) -> bool:
     return asr.language is None or bool(getattr(asr, "language_id_model", None))
 
 
+def english_trusted_above(asr: Any) -> Optional[float]:
+    """The mean token log-probability above which an English-only model's transcript is taken
+    as English without language ID (`asr.skip_language_id_above_avg_logprob`), or None."""
+    if not getattr(asr, "language_id_model", None) or asr.language != "en":
+        return None
+    return getattr(asr, "skip_language_id_above_avg_logprob", None)
+
+
+def trusted_as_english(avg_logprob: Optional[float], above: Optional[float]) -> bool:
+    """A clip the transcriber did not send to language ID (no `language_prob`) because its
+    English-only model was confident enough."""
+    return above is not None and avg_logprob is not None and avg_logprob >= above
+
+
 @FILTERS.register("language")
 class Language(Filter):
     name = "language"
@@ -57,12 +71,13 @@ class Language(Filter):
             self.allowed = {pipeline.asr.language}  # heard beside a fixed language: that one only
         self.min_prob = config.min_prob if detecting else 0.0
         self.min_avg_logprob = config.min_avg_logprob
+        self.english_above = english_trusted_above(pipeline.asr) if pipeline is not None and detecting else None
         needs = []
         if self.allowed:
             needs.append("language")
         if self.min_prob:
             needs.append("language_prob")
-        if self.min_avg_logprob is not None:
+        if self.min_avg_logprob is not None or (self.min_prob and self.english_above is not None):
             needs.append("avg_logprob")
         self.needs = tuple(needs)
 
@@ -76,7 +91,9 @@ class Language(Filter):
     def reason(self, row: Mapping[str, Any]) -> Optional[str]:
         if self.allowed is not None and row["language"] not in self.allowed:
             return LANGUAGE
-        if self.min_prob and (row["language_prob"] is None or row["language_prob"] < self.min_prob):
+        prob = row["language_prob"]
+        if self.min_prob and (prob < self.min_prob if prob is not None
+                              else not trusted_as_english(row.get("avg_logprob"), self.english_above)):
             return LANGUAGE
         if self.min_avg_logprob is not None and row["avg_logprob"] is not None and row["avg_logprob"] < self.min_avg_logprob:
             return LOW_CONFIDENCE

@@ -83,7 +83,7 @@ def gates_of(config: Any) -> list[Gate]:
     one-threshold signal gates."""
     from ..filters import FILTERS
     from ..filters.dnsmos import LOW_DNSMOS
-    from ..filters.language import LANGUAGE, LOW_CONFIDENCE, spoken_language_detected
+    from ..filters.language import LANGUAGE, LOW_CONFIDENCE, english_trusted_above, spoken_language_detected
     from ..filters.score import LOW_EDU_SCORE
     from ..filters.signal_gate import SignalGate
     from ..filters.wer import WER_ABOVE_MAX
@@ -95,8 +95,12 @@ def gates_of(config: Any) -> list[Gate]:
     if allowed is None and detecting and config.asr.language:
         allowed = {config.asr.language}  # as the filter: heard beside a fixed language, that one only
 
+    english_above = english_trusted_above(config.asr) if detecting else None
+
     def language_prob(t: Any) -> np.ndarray:
         v = column_values(t, "language_prob")
+        if english_above is not None and "avg_logprob" in t.column_names:  # no LID needed: kept at any threshold
+            v[np.isnan(v) & (column_values(t, "avg_logprob") >= english_above)] = 1.0
         if allowed is not None and LANGUAGE_COLUMN in t.column_names:  # not allowed: rejected at any threshold
             ok = pc.fill_null(pc.is_in(t[LANGUAGE_COLUMN], pa.array(sorted(allowed), pa.string())), False)
             v[~np.asarray(ok.to_numpy(zero_copy_only=False), dtype=bool)] = np.nan
@@ -109,7 +113,8 @@ def gates_of(config: Any) -> list[Gate]:
              _steps(0, 2, 0.02)),
         Gate("language probability", "language_prob", True, (lang.min_prob or None) if detecting else None,
              "filters.language.min_prob", LANGUAGE, _steps(0, 1, 0.01), null_kept=False,
-             reads=(LANGUAGE_COLUMN,), values=language_prob),
+             reads=(LANGUAGE_COLUMN, "avg_logprob") if english_above is not None else (LANGUAGE_COLUMN,),
+             values=language_prob),
         Gate("mean token log-probability", "avg_logprob", True, lang.min_avg_logprob, "filters.language.min_avg_logprob",
              LOW_CONFIDENCE, _steps(-3, 0, 0.02)),
         Gate("DNSMOS OVRL", "dnsmos_ovrl", True, f.dnsmos.min_ovrl, "filters.dnsmos.min_ovrl", LOW_DNSMOS,
