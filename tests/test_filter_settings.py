@@ -32,7 +32,7 @@ QUALITY_THRESHOLDS = {"clipping": {"max_clip_fraction": 0.01, "min_run": 3},
 def test_every_built_in_filter_with_settings_is_a_documented_section():
     sections = {name: FILTERS.get(name).settings for name in FILTERS.declared() if name != "speaking_rate"}
     sections = {name: s for name, s in sections.items() if s is not None}
-    assert set(GATES) | {"duration", "silence", "dnsmos", "language", "hallucination", "wer"} == set(sections)
+    assert set(GATES) | {"duration", "silence", "dnsmos", "language", "text_language", "hallucination", "wer"} == set(sections)
     for name, settings in sections.items():
         field = FiltersConfig.model_fields[name]
         assert field.annotation is settings, name

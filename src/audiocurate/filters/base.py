@@ -106,7 +106,7 @@ FILTERS: Registry[type[Filter]] = Registry("filter", lazy={
     "clipping": "audiocurate.filters.clipping", "noise": "audiocurate.filters.noise",
     "reverb": "audiocurate.filters.reverb", "overlap": "audiocurate.filters.overlap",
     "bandwidth": "audiocurate.filters.bandwidth",
-    "language": "audiocurate.filters.language",
+    "language": "audiocurate.filters.language", "text_language": "audiocurate.filters.text_language",
     "hallucination": "audiocurate.filters.hallucination", "speaking_rate": "audiocurate.filters.speaking_rate",
     "wer": "audiocurate.filters.wer",
     "min_score": "audiocurate.filters.score",

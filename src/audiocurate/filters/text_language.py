@@ -1,28 +1,26 @@
 """Text–audio language agreement, as OLMoASR does: for inputs that bring their own text
 (Common Voice's `sentence`, subtitles), the language that text is written in must be the
 language Whisper hears, or the pair is not a transcript of the audio (`language_mismatch`).
+The section `filters.text_language` turns it on (`enabled: true`, `text_column: sentence`).
 
 The text's language comes from py3langid (BSD-3-Clause, 97 languages, a 4.6 MB naive Bayes
-model inside the wheel; offline), loaded once per process. Enable it in a profile:
-
-    filters:
-      custom:
-        - {type: "audiocurate.filters.text_language:TextLanguageAgreement", args: {text_column: sentence}}
-
-It needs `language` from the transcribe stage, so it runs right after Whisper, before the judge;
+model inside the wheel; offline), loaded once per process. It needs `language` from the transcribe stage, so it runs right after Whisper, before the judge;
 spoken language ID (`asr.language: null` or `asr.language_id_model`) makes `language` the audio's.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import pyarrow as pa
 from pydantic import Field
 
 from ..core.settings import Settings
-from .base import Filter
+from .base import FILTERS, Filter
+
+if TYPE_CHECKING:
+    from ..config import PipelineConfig
 
 LANGUAGE_MISMATCH = "language_mismatch"
 # Whisper's codes where the ISO 639-1 code py3langid uses differs.
@@ -30,8 +28,13 @@ _TO_WHISPER = {"nb": "no", "jv": "jw"}
 
 
 class TextLanguageSettings(Settings):
-    """`TextLanguageAgreement`'s arguments (`filters.custom[].args`)."""
+    """Text–audio language agreement (`filters.text_language`): the input's own text must be in the
+    language Whisper hears, or the clip is rejected as `language_mismatch`."""
 
+    enabled: bool = Field(False, description="Identify the language of each clip's own text (`text_column`) "
+                          "and reject the clip when it is confidently another than the spoken one. Needs "
+                          "`text_column` in the input; spoken language ID (`asr.language: null`, or "
+                          "`asr.language_id_model`) makes `language` the audio's. Off by default.")
     text_column: str = Field("sentence", description="The input column with the clip's own text. A row whose "
                              "text is empty or missing is kept (nothing to compare).")
     min_chars: int = Field(12, ge=1, description="Texts shorter than this (after trimming) are not judged: "
@@ -61,22 +64,39 @@ def text_language(text: str, languages: Optional[tuple[str, ...]] = None) -> tup
     return _TO_WHISPER.get(lang, lang), float(prob)
 
 
+@FILTERS.register("text_language")
 class TextLanguageAgreement(Filter):
     """Rejects a row (`language_mismatch`) whose own text is confidently in another language than
     the one Whisper heard; measures `text_language` / `text_language_prob` for every row it sees."""
 
     name = "text_language"
+    settings = TextLanguageSettings
     measures_all = True
     produces = {"text_language": pa.string(), "text_language_prob": pa.float32()}
 
-    def __init__(self, **args: Any):
-        try:
-            self.config = TextLanguageSettings(**args)
-        except Exception as e:  # pydantic's message names the field and what is wrong with it
-            raise ValueError(f"{type(self).__name__}: {e}") from None
+    def __init__(self, config: Optional[TextLanguageSettings] = None, **args: Any):
+        """From its section (`filters.text_language`), or from keyword arguments as a filter of
+        `filters.custom` (`args`), validated the same way."""
+        if config is None:
+            try:
+                config = TextLanguageSettings(**args)
+            except Exception as e:  # pydantic's message names the field and what is wrong with it
+                raise ValueError(f"{type(self).__name__}: {e}") from None
+        elif args:
+            raise TypeError(f"{type(self).__name__}: give its settings or keyword arguments, not both")
+        self.config = config
         self.languages = tuple(self.config.languages) if self.config.languages else None
         text_identifier(self.languages)  # a wrong code fails at plan time, not in a worker
         self.needs = (self.config.text_column, "language")
+
+    @classmethod
+    def applies(cls, config: "PipelineConfig", input_columns: set[str]) -> bool:
+        column = config.filters.text_language.text_column
+        if column not in input_columns:
+            raise ValueError(f"filters.text_language is on, but its text_column {column!r} is not a column of the "
+                             f"input (columns: {', '.join(sorted(input_columns))}); set "
+                             "filters.text_language.text_column to the column with each clip's own text")
+        return True
 
     def measure(self, row: Mapping[str, Any]) -> Mapping[str, Any]:
         text = (row.get(self.config.text_column) or "").strip()
