@@ -91,10 +91,11 @@ class Language(Filter):
     def reason(self, row: Mapping[str, Any]) -> Optional[str]:
         if self.allowed is not None and row["language"] not in self.allowed:
             return LANGUAGE
-        prob = row["language_prob"]
-        if self.min_prob and (prob < self.min_prob if prob is not None
-                              else not trusted_as_english(row.get("avg_logprob"), self.english_above)):
-            return LANGUAGE
+        if self.min_prob:
+            prob = row["language_prob"]
+            if prob < self.min_prob if prob is not None else not trusted_as_english(row.get("avg_logprob"),
+                                                                                   self.english_above):
+                return LANGUAGE
         if self.min_avg_logprob is not None and row["avg_logprob"] is not None and row["avg_logprob"] < self.min_avg_logprob:
             return LOW_CONFIDENCE
         return None
