@@ -93,12 +93,12 @@ def test_restart_clears_everything_but_the_lease(tmp_path):
     root = tmp_path / "out"
     out = OutputDir(str(root))
     with OutputLease(out, "run"):
-        assert not out.has_content()  # the lease alone is not output
-        out.claim({"input": "a", "fingerprint": "1"}, restart=False)
+        assert not out.state.has_content()  # the lease alone is not output
+        out.state.claim({"input": "a", "fingerprint": "1"}, restart=False)
         (root / "curated").mkdir()
         (root / "curated" / "part-x.parquet").write_bytes(b"x")
-        assert out.has_content()
-        out.claim({"input": "b", "fingerprint": "2"}, restart=True)
+        assert out.state.has_content()
+        out.state.claim({"input": "b", "fingerprint": "2"}, restart=True)
         assert (root / LEASE).exists() and not (root / "curated").exists()
 
 

@@ -140,7 +140,7 @@ def test_resuming_across_an_engine_upgrade_is_refused(demo_run, demo_parquet):
     installed = report["engines"]["llama-cpp-python"]
     assert installed and report["engines"]["faster-whisper"] and report["engines"]["ctranslate2"]
     state = OutputDir(str(out))
-    identity = state.identity()
+    identity = state.state.identity()
     original = json.loads(json.dumps(identity))
     identity["engines"]["llama-cpp-python"] = "0.2.90"
     state.write_json("_state/run.json", identity)

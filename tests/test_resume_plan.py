@@ -205,11 +205,14 @@ def test_resume_sits_above_sinks_and_sources_and_nothing_below_imports_it():
         "import_graph", Path(__file__).resolve().parent.parent / "benchmarks" / "import_graph.py")
     graph = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(graph)
-    below = {"audiocurate.sinks", "audiocurate.sources", "audiocurate.sources.parquet", "audiocurate.sources.errors"}
+    below = {"audiocurate.sinks", "audiocurate.sources", "audiocurate.sources.parquet", "audiocurate.sources.errors",
+             "audiocurate.run_state"}
     edges = {(a, b) for a, b, _ in graph.edges(graph.modules())}
-    assert ("audiocurate.resume", "audiocurate.sinks") in edges
+    assert ("audiocurate.resume", "audiocurate.run_state") in edges
     assert ("audiocurate.resume", "audiocurate.sources.parquet") in edges
     assert not [(a, b) for a, b in edges if a in below and b == "audiocurate.resume"]
+    # the run state sits under every reader and writer of an output: it imports none of the package
+    assert not [(a, b) for a, b in edges if a == "audiocurate.run_state" and b.startswith("audiocurate")]
     # the Parquet reader imports neither the package that uses it nor the formats that open inputs
     assert not [(a, b) for a, b in edges if a == "audiocurate.sources.parquet" and b.startswith("audiocurate.sources")
                 and b != "audiocurate.sources.errors"]

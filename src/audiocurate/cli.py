@@ -352,7 +352,7 @@ def _verify(run: "RunOutput", args: argparse.Namespace) -> int:
     if verdict.ok and not verdict.marked_complete:
         print("  run the same `audiocurate run` command again to finish and mark it complete")
     if not verdict.ok and verdict.marked_complete:
-        run.out.unmark_complete()  # _SUCCESS exists only while the output is exact
+        run.state.unmark_complete()  # _SUCCESS exists only while the output is exact
         print("  removed _SUCCESS: the output is not exact")
     return 0 if verdict.ok else 1
 

@@ -28,8 +28,8 @@ import pyarrow.parquet as pq
 
 from .config import RayConfig
 from .exports.hf_features import HF_METADATA_KEY
-from .resume import read_progress
-from .sinks import FOOTER_KEY, SPLITS, STATE_DIR, OutputDir
+from .run_state import FOOTER_KEY, SPLITS, STATE_DIR, read_progress
+from .sinks import OutputDir
 
 JOURNAL = f"{STATE_DIR}/compaction"
 

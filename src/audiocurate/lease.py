@@ -27,10 +27,10 @@ import uuid
 from typing import Any, Iterator, Optional
 
 from . import storage
+from .run_state import LEASE, STATE_DIR
 
 log = logging.getLogger(__name__)
 
-LEASE = "_state/lease.json"
 DEFAULT_TTL_S = 120.0
 SETTLE_S = 0.5
 
@@ -140,7 +140,7 @@ class OutputLease:
         return self
 
     def _create_exclusive(self) -> None:
-        self.out.fs.create_dir(self.out.path("_state"), recursive=True)
+        self.out.fs.create_dir(self.out.path(STATE_DIR), recursive=True)
         self.record["renewed"] = time.time()
         # Written whole beside it, then linked into place: `link` fails if the name is taken,
         # and the lease never exists without its content (a kill leaves only the temporary file).

@@ -27,8 +27,9 @@ from .plan import ClusterShape, drop_by_id_step, plan_concurrency, plan_pipeline
 from .probe import check_engines
 from .runtime import apply_step, configure_dataset, init_ray, stop_own_ray
 from .compaction import recover as recover_compaction
-from .resume import plan_reads
-from .sinks import SPLITS, CurationSink, OutputDir
+from .resume import plan_resume
+from .run_state import RunState
+from .sinks import CurationSink, OutputDir
 from .sources import Source, from_dataset, open_source
 from .sources.ids import refuse_duplicate_ids
 
@@ -72,10 +73,6 @@ def _first_line(text: str, kind: str) -> str:
     return f"{kind}: {lines[0] if lines else ''}"[:600]
 
 
-# Written once the input's ids were found unique (sources/ids.py): the check runs once per output.
-IDS_CHECKED = "_state/ids_checked.json"
-
-
 def build(
     config: PipelineConfig,
     source: "Source | ray.data.Dataset",
@@ -92,7 +89,7 @@ def build(
 
     `source` is an opened input (`sources.open_source`) or the user's own Dataset with the
     configured id and audio columns. `skip_ids` drops finished rows (resume), `keep_ids` keeps
-    only those (`--limit`); `reads` is a Parquet source's read plan (`resume.plan_reads`),
+    only those (`--limit`); `reads` is a Parquet source's read plan (`resume.plan_resume`),
     which does both by row group instead. With `sink`, rows that fail or are rejected while decoding are
     written by it there and then, and the Dataset carries only the others."""
     if isinstance(source, ray.data.Dataset):
@@ -108,7 +105,7 @@ def _build(config: PipelineConfig, source: Source, skip_ids: Optional[list[str]]
     if getattr(source, "replays_stored_rows", False):  # `refilter`: stored rows, routed anew, no model
         from .corpus.replay import refiltered
 
-        return refiltered(config, source, skip_ids, config.ray)
+        return refiltered(config, source, skip_ids, config.ray, skip_segments)
     # Blocks of about `decode.read_block_mb` of encoded audio: a unit of work sized by bytes,
     # not rows. It bounds what a model actor answers at once (and what a crash can cost),
     # and spreads decoding over every core even when one file holds the whole input.
@@ -189,9 +186,10 @@ def _run_held(config: PipelineConfig, source: Source, input_uri: str, output_uri
         "engines": engines,
         "created": t_start,
     }
-    resumed = out.claim(identity, restart=restart)
+    state = RunState(out)
+    resumed = state.claim(identity, restart=restart)
     recover_compaction(out)  # a compaction killed mid-way is finished first: no row in two files
-    out.write_bytes(out.path("_state", "config.yaml"), config.to_yaml().encode())
+    state.record_config(config.to_yaml())
     out.clean_tmp()
     if retry_errors and resumed:
         from .verify import reopen_errors
@@ -200,21 +198,8 @@ def _run_held(config: PipelineConfig, source: Source, input_uri: str, output_uri
         echo(f"audiocurate: {reopened} error rows of engine stages reopened (--retry-errors)")
     # An input row is done when all its output rows are written (one, or each of a recording's
     # segments); the segments written of a recording that is not are skipped after it is cut anew.
-    reads = None
-    if source.partitioned:  # by row group, from the shards' footers (resume.py)
-        plan = plan_reads(source, out, SPLITS, resumed=resumed, limit=limit, segmented=config.segment.enabled)
-        reads, skip_segments, done = plan.items, plan.skip_segments, []
-        input_rows, done_in_scope, files = plan.input_rows, plan.finished_rows, None
-        keep_ids = source.first_ids(limit)[0] if limit is not None else None  # the report's scope
-        remaining = input_rows - done_in_scope if plan.remaining else 0
-        read_plan: Optional[dict[str, int]] = plan.groups
-    else:
-        keep_ids, files = source.first_ids(limit) if limit is not None else (None, None)
-        input_rows = len(keep_ids) if keep_ids is not None else source.count()
-        done, skip_segments = out.segment_progress(source.id_column, config.segment.enabled) if resumed else ([], [])
-        done_in_scope = len(set(done) & set(keep_ids)) if keep_ids is not None else len(set(done))
-        remaining = input_rows - done_in_scope
-        read_plan = None
+    plan = plan_resume(source, out, resumed=resumed, limit=limit, segmented=config.segment.enabled)
+    input_rows, done_in_scope, keep_ids = plan.input_rows, plan.finished_rows, plan.keep_ids
     bookkeeping_s = time.time() - t_book
     attempt: dict[str, Any] = {
         "id": f"{int(t_start)}-{uuid.uuid4().hex[:8]}",
@@ -224,23 +209,23 @@ def _run_held(config: PipelineConfig, source: Source, input_uri: str, output_uri
         "input_rows": input_rows,
         "limit": limit,
         "finished_before": done_in_scope,
-        "row_groups": read_plan,
+        "row_groups": plan.groups,
         "status": "running",
         "version": __version__,
     }
     echo(f"audiocurate: {source.kind} input {input_uri}: {input_rows} rows"
          + (f", {done_in_scope} already done (resuming)" if resumed else ""))
     ray_was_up = ray.is_initialized()
-    if remaining > 0:
+    if plan.remaining > 0:
         shape = init_ray(config.ray)
         attempt["ray_start_s"] = time.time() - t_start
         attempt["cluster"] = {"cpus": shape.cpus, "gpus": shape.gpus}
         attempt["pools"] = {k: v for k, v in plan_concurrency(config, shape).items()}
         models = not getattr(source, "replays_stored_rows", False)  # `refilter` loads none, and its ids are unique
-        if models and config.source.check_duplicate_ids and not out.read_json(IDS_CHECKED):
+        if models and config.source.check_duplicate_ids and not state.ids_checked():
             t_ids = time.time()
             refuse_duplicate_ids(source, config.ray)
-            out.write_json(IDS_CHECKED, {"unique": True, "input": input_uri})
+            state.mark_ids_checked(input_uri)
             attempt["duplicate_id_check_s"] = time.time() - t_ids
         if models and config.ray.probe_engines:
             t_probe = time.time()
@@ -249,21 +234,23 @@ def _run_held(config: PipelineConfig, source: Source, input_uri: str, output_uri
             attempt["probes"] = [{"stage": p.stage, "node": p.node, "cached": p.cached, "s": round(p.seconds, 3)}
                                  for p in probes]
         t_book = time.time()
-        out.unmark_complete()
-        out.record_attempt(attempt)
+        state.unmark_complete()
+        state.record_attempt(attempt)
         bookkeeping_s += time.time() - t_book
         sink = CurationSink(out, source.id_column, source.carried_columns, config.output.rows_per_shard,
                             segmented=config.segment.enabled,
                             audio_sampling_rate=16000 if config.output.audio_format == "flac16k" else None)
-        ds = build(config, source, skip_ids=done or None, keep_ids=None if reads is not None else keep_ids,
-                   files=files, shape=shape, sink=sink, skip_segments=skip_segments or None, reads=reads)
+        by_row = plan.reads is None
+        ds = build(config, source, skip_ids=plan.skip_ids or None, keep_ids=keep_ids if by_row else None,
+                   files=plan.files, shape=shape, sink=sink, skip_segments=plan.skip_segments or None,
+                   reads=plan.reads)
         t_exec = time.time()
         try:
             ds.write_datasink(sink, ray_remote_args={"num_cpus": config.ray.row_task_cpus})
         except Exception as e:
             reason = explain_failure(e, config)
             attempt.update(status="failed", finished=time.time(), error=reason)
-            out.record_attempt(attempt)
+            state.record_attempt(attempt)
             raise RunFailed(
                 f"the run stopped: {reason}\nShards finished so far are kept in {output_uri}; "
                 "run the same command again to resume."
@@ -272,7 +259,7 @@ def _run_held(config: PipelineConfig, source: Source, input_uri: str, output_uri
             signal_name = "SIGINT" if isinstance(e, KeyboardInterrupt) else f"signal {getattr(e, 'signum', '?')}"
             attempt.update(status="interrupted", finished=time.time(), error=signal_name)
             with contextlib.suppress(Exception):
-                out.record_attempt(attempt)
+                state.record_attempt(attempt)
             raise
         attempt["execute_s"] = time.time() - t_exec
         attempt["written_at_the_end"] = sink.stats  # rows settled while decoding were written there
@@ -287,7 +274,7 @@ def _run_held(config: PipelineConfig, source: Source, input_uri: str, output_uri
         t_corpus = time.time()
         if not ray.is_initialized():
             init_ray(config.ray)
-        out.unmark_complete()
+        state.unmark_complete()
         attempt["corpus"] = run_corpus_passes(out, config, source.id_column, echo)
         attempt["corpus_s"] = time.time() - t_corpus
     # Resume bookkeeping: output state, finished ids, attempt records (not the shards' own
@@ -298,7 +285,7 @@ def _run_held(config: PipelineConfig, source: Source, input_uri: str, output_uri
     attempt["wall_s"] = attempt["finished"] - t_start
     attempt["status"] = "finished"
     attempt["bookkeeping_s"] = bookkeeping_s + (time.time() - t_book)
-    out.record_attempt(attempt)
+    state.record_attempt(attempt)
     if config.output.compact_mb:
         from .compaction import compact
 
@@ -310,7 +297,7 @@ def _run_held(config: PipelineConfig, source: Source, input_uri: str, output_uri
     report = build_report(out, config, input_rows=input_rows, keep_ids=keep_ids, id_column=source.id_column,
                           input_uri=input_uri)
     if not report["accounting"]["ok"]:
-        out.unmark_complete()  # before anything else can fail: no _SUCCESS on an output that is wrong
+        state.unmark_complete()  # before anything else can fail: no _SUCCESS on an output that is wrong
     write_report(out, report, config)
     if config.output.formats and report["accounting"]["ok"]:
         from .exports import ExportOptions, export
@@ -322,7 +309,7 @@ def _run_held(config: PipelineConfig, source: Source, input_uri: str, output_uri
         write_report(out, report, config)
     if report["accounting"]["ok"]:
         lease.check()  # a writer whose lease was taken over does not mark the output complete
-        out.mark_complete({"finished": time.time(), "input": input_rows,
+        state.mark_complete({"finished": time.time(), "input": input_rows,
                            **{k: report["accounting"][k] for k in ("curated", "rejected", "errors")}})
     if stopping is not None:
         stopping.join()

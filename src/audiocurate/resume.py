@@ -1,11 +1,15 @@
-"""Resume by input partition: what is finished is known per Parquet row group, from the output
-shards' footers, never from a list of every finished id.
+"""What is left to do of a source's rows, for every source kind: one `ResumePlan`, from the
+output's progress (`run_state`) and the source.
+
+By partition (Parquet inputs), from the output shards' footers, never from a list of every
+finished id:
 
 * Every row read from a Parquet input carries `_part`, its row group's key (the file's path
   and size, and the group's index; `sources.parquet.read_planned`). The sink counts the rows
   of each part in a shard and stores the counts in the shard's Parquet footer
-  (`audiocurate.parts`, `sinks.with_part_footer`); `_part` itself is not written. A segment row counts 1/segments of its recording, so a part is finished when
-  the counts reach its rows whichever way recordings were cut.
+  (`audiocurate.parts`, `sinks.with_part_footer`); `_part` itself is not written. A segment row
+  counts 1/segments of its recording, so a part is finished when the counts reach its rows
+  whichever way recordings were cut.
 * On resume the driver reads only the footers: its memory and requests grow with the shards
   and row groups, not with the rows. Finished row groups are not read at all. Row groups that
   were being worked on when the run stopped are read with the ids already written, taken from
@@ -13,69 +17,107 @@ shards' footers, never from a list of every finished id.
   parallel, per file, never through one actor.
 * `--limit N` is the first N rows in file order, as whole row groups and one group's head.
 
-Sources with no stable partitions (a folder listing, a user's own Dataset) resume by id.
+By id, sources with no stable partitions (a folder listing, a user's own Dataset, a finished
+output's stored rows for `refilter`): the ids every shard holds, and the first N ids for `--limit`.
 
-This module plans; it imports the sinks (footers, written ids) and the Parquet reader (row
+This module plans; it imports the run state (footers, written ids) and the Parquet reader (row
 groups), and neither imports it.
 """
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+import pyarrow.fs as pafs
 
 from . import contract as C
 from .contract import WRITTEN_SEGMENTS
-from .sinks import FOOTER_KEY, written_ids
+from .run_state import SPLITS, OutputFiles, Progress, RunState, read_progress, written_ids
 from .sources.parquet import Partition, group_ids, plan_items, row_groups
-
-if TYPE_CHECKING:
-    from .sinks import OutputDir
-    from .sources import Source
 
 _EPS = 1e-6
 
 
+class Source(Protocol):
+    """What a plan needs of a source (`sources.Source` and its kinds), named here so this module
+    stays below the sources and the sinks."""
+
+    id_column: str
+    fs: pafs.FileSystem
+    root: str
+    files: list[str]
+
+    @property
+    def partitioned(self) -> bool: ...
+    def count(self) -> int: ...
+    def first_ids(self, n: int) -> tuple[list[str], list[str]]: ...
+
+
 @dataclass
-class Progress:
-    """What the output's footers say: rows written per part, and which shards hold each part."""
+class ResumePlan:
+    """One attempt's scope and what of it is done, in the unit the source resumes by: row
+    groups (`reads`, a Parquet source) or rows (`skip_ids`, every other source).
 
-    written: dict[str, float] = field(default_factory=dict)
-    shards: dict[str, list[str]] = field(default_factory=dict)
-    unpartitioned_shards: list[str] = field(default_factory=list)
-    rows: dict[str, int] = field(default_factory=dict)  # rows in each shard, by path
+    `done`, `partial` and `left` count that unit: finished, cut off mid-way (some of its output
+    rows written: a row group's rows, a recording's segments), untouched."""
+
+    unit: str  # "row group" or "row"
+    input_rows: int  # rows in scope (all, or the first N)
+    finished_rows: int  # of those, finished before this attempt
+    done: int
+    partial: int
+    left: int
+    skip_segments: list[str] = field(default_factory=list)  # segments written of recordings not finished
+    keep_ids: Optional[list[str]] = None  # `--limit`: the ids in scope (the report's scope too)
+    reads: Optional[list[dict[str, Any]]] = None  # by row group: per file, the groups to read and ids done
+    skip_ids: list[str] = field(default_factory=list)  # by row: the input rows finished
+    files: Optional[list[str]] = None  # by row with `--limit`: the files that hold the scope
+    groups: Optional[dict[str, int]] = None  # by row group: as recorded in the attempt (`row_groups`)
+
+    @property
+    def remaining(self) -> int:
+        """Rows of the scope still to process."""
+        if self.reads is not None and not self.reads:
+            return 0
+        return max(0, self.input_rows - self.finished_rows)
 
 
-def read_progress(out: "OutputDir", splits: tuple[str, ...]) -> Progress:
-    from concurrent.futures import ThreadPoolExecutor
+def plan_resume(source: Source, out: OutputFiles, *, resumed: bool, limit: Optional[int] = None,
+                segmented: bool = False) -> ResumePlan:
+    """What this attempt reads of `source` into `out`: everything, unless `resumed` (the output
+    holds an unfinished run of the same configuration and input), and then what is not done."""
+    if source.partitioned:
+        return _by_row_group(source, out, resumed=resumed, limit=limit, segmented=segmented)
+    return _by_row(source, out, resumed=resumed, limit=limit, segmented=segmented)
 
-    def footer(path: str) -> tuple[dict[bytes, bytes], int]:
-        with out.fs.open_input_file(path) as f:
-            pf = pq.ParquetFile(f)
-            return pf.schema_arrow.metadata or {}, pf.metadata.num_rows
 
-    progress = Progress()
-    written: dict[str, float] = defaultdict(float)
-    paths = [p for split in splits for p in out.part_files(split)]
-    # Footers are independent small reads: on object storage, their latency is what costs.
-    with ThreadPoolExecutor(max_workers=32) as pool:
-        footers = list(pool.map(footer, paths))
-    for path, (meta, rows) in zip(paths, footers):
-        progress.rows[path] = rows
-        if FOOTER_KEY not in meta:
-            progress.unpartitioned_shards.append(path)
-            continue
-        for key, n in json.loads(meta[FOOTER_KEY]).items():
-            written[key] += n
-            progress.shards.setdefault(key, []).append(path)
-    progress.written = dict(written)
-    return progress
+def _by_row_group(source: Source, out: OutputFiles, *, resumed: bool, limit: Optional[int],
+                  segmented: bool) -> ResumePlan:
+    plan = plan_reads(source, out, SPLITS, resumed=resumed, limit=limit, segmented=segmented)
+    g = plan.groups
+    return ResumePlan(
+        unit="row group", input_rows=plan.input_rows, finished_rows=plan.finished_rows, done=g["finished"],
+        partial=g["cut_off"], left=g["in_scope"] - g["finished"] - g["cut_off"], skip_segments=plan.skip_segments,
+        keep_ids=source.first_ids(limit)[0] if limit is not None else None, reads=plan.items, groups=g)
+
+
+def _by_row(source: Source, out: OutputFiles, *, resumed: bool, limit: Optional[int],
+            segmented: bool) -> ResumePlan:
+    keep_ids, files = source.first_ids(limit) if limit is not None else (None, None)
+    input_rows = len(keep_ids) if keep_ids is not None else source.count()
+    done, skip_segments = RunState(out).segment_progress(source.id_column, segmented) if resumed else ([], [])
+    scope = set(keep_ids) if keep_ids is not None else None
+    done_in_scope = len(set(done) & scope) if scope is not None else len(set(done))
+    partial = {sid.rsplit("@", 1)[0] for sid in skip_segments}
+    partial_in_scope = len(partial & scope) if scope is not None else len(partial)
+    return ResumePlan(
+        unit="row", input_rows=input_rows, finished_rows=done_in_scope, done=done_in_scope,
+        partial=partial_in_scope, left=max(0, input_rows - done_in_scope - partial_in_scope),
+        skip_segments=skip_segments, keep_ids=keep_ids, skip_ids=done, files=files)
 
 
 @dataclass
@@ -94,13 +136,14 @@ class ReadPlan:
         return bool(self.items) and self.finished_rows < self.input_rows
 
 
-def partitions(source: "Source") -> list[Partition]:
+def partitions(source: Source) -> list[Partition]:
     """The input's row groups in file order, from the files' footers."""
     return row_groups(source.fs, source.root, source.files)
 
 
-def plan_reads(source: "Source", out: "OutputDir", splits: tuple[str, ...], *, resumed: bool,
+def plan_reads(source: Source, out: OutputFiles, splits: tuple[str, ...], *, resumed: bool,
                limit: Optional[int] = None, segmented: bool = False) -> ReadPlan:
+    """A Parquet source's reads by row group (`plan_resume`'s half for partitioned sources)."""
     scope: list[tuple[Partition, int]] = []
     left = limit
     every = partitions(source)
@@ -149,7 +192,7 @@ def plan_reads(source: "Source", out: "OutputDir", splits: tuple[str, ...], *, r
     return ReadPlan(list(items.values()), sum(t for _, t in scope), finished, skip_segments, groups)
 
 
-def _group_ids(source: "Source", p: Partition) -> list[str]:
+def _group_ids(source: Source, p: Partition) -> list[str]:
     """The ids of one input row group (its id column only)."""
     return group_ids(source.fs, p, source.id_column)
 

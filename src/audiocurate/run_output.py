@@ -13,7 +13,8 @@ from typing import Any, Optional
 import yaml
 
 from .config import PipelineConfig, StorageConfig
-from .sinks import STATE_DIR, OutputDir
+from .run_state import RUN, RunState
+from .sinks import OutputDir
 
 
 class NotARunOutput(ValueError):
@@ -31,14 +32,19 @@ class RunOutput:
         """`storage` reaches OUTPUT (it is not known before OUTPUT is read); the recorded
         configuration's storage then reaches the run's input."""
         out = OutputDir(uri, storage)
-        identity = out.identity()
+        identity = RunState(out).identity()
         if identity is None:
-            raise NotARunOutput(f"{uri} holds no audiocurate run (no {STATE_DIR}/run.json)")
-        raw = out.read_bytes(out.path(STATE_DIR, "config.yaml"))
+            raise NotARunOutput(f"{uri} holds no audiocurate run (no {RUN})")
+        raw = RunState(out).recorded_config()
         config = PipelineConfig.model_validate(yaml.safe_load(raw)) if raw else PipelineConfig()
         if storage is not None and storage != config.output.storage:
             config = config.model_copy(update={"output": config.output.model_copy(update={"storage": storage})})
         return cls(out, config, identity)
+
+    @property
+    def state(self) -> RunState:
+        """The output's run record: identity, attempts, `_SUCCESS`, progress."""
+        return RunState(self.out)
 
     @property
     def uri(self) -> str:
@@ -54,7 +60,7 @@ class RunOutput:
 
     @property
     def last_attempt(self) -> dict[str, Any]:
-        attempts = self.out.attempts()
+        attempts = self.state.attempts()
         return attempts[-1] if attempts else {}
 
     @property

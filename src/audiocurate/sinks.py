@@ -1,6 +1,6 @@
-"""Where rows end up: `curated/`, `rejected/`, `errors/`, and the output's own state.
+"""Where rows end up: `curated/`, `rejected/`, `errors/`, written as whole shards.
 
-Resume is built on the output's record of finished ids rather than `ray.data.checkpoint`:
+Resume is built on the output's record of finished rows rather than `ray.data.checkpoint`:
 Ray's checkpointing is exact (two-phase commit) only for a single file datasink, and falls
 back to at-least-once writes for any other sink. We write three outputs from one streaming
 dataset, so we make each shard file its own commit instead:
@@ -8,11 +8,12 @@ dataset, so we make each shard file its own commit instead:
 * a shard's name is a hash of the ids it holds, so a retried write task rewrites the same
   file rather than adding a second copy;
 * a shard appears atomically (rename on local disks, a single PUT on object stores);
-* on start, the ids in committed shards are finished and are skipped.
+* a shard's footer counts its rows per input partition (`with_part_footer`), which is what
+  `run_state.read_progress` reads back on start: finished rows are skipped.
 
 A run killed at any moment therefore leaves whole shards only, and the next run completes
-exactly what is missing. `_state/` holds the run's identity (config fingerprint, input), its
-attempts, and `_SUCCESS` marks a complete output.
+exactly what is missing. The run's own record (identity, attempts, `_SUCCESS`, progress) is
+`run_state`'s; `OutputDir` only reads and writes the folder's files.
 """
 
 from __future__ import annotations
@@ -35,14 +36,9 @@ from . import contract as C
 from . import storage
 from .config import StorageConfig
 from .contract import PART, WRITTEN_SEGMENTS
-
-CURATED, REJECTED, ERRORS = SPLITS = ("curated", "rejected", "errors")
-STATE_DIR = "_state"
-EXPORTS_DIR = "exports"  # run-time exports (`output.formats`), one folder per format
-SUCCESS = "_SUCCESS"
-FOOTER_KEY = b"audiocurate.parts"  # a shard's rows per input row group, in its Parquet footer (`resume`)
-LEASE_NAME = "lease.json"  # in STATE_DIR: who writes this output now (lease.py)
-_TMP_PREFIX = ".tmp-"
+from .run_state import (  # noqa: F401  (the output's layout: importable from here too, as before)
+    CURATED, ERRORS, FOOTER_KEY, REJECTED, SPLITS, STATE_DIR, SUCCESS, TMP_PREFIX, OutputExistsError, RunState,
+)
 
 # The curated output's leading columns, in this order; every other column follows.
 LEADING = ["audio", "transcript", "edu_score", "edu_score_mean", "edu_probs", "judge_model",
@@ -52,12 +48,9 @@ LEADING = ["audio", "transcript", "edu_score", "edu_score_mean", "edu_probs", "j
 TRAILING = ["decode_s", "asr_s", "judge_s"]
 
 
-class OutputExistsError(RuntimeError):
-    """OUTPUT holds the result of another configuration or input."""
-
-
 class OutputDir:
-    """An output folder (local or object storage) and its state."""
+    """An output folder (local or object storage): its files, written whole or not at all.
+    Its run record is `state` (`run_state.RunState`)."""
 
     def __init__(self, uri: str, storage_config: StorageConfig | None = None):
         self.uri = uri
@@ -70,23 +63,10 @@ class OutputDir:
     def part_files(self, split: str) -> list[str]:
         infos = self.fs.get_file_info(pafs.FileSelector(self.path(split), allow_not_found=True))
         return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
-                      and not i.base_name.startswith(_TMP_PREFIX))
+                      and not i.base_name.startswith(TMP_PREFIX))
 
     def exists(self, path: str) -> bool:
         return self.fs.get_file_info(path).type == pafs.FileType.File
-
-    def has_content(self) -> bool:
-        """Anything in the folder but the lease of the process that is about to write it."""
-        info = self.fs.get_file_info(self.root)
-        if info.type != pafs.FileType.Directory:
-            return False
-        for i in self.fs.get_file_info(pafs.FileSelector(self.root, recursive=False)):
-            if i.base_name != STATE_DIR:
-                return True
-            inside = self.fs.get_file_info(pafs.FileSelector(i.path, recursive=False))
-            if any(j.base_name != LEASE_NAME for j in inside):
-                return True
-        return False
 
     # ---- files ------------------------------------------------------------------------------
     def write_bytes(self, path: str, data: bytes) -> None:
@@ -108,7 +88,7 @@ class OutputDir:
         store's multipart upload, closed after an error, would publish the part written."""
         parent, name = path.rsplit("/", 1)
         self.fs.create_dir(parent, recursive=True)
-        tmp = f"{parent}/{_TMP_PREFIX}{uuid.uuid4().hex}-{name}"
+        tmp = f"{parent}/{TMP_PREFIX}{uuid.uuid4().hex}-{name}"
         try:
             with self.fs.open_output_stream(tmp, compression=None) as f:
                 yield f
@@ -138,115 +118,15 @@ class OutputDir:
         for split in (*SPLITS, STATE_DIR):
             infos = self.fs.get_file_info(pafs.FileSelector(self.path(split), allow_not_found=True))
             for i in infos:
-                if i.base_name.startswith(_TMP_PREFIX):
+                if i.base_name.startswith(TMP_PREFIX):
                     self.fs.delete_file(i.path)
                     removed += 1
         return removed
 
-    def clear(self) -> None:
-        """Delete everything this tool writes in the folder (for `--restart`)."""
-        for sub in (*SPLITS, EXPORTS_DIR):
-            if self.fs.get_file_info(self.path(sub)).type == pafs.FileType.Directory:
-                self.fs.delete_dir(self.path(sub))
-        state = self.fs.get_file_info(pafs.FileSelector(self.path(STATE_DIR), allow_not_found=True))
-        for i in state:  # all but the lease this process holds
-            if i.base_name == LEASE_NAME:
-                continue
-            if i.type == pafs.FileType.Directory:
-                self.fs.delete_dir(i.path)
-            else:
-                self.fs.delete_file(i.path)
-        for name in (SUCCESS, "report.json", "report.html"):
-            if self.fs.get_file_info(self.path(name)).type == pafs.FileType.File:
-                self.fs.delete_file(self.path(name))
-
-    # ---- run state --------------------------------------------------------------------------
-    def identity(self) -> Optional[dict[str, Any]]:
-        return self.read_json(f"{STATE_DIR}/run.json")
-
-    def claim(self, identity: dict[str, Any], *, restart: bool) -> bool:
-        """Bind this output to a configuration and input; True when resuming a run of them.
-
-        A different configuration or input is refused; `restart` deletes what we wrote and
-        starts over. A non-empty folder we did not write is never touched."""
-        if self.has_content() and self._has_foreign_files():
-            raise OutputExistsError(
-                f"{self.uri} holds files audiocurate did not write; choose an empty or new folder"
-            )
-        existing = self.identity()
-        if restart:
-            self.clear()
-        elif existing is not None:
-            diffs = _differences(existing, identity)
-            if diffs:
-                raise OutputExistsError(
-                    f"{self.uri} holds the result of a different run ({'; '.join(diffs[:6])}). "
-                    "Use another OUTPUT, or pass --restart to delete it and start over."
-                )
-            return True
-        elif self.has_content():
-            raise OutputExistsError(
-                f"{self.uri} holds output with no run state; pass --restart to clear it"
-            )
-        self.write_json(f"{STATE_DIR}/run.json", identity)
-        return False
-
-    def _has_foreign_files(self) -> bool:
-        ours = {*SPLITS, STATE_DIR, SUCCESS, "report.json", "report.html", EXPORTS_DIR}
-        infos = self.fs.get_file_info(pafs.FileSelector(self.root))
-        return any(i.base_name not in ours for i in infos)
-
-    def record_attempt(self, attempt: dict[str, Any]) -> None:
-        self.write_json(f"{STATE_DIR}/attempts/{attempt['id']}.json", attempt)
-
-    def attempts(self) -> list[dict[str, Any]]:
-        infos = self.fs.get_file_info(pafs.FileSelector(self.path(STATE_DIR, "attempts"), allow_not_found=True))
-        out = []
-        for i in infos:
-            if i.type == pafs.FileType.File and i.base_name.endswith(".json") and not i.base_name.startswith(_TMP_PREFIX):
-                raw = self.read_bytes(i.path)
-                if raw:
-                    out.append(json.loads(raw))
-        return sorted(out, key=lambda a: a.get("started", 0))
-
-    def is_complete(self) -> bool:
-        return self.fs.get_file_info(self.path(SUCCESS)).type == pafs.FileType.File
-
-    def mark_complete(self, summary: dict[str, Any]) -> None:
-        self.write_json(SUCCESS, summary)
-
-    def unmark_complete(self) -> None:
-        if self.is_complete():
-            self.fs.delete_file(self.path(SUCCESS))
-
-    # ---- finished rows ----------------------------------------------------------------------
-    def segment_progress(self, id_column: str, segmented: bool) -> tuple[list[str], list[str]]:
-        """(input ids whose output rows are all written, row ids written of the others), read
-        from every shard's ids: the resume of sources without row groups (`written_ids`)."""
-        return written_ids(self, [p for split in SPLITS for p in self.part_files(split)], id_column, segmented)
-
-
-def written_ids(out: "OutputDir", shards: list[str], id_column: str, segmented: bool) -> tuple[list[str], list[str]]:
-    """(ids of input rows whose output rows are all in `shards`, segment ids of the others).
-    Unsegmented, a row is its own input row; segmented, rows name their recording (`parent_id`)
-    and how many segments it was cut into (`segments`), in every output, errors included."""
-    seen: dict[str, list[str]] = {}
-    expected: dict[str, int] = {}
-    for path in shards:
-        with out.fs.open_input_file(path) as f:
-            names = pq.ParquetFile(f).schema_arrow.names
-            segment_rows = segmented and "parent_id" in names
-            t = pq.read_table(f, columns=[id_column, *(("parent_id", "segments") if segment_rows else ())])
-        ids = pc.cast(t[id_column], pa.string()).to_pylist()
-        parents = pc.cast(t["parent_id"], pa.string()).to_pylist() if segment_rows else ids
-        totals = t["segments"].to_pylist() if segment_rows else [1] * len(ids)
-        for i, p, n in zip(ids, parents, totals):
-            p = p if p is not None else i  # a recording that failed before it was cut is its own row
-            seen.setdefault(p, []).append(i)
-            expected[p] = max(expected.get(p, 1), n or 1)
-    done = [p for p, ids in seen.items() if len(ids) >= expected[p]]
-    partial = [i for p, ids in seen.items() if len(ids) < expected[p] for i in ids]
-    return done, partial
+    @property
+    def state(self) -> RunState:
+        """The run recorded in this folder: identity, attempts, `_SUCCESS`, progress."""
+        return RunState(self)
 
 
 def part_counts(table: pa.Table, segmented: bool) -> dict[str, float]:
@@ -401,19 +281,6 @@ def _add_stats(stats: dict[str, Any], split: str, part: pa.Table) -> None:
 def _merge_stats(total: dict[str, Any], s: dict[str, Any]) -> None:
     for k, v in s.items():
         total[k].update(v)
-
-
-def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if key in ("created",):
-            continue
-        if isinstance(a, dict) and isinstance(b, dict):
-            out.extend(_differences(a, b, f"{prefix}{key}."))
-        elif a != b:
-            out.append(f"{prefix}{key}: {a!r} before, {b!r} now")
-    return out
 
 
 def _json_default(o: Any) -> Any:

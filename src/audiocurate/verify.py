@@ -29,7 +29,8 @@ import pyarrow.parquet as pq
 
 from . import contract as C
 from .compaction import recover, rewrite_without
-from .sinks import CURATED, ERRORS, FOOTER_KEY, REJECTED, SPLITS, SUCCESS, OutputDir
+from .run_state import CURATED, ERRORS, FOOTER_KEY, REJECTED, SPLITS, RunState
+from .sinks import OutputDir
 
 def _retryable_stages() -> tuple[str, ...]:
     """Stages whose errors come from a model engine, not from the row's audio (`Stage.retryable_errors`):
@@ -122,7 +123,7 @@ def scope_ids(source: Any, limit: Optional[int]) -> Iterator[list[str]]:
 
 
 def verify(out: OutputDir, source: Any, id_column: str, limit: Optional[int]) -> Verdict:
-    v = Verdict(marked_complete=out.exists(out.path(SUCCESS)))
+    v = Verdict(marked_complete=RunState(out).is_complete())
     row_h, key_h, seg_key_h, seg_n = [], [], [], []
     for split, path in _shards(out):
         try:
@@ -239,7 +240,7 @@ def remove_duplicates(out: OutputDir, source: Any, id_column: str) -> int:
     uniq, counts = np.unique(np.concatenate(all_h), return_counts=True)
     dup = set(uniq[counts > 1].tolist())
     if dup:
-        out.unmark_complete()  # first: a repair cut short leaves no _SUCCESS on an inexact output
+        RunState(out).unmark_complete()  # first: a repair cut short leaves no _SUCCESS on an inexact output
     removed = 0
     groups = _row_groups(source) if dup else []
     for (split, path, t), h in zip(first_pass, all_h):
@@ -262,7 +263,7 @@ def reopen_errors(out: OutputDir, source: Any, id_column: str, stages: Optional[
     """Remove the error rows of `stages` (the retryable ones) so that the next run processes them again."""
     stages = stages or _retryable_stages()
     recover(out)
-    out.unmark_complete()  # first: a reopening cut short leaves no _SUCCESS on an output missing rows
+    RunState(out).unmark_complete()  # first: a reopening cut short leaves no _SUCCESS on an output missing rows
     reopened = 0
     groups = _row_groups(source)
     for path in out.part_files(ERRORS):

@@ -48,7 +48,7 @@ def refilter(config: PipelineConfig, output_uri: str, dest_uri: str, *, restart:
     from ..sinks import OutputDir
 
     run = RunOutput.open(output_uri, config.output.storage)
-    if not run.out.is_complete():
+    if not run.state.is_complete():
         raise ValueError(f"{output_uri} is not a finished run (no _SUCCESS): finish it with its `audiocurate run` "
                          "command first")
     check_segments(run.config, config, output_uri)
@@ -58,7 +58,6 @@ def refilter(config: PipelineConfig, output_uri: str, dest_uri: str, *, restart:
     out = OutputDir(dest_uri, config.output.storage)
     if config.segment.enabled:
         source.recordings = _recordings(run.out, output_uri)
-        source.dest = out
     source.input_columns = input_columns(source.columns, (run.config, config))
     check_signals(config, source, output_uri)
     with OutputLease(out, "refilter") as lease:

@@ -23,14 +23,16 @@ REFILTER_STAGE = "refilter"
 
 
 def refiltered(config: PipelineConfig, source: StoredRows, skip_ids: Optional[list[str]],
-               rc: Any) -> Any:
-    """The refilter's Dataset: stored rows, finished ones skipped (resume), routed anew."""
+               rc: Any, skip_segments: Optional[list[str]] = None) -> Any:
+    """The refilter's Dataset: stored rows, finished ones skipped (resume), routed anew;
+    segmented, `skip_ids` are recordings and `skip_segments` the segments written of the others
+    (`resume.plan_resume`)."""
     from ..plan import drop_by_id_step, placed_filters
     from ..runtime import apply_step, configure_dataset, row_task_args
 
     ds = source.dataset(num_cpus=config.decode.resources.num_cpus)
     if source.segmented:  # `skip_ids` are recordings; the segments of one not finished are also skipped
-        written = source.dest.segment_progress(source.id_column, True)[1] if source.dest is not None else []
+        written = skip_segments or []
         if skip_ids:
             ds = apply_step(ds, drop_by_id_step(rc, RECORDING, skip_ids, None, False, name="skip_recordings"))
         skip_ids = written

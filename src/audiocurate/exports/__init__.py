@@ -104,9 +104,9 @@ def run_id_column(out: "OutputDir") -> str:
     `_state/config.yaml`; the run's identity where that is missing; else `id`)."""
     import yaml
 
-    raw = out.read_bytes(out.path("_state", "config.yaml"))
+    raw = out.state.recorded_config()
     recorded = yaml.safe_load(raw) if raw else None
-    source = (recorded or {}).get("source") or ((out.identity() or {}).get("config") or {}).get("source") or {}
+    source = (recorded or {}).get("source") or ((out.state.identity() or {}).get("config") or {}).get("source") or {}
     return str(source.get("id_column") or "id")
 
 
@@ -178,7 +178,7 @@ def export(output_uri: str, fmt: str, dest_uri: str, *, split: str = "curated",
     if split == REJECTED:
         from ..sources.audio_by_id import SourceAudio
 
-        identity = out.identity() or {}
+        identity = out.state.identity() or {}
         audio_from = SourceAudio(input_uri or identity.get("input"), storage, identity.get("config", {}))
     echo(f"audiocurate: export {fmt} of {split}/ ({sum(p.rows for p in parts)} clips in {len(parts)} shards, "
          f"{len(parts) - len(todo)} already exported) to {dest_uri}")

@@ -41,7 +41,7 @@ class HuggingFaceExport(Exporter):
                 f"# Curated speech\n\n{clips} clips curated by audiocurate: 16 kHz audio, Whisper transcripts, "
                 "educational-value scores (`edu_score` 1-5) and quality columns.\n")
         if self.run is not None:
-            card += curation_card(self.run.read_json("report.json"), (self.run.identity() or {}).get("config"))
+            card += curation_card(self.run.read_json("report.json"), (self.run.state.identity() or {}).get("config"))
         self.dest.write_bytes(self.dest.path("README.md"), card.encode())
         return {"data_files": "data/*.parquet"}
 

@@ -39,14 +39,14 @@ def build_report(
                     whatif.add(split, t, path)
     accounted = sum(tally.rows[s] for s in SPLITS)
     dups, in_scope = tally.duplicates_and_parents()
-    attempts = out.attempts()
+    attempts = out.state.attempts()
     finished = [a for a in attempts if a.get("status") == "finished"]
     wall_s = float(sum(a.get("wall_s", 0.0) for a in finished))
     audio_total = float(sum(tally.audio_s.values()))
     report: dict[str, Any] = {
         "output": out.uri,
         "input": input_uri,
-        "engines": (out.identity() or {}).get("engines", {}),
+        "engines": (out.state.identity() or {}).get("engines", {}),
         "accounting": {
             "input": input_rows,
             CURATED: tally.rows[CURATED],

@@ -32,14 +32,12 @@ class StoredRows(Source):
     # The run's own input columns among the stored ones: where filters are placed, as in the run
     input_columns: list[str] = field(default_factory=list)
     replays_stored_rows: bool = True  # no model and no decoder runs on these rows (pipeline._run_held)
-    # A segmented OUTPUT: how many recordings it accounted for (its input rows), and DEST,
-    # whose segment rows written so far a resumed refilter skips (`corpus.replay.refiltered`)
+    # A segmented OUTPUT: how many recordings it accounted for (its input rows)
     recordings: Optional[int] = None
-    dest: Any = None
 
     @classmethod
     def open(cls, out: Any, id_column: str) -> "StoredRows":
-        from ..sinks import SPLITS
+        from ..run_state import SPLITS
 
         splits = {path: split for split in SPLITS for path in out.part_files(split)}
         columns: dict[str, None] = {}
