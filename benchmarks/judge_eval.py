@@ -315,7 +315,8 @@ def _judge_with_processor(config: Any, texts: list[str], languages: list[Optiona
 
     from audiocurate import contract as C
     from audiocurate.judge import JudgeScore
-    from audiocurate.judge.processors import apply_processor_judge
+    from audiocurate.plan import judge_steps
+    from audiocurate.runtime import apply_steps
 
     table = pa.table({"id": [str(i) for i in range(len(texts))], "transcript": texts, "language": languages,
                       **{col: pa.nulls(len(texts), typ) for col, typ in C.STATUS_COLUMNS.items()}})
@@ -324,7 +325,7 @@ def _judge_with_processor(config: Any, texts: list[str], languages: list[Optiona
 
         init_ray(config.ray)
     t0 = time.perf_counter()
-    rows = apply_processor_judge(ray.data.from_arrow(table), config, 1).take_all()
+    rows = apply_steps(ray.data.from_arrow(table), judge_steps(config, 1)).take_all()
     seconds = time.perf_counter() - t0
     by_id = {r["id"]: r for r in rows}
     out = []

@@ -95,7 +95,7 @@ class FlakyJudge:
 
 def flaky_judge_stage(tokens: str, failures):
     """`stages.JudgeStage` with its engine replaced by a `FlakyJudge`, named as it is (Ray names
-    actors by class name), for `judge.backends.apply_judge_stage` in a real run."""
+    actors by class name), for the planner's judge step in a real run."""
     from audiocurate.stages import JudgeStage
 
     return type("JudgeStage", (JudgeStage,), {"judge": _LoadedOnce(lambda stage: FlakyJudge(tokens, failures))})

@@ -168,6 +168,14 @@ def test_row_faults_are_the_rows(results):
 
 
 # ---- real runs on a local Ray ---------------------------------------------------------------
+def judge_stage_in_place(monkeypatch, stage: type) -> None:
+    """`stage` (a `stages.JudgeStage` of a test engine) as the stage the planner gives an actor judge."""
+    from audiocurate import plan
+
+    planned = plan.engine_stage
+    monkeypatch.setattr(plan, "engine_stage", lambda section: stage if section == "judge" else planned(section))
+
+
 @pytest.fixture
 def flaky_judge(monkeypatch, tmp_path, ray_local):
     """Puts a `FlakyJudge` in place of the judge's engine for the runs of this test; returns a
@@ -175,7 +183,6 @@ def flaky_judge(monkeypatch, tmp_path, ray_local):
     import ray
 
     from audiocurate.config import RayConfig
-    from audiocurate.judge.backends import apply_judge_stage, judge_backend
     from audiocurate.runtime import init_ray
 
     init_ray(RayConfig(num_cpus=2, progress=False))  # an earlier module may have stopped the session's Ray
@@ -183,10 +190,7 @@ def flaky_judge(monkeypatch, tmp_path, ray_local):
     tokens = tmp_path / "tokens"
 
     def install(failures):
-        stage = crashing_engine.flaky_judge_stage(str(tokens), failures)
-        monkeypatch.setattr(judge_backend("llama_cpp"), "apply", classmethod(
-            lambda cls, ds, config, concurrency, cpu_scale=1.0: apply_judge_stage(stage, ds, config, concurrency,
-                                                                                  cpu_scale)))
+        judge_stage_in_place(monkeypatch, crashing_engine.flaky_judge_stage(str(tokens), failures))
         return tokens
 
     return install
@@ -341,7 +345,8 @@ def ray_with_token(ray_local, monkeypatch):
 def test_the_http_judge_authenticates_and_sends_no_request_for_settled_rows(ray_with_token):
     import ray
 
-    from audiocurate.judge.processors import apply_processor_judge
+    from audiocurate.plan import judge_steps
+    from audiocurate.runtime import apply_steps
 
     server = StandInServer()
     try:
@@ -351,7 +356,7 @@ def test_the_http_judge_authenticates_and_sends_no_request_for_settled_rows(ray_
                   "error": "not audio", "drop_reason": None},
                  {"id": "quiet", "transcript": "never sent: quiet", "error_stage": None, "error": None,
                   "drop_reason": "silence"}]
-        ds = apply_processor_judge(ray.data.from_items(rows), http_config(server.url), 1)
+        ds = apply_steps(ray.data.from_items(rows), judge_steps(http_config(server.url), 1))
         assert TOKEN.encode() not in ray.cloudpickle.dumps(ds)
         out = {r["id"]: r for r in ds.take_all()}
     finally:
@@ -370,7 +375,6 @@ def test_retry_errors_runs_the_rows_an_engine_refused_again_and_only_those(monke
                                                                            ray_local):
     import ray
 
-    from audiocurate.judge.backends import apply_judge_stage, judge_backend
     from audiocurate.pipeline import run
 
     ray.cloudpickle.register_pickle_by_value(crashing_engine)
@@ -381,10 +385,7 @@ def test_retry_errors_runs_the_rows_an_engine_refused_again_and_only_those(monke
     assert 0 < refused < n  # some rows, not all
     flag = tmp_path / "refusing"
     flag.touch()
-    stage = crashing_engine.picky_judge_stage(str(flag), marker)
-    monkeypatch.setattr(judge_backend("llama_cpp"), "apply", classmethod(
-        lambda cls, ds, config, concurrency, cpu_scale=1.0: apply_judge_stage(stage, ds, config, concurrency,
-                                                                              cpu_scale)))
+    judge_stage_in_place(monkeypatch, crashing_engine.picky_judge_stage(str(flag), marker))
     out = tmp_path / "out"
     config = fast_config(**{"output.rows_per_shard": 2, "judge.resources.batch_size": 2})
     first = run(config, path, str(out), echo=lambda s: None)

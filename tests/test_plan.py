@@ -139,3 +139,59 @@ def test_steps_get_only_their_own_columns_and_filters():
     assert "wer" in plan.stage("transcribe").produces  # the WER filter runs with Whisper
     assert "wer" not in plan.stage("decode").produces and "wer" not in plan.stage("select").produces
     assert plan.stage("package").needs == ("id", C.PCM) and plan.stage("package").produces == (C.AUDIO,)
+
+
+def test_model_steps_are_plain_specs_built_from_what_each_backend_declares():
+    """An actor backend is its section's engine stage (a class, built once per actor from the
+    config section, the placed filters and the engine-fault settings); a task backend is the
+    stage it names; a processor judge is a `processor` step that builds its `ray.data.llm`
+    processor where it is applied, then the task that scores its answers."""
+    from audiocurate.judge.processors import ProcessorJudgeResultStage, judge_processor
+    from audiocurate.stages import JudgeStage, TranscribeStage
+
+    config = PipelineConfig.load(overrides=["filters.wer.max_wer=0.5", "ray.engine_fault_retries=4",
+                                            "ray.engine_fault_backoff_s=0.5", "judge.resources.concurrency=[1, 3]"])
+    plan = _plan(config, ClusterShape(8, 0))
+    asr, judge = plan.stage(C.TRANSCRIBE), plan.stage(C.JUDGE)
+    assert asr.how == judge.how == "map_batches" and asr.fn is TranscribeStage and judge.fn is JudgeStage
+    assert asr.constructor_kwargs["config"] is config.asr and judge.constructor_kwargs["config"] is config.judge
+    assert [f.name for f in asr.constructor_kwargs["filters"]] == [f.name for f in placed_filters_at_transcribe(config)]
+    assert "wer" in [f.name for f in asr.constructor_kwargs["filters"]] and "filters" not in judge.constructor_kwargs
+    for step in (asr, judge):
+        assert step.constructor_kwargs["engine_fault_retries"] == 4
+        assert step.constructor_kwargs["engine_fault_backoff_s"] == 0.5
+        assert step.args["batch_format"] == "pyarrow" and step.args["batch_size"] is None
+    assert asr.pool == Pool("actors", 8) and judge.pool == Pool("actors", (1, 3))
+    assert asr.needs == (C.PCM,) and judge.needs == ("transcript",)
+
+    bare = PipelineConfig.load(overrides=["asr.backend=none", "asr.text_column=sentence", "judge.backend=none",
+                                          "ray.row_task_cpus=0.15"])
+    plan = _plan(bare, ClusterShape(8, 0))
+    asr, judge = plan.stage(C.TRANSCRIBE), plan.stage(C.JUDGE)
+    assert type(asr.fn).__name__ == "ExistingTranscriptStage" and asr.fn.config is bare.asr
+    assert type(judge.fn).__name__ == "NoJudgeStage"
+    assert asr.pool is None and judge.pool is None and asr.constructor_kwargs == {}
+    assert asr.args["num_cpus"] == judge.args["num_cpus"] == 0.15
+
+    served = PipelineConfig.load(overrides=["judge.backend=http", "judge.url=http://127.0.0.1:9/v1/completions",
+                                            "judge.model=served-model", "judge.resources.concurrency=2"])
+    plan = _plan(served, ClusterShape(8, 0))
+    assert [s.name for s in plan.stages][-4:] == [C.JUDGE, "judge_scores", "select", "package"]
+    processor, scores = plan.stage(C.JUDGE), plan.stage("judge_scores")
+    assert processor.how == "processor" and processor.fn is judge_processor
+    assert processor.constructor_kwargs == {"config": served, "concurrency": 2} and processor.pool == Pool("actors", 2)
+    assert isinstance(scores.fn, ProcessorJudgeResultStage) and scores.fn.model_name == "served-model"
+    assert scores.produces == tuple(C.JUDGE_COLUMNS) and processor.needs == ("transcript",)
+
+
+def placed_filters_at_transcribe(config: PipelineConfig):
+    from audiocurate.plan import placed_filters
+
+    return placed_filters(config, INPUT)[C.TRANSCRIBE]
+
+
+def test_a_backend_that_reads_one_transcript_per_row_is_refused_for_segments_at_plan_time():
+    config = PipelineConfig.load(profile="longform", overrides=["asr.backend=none", "asr.text_column=sentence"])
+    with pytest.raises(ValueError, match="asr.backend none reads one transcript per input row; it cannot "
+                                         r"transcribe the segments of a recording \(segment.enabled\)"):
+        _plan(config, ClusterShape(2, 0))

@@ -157,3 +157,22 @@ def test_a_local_ray_gives_workers_the_configured_environment_and_stops_in_the_b
     finally:
         if not ray.is_initialized():
             init_ray(RayConfig(num_cpus=2, progress=False))  # the session's Ray, for later tests
+
+
+def test_a_processor_step_is_built_where_it_is_applied_and_its_steps_follow_in_order(ray_local):
+    """`how="processor"`: the step's function builds a Dataset -> Dataset processor (a
+    `ray.data.llm` one in a run) from its constructor arguments when `apply_step` runs it."""
+    from audiocurate.plan import StageSpec
+    from audiocurate.runtime import apply_steps
+
+    built = []
+
+    def build(offset):
+        built.append(offset)
+        return lambda ds: ds.map_batches(lambda b: {"id": b["id"] + offset}, batch_format="numpy")
+
+    steps = [StageSpec("add", build, how="processor", constructor_kwargs={"offset": 10}),
+             StageSpec("double", lambda b: {"id": b["id"] * 2}, args={"batch_format": "numpy"})]
+    ds = apply_steps(ray.data.range(3), steps)
+    assert built == [10]  # built once, while the Dataset is assembled
+    assert sorted(r["id"] for r in ds.take_all()) == [20, 22, 24]

@@ -434,3 +434,45 @@ def test_a_filter_out_of_memory_fails_the_block_even_on_one_row():
 
     with pytest.raises(EngineFault, match=r"select: filter hungry: .*\(MemoryError: cannot allocate"):
         SelectStage([Hungry()])(pa.table({"id": ["a", "b"], "transcript": ["short", "long"]}))
+
+
+def test_engine_stages_create_their_engine_from_the_registry_when_a_row_needs_it_and_anew_after_reset(monkeypatch):
+    from typing import Literal
+
+    from audiocurate.core.registry import Registered
+    from audiocurate.engines import Engine
+    from audiocurate.judge import JudgeScore
+    from audiocurate.judge.backends import JUDGE_BACKENDS, ActorJudge
+    from audiocurate.judge.none import NoJudgeConfig
+    from audiocurate.judge.settings import JudgeSettings
+
+    loads = []
+
+    class CountingJudgeConfig(JudgeSettings):
+        backend: Literal["counting"] = "counting"
+
+    class CountingJudge(ActorJudge):
+        model_name = "counting"
+
+        def __init__(self, config, profile):
+            loads.append((type(config).__name__, profile.name))
+
+        def score_batch(self, texts, languages=None):
+            return [JudgeScore(3, 3.0, [0.0, 0.0, 1.0, 0.0, 0.0]) for _ in texts]
+
+    monkeypatch.setitem(JUDGE_BACKENDS._entries, "counting", Registered(
+        "counting", CountingJudge, CountingJudgeConfig, Engine("counting judge", (), False, "nothing")))
+    stage = JudgeStage(CountingJudgeConfig(profile="smollm2-135m-edu"))
+    assert stage.engine_name == "counting judge" and loads == []
+    settled = pa.table({"id": ["a"], "transcript": ["x"], C.DROP_REASON: ["silence"]})
+    assert stage(settled).to_pylist()[0]["judge_model"] is None and loads == []  # nothing to judge: no load
+    table = pa.table({"id": ["a", "b"], "transcript": ["x", "y"], C.DROP_REASON: [None, None]})
+    assert [r["judge_model"] for r in stage(table).to_pylist()] == ["counting", "counting"]
+    stage(table)
+    assert loads == [("CountingJudgeConfig", "smollm2-135m-edu")]  # once per stage, with the section's profile
+    stage.reset_engine()  # what an engine fault does before the next try
+    stage(table)
+    assert len(loads) == 2
+    # a backend that runs as a task has no engine to load inside a judge actor
+    with pytest.raises(ValueError, match="judge.backend 'none' runs as a task, not inside a judge actor"):
+        JudgeStage(NoJudgeConfig()).judge

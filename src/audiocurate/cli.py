@@ -167,7 +167,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 # Ray's notes that are no news to a user of this command line: restart and retry limits have no
-# named parameter in Ray 2.60 (runtime.actor_args), and a small input cannot keep every planned
+# named parameter in Ray 2.60 (plan.actor_stage_args), and a small input cannot keep every planned
 # actor (or a task per core of decode) busy. Silenced by the CLI, which owns the process; a
 # library caller sees them.
 _NO_NEWS = (".*ray_remote_args.*is deprecated", "The minimum number of concurrent actors",

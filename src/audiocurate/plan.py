@@ -36,13 +36,13 @@ class ClusterShape:
 
     @classmethod
     def current(cls) -> "ClusterShape":
-        """The shape of the Ray cluster this process is connected to."""
+        """The shape of the Ray cluster this process is connected to (nodes: those alive that
+        can run tasks, as `runtime.cpu_nodes` counts them)."""
         import ray
 
-        from .runtime import cpu_nodes
-
         res = ray.cluster_resources()
-        return cls(float(res.get("CPU", 0.0)), float(res.get("GPU", 0.0)), max(len(cpu_nodes()), 1))
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0)
+        return cls(float(res.get("CPU", 0.0)), float(res.get("GPU", 0.0)), max(nodes, 1))
 
 
 @dataclass(frozen=True)
@@ -62,23 +62,23 @@ class Pool:
 class StageSpec:
     """One step of the pipeline, as data.
 
-    `how` says how it is applied: `map_batches` (`fn`, a batch UDF instance or a class built
-    once per actor from `constructor_kwargs`), `split_blocks` (cut blocks into `args`'
-    `rows_per_block`), or `backend` (`fn` is an ASR or judge backend, applied by its own
-    `apply(ds, *backend_args)`; `args` and `pool` say what it reserves). `args` are the
-    `map_batches` keyword arguments besides `compute`, which `pool` gives; `object_store_kwargs`
-    name constructor arguments that travel through Ray's object store, one copy per node.
-    `needs` are the columns the step reads; `needs_settings` names the setting behind a
-    column a user chose (`source.id_column`), for the error when it is missing."""
+    `how` says how `runtime.apply_step` applies it: `map_batches` (`fn`, a batch UDF instance,
+    or a class built once per actor from `constructor_kwargs`), `split_blocks` (cut blocks into
+    `args`' `rows_per_block`), or `processor` (`fn(**constructor_kwargs)` builds a
+    `ray.data.llm` processor, which brings its own pools; `args` and `pool` record what it was
+    built to reserve). `args` are the `map_batches` keyword arguments besides `compute`, which
+    `pool` gives; `object_store_kwargs` name constructor arguments that travel through Ray's
+    object store, one copy per node. `needs` are the columns the step reads; `needs_settings`
+    names the setting behind a column a user chose (`source.id_column`), for the error when it
+    is missing."""
 
     name: str
     fn: Any
-    how: Literal["map_batches", "split_blocks", "backend"] = "map_batches"
+    how: Literal["map_batches", "split_blocks", "processor"] = "map_batches"
     constructor_kwargs: dict[str, Any] = field(default_factory=dict)
     object_store_kwargs: tuple[str, ...] = ()
     args: dict[str, Any] = field(default_factory=dict)
     pool: Optional[Pool] = None
-    backend_args: tuple[Any, ...] = ()
     needs: tuple[str, ...] = ()
     needs_settings: dict[str, str] = field(default_factory=dict)
     produces: tuple[str, ...] = ()
@@ -262,12 +262,10 @@ def plan_pipeline(config: PipelineConfig, shape: ClusterShape, *, columns: Seque
     already written (resume of a folder's or your Dataset's segmented run). With `sink`, rows
     that settle while decoding are written by it there and then. Raises `MissingColumnError`
     where a step needs a column it would not have."""
-    from .asr import ASR_BACKENDS
-    from .judge.backends import judge_backend
     from .resume import DropWrittenSegments
     from .segment.stage import SegmentStage
     from .sinks import SettledRowsStage
-    from .stages import DecodeStage, JudgeStage, PackageStage, SelectStage, TranscribeStage
+    from .stages import DecodeStage, PackageStage, SelectStage
 
     rc = config.ray
     pools = plan_concurrency(config, shape)
@@ -322,16 +320,11 @@ def plan_pipeline(config: PipelineConfig, shape: ClusterShape, *, columns: Seque
         steps.append(StageSpec("split", None, how="split_blocks",
                                args={"rows_per_block": config.asr.resources.batch_size,
                                      "num_cpus": rc.row_task_cpus}))
-    steps.append(_backend_step(C.TRANSCRIBE, ASR_BACKENDS.get(config.asr.backend), config, "asr",
-                               (config, placed[C.TRANSCRIBE], list(columns), pools["asr"], scale),
-                               pools["asr"], scale, TranscribeStage.needs,
-                               {**C.asr_columns(config.asr), **_filter_columns(placed[C.TRANSCRIBE])}))
+    steps.append(transcribe_step(config, placed[C.TRANSCRIBE], pools["asr"], scale))
     if segmented:  # the rest of them, transcribed again for their recording's fences
         step = drop_written_segments("drop_written_segments", settled_only=False)
         steps.extend([step] if step else [])
-    steps.append(_backend_step(C.JUDGE, judge_backend(config.judge.backend), config, "judge",
-                               (config, pools["judge"], scale), pools["judge"], scale, JudgeStage.needs,
-                               C.JUDGE_COLUMNS))
+    steps.extend(judge_steps(config, pools["judge"], scale))
     # Select is fused into packaging's task (the same arguments), which encodes curated FLAC.
     select = SelectStage(placed[C.SELECT])
     steps.append(StageSpec(C.SELECT, select, args={**_PYARROW, **row_stage_args(rc)},
@@ -374,34 +367,92 @@ def _filter_columns(filters: Iterable[Filter]) -> dict[str, pa.DataType]:
     return out
 
 
-def _backend_step(name: str, backend: Any, config: PipelineConfig, section_name: str, backend_args: tuple[Any, ...],
-                  size: PoolSize, scale: float, actor_needs: Sequence[str],
-                  produces: Mapping[str, pa.DataType]) -> StageSpec:
-    """A model stage as its backend runs it (`runs_as`): an actor pool of the stage (Whisper,
-    llama.cpp), a `ray.data.llm` processor with its own pool (vLLM, HTTP), or a task (`none`).
-    A backend may declare the columns it reads (`needs`); an actor or processor reads what
-    its stage does, and a backend whose section names an input column (`text_column`) that."""
-    runs_as = backend.runs_as
+# ---- the model stages, from what their backends declare -----------------------------------
+
+def transcribe_step(config: PipelineConfig, filters: Sequence[Filter], size: PoolSize,
+                    cpu_scale: float = 1.0) -> StageSpec:
+    """The transcribe step, with the filters placed there, as `asr.backend` runs (`runs_as`):
+    `stages.TranscribeStage` in a pool of `size` actors, or the backend's own `stage` as a task."""
+    from .asr import ASR_BACKENDS
+
+    backend = ASR_BACKENDS.get(config.asr.backend)
+    if config.segment.enabled and not getattr(backend, "segments", True):
+        raise ValueError(f"asr.backend {config.asr.backend} reads one transcript per input row; it cannot transcribe "
+                         "the segments of a recording (segment.enabled)")
+    produces = {**C.asr_columns(config.asr), **_filter_columns(filters)}
+    return _model_step(C.TRANSCRIBE, "asr", backend, config, list(filters), size, cpu_scale, tuple(produces),
+                       {"batch_format": "pyarrow"})
+
+
+def judge_steps(config: PipelineConfig, size: PoolSize, cpu_scale: float = 1.0) -> list[StageSpec]:
+    """The judge's steps, as `judge.backend` runs (`runs_as`): `stages.JudgeStage` in a pool of
+    `size` actors, the backend's own `stage` as a task, or a `ray.data.llm` processor with its
+    own pool of `size` followed by the task that turns its answers into the judge's columns.
+    Also what applies a judge alone (`runtime.apply_steps(ds, judge_steps(config, 1))`)."""
+    from .judge.backends import judge_backend
+
+    backend = judge_backend(config.judge.backend)
+    if backend.runs_as != "processor":
+        return [_model_step(C.JUDGE, "judge", backend, config, None, size, cpu_scale, tuple(C.JUDGE_COLUMNS),
+                            _PYARROW)]
+    from .judge.processors import ProcessorJudgeResultStage, judge_processor, processor_judge_model
+
+    res = config.judge.resources
+    processor = StageSpec(C.JUDGE, judge_processor, how="processor",
+                          constructor_kwargs={"config": config, "concurrency": size},
+                          args={"num_cpus": res.num_cpus, "num_gpus": res.num_gpus or None,
+                                "batch_size": res.batch_size},
+                          pool=Pool("actors", size), needs=_backend_needs(backend, config.judge, ()),
+                          needs_settings=_chosen_columns(config.judge, "judge"))
+    scores = ProcessorJudgeResultStage(config, processor_judge_model(config))
+    return [processor, StageSpec("judge_scores", scores, args={**_PYARROW, "num_cpus": config.ray.row_task_cpus},
+                                 produces=tuple(C.JUDGE_COLUMNS))]
+
+
+def _model_step(name: str, section_name: str, backend: Any, config: PipelineConfig,
+                filters: Optional[list[Filter]], size: PoolSize, cpu_scale: float, produces: tuple[str, ...],
+                format_args: dict[str, Any]) -> StageSpec:
+    """A model stage as its backend runs it: an `actor` backend inside the section's engine
+    stage (`stages.TranscribeStage`, `stages.JudgeStage`: they create the engine from the
+    registry in each actor), a `task` backend as the stage it names (`backend.stage`)."""
     rc = config.ray
     section = getattr(config, section_name)
-    needs = tuple(getattr(backend, "needs", ()) or ())
-    settings: dict[str, str] = {}
-    if not needs and runs_as in ("actor", "processor"):
-        needs = tuple(actor_needs)
+    settings = _chosen_columns(section, section_name)
+    given = {"filters": filters} if filters is not None else {}
+    if backend.runs_as == "actor":
+        stage = engine_stage(section_name)
+        return StageSpec(name, stage, constructor_kwargs={
+            "config": section, **given, "engine_fault_retries": rc.engine_fault_retries,
+            "engine_fault_backoff_s": rc.engine_fault_backoff_s},
+            args={**format_args, **actor_stage_args(rc, section.resources, cpu_scale)}, pool=Pool("actors", size),
+            needs=_backend_needs(backend, section, stage.needs), needs_settings=settings, produces=produces)
+    if backend.runs_as == "task":
+        task = backend.stage(section, **given)
+        return StageSpec(name, task, args={"batch_format": "pyarrow", **row_stage_args(rc)},
+                         needs=_backend_needs(backend, section, task.needs), needs_settings=settings,
+                         produces=produces)
+    raise ValueError(f"{section_name}.backend {section.backend!r} runs as {backend.runs_as!r}; "
+                     f"the {name} step runs an actor or a task backend")
+
+
+def engine_stage(section_name: str) -> type:
+    """The stage an `actor` backend of the section runs inside, once per actor."""
+    from .stages import JudgeStage, TranscribeStage
+
+    return {"asr": TranscribeStage, "judge": JudgeStage}[section_name]
+
+
+def _backend_needs(backend: Any, section: Any, stage_needs: Sequence[str]) -> tuple[str, ...]:
+    """The columns a model step reads: those its backend declares (`needs`), else its stage's,
+    and an input column its section names (`text_column`)."""
+    needs = tuple(getattr(backend, "needs", ()) or stage_needs)
     text_column = getattr(section, "text_column", None)
-    if text_column:
-        needs += (text_column,)
-        settings[text_column] = f"{section_name}.text_column"
-    if runs_as == "actor":
-        args, pool = actor_stage_args(rc, section.resources, scale), Pool("actors", size)
-    elif runs_as == "processor":
-        res = section.resources
-        args = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus or None, "batch_size": res.batch_size}
-        pool = Pool("actors", size)
-    else:
-        args, pool = row_stage_args(rc), None
-    return StageSpec(name, backend, how="backend", backend_args=backend_args, args=args, pool=pool,
-                     needs=needs, needs_settings=settings, produces=tuple(produces))
+    return needs + (text_column,) if text_column and text_column not in needs else needs
+
+
+def _chosen_columns(section: Any, section_name: str) -> dict[str, str]:
+    text_column = getattr(section, "text_column", None)
+    return {text_column: f"{section_name}.text_column"} if text_column else {}
 
 
 def check_needs(steps: Sequence[StageSpec], input_columns: Iterable[str]) -> None:

@@ -11,15 +11,14 @@ import logging
 import os
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterable, Iterator, Optional
 
 import ray
 
-from .config import RayConfig, StageResources
-from .plan import (ClusterShape, Pool, StageSpec, actor_cpu_scale, actor_stage_args, plan_concurrency,
-                   row_stage_args)
+from .config import RayConfig
+from .plan import ClusterShape, Pool, StageSpec, actor_cpu_scale, plan_concurrency, row_stage_args
 
-__all__ = ["ClusterShape", "actor_cpu_scale", "plan_concurrency", "actor_args", "row_task_args", "apply_step",
+__all__ = ["ClusterShape", "actor_cpu_scale", "plan_concurrency", "row_task_args", "apply_step", "apply_steps",
            "init_ray", "configure_dataset", "split_blocks", "stop_own_ray"]
 
 
@@ -169,8 +168,12 @@ def split_blocks(ds: "ray.data.Dataset", rows_per_block: int, num_cpus: float) -
 
     Ray's streaming repartition only slices blocks, yet its tasks reserve a whole CPU, and
     `repartition` takes no resource arguments: on a one-CPU node beside model actors it waits
-    forever (a rerun after a node loss did). Its logical operator carries `ray_remote_args`;
-    they are set here (tested in test_runtime, so a Ray upgrade that moves them is caught)."""
+    forever (a rerun after a node loss did). Ray 2.60 has no public setting for it: a
+    `map_batches` step cannot cut its output by rows (its output blocks are packed up to
+    `target_max_block_size` bytes), and Ray fuses a repartition into the map before it only
+    where that map reserves a whole CPU too (a missing `num_cpus` counts as 1). So the one
+    patch of Ray's internals left is here: the logical operator's `ray_remote_args` (tested in
+    test_runtime, so a Ray upgrade that moves them is caught)."""
     ds = ds.repartition(target_num_rows_per_block=rows_per_block)
     op = ds._logical_plan.dag
     if hasattr(op, "ray_remote_args"):
@@ -192,18 +195,12 @@ def compute_strategy(pool: Pool) -> Any:
     return ray.data.ActorPoolStrategy(size=int(pool.size))
 
 
-def actor_args(config: RayConfig, res: StageResources, concurrency: Union[int, tuple[int, int]],
-               cpu_scale: float = 1.0) -> dict[str, Any]:
-    """`map_batches` arguments for an actor stage (`plan.actor_stage_args`), its pool included."""
-    return {"compute": compute_strategy(Pool("actors", concurrency)), **actor_stage_args(config, res, cpu_scale)}
-
-
 def apply_step(ds: "ray.data.Dataset", step: StageSpec) -> "ray.data.Dataset":
     """One planned step (`plan.StageSpec`) on the Dataset."""
     if step.how == "split_blocks":
         return split_blocks(ds, step.args["rows_per_block"], step.args["num_cpus"])
-    if step.how == "backend":
-        return step.fn.apply(ds, *step.backend_args)
+    if step.how == "processor":  # a `ray.data.llm` processor, built here, brings its own pools
+        return step.fn(**step.constructor_kwargs)(ds)
     args = dict(step.args)
     if step.pool is not None:
         args["compute"] = compute_strategy(step.pool)
@@ -213,3 +210,10 @@ def apply_step(ds: "ray.data.Dataset", step: StageSpec) -> "ray.data.Dataset":
             kwargs[name] = [ray.put(kwargs[name])] if kwargs[name] is not None else None
         args["fn_constructor_kwargs"] = kwargs
     return ds.map_batches(step.fn, **args)
+
+
+def apply_steps(ds: "ray.data.Dataset", steps: Iterable[StageSpec]) -> "ray.data.Dataset":
+    """Planned steps, in order, on the Dataset."""
+    for step in steps:
+        ds = apply_step(ds, step)
+    return ds

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -23,13 +23,17 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from . import contract as C
+from .asr import ASR_BACKENDS
 from .audio import (AudioDecodeError, AudioInput, ClipTooLong, DecodedAudio, PcmSink, SinkError, cell_buffer,
                     decode_audio, encode_flac)
 from .config import AsrConfig, DecodeConfig, JudgeConfig, OutputConfig
+from .core.registry import Registry
 from .core.stage import ModelStage, Outcome, Stage
 from .engines import CrashWitness, engine_of
 from .filters.audio import TOO_LONG, decode_measures, rejected_on_measures
 from .filters.base import Filter
+from .judge.backends import JUDGE_BACKENDS
+from .judge.profile import load_judge_profile
 
 if TYPE_CHECKING:
     from .asr import Transcriber
@@ -183,7 +187,49 @@ class DecodeStage(Stage):
         return C.drop_settled_pcm(table) if self.filters else table
 
 
-class TranscribeStage(ModelStage):
+class EngineStage(ModelStage):
+    """A model stage whose engine is the backend its config section names (`asr.backend`,
+    `judge.backend`), created from that section's registry once per Ray actor, with the first
+    block that has a row for it: blocks of rows already settled pass without waiting for a
+    model. A restarted actor whose engine died from a signal says so (`engines.CrashWitness`)
+    instead of loading it again. A subclass names its section, its registry and the attribute
+    its engine is loaded into (`engine_attribute`, a `loaded_engine()`)."""
+
+    section: ClassVar[str] = ""
+    registry: ClassVar[Registry[Any]]
+
+    def __init__(self, config: Any, filters: Sequence[Filter] = (), *, engine_fault_retries: int = 2,
+                 engine_fault_backoff_s: float = 1.0):
+        super().__init__(config.resources.batch_size, filters, engine_fault_retries=engine_fault_retries,
+                         engine_fault_backoff_s=engine_fault_backoff_s)
+        self.config = config
+        self.crash_witness = CrashWitness(self.section, config.backend)
+        self.crash_witness.arm()
+
+    @property
+    def engine_name(self) -> str:
+        return engine_of(self.section, self.config.backend).name
+
+    def engine_args(self) -> tuple[Any, ...]:
+        """What the backend's class is called with."""
+        return (self.config,)
+
+    def create_engine(self) -> Any:
+        backend = self.registry.get(self.config.backend)
+        runs_as = getattr(backend, "runs_as", "actor")
+        if runs_as != "actor":
+            raise ValueError(f"{self.section}.backend {self.config.backend!r} runs as a {runs_as}, "
+                             f"not inside a {self.name} actor")
+        return backend(*self.engine_args())
+
+
+def loaded_engine() -> Any:
+    """An `EngineStage`'s engine attribute: created on first use (`create_engine`), kept in the
+    instance, dropped by `reset_engine` after an engine fault so the next try loads it anew."""
+    return functools.cached_property(lambda stage: stage.create_engine())
+
+
+class TranscribeStage(EngineStage):
     """Whisper on every active row (actor: the model loads once), then the filters placed
     here (transcript checks, WER): they cost no task of their own, and a row they reject
     never travels to the judge's actor."""
@@ -192,29 +238,16 @@ class TranscribeStage(ModelStage):
     needs = (C.PCM,)
     timing_column = "asr_s"
     error_prefix = "transcription failed: "
+    section = "asr"
+    registry = ASR_BACKENDS
     engine_attribute = "transcriber"
+    transcriber: "Transcriber" = loaded_engine()
 
     def __init__(self, config: AsrConfig, filters: Sequence[Filter] = (), *, engine_fault_retries: int = 2,
                  engine_fault_backoff_s: float = 1.0):
-        super().__init__(config.resources.batch_size, filters, engine_fault_retries=engine_fault_retries,
+        super().__init__(config, filters, engine_fault_retries=engine_fault_retries,
                          engine_fault_backoff_s=engine_fault_backoff_s)
-        self.config = config
         self.produces = C.asr_columns(config)
-        # A restarted actor whose engine died from a signal says so instead of loading it again.
-        self.crash_witness = CrashWitness("asr", config.backend)
-        self.crash_witness.arm()
-
-    @property
-    def engine_name(self) -> str:
-        return engine_of("asr", self.config.backend).name
-
-    @functools.cached_property
-    def transcriber(self) -> "Transcriber":
-        """Loaded with the first block that has a row to transcribe: blocks of rows already
-        rejected pass without waiting for a model."""
-        from .asr import make_transcriber
-
-        return make_transcriber(self.config)
 
     def inputs(self, table: pa.Table, rows: np.ndarray) -> list[Any]:
         return C.pcm_rows(table, rows)
@@ -238,7 +271,7 @@ class TranscribeStage(ModelStage):
         }, None
 
 
-class JudgeStage(ModelStage):
+class JudgeStage(EngineStage):
     """The educational-value judge on every active transcript (actor)."""
 
     name = C.JUDGE
@@ -246,26 +279,18 @@ class JudgeStage(ModelStage):
     needs = ("transcript",)
     timing_column = "judge_s"
     error_prefix = "judge failed: "
+    section = "judge"
+    registry = JUDGE_BACKENDS
     engine_attribute = "judge"
+    judge: "Judge" = loaded_engine()
 
     def __init__(self, config: JudgeConfig, filters: Sequence[Filter] = (), *, engine_fault_retries: int = 2,
                  engine_fault_backoff_s: float = 1.0):
-        super().__init__(config.resources.batch_size, filters, engine_fault_retries=engine_fault_retries,
+        super().__init__(config, filters, engine_fault_retries=engine_fault_retries,
                          engine_fault_backoff_s=engine_fault_backoff_s)
-        self.config = config
-        self.crash_witness = CrashWitness("judge", config.backend)
-        self.crash_witness.arm()
 
-    @property
-    def engine_name(self) -> str:
-        return engine_of("judge", self.config.backend).name
-
-    @functools.cached_property
-    def judge(self) -> "Judge":
-        """Loaded with the first block that has a row to judge (see TranscribeStage.transcriber)."""
-        from .judge import make_judge
-
-        return make_judge(self.config)
+    def engine_args(self) -> tuple[Any, ...]:
+        return (self.config, load_judge_profile(self.config.profile))
 
     def inputs(self, table: pa.Table, rows: np.ndarray) -> list[Any]:
         """(transcript, language) per row; the language (the ASR stage's column, or the source's)

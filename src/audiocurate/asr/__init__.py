@@ -17,7 +17,7 @@ import numpy as np
 from ..core.registry import Registry
 
 if TYPE_CHECKING:
-    from ..config import AsrConfig
+    from .settings import AsrSettings
 
 
 @dataclass
@@ -100,25 +100,11 @@ def compression_ratio(text: str) -> float:
 
 
 class ActorTranscriber:
-    """Base of ASR engines built once per Ray actor inside `stages.TranscribeStage`. How a
-    backend runs is its own property (`runs_as`, `apply`), as for judges: `asr.backend: none`
-    brings a task stage instead."""
+    """Base of ASR engines created once per Ray actor: `cls(config)`, then `transcribe_batch`.
+    How a backend runs is a fact it declares (`runs_as`); the planner (`plan.py`) turns it into
+    the pipeline's transcribe step. `asr.backend: none` runs as a task instead."""
 
     runs_as: ClassVar[str] = "actor"
-
-    @classmethod
-    def apply(cls, ds: Any, config: Any, filters: Sequence[Any], input_columns: Sequence[str],
-              concurrency: Any, cpu_scale: float = 1.0) -> Any:
-        from ..runtime import actor_args
-        from ..stages import TranscribeStage
-
-        faults = {"engine_fault_retries": config.ray.engine_fault_retries,
-                  "engine_fault_backoff_s": config.ray.engine_fault_backoff_s}
-        return ds.map_batches(TranscribeStage, fn_constructor_kwargs={"config": config.asr, "filters": filters,
-                                                                      **faults},
-                              batch_format="pyarrow",
-                              **{**actor_args(config.ray, config.asr.resources, concurrency, cpu_scale),
-                                 "batch_size": None})
 
 
 # ASR engines by `asr.backend`. Each backend module registers its class (`cls(config)`), its config
@@ -130,6 +116,6 @@ ASR_BACKENDS: Registry[Any] = Registry("ASR backend", lazy={
 })
 
 
-def make_transcriber(config: "AsrConfig") -> Transcriber:
+def make_transcriber(config: "AsrSettings") -> Transcriber:
     """The configured engine; heavy imports happen in it, once per actor."""
     return ASR_BACKENDS.get(config.backend)(config)

@@ -8,7 +8,7 @@ the filters placed at transcribe, judge, select, accounting, resume); no ASR mod
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar, Literal, Optional, Sequence
+from typing import ClassVar, Literal, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -63,21 +63,9 @@ class ExistingTranscriptStage(Stage):
 @ASR_BACKENDS.register("none", config=ExistingTranscriptConfig, engine=Engine(
     "none (transcripts from a column)", (), False, "nothing to reinstall"))
 class ExistingTranscripts:
-    """The backend: a task stage instead of a model actor (`runs_as`)."""
+    """The backend: `stage` as a task instead of a model actor (`runs_as`). It reads one
+    transcript per input row, so it cannot transcribe a recording's segments (`segments`)."""
 
     runs_as: ClassVar[str] = "task"
-
-    @classmethod
-    def apply(cls, ds: Any, config: Any, filters: Sequence[Filter], input_columns: Sequence[str],
-              concurrency: Any = None, cpu_scale: float = 1.0) -> Any:
-        from ..runtime import row_task_args
-
-        column = config.asr.text_column
-        if config.segment.enabled:
-            raise ValueError("asr.backend none reads one transcript per input row; it cannot transcribe the "
-                             "segments of a recording (segment.enabled)")
-        if column not in input_columns:
-            raise ValueError(f"asr.text_column {column!r} is not a column of the input "
-                             f"(it has: {', '.join(input_columns)})")
-        return ds.map_batches(ExistingTranscriptStage(config.asr, filters), batch_format="pyarrow",
-                              **row_task_args(config.ray))
+    stage: ClassVar[type] = ExistingTranscriptStage
+    segments: ClassVar[bool] = False

@@ -19,7 +19,7 @@ from . import gemma_weights  # noqa: F401  (registers embedded:gemma3-270m)
 from .profile import JudgeProfile, load_judge_profile
 
 if TYPE_CHECKING:
-    from ..config import JudgeConfig
+    from .settings import JudgeSettings
 
 __all__ = ["Judge", "JudgeScore", "JudgeProfile", "load_judge_profile", "make_judge", "score_from_logits"]
 
@@ -63,7 +63,7 @@ def score_from_logits(label_logits: np.ndarray, profile: JudgeProfile, truncated
     return JudgeScore(profile.score(mean, p, n_chars), mean, [float(x) for x in p], truncated)
 
 
-def make_judge(config: "JudgeConfig") -> Judge:
+def make_judge(config: "JudgeSettings") -> Judge:
     """The configured per-actor judge (llama.cpp, transformers). vLLM and HTTP judges run as
     `ray.data.llm` processors instead; see `judge.processors`, `judge.vllm`, `judge.http`."""
     from .backends import judge_backend

@@ -19,7 +19,7 @@ from ..core.settings import SPEED_ONLY
 from ..engines import Engine
 from .backends import JUDGE_BACKENDS
 from .processors import (JUDGE_ERROR, LABEL_LOGPROBS, TOP_LOGPROBS, ProcessorJudge, is_active,
-                         label_logprobs_from_tokens, sent, skipped)
+                         judge_model_name, label_logprobs_from_tokens, sent, skipped)
 from .profile import JudgeProfile
 from .settings import JudgeSettings
 
@@ -107,7 +107,7 @@ def top_logprobs_of(choice: dict[str, Any]) -> dict[str, float]:
 def build_http_processor(j: HttpJudgeConfig, profile: JudgeProfile, concurrency: Any) -> tuple[Any, str]:
     from ray.data.llm import HttpRequestProcessorConfig, build_processor
 
-    model = j.model or profile.model
+    model = judge_model_name(j, profile)
     res = j.resources
     if j.api_key_env and not os.environ.get(j.api_key_env):
         raise ValueError(f"judge.api_key_env={j.api_key_env!r} is not set in the environment")

@@ -4,7 +4,7 @@ is kept; the judge's columns are written as nulls (the outputs keep one schema),
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -14,6 +14,7 @@ from .. import contract as C
 from ..core.settings import Settings, StageResources
 from ..core.stage import Outcome, Stage
 from ..engines import Engine
+from ..filters.base import Filter
 from .backends import JUDGE_BACKENDS
 
 
@@ -32,6 +33,9 @@ class NoJudgeStage(Stage):
     name: ClassVar[str] = C.JUDGE
     produces = C.JUDGE_COLUMNS
 
+    def __init__(self, config: Optional[NoJudgeConfig] = None, filters: Sequence[Filter] = ()):
+        super().__init__(filters)
+
     def process(self, table: pa.Table, rows: np.ndarray) -> Outcome:
         return Outcome(values={"judge_model": ["none"] * len(rows)})
 
@@ -39,12 +43,8 @@ class NoJudgeStage(Stage):
 @JUDGE_BACKENDS.register("none", config=NoJudgeConfig, engine=Engine("none (no judge)", (), False,
                                                                        "nothing to reinstall"))
 class NoJudge:
+    """The backend: `stage` as a task, no model (`runs_as`)."""
+
     runs_as: ClassVar[str] = "task"
+    stage: ClassVar[type] = NoJudgeStage
     scores: ClassVar[bool] = False
-
-    @classmethod
-    def apply(cls, ds: Any, config: Any, concurrency: Any, cpu_scale: float = 1.0) -> Any:
-        from ..runtime import row_task_args
-
-        return ds.map_batches(NoJudgeStage(), batch_format="pyarrow",
-                              **row_task_args(config.ray))

@@ -10,13 +10,14 @@ rows, unless the failure is the engine's (`core.faults`: a dead engine, out of m
 of a block failing the same way): then the block fails with `EngineFault`, and no row is lost.
 
 A processor backend registers a `ProcessorJudge` whose `build(judge_config, profile,
-concurrency)` returns Ray's processor and the model's name.
+concurrency)` returns Ray's processor and the model's name. Nothing here touches a Dataset: the
+planner makes the judge a `processor` step (`plan.judge_steps`) and `runtime.apply_step` applies it.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -28,8 +29,13 @@ from . import score_from_logits
 from .backends import JUDGE_BACKENDS
 from .profile import JudgeProfile, load_judge_profile
 
-if TYPE_CHECKING:
-    from ..config import PipelineConfig
+
+class RunWithJudge(Protocol):
+    """What these functions read of a run's `config.PipelineConfig`: its judge section (typed
+    here by shape, so the engine package does not import the configuration that imports it)."""
+
+    judge: Any
+
 
 LABEL_LOGPROBS = "_judge_label_logprobs"
 JUDGE_ERROR = "_judge_error"
@@ -74,7 +80,7 @@ class ProcessorJudgeResultStage(Stage):
     produces = C.JUDGE_COLUMNS
     retryable_errors = True  # a server's refusal (an overloaded server, a 5xx after the retries)
 
-    def __init__(self, config: "PipelineConfig", model_name: str):
+    def __init__(self, config: RunWithJudge, model_name: str):
         super().__init__()
         self.profile = load_judge_profile(config.judge.profile)
         self.model_name = model_name
@@ -115,20 +121,30 @@ class ProcessorJudgeResultStage(Stage):
 
 
 class ProcessorJudge:
-    """A judge backend that runs as a `ray.data.llm` processor bringing its own pools.
-    `build(judge_config, profile, concurrency)` -> (processor, model name)."""
+    """A judge backend that runs as a `ray.data.llm` processor bringing its own pools:
+    `build(judge_config, profile, concurrency)` -> (processor, model name). It only builds;
+    `runtime.apply_step` applies the processor to the Dataset (a `processor` step)."""
 
     runs_as = "processor"
+    needs = ("transcript",)  # the request functions read each row's transcript (and language, if any)
 
     def __init__(self, name: str, build: Callable[[Any, JudgeProfile, Any], tuple[Any, str]]):
         self.name = name
         self.build = build
 
-    def apply(self, ds: Any, config: "PipelineConfig", concurrency: Any, cpu_scale: float = 1.0) -> Any:
-        return apply_processor_judge(ds, config, concurrency)
+
+def judge_model_name(judge: Any, profile: JudgeProfile) -> str:
+    """The model a processor judge asks for: `judge.model`, else the profile's."""
+    return judge.model or profile.model
 
 
-def build_judge_processor(config: "PipelineConfig", concurrency: Any) -> tuple[Any, str]:
+def processor_judge_model(config: RunWithJudge) -> str:
+    """The model name the configured processor judge writes to `judge_model`, known without
+    building its processor (the planner reads it)."""
+    return judge_model_name(config.judge, load_judge_profile(config.judge.profile))
+
+
+def build_judge_processor(config: RunWithJudge, concurrency: Any) -> tuple[Any, str]:
     """The `ray.data.llm` processor of the configured processor judge, and its model name."""
     backend = JUDGE_BACKENDS.get(config.judge.backend)
     if not isinstance(backend, ProcessorJudge):
@@ -136,8 +152,7 @@ def build_judge_processor(config: "PipelineConfig", concurrency: Any) -> tuple[A
     return backend.build(config.judge, load_judge_profile(config.judge.profile), concurrency)
 
 
-def apply_processor_judge(ds: Any, config: "PipelineConfig", concurrency: Any) -> Any:
-    processor, model = build_judge_processor(config, concurrency)
-    ds = processor(ds)
-    return ds.map_batches(ProcessorJudgeResultStage(config, model), batch_format="pyarrow",
-                          udf_modifying_row_count=False, num_cpus=config.ray.row_task_cpus)
+def judge_processor(config: RunWithJudge, concurrency: Any) -> Any:
+    """The processor alone: what a planned `processor` step builds where it is applied."""
+    processor, _ = build_judge_processor(config, concurrency)
+    return processor

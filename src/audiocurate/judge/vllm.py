@@ -18,7 +18,7 @@ from ..engines import Engine
 from ..models import resolve_model
 from .backends import JUDGE_BACKENDS
 from .processors import (JUDGE_ERROR, LABEL_LOGPROBS, TOP_LOGPROBS, ProcessorJudge, is_active,
-                         label_logprobs_from_tokens, sent, skipped)
+                         judge_model_name, label_logprobs_from_tokens, sent, skipped)
 from .profile import JudgeProfile
 from .settings import JudgeSettings
 
@@ -87,7 +87,7 @@ def _values(d: Any) -> list[dict[str, Any]]:
 def build_vllm_processor(j: VllmJudgeConfig, profile: JudgeProfile, concurrency: Any) -> tuple[Any, str]:
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
-    model = j.model or profile.model
+    model = judge_model_name(j, profile)
     res = j.resources
     engine = {"max_model_len": j.n_ctx, "enable_prefix_caching": True, **j.vllm_engine_kwargs}
     if j.dtype != "auto":
