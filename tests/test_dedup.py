@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import tempfile
 from collections import Counter
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
@@ -130,6 +132,41 @@ def _star_rounds(edges: list[tuple[str, str]]) -> dict[str, str]:
 def test_chains_become_one_group_rooted_at_the_smallest():
     roots = _star_rounds([("e", "d"), ("d", "c"), ("c", "b"), ("b", "a"), ("x", "z"), ("y", "z")])
     assert roots == {"b": "a", "c": "a", "d": "a", "e": "a", "y": "x", "z": "x"}
+
+
+def _calls():
+    def calls(group: pa.Table) -> pa.Table:
+        """One row per call: the partitions and keys it saw (a closure: Ray's workers cannot import tests)."""
+        return pa.table({"parts": [sorted(set(group["part"].to_pylist()))], "keys": [sorted(group["k"].to_pylist())]})
+
+    return calls
+
+
+def test_each_partition_of_a_block_gets_its_own_call():
+    from audiocurate.corpus.dedup import _each_partition
+
+    block = pa.table({"k": [5, 1, 7, 3, 9], "part": [2, 0, 2, 1, 0]})
+    calls = pa.concat_tables(list(_each_partition(_calls())(block))).to_pylist()
+    assert calls == [{"parts": [0], "keys": [1, 9]}, {"parts": [1], "keys": [3]}, {"parts": [2], "keys": [5, 7]}]
+    assert list(_each_partition(_calls())(block.slice(0, 0))) == []
+
+
+def test_a_shuffle_has_the_partitions_asked_for_whatever_the_input_blocks(ray_local):
+    """One input block, 8 partitions asked: 8 reduce tasks, each holding one whole partition
+    (a groupby under the sort shuffle ran one reduce task per input block: 1 here)."""
+    import ray
+
+    from audiocurate.corpus.dedup import by_partition, sort_shuffled, with_partition
+
+    keys = np.arange(2000, dtype=np.int64)
+    ds = sort_shuffled(ray.data.from_arrow(pa.table({"k": keys})))
+    out = by_partition(ds, "k", 8, _calls()).materialize()
+    calls = out.take_all()
+    assert sorted(c["parts"][0] for c in calls) == list(range(8)) and all(len(c["parts"]) == 1 for c in calls)
+    want = with_partition("k", 8)(pa.table({"k": keys}))
+    for c in calls:
+        assert c["keys"] == sorted(want.filter(pc.equal(want["part"], c["parts"][0]))["k"].to_pylist())
+    assert re.search(r"SortReduce: \d+ tasks executed, 8 blocks produced", out.stats()), out.stats()
 
 
 # ---- the corpus pass on a real output --------------------------------------------------------------

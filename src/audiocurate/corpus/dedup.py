@@ -13,8 +13,9 @@ so a component's minimum is the copy that stays and the star algorithm's root is
 Every step is one shuffle on a hash partition number, and its function handles a whole
 partition with Arrow and numpy: a Python call per band bucket and per node took 297 s for
 100,000 synthetic clips, by partition 13-21 s (`benchmarks/dedup_scale.py`, 2 shared cores).
-The partitions grow with the corpus (`partitions_for`), so a worker holds one partition of about
-the same size whatever the corpus; `dedup.max_bucket` bounds a bucket's pairs.
+The partitions grow with the corpus (`partitions_for`) and each shuffle has exactly that many
+reduce tasks (`by_partition`), so a worker holds one partition of about the same size whatever the
+corpus; `dedup.max_bucket` bounds a bucket's pairs.
 """
 
 from __future__ import annotations
@@ -109,9 +110,33 @@ def with_partition(column: str, partitions: int):
 
 def by_partition(ds: "Any", column: str, partitions: int, fn: Any) -> "Any":
     """`fn` on each hash partition of `ds` by `column` (all rows with one value in one call): a
-    call per partition, not per value, so a million singleton keys cost a few hundred calls."""
-    return (ds.map_batches(with_partition(column, partitions), batch_format="pyarrow")
-            .groupby(PART, num_partitions=partitions).map_groups(fn, batch_format="pyarrow"))
+    call per partition, not per value, so a million singleton keys cost a few hundred calls.
+
+    The shuffle is a sort on the partition number with one boundary per partition, so it has
+    exactly `partitions` reduce tasks, each holding one partition. `groupby(..,
+    num_partitions=..).map_groups` under the sort shuffle ignores `num_partitions` and runs one
+    reduce task per input block, so a reduce task's share followed the input's blocking, not the
+    partitions asked for."""
+    shuffled = ds.map_batches(with_partition(column, partitions), batch_format="pyarrow")
+    shuffled = (shuffled.sort(PART, boundaries=list(range(1, partitions))) if partitions > 1
+                else shuffled.repartition(1))
+    return shuffled.map_batches(_each_partition(fn), batch_size=None, batch_format="pyarrow")
+
+
+def _each_partition(fn: Any):
+    def each(block: pa.Table) -> Iterable[pa.Table]:
+        """`fn` on each partition of a block: one after the sort, but a block is not bound to it."""
+        if not block.num_rows:
+            return
+        part = block[PART].to_numpy()
+        order = np.argsort(part, kind="stable")
+        if (np.diff(order) != 1).any():
+            block, part = block.take(pa.array(order)), part[order]
+        starts = np.flatnonzero(np.r_[True, part[1:] != part[:-1]])
+        for start, end in zip(starts, np.r_[starts[1:], len(part)]):
+            yield fn(block.slice(int(start), int(end - start)))
+
+    return each
 
 
 # ---- the Ray Data steps (each a plain function over Arrow, tested without Ray) ------------------------
