@@ -26,7 +26,8 @@ def small_shards(tmp_path_factory, ray_local, demo_parquet):
     out = tmp_path_factory.mktemp("compact") / "out"
     config = PipelineConfig.load(overrides={"ray.progress": False, "output.rows_per_shard": 2, "output.compact_mb": None,
                                             "judge.backend": "none", "decode.read_block_mb": 0.05,
-                                            "asr.language_id_model": None})  # language ID is not under test
+                                            # no model is under test: transcripts from the input's column
+                                            "asr.backend": "none", "asr.text_column": "sentence"})
     report = run(config, demo_parquet, str(out), echo=lambda s: None)
     return config, out, report
 
@@ -96,7 +97,7 @@ def test_shards_of_an_older_version_beside_new_ones_are_not_merged(small_shards,
 def test_output_compact_mb_compacts_at_the_end_of_a_run(tmp_path, ray_local, demo_parquet):
     config = PipelineConfig.load(overrides={"ray.progress": False, "output.rows_per_shard": 2,
                                             "judge.backend": "none", "output.compact_mb": 64,
-                                            "asr.language_id_model": None})
+                                            "asr.backend": "none", "asr.text_column": "sentence"})
     out = tmp_path / "out"
     report = run(config, demo_parquet, str(out), echo=lambda s: None)
     assert report["accounting"]["ok"]

@@ -16,7 +16,7 @@ import soundfile as sf
 
 from audiocurate.exports.member_names import member_name
 
-from conftest import speak
+from conftest import QUICK_MODELS, speak
 
 SENTENCES = [
     "Photosynthesis turns light, water and carbon dioxide into sugar and oxygen.",
@@ -44,7 +44,8 @@ def curated(tmp_path_factory, ray_local):
             for i, s in zip(IDS, SENTENCES)]
     pq.write_table(pa.Table.from_pylist(rows), d / "in.parquet")
     config = PipelineConfig.load(overrides=["ray.progress=false", "output.rows_per_shard=2",
-                                            "output.formats=[webdataset, nemo]", "output.export_shard_size=2"])
+                                            "output.formats=[webdataset, nemo]", "output.export_shard_size=2",
+                                            *QUICK_MODELS])
     report = run(config, str(d / "in.parquet"), str(d / "out"), echo=lambda s: None)
     table = pq.read_table(d / "out" / "curated")
     assert report["accounting"]["ok"] and table.num_rows >= 4 and report["accounting"]["rejected"] >= 1, report["drop_reasons"]
@@ -234,7 +235,7 @@ def clip_id_run(tmp_path_factory, ray_local):
             for k, s in enumerate(SENTENCES[:2] + SENTENCES[6:7])]
     pq.write_table(pa.Table.from_pylist(rows), d / "in.parquet")
     config = PipelineConfig.load(overrides=["ray.progress=false", "source.id_column=clip_id",
-                                            "output.formats=[webdataset, nemo, lhotse, hf]"])
+                                            "output.formats=[webdataset, nemo, lhotse, hf]", *QUICK_MODELS])
     report = run(config, str(d / "in.parquet"), str(d / "out"), echo=lambda s: None)
     curated = pq.read_table(d / "out" / "curated")
     assert report["accounting"]["ok"] and curated.num_rows >= 1 and "id" not in curated.column_names

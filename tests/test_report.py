@@ -21,7 +21,7 @@ from audiocurate.config import PipelineConfig
 from audiocurate.pipeline import run
 from audiocurate.report import format_summary
 
-from conftest import speak
+from conftest import QUICK_MODELS, speak
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def output(tmp_path_factory, ray_local):
         {"id": "bad", "audio_bytes": b"\x00" * 100, "sentence": ""},
     ]
     pq.write_table(pa.Table.from_pylist(rows), d / "in.parquet")
-    report = run(PipelineConfig.load(overrides=["ray.progress=false"]), str(d / "in.parquet"), str(d / "out"),
+    report = run(PipelineConfig.load(overrides=["ray.progress=false", *QUICK_MODELS]), str(d / "in.parquet"), str(d / "out"),
                  echo=lambda s: None)
     return d / "out", report
 
