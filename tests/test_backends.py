@@ -6,14 +6,8 @@ engine stood in for, and the HTTP judge against a real llama.cpp server."""
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import numpy as np
 import pyarrow as pa

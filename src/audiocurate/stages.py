@@ -153,15 +153,13 @@ class DecodeStage(Stage):
             try:
                 # A long clip the filters here reject on its measures (silence) is measured as it
                 # streams and never held whole; a segmented recording (`into`) is cut as it decodes.
-                wanted = None
-                if self.filters and into is None:
-                    def wanted(measured: DecodedAudio) -> bool:
-                        return not rejected_on_measures(self.filters, table, i, measured)
+                def wanted(measured: DecodedAudio) -> bool:
+                    return not rejected_on_measures(self.filters, table, i, measured)
                 clip = decode_audio(data, target_rate=d.sample_rate, min_source_rate=d.min_source_sample_rate,
                                     max_source_rate=d.max_source_sample_rate,
                                     truncation_tolerance_s=d.truncation_tolerance_s, into=into,
                                     max_duration_s=d.max_duration_s if into is None else None,
-                                    keep_samples=wanted)
+                                    keep_samples=wanted if self.filters and into is None else None)
             finally:
                 if isinstance(data, pa.NativeFile):
                     data.close()
