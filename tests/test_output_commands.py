@@ -19,7 +19,7 @@ import pytest
 
 from audiocurate.cli import main
 
-from conftest import QUICK_MODELS, speak
+from conftest import speak
 
 SENTENCES = ["Plants need light and water to grow.", "Copper conducts heat and electricity well.",
              "The moon orbits the earth once a month.", "Okay see you tomorrow.",
@@ -30,11 +30,7 @@ FAST = ["ray.progress=false", "ray.probe_engines=false", "asr.backend=none", "as
 
 
 def _sets(extra: list[str] = ()) -> list[str]:
-    return _sets_only([*FAST, *extra])
-
-
-def _sets_only(overrides) -> list[str]:
-    return [x for kv in overrides for x in ("--set", kv)]
+    return [x for kv in [*FAST, *extra] for x in ("--set", kv)]
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +162,7 @@ def test_a_second_run_into_one_output_is_refused_naming_the_first(clips, tmp_pat
 def _interrupt(clips: Path, out: Path, sig: int) -> tuple[int, str, dict]:
     """Start a run with a real model (so that it runs long enough), signal it mid-execution."""
     proc = _cli("run", str(clips), str(out), "--set", "ray.progress=false", "--set", "output.rows_per_shard=1",
-                "--set", "asr.resources.batch_size=1", *_sets_only(QUICK_MODELS))
+                "--set", "asr.resources.batch_size=1")  # every model on: long enough to be signalled mid-run
     attempts = out / "_state" / "attempts"
     deadline = time.time() + 240
     while not (attempts.exists() and any(attempts.glob("*.json"))):
@@ -192,7 +188,7 @@ def test_a_signal_stops_the_run_cleanly_and_the_rerun_is_exact(clips, tmp_path, 
     assert attempt["status"] == "interrupted"
     assert not (out / "_state" / "lease.json").exists()
     # The same command again, in this process on the session's Ray: the signal was the child's.
-    assert main(["run", str(clips), str(out), "--set", "ray.progress=false", *_sets_only(QUICK_MODELS)]) == 0, \
+    assert main(["run", str(clips), str(out), "--set", "ray.progress=false"]) == 0, \
         capsys.readouterr().err
     ids = _ids(out)
     everything = [i for v in ids.values() for i in v]
