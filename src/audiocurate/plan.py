@@ -26,6 +26,13 @@ from .filters import Filter, build_filters, place_filters
 PoolSize = Union[int, tuple[int, int]]
 
 
+def cpu_nodes() -> list[dict[str, Any]]:
+    """The alive Ray nodes that can run tasks (`ray.nodes()` entries)."""
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+
+
 @dataclass(frozen=True)
 class ClusterShape:
     """What the cluster has to run on, as the planner needs it: plain numbers, no Ray."""
@@ -36,12 +43,11 @@ class ClusterShape:
 
     @classmethod
     def current(cls) -> "ClusterShape":
-        """The shape of the Ray cluster this process is connected to (nodes: those alive that
-        can run tasks, as `runtime.cpu_nodes` counts them)."""
+        """The shape of the Ray cluster this process is connected to (nodes: `cpu_nodes`)."""
         import ray
 
         res = ray.cluster_resources()
-        nodes = sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0)
+        nodes = len(cpu_nodes())
         return cls(float(res.get("CPU", 0.0)), float(res.get("GPU", 0.0)), max(nodes, 1))
 
 

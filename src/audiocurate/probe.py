@@ -138,7 +138,8 @@ def check_engines(config: "PipelineConfig", *, specs: Optional[list[ProbeSpec]] 
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from .runtime import cpu_nodes, own_node_id, worker_environment
+    from .plan import cpu_nodes
+    from .runtime import own_node_id, worker_environment
 
     specs = probe_specs(config) if specs is None else specs
     if not specs:

@@ -22,11 +22,6 @@ __all__ = ["ClusterShape", "actor_cpu_scale", "plan_concurrency", "row_task_args
            "init_ray", "configure_dataset", "split_blocks", "stop_own_ray"]
 
 
-def cpu_nodes() -> list[dict[str, Any]]:
-    """The alive Ray nodes that can run tasks (`ray.nodes()` entries)."""
-    return [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
-
-
 _started_here = False  # whether `init_ray` started the local Ray this process is connected to
 
 
