@@ -13,6 +13,9 @@ LLAMA_CPP_VERSION := $(shell sed -n 's/^llama-cpp-python==//p' $(CONSTRAINTS))
 # torch so that pip never fetches the CUDA build (3 GB of nvidia-* wheels) on a CPU machine.
 TORCH       ?= torch==2.13.0+cpu
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# pytest-xdist processes for `make test`: one test file per process at a time (a file's module
+# fixtures run once); each process has its own local Ray. The suite is CPU-bound, so 2 on 2 cores.
+TEST_WORKERS ?= 2
 # Flags for the llama.cpp build (scripts/build_llama_cpp.sh has the portable default).
 export LLAMA_CMAKE_ARGS
 STEP = @printf '\n==> %s\n' 
@@ -70,8 +73,8 @@ demo: install
 	$(VENV)/bin/audiocurate demo out/demo
 
 test: install-test sysdeps
-	$(STEP)"running the test suite (about 35 minutes on 2 cores)"
-	$(VENV)/bin/pytest -q --durations=15
+	$(STEP)"running the test suite in $(TEST_WORKERS) processes (about 30 minutes on 2 cores)"
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # Unit tests only: no Ray, no end-to-end run, no model run on real speech (tests/conftest.py
 # marks those e2e or slow); about a minute on 2 cores.

@@ -4,7 +4,7 @@
 
 Exports: a curated output of `--clips` clips is built from the demo's real curated rows
 (its 16 kHz FLAC audio, transcripts and scores), each repeated under new ids with its own
-+-1 LSB dither (distinct audio, as in a real corpus), in shards of 64 rows as a run writes them; then `audiocurate.exports.export` writes every format (local
++-1 LSB dither (distinct audio, as in a real corpus), in shards of 64 rows as a run writes them; then `audiocurate.exports.run.export` writes every format (local
 Ray, this machine's cores) and we report clips/s (wall, Ray start excluded: it is started
 first) and bytes on disk against the curated Parquet's. Report: a run over
 `benchmarks/plumbing.py`'s `--report-rows` silent clips, and the size of its report.html.
@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from audiocurate.audio import encode_flac  # noqa: E402
 from audiocurate.config import PipelineConfig, RayConfig  # noqa: E402
-from audiocurate.exports import ExportOptions, export  # noqa: E402
+from audiocurate.exports import ExportOptions  # noqa: E402
+from audiocurate.exports.run import export  # noqa: E402
 from audiocurate.pipeline import run  # noqa: E402
 from audiocurate.runtime import init_ray  # noqa: E402
 

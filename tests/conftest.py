@@ -16,6 +16,11 @@ import soundfile as sf
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n`: each worker's Rays (its own and its commands') get their own temp folder, so a
+    # worker's `session_latest` names only sessions it started (see `_unit_tests_leave_ray_alone`).
+    os.environ.setdefault("RAY_TMPDIR", f"/tmp/ray-{os.environ['PYTEST_XDIST_WORKER']}-{os.getppid()}")
+    os.makedirs(os.environ["RAY_TMPDIR"], exist_ok=True)
 
 HERE = Path(__file__).resolve().parent
 

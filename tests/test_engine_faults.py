@@ -24,7 +24,8 @@ from audiocurate import contract as C
 from audiocurate.config import PipelineConfig
 from audiocurate.core.faults import EngineFault, classify_failures, engine_fault_message, is_fatal
 from audiocurate.judge import JudgeScore
-from audiocurate.stages import JudgeStage, retryable_error_stages
+from audiocurate.stages import JudgeStage
+from audiocurate.verify import retryable_error_stages
 
 SPLITS = ("curated", "rejected", "errors")
 

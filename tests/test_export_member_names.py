@@ -76,7 +76,8 @@ def _extract_safely(tar_path, jail) -> list[str]:
 
 @pytest.mark.parametrize("fmt", ["webdataset", "nemo", "nemo_tarred", "lhotse", "hf"])
 def test_every_export_holds_hostile_ids(fmt, hostile_output, tmp_path, ray_local):
-    from audiocurate.exports import ExportOptions, export
+    from audiocurate.exports import ExportOptions
+    from audiocurate.exports.run import export
 
     out, rows = hostile_output
     dest = tmp_path / "dest"

@@ -99,7 +99,8 @@ def test_nemo_manifest_parses_as_nemo_does_and_its_paths_resolve(curated):
 
 
 def test_nemo_tarred_layout(curated, tmp_path):
-    from audiocurate.exports import ExportOptions, export
+    from audiocurate.exports import ExportOptions
+    from audiocurate.exports.run import export
 
     out, rows = curated
     dest = tmp_path / "tarred"
@@ -119,7 +120,7 @@ def test_nemo_tarred_layout(curated, tmp_path):
 def test_lhotse_shar_reads_cuts_with_audio_and_supervisions(curated, tmp_path):
     from lhotse import CutSet
 
-    from audiocurate.exports import export
+    from audiocurate.exports.run import export
 
     out, rows = curated
     export(str(out), "lhotse", str(tmp_path / "shar"), echo=lambda s: None)
@@ -136,7 +137,7 @@ def test_lhotse_shar_reads_cuts_with_audio_and_supervisions(curated, tmp_path):
 def test_hf_folder_loads_with_an_audio_feature(curated, tmp_path):
     import datasets
 
-    from audiocurate.exports import export
+    from audiocurate.exports.run import export
 
     out, rows = curated
     export(str(out), "hf", str(tmp_path / "hf"), echo=lambda s: None)
@@ -152,7 +153,8 @@ def test_hf_folder_loads_with_an_audio_feature(curated, tmp_path):
 def test_an_interrupted_export_completes_exactly(curated, tmp_path):
     import webdataset as wds
 
-    from audiocurate.exports import ExportOptions, export
+    from audiocurate.exports import ExportOptions
+    from audiocurate.exports.run import export
 
     out, rows = curated
     dest = tmp_path / "wds"
@@ -173,7 +175,7 @@ def test_an_interrupted_export_completes_exactly(curated, tmp_path):
 def test_rejected_rows_export_with_audio_read_back_from_the_input(curated, tmp_path):
     import webdataset as wds
 
-    from audiocurate.exports import export
+    from audiocurate.exports.run import export
 
     out, _ = curated
     rejected = pq.read_table(out / "rejected").to_pylist()
@@ -191,7 +193,7 @@ def test_segment_rows_export_with_their_parent_and_times(tmp_path, ray_local):
     from lhotse import CutSet
 
     from audiocurate.audio import decode_audio, encode_flac
-    from audiocurate.exports import export
+    from audiocurate.exports.run import export
     from audiocurate.sinks import OutputDir
 
     clip = decode_audio(speak("Rivers carry water to the sea.", fmt="flac"), target_rate=16000)
@@ -249,7 +251,7 @@ def test_every_export_of_a_run_keyed_by_clip_id(clip_id_run, tmp_path):
     import webdataset as wds
     from lhotse import CutSet
 
-    from audiocurate.exports import export
+    from audiocurate.exports.run import export
 
     out, ids = clip_id_run
     exports = out / "exports"

@@ -194,7 +194,7 @@ def test_a_registered_export_writes_files_read_back(plugin, tmp_path, ray_local)
 
 
 def check_toy_export(tmp_path):
-    from audiocurate.exports import export
+    from audiocurate.exports.run import export
 
     out = tmp_path / "out"
     (out / "curated").mkdir(parents=True)

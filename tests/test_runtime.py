@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import ray
 
+from audiocurate.blocks import split_blocks
 from audiocurate.config import PipelineConfig
-from audiocurate.runtime import ClusterShape, actor_cpu_scale, plan_concurrency, split_blocks
+from audiocurate.runtime import ClusterShape, actor_cpu_scale, plan_concurrency
 
 
 def test_cpu_plan_gives_every_core_a_whisper_actor_and_a_shared_judge():

@@ -274,7 +274,7 @@ def test_longform_run_accounts_per_recording_resumes_per_segment_and_transcribes
 
     import webdataset as wds
 
-    from audiocurate.exports import export
+    from audiocurate.exports.run import export
 
     export(str(out), "webdataset", str(tmp_path / "rej"), split="rejected", echo=lambda s: None)
     rejected = pq.read_table(out / "rejected").to_pylist()

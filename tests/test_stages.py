@@ -63,7 +63,7 @@ def test_rows_settled_upstream_pass_through_untouched():
 def test_decode_reads_cells_of_every_shape_without_copying_bytes_and_opens_local_files(tmp_path):
     import pyarrow.fs as pafs
 
-    from audiocurate.stages import AudioFetcher, audio_input_of
+    from audiocurate.sources.audio_cells import AudioFetcher, audio_input_of
 
     data = tone(1.0)
     (tmp_path / "a.flac").write_bytes(data)

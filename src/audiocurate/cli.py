@@ -323,7 +323,8 @@ def _storage_exit(e: OSError, output: str) -> "_Exit":
 
 
 def _export(run: "RunOutput", args: argparse.Namespace) -> int:
-    from .exports import ExportOptions, export
+    from .exports import ExportOptions
+    from .exports.run import export
 
     options = ExportOptions(shard_size=args.tarred or args.shard_size, tarred=args.tarred is not None)
     summary = export(run.uri, args.format, args.dest, split=args.split, options=options, input_uri=args.input,

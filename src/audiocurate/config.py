@@ -27,10 +27,11 @@ from .exports import EXPORT_FORMATS
 from .filters.base import FILTERS
 from .judge.backends import JUDGE_BACKENDS
 from .sources import SOURCE_FORMATS
+from .storage import StorageConfig
 
 __all__ = ["AsrConfig", "JudgeConfig", "PipelineConfig", "SPEED_ONLY", "StageResources", "changes_results",
            "FasterWhisperConfig", "TransformersAsrConfig", "LlamaCppJudgeConfig", "TransformersJudgeConfig",
-           "VllmJudgeConfig", "HttpJudgeConfig", "ExistingTranscriptConfig", "NoJudgeConfig"]
+           "VllmJudgeConfig", "HttpJudgeConfig", "ExistingTranscriptConfig", "NoJudgeConfig", "StorageConfig"]
 
 # Each built-in backend's config class, by its old name here: imported from its own module on
 # first use (`from audiocurate.config import LlamaCppJudgeConfig`), so importing the configuration
@@ -55,21 +56,6 @@ def _one_of(registry: Registry[Any], value: Any, *, also: tuple[str, ...] = ()) 
     if value not in also and value not in registry:
         raise ValueError(f"unknown {registry.kind} {value!r}; known: {', '.join([*also, *registry.names()])}")
     return value
-
-
-class StorageConfig(Settings):
-    """How to reach object storage (`s3://`, `gs://`). Credentials come from the usual
-    environment variables or instance metadata, never from this file."""
-
-    model_config = SPEED_ONLY_SECTION
-
-    endpoint_url: Optional[str] = Field(
-        None,
-        description="Custom endpoint: S3-compatible (e.g. `http://127.0.0.1:9000` for MinIO) or "
-        "GCS-compatible (an emulator). The scheme of the URL (http/https) is used for the connection.",
-    )
-    anonymous: bool = Field(False, description="Access public buckets without credentials.")
-    region: Optional[str] = Field(None, description="Bucket region; None lets the client resolve it.")
 
 
 class SourceConfig(Settings):

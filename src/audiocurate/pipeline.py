@@ -300,7 +300,8 @@ def _run_held(config: PipelineConfig, source: Source, input_uri: str, output_uri
         state.unmark_complete()  # before anything else can fail: no _SUCCESS on an output that is wrong
     write_report(out, report, config)
     if config.output.formats and report["accounting"]["ok"]:
-        from .exports import ExportOptions, export
+        from .exports import ExportOptions
+        from .exports.run import export
 
         report["exports"] = [export(output_uri, fmt, f"{output_uri.rstrip('/')}/exports/{fmt}",
                                     options=ExportOptions(shard_size=config.output.export_shard_size),

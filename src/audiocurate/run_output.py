@@ -12,9 +12,10 @@ from typing import Any, Optional
 
 import yaml
 
-from .config import PipelineConfig, StorageConfig
+from .config import PipelineConfig
 from .run_state import RUN, RunState
 from .sinks import OutputDir
+from .storage import StorageConfig
 
 
 class NotARunOutput(ValueError):

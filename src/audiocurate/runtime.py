@@ -15,11 +15,12 @@ from typing import Any, Iterable, Iterator, Optional
 
 import ray
 
+from .blocks import split_blocks
 from .config import RayConfig
 from .plan import ClusterShape, Pool, StageSpec, actor_cpu_scale, plan_concurrency, row_stage_args
 
 __all__ = ["ClusterShape", "actor_cpu_scale", "plan_concurrency", "row_task_args", "apply_step", "apply_steps",
-           "init_ray", "configure_dataset", "split_blocks", "stop_own_ray"]
+           "init_ray", "configure_dataset", "stop_own_ray"]
 
 
 _started_here = False  # whether `init_ray` started the local Ray this process is connected to
@@ -155,24 +156,6 @@ def configure_dataset(ds: "ray.data.Dataset", config: RayConfig, *, block_bytes:
     if in_flight_bytes is not None:
         limits = ctx.execution_options.resource_limits
         ctx.execution_options.resource_limits = limits.copy(object_store_memory=in_flight_bytes)
-    return ds
-
-
-def split_blocks(ds: "ray.data.Dataset", rows_per_block: int, num_cpus: float) -> "ray.data.Dataset":
-    """`ds.repartition(target_num_rows_per_block=...)` whose tasks reserve `num_cpus`.
-
-    Ray's streaming repartition only slices blocks, yet its tasks reserve a whole CPU, and
-    `repartition` takes no resource arguments: on a one-CPU node beside model actors it waits
-    forever (a rerun after a node loss did). Ray 2.60 has no public setting for it: a
-    `map_batches` step cannot cut its output by rows (its output blocks are packed up to
-    `target_max_block_size` bytes), and Ray fuses a repartition into the map before it only
-    where that map reserves a whole CPU too (a missing `num_cpus` counts as 1). So the one
-    patch of Ray's internals left is here: the logical operator's `ray_remote_args` (tested in
-    test_runtime, so a Ray upgrade that moves them is caught)."""
-    ds = ds.repartition(target_num_rows_per_block=rows_per_block)
-    op = ds._logical_plan.dag
-    if hasattr(op, "ray_remote_args"):
-        object.__setattr__(op, "ray_remote_args", {**(op.ray_remote_args or {}), "num_cpus": num_cpus})
     return ds
 
 

@@ -20,12 +20,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 
 from . import contract as C
 from .asr import ASR_BACKENDS
-from .audio import (AudioDecodeError, AudioInput, ClipTooLong, DecodedAudio, PcmSink, SinkError, cell_buffer,
-                    decode_audio, encode_flac)
+from .audio import (AudioDecodeError, ClipTooLong, DecodedAudio, PcmSink, SinkError, cell_buffer, decode_audio,
+                    encode_flac)
 from .config import AsrConfig, DecodeConfig, JudgeConfig, OutputConfig
 from .core.registry import Registry
 from .core.stage import ModelStage, Outcome, Stage
@@ -34,85 +33,11 @@ from .filters.audio import TOO_LONG, decode_measures, rejected_on_measures
 from .filters.base import Filter
 from .judge.backends import JUDGE_BACKENDS
 from .judge.profile import load_judge_profile
+from .sources.audio_cells import AudioFetcher, audio_input_of
 
 if TYPE_CHECKING:
     from .asr import Transcriber
     from .judge import Judge
-
-
-class AudioFetcher:
-    """Reads audio named by path (folder sources, HF rows without bytes) from the source's
-    filesystem; relative paths resolve against the source root."""
-
-    def __init__(self, fs: pafs.FileSystem, root: str):
-        self.fs = fs
-        self.root = root.rstrip("/")
-
-    def _full(self, path: str) -> str:
-        return path if path.startswith("/") or "://" in path else f"{self.root}/{path}"
-
-    def read(self, path: str) -> bytes:
-        full = self._full(path)
-        if "://" in full:
-            fs, full = pafs.FileSystem.from_uri(full)
-        else:
-            fs = self.fs
-        try:
-            with fs.open_input_stream(full, compression=None) as f:
-                return f.read()
-        except FileNotFoundError:
-            raise AudioDecodeError(f"file not found: {path}") from None
-        except OSError as e:
-            raise AudioDecodeError(f"cannot read {path}: {e}") from None
-
-    def open(self, path: str) -> AudioInput:
-        """The file to decode: a local one opened where it lies (decoding streams it, so an
-        hour costs no more memory than a minute), a remote one read whole in one request
-        (a decoder's many small reads would each be one)."""
-        full = self._full(path)
-        if "://" in full or not isinstance(self.fs, pafs.LocalFileSystem):
-            return self.read(path)
-        try:
-            return self.fs.open_input_file(full)
-        except FileNotFoundError:
-            raise AudioDecodeError(f"file not found: {path}") from None
-        except OSError as e:
-            raise AudioDecodeError(f"cannot read {path}: {e}") from None
-
-
-def audio_bytes_of(value: Any, fetcher: Optional[AudioFetcher]) -> bytes:
-    """The encoded audio in a cell: bytes, a `{bytes, path}` struct, or a path."""
-    if isinstance(value, dict):
-        if value.get("bytes"):
-            return value["bytes"]
-        value = value.get("path")
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    if isinstance(value, str) and value:
-        if fetcher is None:
-            raise AudioDecodeError(f"row names a file ({value}) but the source has no filesystem")
-        return fetcher.read(value)
-    if value is None:
-        return b""
-    raise AudioDecodeError(f"audio cell holds {type(value).__name__}, not bytes or a path")
-
-
-def audio_input_of(cell: pa.Scalar, fetcher: Optional[AudioFetcher]) -> AudioInput:
-    """`audio_bytes_of` for the decoder, without copying: a binary cell's Arrow buffer as it
-    lies in the block (an hour's FLAC is 120 MB), a path's file opened (`AudioFetcher.open`)."""
-    if isinstance(cell, pa.StructScalar):
-        data = cell.get("bytes") if "bytes" in [f.name for f in cell.type] else None
-        if data is not None and data.is_valid and len(data.as_buffer() or b""):
-            return data.as_buffer()
-        cell = cell.get("path") if "path" in [f.name for f in cell.type] else pa.scalar(None, pa.string())
-    if isinstance(cell, (pa.StringScalar, pa.LargeStringScalar)):  # before binary: a string scalar is one
-        if cell.is_valid and cell.as_py():
-            if fetcher is None:
-                raise AudioDecodeError(f"row names a file ({cell.as_py()}) but the source has no filesystem")
-            return fetcher.open(cell.as_py())
-    elif isinstance(cell, (pa.BinaryScalar, pa.LargeBinaryScalar)) and cell.is_valid:
-        return cell.as_buffer()
-    return audio_bytes_of(cell.as_py(), fetcher)
 
 
 class DecodeStage(Stage):
@@ -377,18 +302,6 @@ class SkipIdsStage:
         mask = [(self.keep is None or i in self.keep) and (self.skip is None or i not in self.skip or a)
                 for i, a in zip(ids, active)]
         return table.filter(pa.array(mask, pa.bool_()))
-
-
-def retryable_error_stages() -> frozenset[str]:
-    """The `error_stage` values whose error rows are worth another try (`Stage.retryable_errors`):
-    a `--retry-errors` run takes the rows of `errors/` whose `error_stage` is one of these
-    (a model or server that refused them) and leaves the others (corrupt audio) where they are."""
-    from .judge.processors import ProcessorJudgeResultStage
-    from .segment.stage import SegmentStage
-
-    stages = (DecodeStage, SegmentStage, TranscribeStage, JudgeStage, ProcessorJudgeResultStage, SelectStage,
-              PackageStage)
-    return frozenset(s.name for s in stages if getattr(s, "retryable_errors", False))
 
 
 def _finite_or_none(x: float) -> Optional[float]:

@@ -1,18 +1,37 @@
 """Paths and filesystems: local folders, `s3://` and `gs://` through pyarrow's filesystems.
 
 Every reader and writer of the pipeline gets its filesystem here, so a custom endpoint or
-anonymous access is configured once and reaches Ray's readers, our sink and the report.
+anonymous access is configured once and reaches Ray's readers, our sink and the report. Its
+settings (`StorageConfig`, the `source.storage` and `output.storage` sections) live here too:
+`config.py` assembles them, and the modules that read and write files need not import it.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import os
+from typing import Optional
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
+from pydantic import Field
 
-from .config import StorageConfig
+from .core.settings import SPEED_ONLY_SECTION, Settings
+
+
+class StorageConfig(Settings):
+    """How to reach object storage (`s3://`, `gs://`). Credentials come from the usual
+    environment variables or instance metadata, never from this file."""
+
+    model_config = SPEED_ONLY_SECTION
+
+    endpoint_url: Optional[str] = Field(
+        None,
+        description="Custom endpoint: S3-compatible (e.g. `http://127.0.0.1:9000` for MinIO) or "
+        "GCS-compatible (an emulator). The scheme of the URL (http/https) is used for the connection.",
+    )
+    anonymous: bool = Field(False, description="Access public buckets without credentials.")
+    region: Optional[str] = Field(None, description="Bucket region; None lets the client resolve it.")
 
 
 def resolve(uri: str, storage: StorageConfig | None = None) -> tuple[pafs.FileSystem, str]:

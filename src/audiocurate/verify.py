@@ -32,12 +32,27 @@ from .compaction import recover, rewrite_without
 from .run_state import CURATED, ERRORS, FOOTER_KEY, REJECTED, SPLITS, RunState
 from .sinks import OutputDir
 
+
+def retryable_error_stages() -> frozenset[str]:
+    """The `error_stage` values whose error rows are worth another try (`Stage.retryable_errors`):
+    a `--retry-errors` run takes the rows of `errors/` whose `error_stage` is one of these
+    (a model or server that refused them) and leaves the others (corrupt audio) where they are.
+    Here, above every stage's module, so that none of them imports another to list them."""
+    from .judge.processors import ProcessorJudgeResultStage
+    from .segment.stage import SegmentStage
+    from .stages import DecodeStage, JudgeStage, PackageStage, SelectStage, TranscribeStage
+
+    stages = (DecodeStage, SegmentStage, TranscribeStage, JudgeStage, ProcessorJudgeResultStage, SelectStage,
+              PackageStage)
+    return frozenset(s.name for s in stages if getattr(s, "retryable_errors", False))
+
+
 def _retryable_stages() -> tuple[str, ...]:
     """Stages whose errors come from a model engine, not from the row's audio (`Stage.retryable_errors`):
     `--retry-errors` runs them again. Decode errors are the input's own (a corrupt file stays corrupt)."""
-    from .stages import retryable_error_stages
-
     return tuple(sorted(retryable_error_stages()))
+
+
 _EXAMPLES = 5
 
 

@@ -24,7 +24,7 @@ whose field descriptions are the manual), registered in `FILTERS` under the name
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional, Sequence
+from typing import Any, ClassVar, Mapping, Optional, Protocol, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -32,8 +32,15 @@ import pyarrow as pa
 from ..core.registry import Registry
 from ..core.settings import Settings
 
-if TYPE_CHECKING:
-    from ..config import PipelineConfig
+
+class RunConfig(Protocol):
+    """The run's configuration (`config.PipelineConfig`) as a filter is built from it: its
+    section is `filters.<name>`; a filter that depends on another section (the ASR language,
+    the input's columns) reads it in `applies` or `configured`. Named by its one field the
+    base class reads, not imported: `config` imports this module to build `filters`."""
+
+    @property
+    def filters(self) -> Any: ...
 
 
 class Filter:
@@ -53,7 +60,7 @@ class Filter:
     measures_all: ClassVar[bool] = False
 
     @classmethod
-    def configured(cls, config: "PipelineConfig", input_columns: set[str]) -> Optional["Filter"]:
+    def configured(cls, config: RunConfig, input_columns: set[str]) -> Optional["Filter"]:
         """A built-in filter from its section `filters.<name>`, or None when the section is
         off (`enabled: false`) or the filter does not apply to this run (`applies`). Your own
         filters are built from `filters.custom`."""
@@ -65,7 +72,7 @@ class Filter:
         return cls(section)
 
     @classmethod
-    def applies(cls, config: "PipelineConfig", input_columns: set[str]) -> bool:
+    def applies(cls, config: RunConfig, input_columns: set[str]) -> bool:
         """Whether this run has anything for the filter to check (say, the input's reference column)."""
         return True
 

@@ -11,26 +11,28 @@ A source kind is one module registering its opener with `@SOURCE_FORMATS.registe
 `open(uri, fs, path, config) -> Source`; `source.format` takes every registered name. This module
 imports nothing that imports `config`, which validates `source.format` against `SOURCE_FORMATS`.
 Imports among sources point one way: the openers (`parquet_formats`, `folder`) and the audio
-fetch by id (`audio_by_id`) import this package, which imports only the Parquet reader
-(`parquet`), which imports neither; none of them imports `resume` or `sinks`.
+fetch by id (`audio_by_id`) import this package, which imports only `storage` and, where it
+reads, the Parquet reader (`parquet`), the audio cells' reader (`audio_cells`) and `blocks`,
+which import neither; none of them imports `resume` or `sinks`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from .. import storage
 from ..core.registry import Registry
+from ..storage import StorageConfig
 from .errors import SourceError
 
 if TYPE_CHECKING:
     import ray
 
-    from ..config import SourceConfig
-    from ..stages import AudioFetcher
+    from .audio_cells import AudioFetcher
 
 _BLOCK_ROWS = 32  # folder sources: rows per block of the listing
 
@@ -40,6 +42,18 @@ SOURCE_FORMATS: Registry[Any] = Registry("source format", lazy={
     "parquet": "audiocurate.sources.parquet_formats", "hf_parquet": "audiocurate.sources.parquet_formats",
     "auto_parquet": "audiocurate.sources.parquet_formats", "folder": "audiocurate.sources.folder",
 })
+
+
+class SourceSettings(Protocol):
+    """The `source` section (`config.SourceConfig`) as opening an input reads it here; the
+    opener a format registered gets the whole section. Named by its fields, not imported:
+    `config` imports this package to check `source.format`."""
+
+    format: str
+    id_column: str
+    audio_column: Optional[str]
+    extensions: list[str]
+    storage: StorageConfig
 
 
 @dataclass
@@ -62,7 +76,7 @@ class Source:
         return [c for c in self.columns if c != self.audio_column]
 
     def fetcher(self) -> "AudioFetcher":
-        from ..stages import AudioFetcher
+        from .audio_cells import AudioFetcher
 
         return AudioFetcher(self.fs, self.root)
 
@@ -116,7 +130,7 @@ class Source:
         already, so no listing task runs."""
         import ray
 
-        from ..runtime import split_blocks
+        from ..blocks import split_blocks
         from .parquet import ParquetFileReader, open_parquet, whole_reads
 
         if self.listing is not None:
@@ -159,10 +173,8 @@ class DatasetSource(Source):
         return self.provided  # its blocks as you made them
 
 
-def open_source(uri: str, config: "SourceConfig") -> Source:
+def open_source(uri: str, config: SourceSettings) -> Source:
     """The input at `uri` as the configured (or detected) source format."""
-    from .. import storage
-
     fs, path = storage.resolve(uri, config.storage)
     kind = config.format
     exts = tuple(e.lower() for e in config.extensions)
@@ -171,7 +183,7 @@ def open_source(uri: str, config: "SourceConfig") -> Source:
     return SOURCE_FORMATS.get(kind)(uri, fs, path, config)
 
 
-def from_dataset(ds: "ray.data.Dataset", config: "SourceConfig") -> Source:
+def from_dataset(ds: "ray.data.Dataset", config: SourceSettings) -> Source:
     """A Dataset the user already has (read, joined, filtered their way) as the pipeline's
     input: it needs the id column and an audio column, checked here rather than mid-run."""
     schema = ds.schema()
@@ -188,8 +200,6 @@ def from_dataset(ds: "ray.data.Dataset", config: "SourceConfig") -> Source:
 
 
 def _detect(fs: pafs.FileSystem, path: str, exts: tuple[str, ...]) -> str:
-    from .. import storage
-
     if any(ch in path for ch in "*?[") or path.lower().endswith((".parquet", ".pq")):
         return "auto_parquet"  # which Parquet layout is decided from the schema
     info = fs.get_file_info(path)

@@ -15,7 +15,9 @@ import pyarrow.compute as pc
 
 from .. import contract as C
 from ..audio import AudioDecodeError, AudioInput, CellTooLarge, cell_buffer, decode_audio, encode_flac
-from ..config import SourceConfig, StorageConfig
+from ..config import SourceConfig
+from ..storage import StorageConfig
+from .audio_cells import AudioFetcher, audio_input_of
 
 _BATCH_BYTES = 8 << 20  # rows read at a time from a row group, unless one row alone is larger
 
@@ -102,10 +104,8 @@ class SourceAudio:
         return table.append_column(C.AUDIO, pa.array(audio, C.AUDIO_TYPE))
 
 
-def _audio_input(column: Union[pa.Array, pa.ChunkedArray], row: int, fetcher: Any) -> AudioInput:
+def _audio_input(column: Union[pa.Array, pa.ChunkedArray], row: int, fetcher: AudioFetcher) -> AudioInput:
     """A row's encoded audio for the decoder: its cell's buffer, or the file its path names."""
-    from ..stages import audio_input_of
-
     data = cell_buffer(column, row)
     return data if data else audio_input_of(column[row], fetcher)  # a path, or nothing: a small scalar
 
