@@ -42,9 +42,10 @@ def test_hf_whisper_batches_short_clips_and_windows_long_ones(tiny_whisper_dir):
     for r in (out[0], out[2], out[3]):
         assert r.text and math.isfinite(r.avg_logprob) and r.avg_logprob <= 0
         assert 0.0 <= r.no_speech_prob <= 1.0 and r.compression_ratio > 0 and r.language == "en"
-    assert isinstance(out[1].text, str)  # long-form decoding across 40 s ran to the end
-    if out[1].segments:
-        assert max(s.end_s for s in out[1].segments) <= 40.5
+    # long-form decoding ran to the end: both 30 s windows gave segments, none past the clip
+    starts = [s.start_s for s in out[1].segments]
+    assert starts and min(starts) < 30.0 <= max(starts)
+    assert max(s.end_s for s in out[1].segments) <= 40.5
 
 
 @pytest.mark.slow  # real model weights: tens of seconds

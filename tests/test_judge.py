@@ -11,7 +11,7 @@ import pytest
 
 from audiocurate.config import LlamaCppJudgeConfig
 from audiocurate.judge import JudgeScore, load_judge_profile, make_judge, score_from_logits
-from audiocurate.judge.profile import Calibration, JudgeProfile
+from audiocurate.judge.profile import Calibration
 
 EDUCATIONAL = [
     "The mitochondria produce most of the energy a cell needs by breaking down sugar with oxygen.",
@@ -30,13 +30,15 @@ def judge():
     return make_judge(LlamaCppJudgeConfig())
 
 
-def test_answers_are_one_of_five_with_probabilities(judge):
-    scores = judge.score_batch(EDUCATIONAL + NOT_EDUCATIONAL + [""])
-    for s in scores:
-        assert s.error is None
-        assert s.score in {1, 2, 3, 4, 5}
-        assert len(s.probs) == 5 and math.isclose(sum(s.probs), 1.0, abs_tol=1e-5)
-        assert s.mean == pytest.approx(sum(k * p for k, p in zip(range(1, 6), s.probs)), abs=1e-5)
+def test_every_text_gets_its_own_answer_among_the_five_labels(judge):
+    """The empty text included, no row fails, and each row's five label probabilities are the
+    model's answer to that text: they differ from text to text (a judge that ignored its input,
+    or answered a fallback, would give every row one distribution)."""
+    texts = EDUCATIONAL + NOT_EDUCATIONAL + [""]
+    scores = judge.score_batch(texts)
+    assert [s.error for s in scores] == [None] * len(texts)
+    assert all(s.score in {1, 2, 3, 4, 5} and len(s.probs) == 5 for s in scores)
+    assert len({tuple(np.round(s.probs, 4)) for s in scores}) == len(texts)
 
 
 def test_educational_text_scores_higher(judge):
@@ -183,7 +185,8 @@ def test_profile_prompt_split_keeps_tokenization():
     whole = p.prefix() + p.suffix("Water is wet.")
     assert whole.endswith("Text: Water is wet.\nScore: ")
     assert not p.prefix().endswith(" ")
-    assert isinstance(JudgeScore.failed("x").mean, float)
+    failed = JudgeScore.failed("too long")  # a failed row: no score, a NaN mean (the column stays float)
+    assert failed.score is None and math.isnan(failed.mean) and failed.error == "too long"
 
 
 def test_chat_profile_messages():
@@ -192,7 +195,6 @@ def test_chat_profile_messages():
     assert msgs[0]["role"] == "system" and msgs[-1]["role"] == "user"
     assert "Some transcript." in msgs[-1]["content"]
     assert [m["role"] for m in msgs[1:-1]] == ["user", "assistant"] * len(p.examples)
-    assert isinstance(p, JudgeProfile)
 
 
 def test_a_multilingual_profile_states_each_rows_language():

@@ -47,12 +47,6 @@ def retryable_error_stages() -> frozenset[str]:
     return frozenset(s.name for s in stages if getattr(s, "retryable_errors", False))
 
 
-def _retryable_stages() -> tuple[str, ...]:
-    """Stages whose errors come from a model engine, not from the row's audio (`Stage.retryable_errors`):
-    `--retry-errors` runs them again. Decode errors are the input's own (a corrupt file stays corrupt)."""
-    return tuple(sorted(retryable_error_stages()))
-
-
 _EXAMPLES = 5
 
 
@@ -276,7 +270,7 @@ def remove_duplicates(out: OutputDir, source: Any, id_column: str) -> int:
 
 def reopen_errors(out: OutputDir, source: Any, id_column: str, stages: Optional[tuple[str, ...]] = None) -> int:
     """Remove the error rows of `stages` (the retryable ones) so that the next run processes them again."""
-    stages = stages or _retryable_stages()
+    stages = stages or tuple(sorted(retryable_error_stages()))
     recover(out)
     RunState(out).unmark_complete()  # first: a reopening cut short leaves no _SUCCESS on an output missing rows
     reopened = 0
