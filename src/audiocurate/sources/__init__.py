@@ -11,9 +11,9 @@ A source kind is one module registering its opener with `@SOURCE_FORMATS.registe
 `open(uri, fs, path, config) -> Source`; `source.format` takes every registered name. This module
 imports nothing that imports `config`, which validates `source.format` against `SOURCE_FORMATS`.
 Imports among sources point one way: the openers (`parquet_formats`, `folder`) and the audio
-fetch by id (`audio_by_id`) import this package, which imports only `storage` and, where it
-reads, the Parquet reader (`parquet`), the audio cells' reader (`audio_cells`) and `blocks`,
-which import neither; none of them imports `resume` or `sinks`.
+fetch by id (`audio_by_id`) import this package, which imports only `storage`, the audio cells'
+reader (`audio_cells`) and, where it reads, the Parquet reader (`parquet`) and `blocks`, which
+import neither; none of them imports `resume` or `sinks`.
 """
 
 from __future__ import annotations
@@ -27,12 +27,11 @@ import pyarrow.fs as pafs
 from .. import storage
 from ..core.registry import Registry
 from ..storage import StorageConfig
+from .audio_cells import AudioFetcher
 from .errors import SourceError
 
 if TYPE_CHECKING:
     import ray
-
-    from .audio_cells import AudioFetcher
 
 _BLOCK_ROWS = 32  # folder sources: rows per block of the listing
 
@@ -75,9 +74,7 @@ class Source:
         """Columns passed through unchanged to every output (all but the audio)."""
         return [c for c in self.columns if c != self.audio_column]
 
-    def fetcher(self) -> "AudioFetcher":
-        from .audio_cells import AudioFetcher
-
+    def fetcher(self) -> AudioFetcher:
         return AudioFetcher(self.fs, self.root)
 
     def count(self) -> int:

@@ -4,7 +4,8 @@ fetch of a clip by id (`sources.audio_by_id`) both read cells through it."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -29,13 +30,9 @@ class AudioFetcher:
             fs, full = pafs.FileSystem.from_uri(full)
         else:
             fs = self.fs
-        try:
+        with _as_decode_error(path):
             with fs.open_input_stream(full, compression=None) as f:
                 return f.read()
-        except FileNotFoundError:
-            raise AudioDecodeError(f"file not found: {path}") from None
-        except OSError as e:
-            raise AudioDecodeError(f"cannot read {path}: {e}") from None
 
     def open(self, path: str) -> AudioInput:
         """The file to decode: a local one opened where it lies (decoding streams it, so an
@@ -44,12 +41,19 @@ class AudioFetcher:
         full = self._full(path)
         if "://" in full or not isinstance(self.fs, pafs.LocalFileSystem):
             return self.read(path)
-        try:
+        with _as_decode_error(path):
             return self.fs.open_input_file(full)
-        except FileNotFoundError:
-            raise AudioDecodeError(f"file not found: {path}") from None
-        except OSError as e:
-            raise AudioDecodeError(f"cannot read {path}: {e}") from None
+
+
+@contextmanager
+def _as_decode_error(path: str) -> Iterator[None]:
+    """A file the row names that cannot be read is that row's error, not the run's."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise AudioDecodeError(f"file not found: {path}") from None
+    except OSError as e:
+        raise AudioDecodeError(f"cannot read {path}: {e}") from None
 
 
 def audio_bytes_of(value: Any, fetcher: Optional[AudioFetcher]) -> bytes:
