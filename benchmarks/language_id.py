@@ -4,6 +4,7 @@ language gate, on a dev set built here: synthetic speech in 8 languages and real
     python benchmarks/language_id.py [--switch]      # all of it (and a language switch)
     python benchmarks/language_id.py --real-only [--real-per-language 80]   # the real speech section only
     python benchmarks/language_id.py --wer           # then: whisper-base WER per language, held-out half
+    python benchmarks/language_id.py --lid-min-s 10  # language ID on pieces padded to 10 s, not 30
 
 Synthetic dev set: espeak-ng voices reading 12 sentences each in Czech, Dutch, German (those of
 `language_gate.py`), French, Spanish, Italian and Polish (written for this benchmark, general
@@ -123,8 +124,12 @@ MORE = {
            "Książka leży na stole obok okna."],
 }
 SENTENCES = {**OTHER, **MORE}
-RESULTS = HERE / "results" / "language_id.json"
-DEFAULT = PipelineConfig.load(profile="default")
+# `--lid-min-s S`: language ID pads each piece to S seconds instead of Whisper's 30
+# (`asr.language_detection_min_s`); results go to their own file.
+LID_MIN_S = float(sys.argv[sys.argv.index("--lid-min-s") + 1]) if "--lid-min-s" in sys.argv else None
+RESULTS = HERE / "results" / ("language_id.json" if LID_MIN_S is None else f"language_id_lid_min_{LID_MIN_S:g}s.json")
+DEFAULT = PipelineConfig.load(profile="default", overrides=[] if LID_MIN_S is None
+                              else [f"asr.language_detection_min_s={LID_MIN_S}"])
 DEFAULT_GATE = Language.configured(DEFAULT, {"id", "audio_bytes"})
 REAL_ORDER: dict[str, int] = {}
 BUCKETS = [(0, 3), (3, 6), (6, 10), (10, 1e9)]
@@ -223,7 +228,8 @@ def real_speech_rows(per_language: int) -> list[dict]:
     for c in clips:
         audio = decode_audio(c["audio_bytes"], target_rate=16000).pcm.astype(np.float32) / 32768.0
         t0 = time.perf_counter()
-        probs = language_probabilities(lid, audio, config.asr.language_detection_segments)
+        probs = language_probabilities(lid, audio, config.asr.language_detection_segments,
+                                       config.asr.language_detection_min_s)
         detected = max(probs, key=probs.__getitem__)
         t1 = time.perf_counter()
         tr = tiny.transcribe_batch([(audio * 32768.0).astype(np.int16)])[0]
@@ -355,7 +361,8 @@ def main() -> None:
     for c in clips:
         audio = c["pcm"].astype(np.float32) / 32768.0
         t0 = time.perf_counter()
-        probs = language_probabilities(base.model, audio, 3)
+        probs = language_probabilities(base.model, audio, DEFAULT.asr.language_detection_segments,
+                                       DEFAULT.asr.language_detection_min_s)
         t1 = time.perf_counter()
         tr = tiny.transcribe_batch([c["pcm"]])[0]
         t2 = time.perf_counter()

@@ -1,7 +1,7 @@
 """The default pipeline against the engine's best setting on the same clips and machine, with
 the quality of both and where the pipeline's CPU goes.
 
-    python benchmarks/throughput.py [--per-class 120] [--set KEY=VALUE ...] [--skip-engine]
+    python benchmarks/throughput.py [--per-class 120] [--set KEY=VALUE ...] [--skip-engine] [--same-work]
 
 Clips (held out): the 18 real recordings of `corpora.real_speech` (LibriVox, LibriSpeech,
 spontaneous speech, Common Voice) and the `eval` half of the judge dev set (`corpora.dev_clips`:
@@ -10,6 +10,10 @@ Voice's layout, one Parquet file.
 1. Engine: faster-whisper alone in this plain process at its best setting on this machine:
    the embedded tiny.en, int8, the pipeline's beam, `cpu_threads` = all cores; decode +
    transcribe, no Ray, no judge, no writes.
+   With `--same-work`, also the pipeline's own steps (`stages_in_one_process`: decode,
+   transcribe with language ID where the default runs it, judge, select, package) one after
+   another in this process without Ray, every engine with all cores' threads: how much of the
+   gap to the engine is the extra models' work and how much is Ray's.
 2. Pipeline: `audiocurate.pipeline.run` with the default configuration (plus `--set`
    overrides) on the same file into a fresh output, timed from before Ray starts until the
    report is written (Ray's start included). CPU seconds by role while it runs
@@ -81,6 +85,40 @@ def engine_best(path: Path, config: PipelineConfig) -> dict:
             "setting": setting, "transcripts": transcripts}
 
 
+def stages_in_one_process(path: Path, config: PipelineConfig) -> dict:
+    """The pipeline's own steps, as `plan.plan_pipeline` lays them out for this input (decode,
+    transcribe with its language ID and filters, judge, select, package), called one after
+    another on Arrow blocks in this plain process with every core's threads per engine: the
+    pipeline's model work without Ray, so that Ray's cost and the models' are told apart."""
+    from audiocurate.plan import ClusterShape, plan_pipeline
+    from audiocurate.sources import open_source
+
+    cores = os.cpu_count() or 1
+    config = config.model_copy(update={"asr": config.asr.model_copy(update={"threads": cores}),
+                                       "judge": config.judge.model_copy(update={"threads": cores})})
+    source = open_source(str(path), config.source)
+    plan = plan_pipeline(config, ClusterShape(cpus=cores, gpus=0), columns=source.columns,
+                         id_column=source.id_column, audio_column=source.audio_column, fetcher=source.fetcher())
+    table = pq.read_table(path)
+    t0 = time.perf_counter()
+    blocks = [table]
+    for step in plan.stages:
+        if step.how == "split_blocks":
+            n = step.args["rows_per_block"]
+            blocks = [b.slice(i, n) for b in blocks for i in range(0, b.num_rows, n)]
+        elif step.how == "map_batches":
+            fn = step.fn(**step.constructor_kwargs) if isinstance(step.fn, type) else step.fn
+            blocks = [fn(b) for b in blocks]
+        else:
+            raise ValueError(f"step {step.name} is applied by Ray ({step.how}); this reference runs CPU steps only")
+    wall = time.perf_counter() - t0
+    rows = pa.concat_tables(blocks).select(["id", "transcript", "duration_s"]).to_pylist()
+    audio_s = sum(r["duration_s"] or 0.0 for r in rows)
+    return {"audio_s": audio_s, "wall_s": wall, "audio_s_per_s": audio_s / wall, "clips": len(rows),
+            "steps": [s.name for s in plan.stages], "threads_per_engine": cores,
+            "transcripts": {r["id"]: r["transcript"] or "" for r in rows}}
+
+
 def pipeline(path: Path, config: PipelineConfig) -> tuple[dict, Path]:
     import ray
 
@@ -142,6 +180,8 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=120)
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--skip-engine", action="store_true")
+    ap.add_argument("--same-work", action="store_true",
+                    help="also run the pipeline's steps one after another in this process, without Ray")
     ap.add_argument("--out", default=str(RESULTS / "throughput.json"))
     args = ap.parse_args()
     path = clips(args.per_class)
@@ -153,12 +193,20 @@ def main() -> None:
         engine["wer"] = wer(meta, engine.pop("transcripts"))
         result["engine_best"] = engine
         print("engine", json.dumps(engine), flush=True)
+    if args.same_work:
+        same = stages_in_one_process(path, config)
+        same["wer"] = wer(meta, same.pop("transcripts"))
+        result["stages_in_one_process"] = same
+        print("stages in one process", json.dumps(same), flush=True)
     result["pipeline"], out = pipeline(path, config)
     result["pipeline"]["wer"] = wer(meta, pipeline_transcripts(out, meta))
     result["pipeline"]["judge_eval_half"] = judge_quality(out, meta)
     print("pipeline", json.dumps(result["pipeline"]), flush=True)
     if not args.skip_engine:
         result["ratio"] = result["pipeline"]["audio_s_per_s"] / result["engine_best"]["audio_s_per_s"]
+    if args.same_work:
+        result["ratio_to_stages_in_one_process"] = (result["pipeline"]["audio_s_per_s"]
+                                                    / result["stages_in_one_process"]["audio_s_per_s"])
     shutil.rmtree(out.parent, ignore_errors=True)
     Path(args.out).parent.mkdir(exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

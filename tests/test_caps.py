@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from audiocurate import contract as C
-from audiocurate.sinks import FOOTER_KEY
+from audiocurate.run_state import FOOTER_KEY
 from audiocurate.sinks import CurationSink, OutputDir
 
 pytestmark = pytest.mark.slow  # a Ray pass: about 20 s on 2 cores

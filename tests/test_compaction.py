@@ -11,7 +11,8 @@ from audiocurate.compaction import JOURNAL, compact, recover
 from audiocurate.config import PipelineConfig, SourceConfig
 from audiocurate.pipeline import run
 from audiocurate.resume import plan_reads
-from audiocurate.sinks import SPLITS, OutputDir
+from audiocurate.run_state import SPLITS
+from audiocurate.sinks import OutputDir
 from audiocurate.sources import open_source
 
 

@@ -23,7 +23,7 @@ from audiocurate.corpus.dedup import (SEP, bucket_pairs, both_directions, large_
                                       small_star)
 from audiocurate.corpus.fingerprint import fingerprint, similarity
 from audiocurate.compaction import _journal
-from audiocurate.sinks import FOOTER_KEY
+from audiocurate.run_state import FOOTER_KEY
 from audiocurate.sinks import CurationSink, OutputDir
 
 from conftest import have, speak

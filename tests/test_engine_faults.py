@@ -140,6 +140,28 @@ def test_only_model_stages_errors_are_retryable():
     assert retryable_error_stages() == frozenset({"transcribe", "judge"})
 
 
+def test_every_stage_that_says_its_errors_are_retryable_is_listed():
+    """`verify.retryable_error_stages` names the stage classes by hand: a stage added anywhere in
+    the package with `retryable_errors` and not listed there fails here."""
+    import importlib
+    import pkgutil
+
+    import audiocurate
+    from audiocurate.core.stage import Stage
+
+    for module in pkgutil.walk_packages(audiocurate.__path__, "audiocurate."):
+        try:
+            importlib.import_module(module.name)
+        except ImportError as e:  # an optional engine that is not installed (vllm): none of its stages is used
+            assert module.name.split(".")[1] in {"asr", "judge", "exports", "sources"}, (module.name, e)
+
+    def subclasses(cls: type) -> list[type]:
+        return [c for sub in cls.__subclasses__() for c in (sub, *subclasses(sub))]
+
+    said = {c.name for c in subclasses(Stage) if c.retryable_errors and c.name and c.__module__.startswith("audiocurate.")}
+    assert said and said <= retryable_error_stages(), said - retryable_error_stages()
+
+
 @pytest.mark.parametrize("error", [
     MemoryError(), crashing_engine.OutOfMemoryError("Tried to allocate 2.00 GiB"),
     RuntimeError("CUDA error: an illegal memory access was encountered"),

@@ -100,7 +100,7 @@ def test_rerun_resumes_with_nothing_to_do(demo_run, demo_parquet):
 
 def test_changed_configuration_is_refused(demo_run, demo_parquet):
     from audiocurate.config import PipelineConfig
-    from audiocurate.sinks import OutputExistsError
+    from audiocurate.run_state import OutputExistsError
 
     _, _, out, _ = demo_run
     with pytest.raises(OutputExistsError, match="select.min_score"):
@@ -134,7 +134,8 @@ def test_readme_demo_figures_are_what_the_pinned_install_curates(demo_run):
 def test_resuming_across_an_engine_upgrade_is_refused(demo_run, demo_parquet):
     """An output made by another llama.cpp is not resumed: scores would mix two engines."""
     from audiocurate.config import PipelineConfig
-    from audiocurate.sinks import OutputDir, OutputExistsError
+    from audiocurate.run_state import OutputExistsError
+    from audiocurate.sinks import OutputDir
 
     report, _, out, _ = demo_run
     installed = report["engines"]["llama-cpp-python"]

@@ -48,3 +48,26 @@ def test_the_english_default_rejects_real_spanish_speech_as_language_and_keeps_r
     assert rows["en"]["language_prob"] is None and rows["es"]["language_prob"] > 0.9
     # "It is the typical skeleton you find in the dungeons of all the games": still tiny.en's words
     assert "skeleton" in rows["en"]["transcript"].lower()
+
+
+@needs_base
+@pytest.mark.slow  # whisper-base loads and runs
+def test_language_id_pads_a_short_piece_to_language_detection_min_s_and_still_hears_each_language():
+    from audiocurate.asr import make_transcriber
+    from audiocurate.asr.faster_whisper import language_probabilities
+    from audiocurate.config import FasterWhisperConfig
+
+    model = make_transcriber(FasterWhisperConfig(model="embedded:whisper-base", language=None)).model
+    read = []  # the frames (10 ms each) the encoder was given, per call
+    encode = model.encode
+    model.encode = lambda features: read.append(features.shape[-1]) or encode(features)
+    for lang, path in LINES.items():
+        audio = decode_audio(path.read_bytes(), target_rate=16000).pcm / 32768.0
+        frames = len(audio) // 160
+        heard = {}
+        for min_s in (30.0, 10.0, 0.0):
+            probs = language_probabilities(model, audio.astype("float32"), 3, min_s)
+            heard[min_s] = max(probs, key=probs.__getitem__)
+        # 30 s is Whisper's own padding; 10 s pads these 3-6 s lines less; 0 reads the line as it is.
+        assert read[-3:-1] == [3000, 1000] and abs(read[-1] - frames) <= 2, (lang, read[-3:], frames)
+        assert set(heard.values()) == {lang}, heard

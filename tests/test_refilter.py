@@ -18,7 +18,8 @@ from audiocurate.cli import main
 from audiocurate.config import PipelineConfig
 from audiocurate.filters import Filter
 from audiocurate.pipeline import run
-from audiocurate.sinks import SPLITS, OutputDir
+from audiocurate.run_state import SPLITS
+from audiocurate.sinks import OutputDir
 
 # No model: transcripts read from the input's `sentence`, no judge; the gates decide on the
 # decoded audio's stored measures.

@@ -200,7 +200,7 @@ def test_limit_takes_the_same_rows_every_time_and_can_grow(clips_parquet, tmp_pa
 
 
 def test_restart_flag_starts_over(clips_parquet, tmp_path, ray_local):
-    from audiocurate.sinks import OutputExistsError
+    from audiocurate.run_state import OutputExistsError
 
     out = tmp_path / "out"
     run(PipelineConfig.load(overrides=OVERRIDES), str(clips_parquet), str(out), limit=1, echo=lambda s: None)

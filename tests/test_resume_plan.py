@@ -12,7 +12,8 @@ from audiocurate import resume
 from audiocurate.config import SourceConfig
 from audiocurate.contract import PART
 from audiocurate.resume import DropWrittenSegments, plan_reads
-from audiocurate.sinks import FOOTER_KEY, SPLITS, CurationSink, OutputDir
+from audiocurate.run_state import FOOTER_KEY, SPLITS
+from audiocurate.sinks import CurationSink, OutputDir
 from audiocurate.sources import open_source
 from audiocurate.sources.parquet import read_planned
 

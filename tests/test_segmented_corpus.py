@@ -21,7 +21,8 @@ from conftest import QUICK_MODELS
 from audiocurate.cli import main
 from audiocurate.config import PipelineConfig
 from audiocurate.pipeline import run
-from audiocurate.sinks import SPLITS, OutputDir
+from audiocurate.run_state import SPLITS
+from audiocurate.sinks import OutputDir
 
 pytestmark = pytest.mark.slow  # two longform runs and a refilter with Whisper tiny.en: minutes on 2 cores
 

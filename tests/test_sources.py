@@ -409,7 +409,7 @@ def test_null_ids_in_a_folder_manifest_are_refused_too(tmp_path, clips):
 
 def _shards_on(fs, root: str, n: int) -> list[dict]:
     """`n` shards of 3 rows, as a run leaves them (part counts in each footer)."""
-    from audiocurate.sinks import FOOTER_KEY
+    from audiocurate.run_state import FOOTER_KEY
 
     rows = []
     for k in range(n):
@@ -429,7 +429,7 @@ def test_compaction_on_object_storage_writes_each_file_whole(store, request):
 
     from audiocurate.compaction import compact
     from audiocurate.config import StorageConfig
-    from audiocurate.sinks import FOOTER_KEY
+    from audiocurate.run_state import FOOTER_KEY
     from audiocurate.sinks import OutputDir
 
     if store == "s3":

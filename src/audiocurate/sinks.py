@@ -35,9 +35,7 @@ from ray.data.datasource import Datasink
 from . import contract as C
 from . import storage
 from .contract import PART, WRITTEN_SEGMENTS
-from .run_state import (  # noqa: F401  (the output's layout: importable from here too, as before)
-    CURATED, ERRORS, FOOTER_KEY, REJECTED, SPLITS, STATE_DIR, SUCCESS, TMP_PREFIX, OutputExistsError, RunState,
-)
+from .run_state import CURATED, ERRORS, FOOTER_KEY, REJECTED, SPLITS, STATE_DIR, TMP_PREFIX, RunState
 from .storage import StorageConfig
 
 # The curated output's leading columns, in this order; every other column follows.

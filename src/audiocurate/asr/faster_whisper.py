@@ -13,6 +13,7 @@ from . import (ASR_BACKENDS, ActorTranscriber, Segment, Transcription, clip_lang
                mean_distribution)
 from ..core.settings import SPEED_ONLY
 from ..engines import Engine
+from ..filters.language import trusted_as_english
 from .settings import AsrSettings
 from .windows import iter_windows
 
@@ -43,6 +44,13 @@ class FasterWhisperConfig(AsrSettings):
         "transcription per short clip on CPU (benchmarks/language_id.py). The default, so that an English corpus "
         "rejects speech in other languages before the judge. None: with `language` set, `language` is that code "
         "and nothing is detected.")
+
+    language_detection_min_s: float = Field(
+        30.0, ge=0, le=30, description="Spoken language ID hears a piece shorter than this padded with silence "
+        "to this many seconds. 30 is Whisper's own way (it was trained on 30 s windows) and the most accurate; "
+        "less is faster, as the encoder's cost follows the length it reads: 10 s costs language ID an eighth "
+        "of 30 s on real dialogue lines (mean 6.3 s) and lowers its accuracy there from 0.943 to 0.924 "
+        "(docs/languages.md, `benchmarks/language_id.py --lid-min-s`). 0: the piece as it is.")
 
     skip_language_id_above_avg_logprob: Optional[float] = Field(
         -0.6, le=0, description="With `language_id_model` beside an English-only `model` (tiny.en): skip the "
@@ -102,7 +110,8 @@ class FasterWhisperTranscriber(ActorTranscriber):
         for offset, window in iter_windows(pcm, self.sample_rate, self.config.chunk_s):
             language = self.config.language
             if detecting:
-                probs = language_probabilities(self.model, window, self.config.language_detection_segments)
+                probs = language_probabilities(self.model, window, self.config.language_detection_segments,
+                                               self.config.language_detection_min_s)
                 window_languages.append((len(window) / self.sample_rate, probs))
                 language = max(probs, key=probs.__getitem__)
                 if language != window_language:
@@ -119,7 +128,8 @@ class FasterWhisperTranscriber(ActorTranscriber):
         tr = Transcription.from_segments(segments, None)
         if self.language_id is not None and not self.trusted_as_english(tr):
             window_languages = [(len(pcm) / self.sample_rate, language_probabilities(
-                self.language_id, pcm.astype(np.float32) / 32768.0, self.config.language_detection_segments))]
+                self.language_id, pcm.astype(np.float32) / 32768.0, self.config.language_detection_segments,
+                self.config.language_detection_min_s))]
         language, language_prob = clip_language(window_languages) if window_languages else (self.config.language, math.nan)
         tr.language, tr.language_prob = language, language_prob
         return tr
@@ -127,9 +137,8 @@ class FasterWhisperTranscriber(ActorTranscriber):
     def trusted_as_english(self, tr: Transcription) -> bool:
         """Whether an English-only model's own confidence already says the clip is English
         (`skip_language_id_above_avg_logprob`), so the language ID pass is not needed."""
-        skip = self.config.skip_language_id_above_avg_logprob
-        return (skip is not None and not self.model.model.is_multilingual
-                and math.isfinite(tr.avg_logprob) and tr.avg_logprob >= skip)
+        return not self.model.model.is_multilingual and trusted_as_english(
+            tr.avg_logprob, self.config.skip_language_id_above_avg_logprob)  # NaN (nothing written): not trusted
 
     def _window(self, window: np.ndarray, previous: str, language: Optional[str]) -> tuple[list[Any], Any]:
         """One window, with Whisper's temperature fallback; with `fallback_min_avg_logprob`,
@@ -170,16 +179,21 @@ class FasterWhisperTranscriber(ActorTranscriber):
         return list(result), info
 
 
-def language_probabilities(model: Any, audio: np.ndarray, pieces: int) -> dict[str, float]:
+def language_probabilities(model: Any, audio: np.ndarray, pieces: int, min_s: float = 30.0) -> dict[str, float]:
     """Whisper's spoken-language probabilities for float 16 kHz audio: the mean over up to
     `pieces` 30 s pieces spread evenly from its start to its end (one encoder pass each, in one
-    batch), so speech that starts late or a language that takes over later is heard."""
+    batch), so speech that starts late or a language that takes over later is heard. A piece
+    shorter than `min_s` is padded to it; CTranslate2's encoder reads any length up to 30 s."""
     from faster_whisper.audio import pad_or_trim
 
     if not model.model.is_multilingual:
         return {"en": 1.0}  # an English-only model (tiny.en) knows one language
-    n = model.feature_extractor.n_samples
-    features = np.stack([pad_or_trim(model.feature_extractor(audio[s:s + n]))
-                         for s in detection_pieces(len(audio), n, pieces)])
+    extractor = model.feature_extractor
+    n = extractor.n_samples
+    frames = [extractor(audio[s:s + n]) for s in detection_pieces(len(audio), n, pieces)]
+    # Pieces of one clip are all 30 s but for a clip shorter than that, which is one piece.
+    length = min(extractor.nb_max_frames, max(round(min_s * extractor.sampling_rate / extractor.hop_length),
+                                                max(f.shape[-1] for f in frames)))
+    features = np.stack([pad_or_trim(f, length) for f in frames])
     results = model.model.detect_language(model.encode(features))
     return mean_distribution([{token[2:-2]: prob for token, prob in result} for result in results])

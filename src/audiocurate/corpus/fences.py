@@ -18,7 +18,8 @@ import pyarrow.compute as pc
 
 from .. import contract as C
 from ..filters.speaking_rate import CPS_OUTLIER, SPEECH_CPS, group_column, tukey_fences
-from ..sinks import CURATED, REJECTED, OutputDir
+from ..run_state import CURATED, REJECTED
+from ..sinks import OutputDir
 from . import shards
 
 _GROUP = "group"

@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 
 from .. import contract as C
 from ..exports.hf_features import HF_METADATA_KEY
-from ..sinks import CURATED, FOOTER_KEY, REJECTED, OutputDir
+from ..run_state import CURATED, FOOTER_KEY, REJECTED
+from ..sinks import OutputDir
 
 DUPLICATE_OF = "duplicate_of"
 

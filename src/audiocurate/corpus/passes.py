@@ -22,7 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import contract as C
-from ..sinks import CURATED, REJECTED, OutputDir
+from ..run_state import CURATED, REJECTED
+from ..sinks import OutputDir
 from .dedup import SEP, group_duplicates, id_of, node_keys
 from .fingerprint import FINGERPRINT
 from . import shards

@@ -14,7 +14,8 @@ import yaml
 
 from ..config import RayConfig
 from ..runtime import configure_dataset, init_ray
-from ..sinks import REJECTED, OutputDir
+from ..run_state import REJECTED
+from ..sinks import OutputDir
 from ..sources.audio_by_id import SourceAudio
 from ..storage import StorageConfig
 from . import EXPORT_FORMATS, ExportOptions, Exporter, Part

@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 
 from ..config import PipelineConfig
 from ..report_audio import players_for
-from ..sinks import CURATED, ERRORS, REJECTED, SPLITS, OutputDir
+from ..run_state import CURATED, ERRORS, REJECTED, SPLITS
+from ..sinks import OutputDir
 from .html import render_html
 from .tally import DURATION_EDGES, GROUP_COLUMNS, MEAN_EDGES, TALLY_COLUMNS, WER_EDGES, RunTally
 from .whatif import MARGIN_CLIPS, WhatIfTally, gates_of

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..sinks import CURATED, ERRORS, REJECTED
+from ..run_state import CURATED, ERRORS, REJECTED
 
 KEPT, DROPPED_HERE, DROPPED_ELSEWHERE, THRESHOLD = "#4a4", "#c84", "#bbb", "#c00"
 

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from .. import contract as C
 from ..report_audio import SamplePicker, stable_ranks
-from ..sinks import CURATED, ERRORS, REJECTED, SPLITS
+from ..run_state import CURATED, ERRORS, REJECTED, SPLITS
 
 DURATION_EDGES = [0, 1, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 60, 120, 300, 600, 1800, 3600, math.inf]
 MEAN_EDGES = list(np.round(np.linspace(1, 5, 33), 3))

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from .. import contract as C
 from ..report_audio import stable_ranks
-from ..sinks import CURATED, REJECTED
+from ..run_state import CURATED, REJECTED
 from .tally import LANGUAGE_COLUMN, durations, outcomes
 
 # Columns a what-if is split by, where the input (or the run) has them: where a clip comes
