@@ -90,6 +90,9 @@ def stages_in_one_process(path: Path, config: PipelineConfig) -> dict:
     transcribe with its language ID and filters, judge, select, package), called one after
     another on Arrow blocks in this plain process with every core's threads per engine: the
     pipeline's model work without Ray, so that Ray's cost and the models' are told apart."""
+    import pyarrow.compute as pc
+
+    from audiocurate import contract as C
     from audiocurate.plan import ClusterShape, plan_pipeline
     from audiocurate.sources import open_source
 
@@ -101,7 +104,7 @@ def stages_in_one_process(path: Path, config: PipelineConfig) -> dict:
                          id_column=source.id_column, audio_column=source.audio_column, fetcher=source.fetcher())
     table = pq.read_table(path)
     t0 = time.perf_counter()
-    blocks = [table]
+    blocks, audio_s = [table], 0.0
     for step in plan.stages:
         if step.how == "split_blocks":
             n = step.args["rows_per_block"]
@@ -111,12 +114,16 @@ def stages_in_one_process(path: Path, config: PipelineConfig) -> dict:
             blocks = [fn(b) for b in blocks]
         else:
             raise ValueError(f"step {step.name} is applied by Ray ({step.how}); this reference runs CPU steps only")
+        if step.name == C.DECODE:  # as the pipeline's sink does there: rows settled at decode go no further
+            audio_s = sum(pc.sum(b["duration_s"]).as_py() or 0.0 for b in blocks)
+            blocks = [b.filter(pa.array(C.active_mask(b), pa.bool_())) for b in blocks]
     wall = time.perf_counter() - t0
-    rows = pa.concat_tables(blocks).select(["id", "transcript", "duration_s"]).to_pylist()
-    audio_s = sum(r["duration_s"] or 0.0 for r in rows)
-    return {"audio_s": audio_s, "wall_s": wall, "audio_s_per_s": audio_s / wall, "clips": len(rows),
+    rows = pa.concat_tables(blocks).select(["id", "transcript"]).to_pylist()
+    found = {r["id"]: r["transcript"] or "" for r in rows}
+    return {"audio_s": audio_s, "wall_s": wall, "audio_s_per_s": audio_s / wall, "clips": table.num_rows,
             "steps": [s.name for s in plan.stages], "threads_per_engine": cores,
-            "transcripts": {r["id"]: r["transcript"] or "" for r in rows}}
+            # a clip rejected before Whisper counts as an empty transcript, as in pipeline_transcripts
+            "transcripts": {i: found.get(i, "") for i in table["id"].to_pylist()}}
 
 
 def pipeline(path: Path, config: PipelineConfig) -> tuple[dict, Path]:

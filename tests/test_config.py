@@ -183,3 +183,15 @@ def test_dedup_brings_its_fingerprint_column_and_the_quality_profile_turns_it_on
     assert again.result_fingerprint() == config.result_fingerprint()
     capped = PipelineConfig.load(overrides=["corpus.max_hours_per={column: client_id, hours: 2}"])
     assert capped.corpus.max_hours_per.hours == 2.0 and "corpus" in capped.result_fingerprint()
+
+
+def test_a_setting_added_as_before_is_in_a_results_identity_only_away_from_its_default():
+    """`asr.language_detection_min_s` came after outputs were written; at its default (30 s)
+    their results are what they were, so an output written before it resumes; at any other
+    value the results differ and the output is another run's."""
+    base = PipelineConfig.load()
+    assert "language_detection_min_s" not in base.result_fingerprint()["asr"]
+    shorter = PipelineConfig.load(overrides=["asr.language_detection_min_s=10"])
+    assert shorter.result_fingerprint()["asr"]["language_detection_min_s"] == 10
+    assert shorter.fingerprint_hash() != base.fingerprint_hash()
+    assert PipelineConfig.load(overrides=["asr.language_detection_min_s=30"]).fingerprint_hash() == base.fingerprint_hash()

@@ -71,3 +71,35 @@ def test_language_id_pads_a_short_piece_to_language_detection_min_s_and_still_he
         # 30 s is Whisper's own padding; 10 s pads these 3-6 s lines less; 0 reads the line as it is.
         assert read[-3:-1] == [3000, 1000] and abs(read[-1] - frames) <= 2, (lang, read[-3:], frames)
         assert set(heard.values()) == {lang}, heard
+
+
+class _LanguageIdHeard:
+    """CTranslate2's Whisper, recording the encoder positions each language ID call reads."""
+
+    def __init__(self, model):
+        self.model, self.positions = model, []
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def detect_language(self, encoded):
+        self.positions.append(encoded.shape[1])
+        return self.model.detect_language(encoded)
+
+
+@needs_base
+@pytest.mark.slow  # tiny.en and whisper-base load and run, twice
+def test_the_english_default_pads_language_id_to_its_setting():
+    """`asr.language_detection_min_s` as the transcriber uses it: tiny.en is unsure of the
+    3.7 s Spanish line, so whisper-base hears it, padded to 30 s (1500 encoder positions) by
+    default and to 10 s (500) when set."""
+    from audiocurate.asr import make_transcriber
+
+    pcm = decode_audio(LINES["es"].read_bytes(), target_rate=16000).pcm
+    heard = {}
+    for min_s in (30, 10):
+        asr = make_transcriber(PipelineConfig.load(overrides=[f"asr.language_detection_min_s={min_s}"]).asr)
+        spy = asr.language_id.model = _LanguageIdHeard(asr.language_id.model)
+        (tr,) = asr.transcribe_batch([pcm])
+        heard[min_s] = (tr.language, spy.positions)
+    assert heard == {30: ("es", [1500]), 10: ("es", [500])}

@@ -22,7 +22,7 @@ from pydantic_core import core_schema
 
 from .asr import ASR_BACKENDS
 from .core.registry import Registry
-from .core.settings import SPEED_ONLY, SPEED_ONLY_SECTION, Settings, StageResources, changes_results
+from .core.settings import SPEED_ONLY, SPEED_ONLY_SECTION, Settings, StageResources, changes_results, in_identity
 from .exports import EXPORT_FORMATS
 from .filters.base import FILTERS
 from .judge.backends import JUDGE_BACKENDS
@@ -622,9 +622,9 @@ class PipelineConfig(Settings):
 def _result_settings(model: BaseModel) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, field in type(model).model_fields.items():
-        if not changes_results(field):
-            continue
         value = getattr(model, name)
+        if not changes_results(field) or not in_identity(field, value):
+            continue
         out[name] = _result_settings(value) if isinstance(value, BaseModel) else model.model_dump(
             mode="json", include={name})[name]
     return out

@@ -11,7 +11,7 @@ from pydantic import Field
 from ..models import resolve_model
 from . import (ASR_BACKENDS, ActorTranscriber, Segment, Transcription, clip_language, detection_pieces,
                mean_distribution)
-from ..core.settings import SPEED_ONLY
+from ..core.settings import ADDED_AS_BEFORE, SPEED_ONLY
 from ..engines import Engine
 from ..filters.language import trusted_as_english
 from .settings import AsrSettings
@@ -46,7 +46,7 @@ class FasterWhisperConfig(AsrSettings):
         "and nothing is detected.")
 
     language_detection_min_s: float = Field(
-        30.0, ge=0, le=30, description="Spoken language ID hears a piece shorter than this padded with silence "
+        30.0, ge=0, le=30, json_schema_extra=ADDED_AS_BEFORE, description="Spoken language ID hears a piece shorter than this padded with silence "
         "to this many seconds. 30 is Whisper's own way (it was trained on 30 s windows) and the most accurate; "
         "less is faster, as the encoder's cost follows the length it reads: 10 s costs language ID an eighth "
         "of 30 s on real dialogue lines (mean 6.3 s) and lowers its accuracy there from 0.943 to 0.924 "

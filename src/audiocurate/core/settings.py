@@ -26,6 +26,18 @@ SPEED_ONLY: dict[str, Any] = {"changes_results": False}
 SPEED_ONLY_SECTION = ConfigDict(extra="forbid", validate_assignment=True, json_schema_extra=SPEED_ONLY)
 
 
+# A setting added after outputs were written, whose default gives the results they already
+# have: at its default it is left out of a result's identity, so those outputs still resume.
+# `Field(default, json_schema_extra=ADDED_AS_BEFORE)`; any other value is part of the identity.
+ADDED_AS_BEFORE: dict[str, Any] = {"identity_at_default": False}
+
+
+def in_identity(field: FieldInfo, value: Any) -> bool:
+    """Whether a result setting's value is part of a result's identity (see ADDED_AS_BEFORE)."""
+    extra = field.json_schema_extra
+    return not (isinstance(extra, dict) and extra.get("identity_at_default") is False and value == field.default)
+
+
 def changes_results(field: FieldInfo) -> bool:
     """Whether a field is part of a result's identity (see SPEED_ONLY)."""
     section = getattr(field.annotation, "model_config", None) or {}
