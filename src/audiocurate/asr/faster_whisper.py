@@ -48,8 +48,8 @@ class FasterWhisperConfig(AsrSettings):
     language_detection_min_s: float = Field(
         30.0, ge=0, le=30, json_schema_extra=ADDED_AS_BEFORE, description="Spoken language ID hears a piece shorter than this padded with silence "
         "to this many seconds. 30 is Whisper's own way (it was trained on 30 s windows) and the most accurate; "
-        "less is faster, as the encoder's cost follows the length it reads: 10 s costs language ID an eighth "
-        "of 30 s on real dialogue lines (mean 6.3 s) and lowers its accuracy there from 0.943 to 0.924 "
+        "less is faster, as the encoder's cost follows the length it reads: 10 s costs language ID a fifth "
+        "of 30 s on real dialogue lines (mean 6.3 s) and lowers its accuracy there from 0.933 to 0.924 "
         "(docs/languages.md, `benchmarks/language_id.py --lid-min-s`). 0: the piece as it is.")
 
     skip_language_id_above_avg_logprob: Optional[float] = Field(
