@@ -12,8 +12,8 @@ Voice's layout, one Parquet file.
    transcribe, no Ray, no judge, no writes.
    With `--same-work`, also the pipeline's own steps (`stages_in_one_process`: decode,
    transcribe with language ID where the default runs it, judge, select, package) one after
-   another in this process without Ray, every engine with all cores' threads: how much of the
-   gap to the engine is the extra models' work and how much is Ray's.
+   another in this process without Ray, every engine with all cores' threads: whether the gap
+   to the engine is the extra models' work or the pipeline's running of it.
 2. Pipeline: `audiocurate.pipeline.run` with the default configuration (plus `--set`
    overrides) on the same file into a fresh output, timed from before Ray starts until the
    report is written (Ray's start included). CPU seconds by role while it runs
@@ -89,7 +89,7 @@ def stages_in_one_process(path: Path, config: PipelineConfig) -> dict:
     """The pipeline's own steps, as `plan.plan_pipeline` lays them out for this input (decode,
     transcribe with its language ID and filters, judge, select, package), called one after
     another on Arrow blocks in this plain process with every core's threads per engine: the
-    pipeline's model work without Ray, so that Ray's cost and the models' are told apart."""
+    pipeline's model work without Ray's parallelism or its costs."""
     import pyarrow.compute as pc
 
     from audiocurate import contract as C
