@@ -103,3 +103,36 @@ def test_the_english_default_pads_language_id_to_its_setting():
         (tr,) = asr.transcribe_batch([pcm])
         heard[min_s] = (tr.language, spy.positions)
     assert heard == {30: ("es", [1500]), 10: ("es", [500])}
+
+
+@needs_base
+@pytest.mark.slow  # tiny.en and whisper-base load and run
+def test_the_transcriber_reads_features_with_one_blas_thread_whatever_the_process_has():
+    """Log-mel features differ in the last bit with numpy's BLAS thread count, and whisper-base's
+    language ID moved by up to 0.1 with it; Ray gives an actor as many threads as it reserves CPUs.
+    Both models' feature extractors must run with one BLAS thread, in a process that has two."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from audiocurate.asr import make_transcriber
+
+    asr = make_transcriber(PipelineConfig.load().asr)
+    threads = []
+
+    class Recording:
+        def __init__(self, extractor):
+            self.extractor = extractor
+
+        def __getattr__(self, name):
+            return getattr(self.extractor, name)
+
+        def __call__(self, *args, **kwargs):
+            threads.append({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
+            return self.extractor(*args, **kwargs)
+
+    for model in (asr.model, asr.language_id):
+        model.feature_extractor = Recording(model.feature_extractor)
+    pcm = decode_audio(LINES["es"].read_bytes(), target_rate=16000).pcm
+    with threadpool_limits(limits=2, user_api="blas"):
+        (tr,) = asr.transcribe_batch([pcm])
+        assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == {2}
+    assert tr.language == "es" and len(threads) >= 2 and all(t == {1} for t in threads), threads

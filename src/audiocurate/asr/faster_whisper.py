@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Literal, Optional, Sequence
 
 import numpy as np
 from pydantic import Field
+from threadpoolctl import ThreadpoolController
 
 from ..models import resolve_model
 from . import (ASR_BACKENDS, ActorTranscriber, Segment, Transcription, clip_language, detection_pieces,
@@ -85,6 +86,7 @@ class FasterWhisperTranscriber(ActorTranscriber):
             num_workers=1,
         )
         self.sample_rate = self.model.feature_extractor.sampling_rate
+        self._blas = ThreadpoolController()
         self.language_id = None
         if config.language is not None and config.language_id_model:
             self.language_id = WhisperModel(resolve_model(config.language_id_model), device=device,
@@ -97,6 +99,13 @@ class FasterWhisperTranscriber(ActorTranscriber):
         return [self.transcribe(pcm) for pcm in clips]
 
     def transcribe(self, pcm: np.ndarray) -> Transcription:
+        # The log-mel features' last bits follow numpy's BLAS thread count (Ray sets it from an actor's CPUs
+        # unless `runtime.env_vars` does), and int8 amplifies them: language ID moved by up to 0.1 on short
+        # lines. One BLAS thread makes a clip's language and transcript the same in every process.
+        with self._blas.limit(limits=1, user_api="blas"):
+            return self._transcribe(pcm)
+
+    def _transcribe(self, pcm: np.ndarray) -> Transcription:
         import ctranslate2
 
         # Whisper's temperature fallback samples; a fixed seed per clip makes a clip's
