@@ -161,8 +161,17 @@ def test_a_second_run_into_one_output_is_refused_naming_the_first(clips, tmp_pat
 
 def _interrupt(clips: Path, out: Path, sig: int) -> tuple[int, str, dict]:
     """Start a run with a real model (so that it runs long enough), signal it mid-execution."""
-    proc = _cli("run", str(clips), str(out), "--set", "ray.progress=false", "--set", "output.rows_per_shard=1",
-                "--set", "asr.resources.batch_size=1")
+    # A shell starts a background job (`make test &`) with SIGINT ignored, a child inherits that,
+    # and Python then never raises KeyboardInterrupt: start the run as a foreground command is.
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        proc = _cli("run", str(clips), str(out), "--set", "ray.progress=false", "--set", "output.rows_per_shard=1",
+                    "--set", "asr.resources.batch_size=1")
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     attempts = out / "_state" / "attempts"
     deadline = time.time() + 240
     while not (attempts.exists() and any(attempts.glob("*.json"))):
