@@ -85,8 +85,8 @@ test-fast: install-test
 docs-check: install-test
 	$(VENV)/bin/pytest -q tests/test_docs.py
 
-# What the benchmarks import beyond the test extras (`.[bench]`: mwparserfromhell for the judge
-# dev set's Wikipedia text).
+# What the benchmarks import beyond the test extras (`.[bench]`: scipy for the figures' intervals,
+# mwparserfromhell for the judge dev set's Wikipedia text).
 $(VENV)/.installed-bench: $(VENV)/.installed-test
 	$(STEP)"benchmark extras (.[bench])"
 	$(PIP) install -q --progress-bar off -c $(CONSTRAINTS) -e '.[test,bench]'

@@ -160,6 +160,17 @@ def share(xs: list[bool]) -> float | None:
     return round(float(np.mean(xs)), 3) if xs else None
 
 
+def interval(xs: list[bool]) -> dict | None:
+    """A share with its count and Wilson 95% interval: with tens of clips a figure moves by
+    several points from one clip to the next, and a target is met only if the interval says so."""
+    if not xs:
+        return None
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(sum(xs)), len(xs)).proportion_ci(method="wilson")
+    return {"share": share(xs), "k": int(sum(xs)), "n": len(xs), "ci95": [round(ci.low, 3), round(ci.high, 3)]}
+
+
 def default_gate(row: dict, avg_logprob: float) -> str | None:
     """The English default's `language` filter on a clip as the pipeline routes it: language ID
     is skipped when tiny.en is confident (`asr.skip_language_id_above_avg_logprob`), and then
@@ -201,6 +212,11 @@ def summarize(rows: list[dict]) -> dict:
                     "english_kept": share([default_gate(r, r["tiny_en_avg_logprob"]) is None for r in en]),
                     "other_passed": share([default_gate(r, r["tiny_en_avg_logprob"]) is None for r in other]),
                     "english_lid_skipped": share([lid_skipped(r["tiny_en_avg_logprob"]) for r in en])},
+            },
+            "intervals": {  # the issue's figures: their counts and 95% intervals
+                "lid_accuracy_at_least_3s": interval([r["detected"] == r["language"] for r in rs if r["audio_s"] >= 3]),
+                "default_english_kept": interval([default_gate(r, r["tiny_en_avg_logprob"]) is None for r in en]),
+                "default_other_passed": interval([default_gate(r, r["tiny_en_avg_logprob"]) is None for r in other]),
             },
         }
     n = len(rows)
@@ -270,6 +286,11 @@ def summarize_real(rows: list[dict]) -> dict:
                                                     if r["language"] == lang and r["bucket"] == b]) for b in buckets}
                                    for lang in langs},
         "lid_accuracy_at_least_3s": share([r["detected"] == r["language"] for r in rows if r["duration_s"] >= 3]),
+        "intervals": {  # the issue's figures: their counts and 95% intervals
+            "lid_accuracy_at_least_3s": interval([r["detected"] == r["language"] for r in rows if r["duration_s"] >= 3]),
+            "english_kept": interval([r["default_gate"] is None for r in en]),
+            "non_english_curated": interval([r["default_gate"] is None for r in other]),
+        },
         "heard_as": {lang: dict(sorted(Counter(r["detected"] for r in rows if r["language"] == lang).items(),
                                        key=lambda kv: -kv[1])) for lang in langs},
         "default_gate": {  # the English default as it routes: tiny.en's confidence, then language ID

@@ -89,6 +89,9 @@ def test_figures_are_given_per_language_and_bucket():
     assert out["all"]["roc_auc"] == 1.0 and out["all"]["n"] == 8
     assert out["language=de"]["n"] == 4 and out["bucket=short"]["n"] == 4
     assert out["language=en,bucket=long"]["precision"] == 1.0
+    lo, hi = out["all"]["precision_ci95"]  # 4 of 4 kept rows are educational: sure of little with 4
+    assert hi == 1.0 and 0.4 < lo < 0.6, (lo, hi)
+    assert out["language=de"]["recall_ci95"][1] == 1.0 and out["language=de"]["recall_ci95"][0] < 0.4
 
 
 def test_the_cpu_is_named():
