@@ -109,8 +109,9 @@ def test_the_english_default_pads_language_id_to_its_setting():
 @pytest.mark.slow  # tiny.en and whisper-base load and run
 def test_the_transcriber_reads_features_with_one_blas_thread_whatever_the_process_has():
     """Log-mel features differ in the last bit with numpy's BLAS thread count, and whisper-base's
-    language ID moved by up to 0.1 with it; Ray gives an actor as many threads as it reserves CPUs.
-    Both models' feature extractors must run with one BLAS thread, in a process that has two."""
+    language ID moved by up to 0.1 with it; Ray gives an actor as many threads as it reserves CPUs
+    unless `runtime.env_vars` says otherwise. Both models' feature extractors must run with one BLAS
+    thread, in a process that has two."""
     from threadpoolctl import threadpool_info, threadpool_limits
 
     from audiocurate.asr import make_transcriber
@@ -133,6 +134,8 @@ def test_the_transcriber_reads_features_with_one_blas_thread_whatever_the_proces
         model.feature_extractor = Recording(model.feature_extractor)
     pcm = decode_audio(LINES["es"].read_bytes(), target_rate=16000).pcm
     with threadpool_limits(limits=2, user_api="blas"):
+        if {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} != {2}:
+            pytest.skip("numpy's BLAS cannot run two threads here")
         (tr,) = asr.transcribe_batch([pcm])
         assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == {2}
     assert tr.language == "es" and len(threads) >= 2 and all(t == {1} for t in threads), threads
