@@ -521,6 +521,16 @@ def main() -> None:
         chars_of = [len(" ".join(t.split())) for t in texts]
     labels = np.array([it["label"] for it in items])
     ev = np.array([it["split"] == "eval" for it in items])
+    # AUC and precision-at-recall rank rows by what the profile's map reads: a length-aware map moves
+    # the expected score by the transcript's length before its knots, so rank by that.
+    ranked, ranked_by = means, "edu_score_mean"
+    if not (args.uncalibrated or args.fit):
+        from audiocurate.judge import load_judge_profile
+
+        cal = load_judge_profile(config.judge.profile).calibration
+        if cal is not None and cal.length_slope:
+            ranked = means + cal.length_slope * np.log(np.maximum(np.array(chars_of, float), 1) / cal.length_reference_chars)
+            ranked_by = f"edu_score_mean + {cal.length_slope} * ln(chars / {cal.length_reference_chars:g}) (the map's input)"
     result: dict[str, Any] = {
         "judge": {"backend": config.judge.backend, "profile": judge_profile,
                   "model": config.judge.model, "threads": getattr(config.judge, "threads", None),
@@ -531,7 +541,8 @@ def main() -> None:
         "refit_from": args.refit_from,
         "machine": cpu_model(), "rows": len(items), "seconds": round(seconds, 2),
         "rows_per_s_per_thread": round(len(items) / seconds / (getattr(config.judge, "threads", None) or 1), 3),
-        "held_out_eval": report([it for it, e in zip(items, ev) if e], means[ev], edu[ev], args.min_score),
+        "held_out_eval": report([it for it, e in zip(items, ev) if e], ranked[ev], edu[ev], args.min_score),
+        "auc_ranks_by": ranked_by,
         "per_row": [{"id": it["id"], "language": it["language"], "bucket": it["bucket"], "split": it["split"],
                      "label": it["label"], "chars": n, "mean": round(float(m), 5)}
                     for it, n, m in zip(items, chars_of, means)],
