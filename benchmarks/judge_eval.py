@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+from intervals import wilson  # benchmarks/, beside this file
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FORTUNES = Path("/usr/share/games/fortunes")
@@ -250,6 +251,7 @@ def metrics(means: np.ndarray, scores: np.ndarray, labels: np.ndarray, min_score
     out = {"n": int(len(labels)), "precision": tp / max(int(keep.sum()), 1),
            "recall": tp / max(int((labels == 1).sum()), 1), "kept_fraction": float(keep.mean()) if len(keep) else 0.0}
     out["roc_auc"] = float(roc_auc_score(labels, means)) if len(set(labels.tolist())) == 2 else float("nan")
+    out["precision_ci95"], out["recall_ci95"] = wilson(tp, int(keep.sum())), wilson(tp, int((labels == 1).sum()))
     return out
 
 
@@ -278,22 +280,8 @@ def report(items: list[dict[str, Any]], means: np.ndarray, scores: np.ndarray, m
         if mask.sum():
             m = metrics(means[mask], scores[mask], labels[mask], min_score)
             m["precision_at_recall_0.75"] = precision_at_recall(means[mask], labels[mask])
-            out[name] = {k: round(v, 4) for k, v in m.items()}
-            keep, edu = scores[mask] >= min_score, labels[mask] == 1
-            out[name]["precision_ci95"] = wilson(int(np.sum(keep & edu)), int(keep.sum()))
-            out[name]["recall_ci95"] = wilson(int(np.sum(keep & edu)), int(edu.sum()))
+            out[name] = {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}
     return out
-
-
-def wilson(k: int, n: int) -> list[float] | None:
-    """The Wilson 95% interval of k/n: with 60 educational rows a held-out half's precision moves
-    by about 0.015 per row, so a target is met only where the interval says so."""
-    if n == 0:
-        return None
-    from scipy.stats import binomtest
-
-    ci = binomtest(k, n).proportion_ci(method="wilson")
-    return [round(float(ci.low), 3), round(float(ci.high), 3)]
 
 
 def cpu_model() -> str:
@@ -529,7 +517,7 @@ def main() -> None:
 
         cal = load_judge_profile(config.judge.profile).calibration
         if cal is not None and cal.length_slope:
-            ranked = means + cal.length_slope * np.log(np.maximum(np.array(chars_of, float), 1) / cal.length_reference_chars)
+            ranked = np.array([cal.reads(m, n) for m, n in zip(means, chars_of)])
             ranked_by = f"edu_score_mean + {cal.length_slope} * ln(chars / {cal.length_reference_chars:g}) (the map's input)"
     result: dict[str, Any] = {
         "judge": {"backend": config.judge.backend, "profile": judge_profile,

@@ -83,10 +83,15 @@ class Calibration(BaseModel):
             raise ValueError("calibration knots must be non-decreasing")
         return self
 
-    def apply(self, mean: float, n_chars: Optional[int] = None) -> float:
+    def reads(self, mean: float, n_chars: Optional[int] = None) -> float:
+        """What the knots read: the expected score, moved by the transcript's length. Rows rank by
+        this, so an evaluation's AUC is of what the map decides on."""
         if self.length_slope and n_chars:
             mean = mean + self.length_slope * float(np.log(max(n_chars, 1) / self.length_reference_chars))
-        return float(np.interp(mean, self.x, self.y))
+        return float(mean)
+
+    def apply(self, mean: float, n_chars: Optional[int] = None) -> float:
+        return float(np.interp(self.reads(mean, n_chars), self.x, self.y))
 
     def mismatch(self, model: str, weights: str, engine: str) -> Optional[str]:
         """Why this map does not hold for the judge `model`/`weights`/`engine` (a sentence), or
