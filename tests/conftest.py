@@ -64,12 +64,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
-# Overrides for a run whose test is not about languages: they leave out the multilingual
-# language-ID model (whisper-base) that every ASR actor loads and runs beside tiny.en by default,
-# about 11 s of CPU per actor on seven short clips. A test of plumbing (resume, accounting,
-# exports) adds them to its own; a test of languages or of the demo's figures must not. (The
-# Gemma judge costs about what SmolLM2 does, so it stays.)
-QUICK_MODELS = ("asr.language_id_model=null",)
+# Overrides for a run whose test is about plumbing (sources, resume, accounting, exports), not
+# about languages or transcript quality: they leave out the multilingual language-ID model
+# (whisper-base) that every ASR actor loads and runs beside tiny.en by default, about 11 s of
+# CPU per actor on seven short clips, and decode greedily (tiny.en with beam 1 takes 0.42 of
+# beam 5's time on the demo's clips). A test of languages or of the demo's figures must not use
+# them. (The Gemma judge costs about what SmolLM2 does, so it stays.)
+QUICK_MODELS = ("asr.language_id_model=null", "asr.beam_size=1")
 
 
 _RAY_BEFORE_SETUP = pytest.StashKey[tuple]()

@@ -19,7 +19,7 @@ import pytest
 
 from audiocurate.cli import main
 
-from conftest import speak
+from conftest import QUICK_MODELS, speak
 
 SENTENCES = ["Plants need light and water to grow.", "Copper conducts heat and electricity well.",
              "The moon orbits the earth once a month.", "Okay see you tomorrow.",
@@ -159,6 +159,11 @@ def test_a_second_run_into_one_output_is_refused_naming_the_first(clips, tmp_pat
     assert sum(len(v) for v in ids.values()) == len(SENTENCES) + 1
 
 
+# A run with real models, so that it runs long enough to be signalled mid-execution.
+MODEL_RUN = [x for kv in ["ray.progress=false", "output.rows_per_shard=1", "asr.resources.batch_size=1", *QUICK_MODELS]
+             for x in ("--set", kv)]
+
+
 def _interrupt(clips: Path, out: Path, sig: int) -> tuple[int, str, dict]:
     """Start a run with a real model (so that it runs long enough), signal it mid-execution."""
     # A shell starts a background job (`make test &`) with SIGINT ignored, a child inherits that,
@@ -167,8 +172,7 @@ def _interrupt(clips: Path, out: Path, sig: int) -> tuple[int, str, dict]:
     if ignored:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
-        proc = _cli("run", str(clips), str(out), "--set", "ray.progress=false", "--set", "output.rows_per_shard=1",
-                    "--set", "asr.resources.batch_size=1")
+        proc = _cli("run", str(clips), str(out), *MODEL_RUN)
     finally:
         if ignored:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -196,7 +200,7 @@ def test_a_signal_stops_the_run_cleanly_and_the_rerun_is_exact(clips, tmp_path, 
     assert "Traceback" not in err and "Fatal Python error" not in err and "*** SIG" not in err, err
     assert attempt["status"] == "interrupted"
     assert not (out / "_state" / "lease.json").exists()
-    rerun = _cli("run", str(clips), str(out), "--set", "ray.progress=false")
+    rerun = _cli("run", str(clips), str(out), *MODEL_RUN)
     _, err = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, err
     ids = _ids(out)

@@ -13,6 +13,8 @@ import soundfile as sf
 from audiocurate.filters import corpus_wer
 from audiocurate.pipeline import run
 
+from conftest import QUICK_MODELS
+
 SPLITS = ("curated", "rejected", "errors")
 
 
@@ -203,10 +205,10 @@ def test_a_custom_filter_module_runs_on_ray_workers_that_cannot_import_it(tmp_pa
         return importlib.util.find_spec("my_filters_e2e") is not None
 
     assert not ray.get(importable.remote()), "the workers must not see the module for this test to mean anything"
-    config = PipelineConfig.load(overrides={"ray.progress": False, "asr.language_id_model": None, "filters.custom": [
-        {"type": "my_filters_e2e:HasWord", "args": {"word": "the"}}]})
+    config = PipelineConfig.load(overrides=["ray.progress=false", *QUICK_MODELS,
+                                            'filters.custom=[{type: "my_filters_e2e:HasWord", args: {word: the}}]'])
     out = tmp_path / "out"
-    report = run(config, demo_parquet, str(out), echo=lambda s: None)
+    report = run(config, demo_parquet, str(out), limit=12, echo=lambda s: None)
     assert report["accounting"]["ok"]
     rejected = pq.read_table(out / "rejected").to_pylist()
     hits = [r for r in rejected if r["drop_reason"] == "says_the"]

@@ -15,7 +15,7 @@ from audiocurate.config import PipelineConfig, SourceConfig
 from audiocurate.pipeline import run
 from audiocurate.sources import SourceError, open_source
 
-from conftest import speak
+from conftest import QUICK_MODELS, speak
 
 SENTENCES = {
     "a": "The heart pumps blood through the body.",
@@ -31,7 +31,7 @@ def clips():
 
 
 def _config(**over) -> PipelineConfig:
-    return PipelineConfig.load(overrides=["ray.progress=false", *[f"{k}={v}" for k, v in over.items()]])
+    return PipelineConfig.load(overrides=["ray.progress=false", *QUICK_MODELS, *[f"{k}={v}" for k, v in over.items()]])
 
 
 def _outputs(out) -> dict[str, list[dict]]:
@@ -242,7 +242,8 @@ def test_users_own_dataset_through_build(demo_parquet, ray_local):
     ds = (ray.data.read_parquet(demo_parquet)
           .filter(lambda r: r["id"] in wanted)
           .rename_columns({"id": "clip", "audio_bytes": "flac"}))
-    config = PipelineConfig.load(overrides=["ray.progress=false", "source.id_column=clip", "source.audio_column=flac"])
+    config = PipelineConfig.load(overrides=["ray.progress=false", "source.id_column=clip", "source.audio_column=flac",
+                                            *QUICK_MODELS])
     rows = {r["clip"]: r for r in build(config, ds).take_all()}
     assert set(rows) == wanted
     assert {i for i, r in rows.items() if r[C.ERROR_STAGE]} == {"demo_0034", "demo_0035"}
@@ -341,7 +342,7 @@ def test_an_input_with_duplicate_ids_is_refused_at_start_naming_them(tmp_path, r
     t = pq.read_table(demo_parquet)
     dup = tmp_path / "dup.parquet"
     pq.write_table(pa.concat_tables([t, t.slice(5, 2)]), dup)
-    config = PipelineConfig.load(overrides={"ray.progress": False, "asr.language_id_model": None})
+    config = PipelineConfig.load(overrides=["ray.progress=false", *QUICK_MODELS])
     with pytest.raises(DuplicateIdsError, match=r"2 id\(s\) that occur more than once .*'demo_0005', 'demo_0006'"):
         run(config, str(dup), str(tmp_path / "out"), echo=lambda s: None)
     assert not (tmp_path / "out" / "curated").exists()
