@@ -73,7 +73,7 @@ demo: install
 	$(VENV)/bin/audiocurate demo out/demo
 
 test: install-test sysdeps
-	$(STEP)"running the test suite in $(TEST_WORKERS) processes (about 30 minutes on 2 cores)"
+	$(STEP)"running the test suite in $(TEST_WORKERS) processes (17 to 34 minutes on 2 cores, by host)"
 	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # Unit tests only: no Ray, no end-to-end run, no model run on real speech (tests/conftest.py
