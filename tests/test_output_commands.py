@@ -29,8 +29,13 @@ FAST = ["ray.progress=false", "ray.probe_engines=false", "asr.backend=none", "as
         "judge.backend=none", "output.rows_per_shard=2"]
 
 
+def _flags(overrides: list[str]) -> list[str]:
+    """Configuration overrides as the CLI takes them: `--set KEY=VALUE` each."""
+    return [x for kv in overrides for x in ("--set", kv)]
+
+
 def _sets(extra: list[str] = ()) -> list[str]:
-    return [x for kv in [*FAST, *extra] for x in ("--set", kv)]
+    return _flags([*FAST, *extra])
 
 
 @pytest.fixture(scope="module")
@@ -160,8 +165,7 @@ def test_a_second_run_into_one_output_is_refused_naming_the_first(clips, tmp_pat
 
 
 # A run with real models, so that it runs long enough to be signalled mid-execution.
-MODEL_RUN = [x for kv in ["ray.progress=false", "output.rows_per_shard=1", "asr.resources.batch_size=1", *QUICK_MODELS]
-             for x in ("--set", kv)]
+MODEL_RUN = _flags(["ray.progress=false", "output.rows_per_shard=1", "asr.resources.batch_size=1", *QUICK_MODELS])
 
 
 def _interrupt(clips: Path, out: Path, sig: int) -> tuple[int, str, dict]:
@@ -227,7 +231,7 @@ def test_subcommands_reach_an_output_on_object_storage(clips, store, request, tm
                            project_id="test").create_dir("cmd-out")
         storage = [f"output.storage.endpoint_url={endpoint}", "output.storage.anonymous=true"]
         uri = "gs://cmd-out/run"
-    reach = [x for kv in storage for x in ("--set", kv)]
+    reach = _flags(storage)
 
     def cli(*argv: str) -> None:
         p = _cli(*argv)
