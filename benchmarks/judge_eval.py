@@ -32,7 +32,9 @@ Reported per language, per bucket and in all: ROC AUC of edu_score_mean, precisi
 fraction; and rows/s per judge thread (wall time of `score_batch` over the set in blocks of 8,
 divided by the judge's threads; the CPU is named). `--speech` speaks each text with espeak-ng
 in its language and judges the pipeline's transcript instead (Whisper tiny.en, the default
-model, transcribes English only: pass `--asr-model embedded:whisper-base` for the others).
+model, transcribes English only: pass `--asr-model embedded:whisper-base` for the others), and
+also reports by each transcript's WER against its text (`wer<0.25`, `wer 0.25-0.5`, `wer>=0.5`),
+which tells the judge's misses from the ASR's.
 
 Calibration: `--fit` fits a map on the `fit` half and reports the held-out half with it;
 `--length` adds the log length as a second regressor (`Calibration.length_slope`: small judges
@@ -80,6 +82,8 @@ LANGUAGES = ("en", "de", "es", "it")
 LANGUAGE_NAMES = {"en": "English", "de": "German", "es": "Spanish", "it": "Italian"}
 VOICES = {"en": "en-us", "de": "de", "es": "es", "it": "it"}
 BUCKETS = (("short", 20, 60), ("medium", 60, 150), ("long", 150, 400))
+# With --speech: how far each transcript is from its text (WER), so a miss can be told apart from the ASR's.
+WER_BUCKETS = (("wer<0.25", 0.0, 0.25), ("wer 0.25-0.5", 0.25, 0.5), ("wer>=0.5", 0.5, float("inf")))
 # English fortune files (package `fortunes`, `fortunes-min`); the root folder also holds Italian ones.
 ENGLISH_FORTUNE_FILES = (
     "art computers cookie debian definitions disclaimer drugs education ethnic food fortunes goedel "
@@ -265,12 +269,16 @@ def precision_at_recall(means: np.ndarray, labels: np.ndarray, recall: float = 0
 
 
 def report(items: list[dict[str, Any]], means: np.ndarray, scores: np.ndarray, min_score: int) -> dict[str, Any]:
-    """Figures over everything, per language, per bucket and per (language, bucket)."""
+    """Figures over everything, per language, per bucket and per (language, bucket); per transcript WER
+    bucket when the items carry `wer` (--speech)."""
     labels = np.array([it["label"] for it in items])
     groups: dict[str, np.ndarray] = {"all": np.ones(len(items), bool)}
     for key in ("language", "bucket"):
         for value in sorted({it[key] for it in items}):
             groups[f"{key}={value}"] = np.array([it[key] == value for it in items])
+    if all("wer" in it for it in items):
+        for name, lo, hi in WER_BUCKETS:
+            groups[name] = np.array([lo <= it["wer"] < hi for it in items])
     for language in sorted({it["language"] for it in items}):
         for bucket, _, _ in BUCKETS:
             groups[f"language={language},bucket={bucket}"] = np.array(
@@ -497,8 +505,12 @@ def main() -> None:
         if args.split != "both":
             items = [it for it in items if it["split"] == args.split]
         texts = transcribe(items, args.asr_model) if args.speech else [it["text"] for it in items]
+        from audiocurate.filters.text import word_error_rate
+
         for it, text in zip(items, texts):
             it["bucket"] = bucket_of(text) if args.speech else it["bucket"]
+            if args.speech:
+                it["wer"] = word_error_rate(it["text"], text)
         languages = [None if args.no_language else LANGUAGE_NAMES[it["language"]] for it in items]
         scores, seconds = judge_texts(config, texts, languages)
         failed = [s.error for s in scores if s.error]
@@ -532,7 +544,8 @@ def main() -> None:
         "held_out_eval": report([it for it, e in zip(items, ev) if e], ranked[ev], edu[ev], args.min_score),
         "auc_ranks_by": ranked_by,
         "per_row": [{"id": it["id"], "language": it["language"], "bucket": it["bucket"], "split": it["split"],
-                     "label": it["label"], "chars": n, "mean": round(float(m), 5)}
+                     "label": it["label"], "chars": n, "mean": round(float(m), 5),
+                     **({"wer": round(it["wer"], 4)} if "wer" in it else {})}
                     for it, n, m in zip(items, chars_of, means)],
     }
     if args.refit_from:

@@ -94,6 +94,19 @@ def test_figures_are_given_per_language_and_bucket():
     assert out["language=de"]["recall_ci95"][1] == 1.0 and out["language=de"]["recall_ci95"][0] < 0.4
 
 
+def test_speech_figures_are_also_given_per_transcript_wer():
+    """A judge miss on a garbled transcript is the ASR's as much as the judge's: the report splits them."""
+    wers = [0.0, 0.1, 0.3, 0.3, 0.6, 1.2]
+    items = [{"language": "en", "bucket": "short", "label": lab, "wer": w} for lab, w in zip((0, 1, 0, 1, 1, 0), wers)]
+    means = np.array([1.0, 4.0, 1.0, 4.0, 1.0, 4.0])  # right on clean transcripts, wrong on garbled ones
+    out = judge_eval.report(items, means, np.round(means).astype(int), 3)
+    assert (out["wer<0.25"]["n"], out["wer 0.25-0.5"]["n"], out["wer>=0.5"]["n"]) == (2, 2, 2)
+    assert out["wer<0.25"]["roc_auc"] == 1.0 and out["wer>=0.5"]["roc_auc"] == 0.0
+    assert out["all"]["n"] == 6
+    texts = [{k: v for k, v in it.items() if k != "wer"} for it in items]  # reference texts: no WER groups
+    assert "wer<0.25" not in judge_eval.report(texts, means, np.round(means).astype(int), 3)
+
+
 def test_the_cpu_is_named():
     assert "cores" in judge_eval.cpu_model()
 
