@@ -505,12 +505,11 @@ def main() -> None:
         if args.split != "both":
             items = [it for it in items if it["split"] == args.split]
         texts = transcribe(items, args.asr_model) if args.speech else [it["text"] for it in items]
-        from audiocurate.filters.text import word_error_rate
+        if args.speech:
+            from audiocurate.filters.text import word_error_rate
 
-        for it, text in zip(items, texts):
-            it["bucket"] = bucket_of(text) if args.speech else it["bucket"]
-            if args.speech:
-                it["wer"] = word_error_rate(it["text"], text)
+            for it, text in zip(items, texts):
+                it["bucket"], it["wer"] = bucket_of(text), word_error_rate(it["text"], text)
         languages = [None if args.no_language else LANGUAGE_NAMES[it["language"]] for it in items]
         scores, seconds = judge_texts(config, texts, languages)
         failed = [s.error for s in scores if s.error]
