@@ -158,7 +158,8 @@ def main() -> None:
                 f"transcribed by the embedded Whisper, judged with judge.weights={args.weights}; "
                 f"map = 1 + 4 * P(educational | mean)."
             ),
-            "fitted_with": {"model": data["model"], "weights": args.weights, "engine": engine_version()},
+            "fitted_with": {"model": data["model"], "weights": args.weights, "engine": engine_version(),
+                            "prompt": profile.prompt_digest()},
             "metrics": {f"eval_{k}": round(v, 4) for k, v in m_eval.items()},
         }
         PROFILE.write_text(yaml.safe_dump(data, sort_keys=False, width=100))

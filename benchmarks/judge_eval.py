@@ -442,7 +442,8 @@ def write_calibration(config: Any, judge_profile: str, result: dict[str, Any], n
                       f"Debian Reference vs fortune files, in {languages}); {how}. Metrics: the held-out eval "
                       f"half, all languages (`eval_`) and English (`eval_en_`)."),
         "fitted_with": {"model": config.judge.model or data["model"], "weights": getattr(config.judge, "weights", "stored"),
-                        "engine": engine_version(config.judge.backend)},
+                        "engine": engine_version(config.judge.backend),
+                        "prompt": load_judge_profile(judge_profile).prompt_digest()},
         "metrics": {**{f"eval_{k}": v for k, v in held_out["all"].items() if isinstance(v, (int, float))},
                     **{f"eval_en_{k}": v for k, v in held_out.get("language=en", {}).items()
                        if isinstance(v, (int, float))}},  # a profile's metrics are numbers; intervals stay in the results

@@ -157,6 +157,21 @@ def test_long_transcript_is_truncated_or_an_error():
     assert s[1].error is None  # one bad row does not fail its batch
 
 
+def test_a_judge_whose_prompt_its_map_was_not_fitted_with_says_so(tmp_path, caplog):
+    """Editing a profile's examples without refitting its map moves what is kept: the judge warns."""
+    import yaml
+
+    profile = load_judge_profile("smollm2-135m-edu")
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(profile.model_copy(update={"examples": profile.examples[:-1]}).model_dump(mode="json")))
+    with caplog.at_level("WARNING", logger="audiocurate.judge.llama_cpp"):
+        make_judge(LlamaCppJudgeConfig(profile="smollm2-135m-edu"))
+    assert "fitted with another judge" not in caplog.text
+    with caplog.at_level("WARNING", logger="audiocurate.judge.llama_cpp"):
+        make_judge(LlamaCppJudgeConfig(profile=str(edited)))
+    assert f"(fitted with '{profile.prompt_digest()}')" in caplog.text and "refit" in caplog.text
+
+
 def test_calibration_is_monotone_and_shipped():
     profile = load_judge_profile("smollm2-135m-edu")
     cal = profile.calibration

@@ -1,4 +1,4 @@
-"""A calibration map holds for the judge it was fitted with: model, weights type, engine build."""
+"""A calibration map holds for the judge it was fitted with: model, weights type, engine build, prompt."""
 
 from __future__ import annotations
 
@@ -40,6 +40,21 @@ def test_every_shipped_map_was_fitted_with_the_pinned_engine(name):
     assert fitted.engine == pinned(package), (
         f"{name}: calibration fitted with {fitted.engine}, constraints.txt pins {pinned(package)}; "
         f"refit: python benchmarks/judge_eval.py --judge-profile {name} --fit --write")
+    assert fitted.prompt == profile.prompt_digest(), (
+        f"{name}: the calibration was fitted with another prompt (digest {fitted.prompt}, the profile's is "
+        f"{profile.prompt_digest()}): new examples move the expected scores; refit the map "
+        f"(python benchmarks/judge_eval.py --judge-profile {name} --fit --write)")
+
+
+def test_the_prompt_digest_follows_what_the_judge_reads_and_only_that():
+    profile = load_judge_profile("gemma3-270m-edu")
+    digest = profile.prompt_digest()
+    examples = list(profile.examples)
+    examples[0] = examples[0].model_copy(update={"score": 2})
+    assert profile.model_copy(update={"examples": examples}).prompt_digest() != digest
+    assert profile.model_copy(update={"examples": examples[::-1]}).prompt_digest() != digest  # order matters to it
+    assert profile.model_copy(update={"instructions": profile.instructions + " "}).prompt_digest() != digest
+    assert profile.model_copy(update={"calibration": None, "description": "x"}).prompt_digest() == digest
 
 
 def test_a_map_names_what_differs_from_the_judge_it_was_fitted_with():
@@ -50,6 +65,11 @@ def test_a_map_names_what_differs_from_the_judge_it_was_fitted_with():
     why = cal.mismatch("embedded:smollm2-135m", "stored", "llama-cpp-python==0.3.40")
     assert "weights 'stored'" in why and "engine 'llama-cpp-python==0.3.40'" in why and "model" not in why
     assert Calibration(x=[1, 5], y=[1, 5], fitted_on="old map").mismatch("m", "f16", "x") is None
+    cal.fitted_with.prompt = "c01e953d4d2e35b7"
+    assert cal.mismatch("embedded:smollm2-135m", "f16", "llama-cpp-python==0.3.36", "c01e953d4d2e35b7") is None
+    why = cal.mismatch("embedded:smollm2-135m", "f16", "llama-cpp-python==0.3.36", "0123456789abcdef")
+    assert "prompt '0123456789abcdef' (fitted with 'c01e953d4d2e35b7')" in why and "engine" not in why
+    assert cal.mismatch("embedded:smollm2-135m", "f16", "llama-cpp-python==0.3.36") is None  # no digest given
 
 
 def test_the_installed_engine_is_the_pinned_one():

@@ -167,7 +167,7 @@ class LlamaCppJudge(ActorJudge):
                 verbose=False,
             )
         if profile.calibration is not None:
-            stale = profile.calibration.mismatch(self.model_name, config.weights, engine_version())
+            stale = profile.calibration.mismatch(self.model_name, config.weights, engine_version(), profile.prompt_digest())
             if stale:
                 logger.warning("judge profile %s: %s", profile.name, stale)
         self.n_vocab = self.llm.n_vocab()

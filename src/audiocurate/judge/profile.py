@@ -6,6 +6,8 @@ once and kept in the KV cache) and a suffix holding the transcript, which is all
 
 from __future__ import annotations
 
+import hashlib
+import json
 from importlib import resources
 from pathlib import Path
 from typing import Literal, Optional
@@ -50,6 +52,9 @@ class EngineRecord(BaseModel):
     model: str = Field(description="The model the map was fitted with (`embedded:...`, a path or an id).")
     weights: str = Field(description="The weights' type in memory (`judge.weights`: `f16`, `stored`).")
     engine: str = Field(description="The engine and its version, e.g. `llama-cpp-python==0.3.36`.")
+    prompt: Optional[str] = Field(
+        None, description="The prompt's digest (`JudgeProfile.prompt_digest()`: instructions, examples, templates, "
+        "labels). New examples move the expected scores as a new engine does; a test compares it with the profile's.")
 
 
 class Calibration(BaseModel):
@@ -93,15 +98,15 @@ class Calibration(BaseModel):
     def apply(self, mean: float, n_chars: Optional[int] = None) -> float:
         return float(np.interp(self.reads(mean, n_chars), self.x, self.y))
 
-    def mismatch(self, model: str, weights: str, engine: str) -> Optional[str]:
-        """Why this map does not hold for the judge `model`/`weights`/`engine` (a sentence), or
-        None when it was fitted with exactly that judge or records nothing to compare."""
+    def mismatch(self, model: str, weights: str, engine: str, prompt: Optional[str] = None) -> Optional[str]:
+        """Why this map does not hold for the judge `model`/`weights`/`engine`/`prompt` digest (a
+        sentence), or None when it was fitted with exactly that judge or records nothing to compare."""
         if self.fitted_with is None:
             return None
         fitted = self.fitted_with
         diffs = [f"{what} {now!r} (fitted with {then!r})" for what, now, then in
-                 (("model", model, fitted.model), ("weights", weights, fitted.weights), ("engine", engine, fitted.engine))
-                 if now != then]
+                 (("model", model, fitted.model), ("weights", weights, fitted.weights), ("engine", engine, fitted.engine),
+                  ("prompt", prompt, fitted.prompt)) if now != then and (what != "prompt" or (now and then))]
         return ("the calibration map was fitted with another judge: " + ", ".join(diffs) +
                 "; refit it (benchmarks/judge_eval.py --fit --write)") if diffs else None
 
@@ -147,6 +152,13 @@ class JudgeProfile(BaseModel):
         if self.calibration is not None:
             return int(np.clip(np.floor(self.calibration.apply(mean, n_chars) + 1e-9), 1, 5))
         return int(np.argmax(probs)) + 1
+
+    def prompt_digest(self) -> str:
+        """SHA-256 (16 hex digits) of everything the judge reads besides the transcript: a map fitted
+        with one prompt does not hold for another (`EngineRecord.prompt`)."""
+        fields = self.model_dump(mode="json", include={"style", "instructions", "item_template", "separator",
+                                                       "language_line", "examples", "labels", "max_text_chars"})
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
     # ---- completion style ------------------------------------------------------------------
     def _item_parts(self) -> tuple[str, str, str]:
