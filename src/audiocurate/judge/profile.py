@@ -46,7 +46,8 @@ def language_name(language: Optional[str]) -> Optional[str]:
 
 class EngineRecord(BaseModel):
     """What a calibration map was fitted with: the same prompt through another model, weights
-    type or engine build gives other expected scores, so the map holds for this one only."""
+    type or engine build, or another prompt through the same one, gives other expected scores,
+    so the map holds for this one only."""
 
     model_config = ConfigDict(extra="forbid")
     model: str = Field(description="The model the map was fitted with (`embedded:...`, a path or an id).")
