@@ -27,9 +27,11 @@ from conftest import QUICK_MODELS, speak
 @pytest.fixture(scope="module")
 def output(tmp_path_factory, ray_local):
     d = tmp_path_factory.mktemp("report")
+    # A line tiny.en hears well, so the judge keeps it whatever its prompt: the report needs a curated clip.
+    # (The volcano line this had became "now we'll farm where magmarizes…", which sits at the threshold.)
+    edu = "The Earth orbits the Sun once every year."
     rows = [
-        {"id": "edu", "audio_bytes": speak("Volcanoes form where magma rises through the crust of the Earth.", fmt="flac"),
-         "sentence": "Volcanoes form where magma rises through the crust of the Earth."},
+        {"id": "edu", "audio_bytes": speak(edu, fmt="flac"), "sentence": edu},
         {"id": "chat", "audio_bytes": speak("Hey, want to grab a coffee later?", fmt="flac"),
          "sentence": "Hey, want to grab a coffee later?"},
         {"id": "bad", "audio_bytes": b"\x00" * 100, "sentence": ""},
