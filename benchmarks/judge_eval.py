@@ -420,7 +420,8 @@ def write_calibration(config: Any, judge_profile: str, result: dict[str, Any], n
 
     from audiocurate.judge import load_judge_profile
 
-    name = load_judge_profile(judge_profile).name
+    profile = load_judge_profile(judge_profile)
+    name = profile.name
     path = Path(__file__).resolve().parents[1] / "src/audiocurate/judge/profiles" / f"{name}.yaml"
     data = yaml.safe_load(path.read_text())
     held_out = result["held_out_eval_with_fitted_map"]
@@ -443,7 +444,7 @@ def write_calibration(config: Any, judge_profile: str, result: dict[str, Any], n
                       f"half, all languages (`eval_`) and English (`eval_en_`)."),
         "fitted_with": {"model": config.judge.model or data["model"], "weights": getattr(config.judge, "weights", "stored"),
                         "engine": engine_version(config.judge.backend),
-                        "prompt": load_judge_profile(judge_profile).prompt_digest()},
+                        "prompt": profile.prompt_digest()},
         "metrics": {**{f"eval_{k}": v for k, v in held_out["all"].items() if isinstance(v, (int, float))},
                     **{f"eval_en_{k}": v for k, v in held_out.get("language=en", {}).items()
                        if isinstance(v, (int, float))}},  # a profile's metrics are numbers; intervals stay in the results

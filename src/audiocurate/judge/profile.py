@@ -105,9 +105,10 @@ class Calibration(BaseModel):
         if self.fitted_with is None:
             return None
         fitted = self.fitted_with
-        diffs = [f"{what} {now!r} (fitted with {then!r})" for what, now, then in
-                 (("model", model, fitted.model), ("weights", weights, fitted.weights), ("engine", engine, fitted.engine),
-                  ("prompt", prompt, fitted.prompt)) if now != then and (what != "prompt" or (now and then))]
+        compared = [("model", model, fitted.model), ("weights", weights, fitted.weights), ("engine", engine, fitted.engine)]
+        if prompt and fitted.prompt:  # maps from before the digest, and callers without one, are not compared
+            compared.append(("prompt", prompt, fitted.prompt))
+        diffs = [f"{what} {now!r} (fitted with {then!r})" for what, now, then in compared if now != then]
         return ("the calibration map was fitted with another judge: " + ", ".join(diffs) +
                 "; refit it (benchmarks/judge_eval.py --fit --write)") if diffs else None
 
