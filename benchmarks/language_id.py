@@ -5,6 +5,7 @@ language gate, on a dev set built here: synthetic speech in 8 languages and real
     python benchmarks/language_id.py --real-only [--real-per-language 80]   # the real speech section only
     python benchmarks/language_id.py --wer           # then: whisper-base WER per language, held-out half
     python benchmarks/language_id.py --lid-min-s 10  # language ID on pieces padded to 10 s, not 30
+    python benchmarks/language_id.py --rescore-below 0.8   # also: unsure clips rescored by decoding
 
 Synthetic dev set: espeak-ng voices reading 12 sentences each in Czech, Dutch, German (those of
 `language_gate.py`), French, Spanish, Italian and Polish (written for this benchmark, general
@@ -29,6 +30,11 @@ default exactly as the pipeline runs it: `asr.language_id_model` with
 profiles/default.yaml. Printed: LID accuracy per language and per duration bucket, English kept
 and Spanish curated by that gate, the same for other `min_prob` values (a measurement, not a
 fit: nothing here changes the default), and the LID seconds per clip.
+
+`--rescore-below T` (`asr.language_rescore_below`): from the same encoder pass, clips whose
+likeliest language has less than T are also weighed by decoding in the
+`asr.language_rescore_candidates` likeliest languages (`asr.faster_whisper.rescored`); LID
+accuracy both ways (`rescored` in the results), and the seconds the rescoring adds.
 
 `--wer` (after a run): whisper-base transcribes each held-out clip in its detected language
 (`--profile multilingual`); WER per language against the sentences read, and tiny.en's WER on
@@ -62,7 +68,8 @@ from intervals import wilson  # noqa: E402
 from language_gate import OTHER  # noqa: E402
 
 from audiocurate.asr import make_transcriber  # noqa: E402
-from audiocurate.asr.faster_whisper import language_probabilities  # noqa: E402
+from audiocurate.asr.faster_whisper import (detected_languages, encode_pieces, language_probabilities,  # noqa: E402
+                                             rescored)
 from audiocurate.audio import decode_audio  # noqa: E402
 from audiocurate.config import FasterWhisperConfig, PipelineConfig  # noqa: E402
 from audiocurate.filters.language import Language  # noqa: E402
@@ -134,7 +141,9 @@ SENTENCES = {**OTHER, **MORE}
 # `--lid-min-s S`: language ID pads each piece to S seconds instead of Whisper's 30
 # (`asr.language_detection_min_s`); results go to their own file.
 LID_MIN_S = float(sys.argv[sys.argv.index("--lid-min-s") + 1]) if "--lid-min-s" in sys.argv else None
-RESULTS = HERE / "results" / ("language_id.json" if LID_MIN_S is None else f"language_id_lid_min_{LID_MIN_S:g}s.json")
+RESCORE_BELOW = float(sys.argv[sys.argv.index("--rescore-below") + 1]) if "--rescore-below" in sys.argv else None
+RESULTS = HERE / "results" / ("language_id" + ("" if LID_MIN_S is None else f"_lid_min_{LID_MIN_S:g}s")
+                              + ("" if RESCORE_BELOW is None else f"_rescore_below_{RESCORE_BELOW:g}") + ".json")
 DEFAULT = PipelineConfig.load(profile="default", overrides=[] if LID_MIN_S is None
                               else [f"asr.language_detection_min_s={LID_MIN_S}"])
 DEFAULT_GATE = Language.configured(DEFAULT, {"id", "audio_bytes"})
@@ -181,6 +190,49 @@ def lid_skipped(avg_logprob: float) -> bool:
     return above is not None and avg_logprob >= above
 
 
+def heard(model, audio: np.ndarray) -> dict:
+    """Language ID on one clip as the English default runs it, and with `--rescore-below` the
+    same clip rescored from the same encoder pass (`asr.faster_whisper.language_probabilities`)."""
+    asr = DEFAULT.asr
+    t0 = time.perf_counter()
+    encoded = encode_pieces(model, audio, asr.language_detection_segments, asr.language_detection_min_s)
+    probs = detected_languages(model, encoded)
+    t1 = time.perf_counter()
+    detected = max(probs, key=probs.__getitem__)
+    out = {"detected": detected, "prob": probs[detected], "p_en": probs.get("en", 0.0), "lid_s": t1 - t0}
+    if RESCORE_BELOW is not None:
+        again = rescored(model, encoded, probs, asr.language_rescore_candidates) if probs[detected] < RESCORE_BELOW else probs
+        best = max(again, key=again.__getitem__)
+        out |= {"rescored": best, "rescored_prob": again[best], "rescore_s": time.perf_counter() - t1}
+    return out
+
+
+def rescoring_summary(rows: list[dict], seconds: str, half=lambda r: r["half"]) -> dict | None:
+    """LID accuracy without and with `--rescore-below`, on the same clips (`seconds`: the duration key)."""
+    if not rows or "rescored" not in rows[0]:
+        return None
+    langs = sorted({r["language"] for r in rows})
+    long = [r for r in rows if r[seconds] >= 3]
+
+    def kept(r: dict, rescore: bool) -> bool:  # through the English default's gate, language ID rescored or not
+        heard_as = {"detected": r["rescored"], "prob": r["rescored_prob"]} if rescore else r
+        return default_gate(heard_as, r["tiny_en_avg_logprob"]) is None
+
+    return {"rescore_below": RESCORE_BELOW, "candidates": DEFAULT.asr.language_rescore_candidates,
+            "clips_rescored": share([r["prob"] < RESCORE_BELOW for r in rows]),
+            "lid_accuracy": {lang: [share([r[k] == lang for r in rows if r["language"] == lang])
+                                    for k in ("detected", "rescored")] for lang in langs},
+            "lid_accuracy_all": [share([r[k] == r["language"] for r in rows]) for k in ("detected", "rescored")],
+            "lid_accuracy_at_least_3s": [interval([r[k] == r["language"] for r in long]) for k in ("detected", "rescored")],
+            "by_half_at_least_3s": {h: [share([r[k] == r["language"] for r in long if half(r) == h])
+                                        for k in ("detected", "rescored")] for h in ("dev", "held_out")},
+            "english_default_gate": {  # [as shipped, with the gate's language ID rescored]
+                "english_kept": [share([kept(r, k) for r in rows if r["language"] == "en"]) for k in (False, True)],
+                "non_english_passed": [share([kept(r, k) for r in rows if r["language"] != "en"]) for k in (False, True)]},
+            "rescore_seconds_per_clip": round(sum(r["rescore_s"] for r in rows) / len(rows), 3),
+            "lid_seconds_per_clip": round(sum(r["lid_s"] for r in rows) / len(rows), 3)}
+
+
 def summarize(rows: list[dict]) -> dict:
     gate = PipelineConfig.load(profile="default").filters.language  # the English default's language gate
     out = {}
@@ -216,6 +268,8 @@ def summarize(rows: list[dict]) -> dict:
             },
         }
     n = len(rows)
+    if rescoring := rescoring_summary(rows, "audio_s"):
+        out["rescored"] = rescoring
     out["seconds_per_clip"] = {"whisper_base_lid": round(sum(r["lid_s"] for r in rows) / n, 3),
                                "tiny_en_transcribe": round(sum(r["tiny_en_s"] for r in rows) / n, 3),
                                "mean_clip_s": round(sum(r["audio_s"] for r in rows) / n, 2)}
@@ -244,18 +298,15 @@ def real_speech_rows(per_language: int) -> list[dict]:
     rows = []
     for c in clips:
         audio = decode_audio(c["audio_bytes"], target_rate=16000).pcm.astype(np.float32) / 32768.0
-        t0 = time.perf_counter()
-        probs = language_probabilities(lid, audio, config.asr.language_detection_segments,
-                                       config.asr.language_detection_min_s)
-        detected = max(probs, key=probs.__getitem__)
+        heard_as = heard(lid, audio)
+        detected = heard_as["detected"]
         t1 = time.perf_counter()
         tr = tiny.transcribe_batch([(audio * 32768.0).astype(np.int16)])[0]
-        row = {k: c[k] for k in ("id", "language", "bucket", "duration_s")} | {
-            "detected": detected, "prob": probs[detected], "p_en": probs.get("en", 0.0),
+        row = {k: c[k] for k in ("id", "language", "bucket", "duration_s")} | heard_as | {
             "tiny_en_avg_logprob": tr.avg_logprob if np.isfinite(tr.avg_logprob) else -99.0,
-            "lid_s": t1 - t0, "tiny_en_s": time.perf_counter() - t1}
+            "tiny_en_s": time.perf_counter() - t1}
         rows.append(row | {"default_gate": default_gate(row, row["tiny_en_avg_logprob"])})
-        print(f"real {len(rows)}/{len(clips)} {c['id']} {c['duration_s']:.1f}s: {detected} {probs[detected]:.2f}",
+        print(f"real {len(rows)}/{len(clips)} {c['id']} {c['duration_s']:.1f}s: {detected} {row['prob']:.2f}",
               file=sys.stderr)
     return rows
 
@@ -332,7 +383,13 @@ def half_of(row: dict) -> str:
 
 def real_speech_section(per_language: int) -> dict:
     rows = real_speech_rows(per_language)
-    return {**summarize_real(rows), "rows": rows}
+    return {**with_rescoring(summarize_real(rows), rows), "rows": rows}
+
+
+def with_rescoring(summary: dict, rows: list[dict]) -> dict:
+    """The real speech section's summary and, with `--rescore-below`, its rescoring figures."""
+    rescoring = rescoring_summary(rows, "duration_s", half_of)
+    return summary | ({"rescored": rescoring} if rescoring else {})
 
 
 def switch_recording(clips: list[dict]) -> dict:
@@ -382,19 +439,14 @@ def main() -> None:
     rows = []
     for c in clips:
         audio = c["pcm"].astype(np.float32) / 32768.0
-        t0 = time.perf_counter()
-        probs = language_probabilities(base.model, audio, DEFAULT.asr.language_detection_segments,
-                                       DEFAULT.asr.language_detection_min_s)
+        lid = heard(base.model, audio)
         t1 = time.perf_counter()
         tr = tiny.transcribe_batch([c["pcm"]])[0]
-        t2 = time.perf_counter()
-        detected = max(probs, key=probs.__getitem__)
-        row = {k: c[k] for k in ("kind", "language", "text", "half")}
-        row.update(audio_s=len(audio) / 16000, detected=detected, prob=probs[detected], p_en=probs.get("en", 0.0),
-                   lid_s=t1 - t0, tiny_en_s=t2 - t1, tiny_en_text=tr.text,
+        row = {k: c[k] for k in ("kind", "language", "text", "half")} | lid
+        row.update(audio_s=len(audio) / 16000, tiny_en_s=time.perf_counter() - t1, tiny_en_text=tr.text,
                    tiny_en_avg_logprob=tr.avg_logprob if np.isfinite(tr.avg_logprob) else -99.0)
         rows.append(row)
-        print(f"{len(rows)}/{len(clips)} {row['kind']}: {detected} {row['prob']:.2f}", file=sys.stderr)
+        print(f"{len(rows)}/{len(clips)} {row['kind']}: {lid['detected']} {row['prob']:.2f}", file=sys.stderr)
     result = summarize(rows)
     if "--switch" in sys.argv:
         result["switch"] = switch_recording(clips)
@@ -447,7 +499,7 @@ def resummarize() -> None:
     result = {**summarize(saved["rows"]), **({"switch": saved["switch"]} if "switch" in saved else {})}
     if "real_speech" in saved:
         rows = saved["real_speech"]["rows"]
-        result["real_speech"] = {**summarize_real(rows), "rows": rows}
+        result["real_speech"] = {**with_rescoring(summarize_real(rows), rows), "rows": rows}
     result["rows"] = saved["rows"]
     RESULTS.write_text(json.dumps(result, indent=1, ensure_ascii=False))
     print_summary(result)

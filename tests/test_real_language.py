@@ -139,3 +139,31 @@ def test_the_transcriber_reads_features_with_one_blas_thread_whatever_the_proces
         (tr,) = asr.transcribe_batch([pcm])
         assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == {2}
     assert tr.language == "es" and len(threads) >= 2 and all(t == {1} for t in threads), threads
+
+
+UNSURE = {"en": DATA / "drascula_en_D38.flac", "es": DATA / "drascula_es_T15.flac"}
+
+
+@needs_base
+@pytest.mark.slow  # whisper-base loads and runs
+def test_rescoring_by_decoding_hears_lines_whose_language_token_is_unsure():
+    """Two 3.2 s lines (Count Drascula's accented English, and Spanish) on which whisper-base's
+    language token is unsure (here both heard as Greek): decoding each in the likeliest languages
+    (`asr.language_rescore_below`) finds the language whose transcript explains the audio; a clip
+    whose token is sure is left as it is."""
+    from audiocurate.asr import make_transcriber
+    from audiocurate.asr.faster_whisper import language_probabilities
+
+    config = PipelineConfig.load(profile="multilingual", overrides=["asr.language_rescore_below=0.8"]).asr
+    asr = make_transcriber(config)
+    for lang, path in UNSURE.items():
+        audio = decode_audio(path.read_bytes(), target_rate=16000).pcm
+        plain = language_probabilities(asr.model, audio.astype("float32") / 32768.0, 3)
+        again = language_probabilities(asr.model, audio.astype("float32") / 32768.0, 3, 30.0, 0.8, 3)
+        assert max(plain.values()) < 0.8, plain  # unsure, so rescored
+        assert max(again, key=again.__getitem__) == lang and again[lang] > plain[lang], (plain, again)
+        assert sum(again.values()) == pytest.approx(sum(plain.values()))
+        (tr,) = asr.transcribe_batch([audio])  # the transcriber rescores as set, and writes in that language
+        assert tr.language == lang, (tr.language, tr.text)
+    sure = decode_audio(LINES["es"].read_bytes(), target_rate=16000).pcm.astype("float32") / 32768.0
+    assert language_probabilities(asr.model, sure, 3, 30.0, 0.8, 3) == language_probabilities(asr.model, sure, 3)

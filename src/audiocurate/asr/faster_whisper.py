@@ -18,6 +18,10 @@ from ..filters.language import trusted_as_english
 from .settings import AsrSettings
 from .windows import iter_windows
 
+# A piece decoded to weigh its language: enough tokens for 30 s of speech; a loop in the wrong
+# language stops here, having scored low already.
+RESCORE_MAX_TOKENS = 200
+
 
 class FasterWhisperConfig(AsrSettings):
     """`asr.backend: faster_whisper`: Whisper through CTranslate2, on CPU or GPU."""
@@ -62,6 +66,17 @@ class FasterWhisperConfig(AsrSettings):
         "synthetic or real, scored -0.78): LID is skipped on ~80% of English clips, and real English kept rises "
         "from 81% to 96% with no Spanish line let through. None: every clip is heard by the language ID model.")
 
+    language_rescore_below: Optional[float] = Field(
+        None, ge=0, le=1, json_schema_extra=ADDED_AS_BEFORE, description="When spoken language ID's likeliest "
+        "language has less than this probability, the `language_rescore_candidates` likeliest languages are "
+        "weighed by decoding the clip in each (greedy, from the encoder pass language ID already made): a "
+        "transcript in the wrong language is far less likely. Measured at 0.8 (benchmarks/language_id.py "
+        "--rescore-below, docs/languages.md): real game dialogue >= 3 s 0.961 -> 0.974, all lengths 0.915 -> "
+        "0.932, +0.26 s per clip; espeak-ng speech in 8 languages >= 3 s 0.778 -> 0.698. Mixed, so off by "
+        "default: try it on real, accented speech. None: Whisper's language token alone.")
+    language_rescore_candidates: int = Field(
+        3, ge=2, json_schema_extra=ADDED_AS_BEFORE, description="How many of the likeliest languages `language_rescore_below` decodes in.")
+
     default_compute_type: ClassVar[dict[str, str]] = {"cpu": "int8", "cuda": "float16"}
 
 
@@ -87,6 +102,7 @@ class FasterWhisperTranscriber(ActorTranscriber):
         )
         self.sample_rate = self.model.feature_extractor.sampling_rate
         self._blas = ThreadpoolController()
+        self._rescoring = (config.language_rescore_below, config.language_rescore_candidates)
         self.language_id = None
         if config.language is not None and config.language_id_model:
             self.language_id = WhisperModel(resolve_model(config.language_id_model), device=device,
@@ -120,7 +136,7 @@ class FasterWhisperTranscriber(ActorTranscriber):
             language = self.config.language
             if detecting:
                 probs = language_probabilities(self.model, window, self.config.language_detection_segments,
-                                               self.config.language_detection_min_s)
+                                               self.config.language_detection_min_s, *self._rescoring)
                 window_languages.append((len(window) / self.sample_rate, probs))
                 language = max(probs, key=probs.__getitem__)
                 if language != window_language:
@@ -138,7 +154,7 @@ class FasterWhisperTranscriber(ActorTranscriber):
         if self.language_id is not None and not self.trusted_as_english(tr):
             window_languages = [(len(pcm) / self.sample_rate, language_probabilities(
                 self.language_id, pcm.astype(np.float32) / 32768.0, self.config.language_detection_segments,
-                self.config.language_detection_min_s))]
+                self.config.language_detection_min_s, *self._rescoring))]
         language, language_prob = clip_language(window_languages) if window_languages else (self.config.language, math.nan)
         tr.language, tr.language_prob = language, language_prob
         return tr
@@ -188,21 +204,62 @@ class FasterWhisperTranscriber(ActorTranscriber):
         return list(result), info
 
 
-def language_probabilities(model: Any, audio: np.ndarray, pieces: int, min_s: float = 30.0) -> dict[str, float]:
+def language_probabilities(model: Any, audio: np.ndarray, pieces: int, min_s: float = 30.0,
+                           rescore_below: Optional[float] = None, candidates: int = 3) -> dict[str, float]:
     """Whisper's spoken-language probabilities for float 16 kHz audio: the mean over up to
     `pieces` 30 s pieces spread evenly from its start to its end (one encoder pass each, in one
     batch), so speech that starts late or a language that takes over later is heard. A piece
-    shorter than `min_s` is padded to it; CTranslate2's encoder reads any length up to 30 s."""
-    from faster_whisper.audio import pad_or_trim
-
+    shorter than `min_s` is padded to it; CTranslate2's encoder reads any length up to 30 s.
+    Below `rescore_below`, the likeliest `candidates` are weighed by decoding (`rescored`)."""
     if not model.model.is_multilingual:
         return {"en": 1.0}  # an English-only model (tiny.en) knows one language
+    encoded = encode_pieces(model, audio, pieces, min_s)
+    probs = detected_languages(model, encoded)
+    if rescore_below is not None and max(probs.values()) < rescore_below:
+        probs = rescored(model, encoded, probs, candidates)
+    return probs
+
+
+def encode_pieces(model: Any, audio: np.ndarray, pieces: int, min_s: float = 30.0) -> Any:
+    """The encoder's output for the pieces `language_probabilities` hears, one batch."""
+    from faster_whisper.audio import pad_or_trim
+
     extractor = model.feature_extractor
     n = extractor.n_samples
     frames = [extractor(audio[s:s + n]) for s in detection_pieces(len(audio), n, pieces)]
     # Pieces of one clip are all 30 s but for a clip shorter than that, which is one piece.
     length = min(extractor.nb_max_frames, max(round(min_s * extractor.sampling_rate / extractor.hop_length),
                                                 max(f.shape[-1] for f in frames)))
-    features = np.stack([pad_or_trim(f, length) for f in frames])
-    results = model.model.detect_language(model.encode(features))
+    return model.encode(np.stack([pad_or_trim(f, length) for f in frames]))
+
+
+def detected_languages(model: Any, encoded: Any) -> dict[str, float]:
+    """Whisper's language-token probabilities, the mean over the encoded pieces."""
+    results = model.model.detect_language(encoded)
     return mean_distribution([{token[2:-2]: prob for token, prob in result} for result in results])
+
+
+def rescored(model: Any, encoded: Any, probs: dict[str, float], candidates: int) -> dict[str, float]:
+    """`probs` with the likeliest `candidates` reweighted by how well each language's transcript
+    explains the audio: P(language) x P(its greedy transcript | language, audio), summed over the
+    transcript's tokens and averaged over the pieces, renormalised within the candidates' share.
+    Whisper's language token is one guess from the audio alone; a transcript in the wrong language
+    scores far lower (a loop or a handful of unlikely words). It corrects accented real speech the
+    token gets wrong and errs on robotic speech (`asr.language_rescore_below`)."""
+    from faster_whisper.tokenizer import Tokenizer
+
+    top = sorted(probs, key=probs.__getitem__, reverse=True)[:candidates]
+    pieces = encoded.shape[0]
+    joint = {}
+    for lang in top:
+        tokenizer = Tokenizer(model.hf_tokenizer, True, task="transcribe", language=lang)
+        prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+        results = model.model.generate(encoded, [prompt] * pieces, beam_size=1, return_scores=True,
+                                       max_length=RESCORE_MAX_TOKENS)
+        # CTranslate2's score is the mean log-probability per token (length_penalty 1)
+        total = sum(r.scores[0] * len(r.sequences_ids[0]) for r in results) / pieces
+        joint[lang] = math.log(max(probs[lang], 1e-12)) + total
+    share, best = sum(probs[lang] for lang in top), max(joint.values())
+    weights = {lang: math.exp(v - best) for lang, v in joint.items()}
+    norm = sum(weights.values())
+    return probs | {lang: share * w / norm for lang, w in weights.items()}
