@@ -102,7 +102,6 @@ class FasterWhisperTranscriber(ActorTranscriber):
         )
         self.sample_rate = self.model.feature_extractor.sampling_rate
         self._blas = ThreadpoolController()
-        self._rescoring = (config.language_rescore_below, config.language_rescore_candidates)
         self.language_id = None
         if config.language is not None and config.language_id_model:
             self.language_id = WhisperModel(resolve_model(config.language_id_model), device=device,
@@ -135,8 +134,7 @@ class FasterWhisperTranscriber(ActorTranscriber):
         for offset, window in iter_windows(pcm, self.sample_rate, self.config.chunk_s):
             language = self.config.language
             if detecting:
-                probs = language_probabilities(self.model, window, self.config.language_detection_segments,
-                                               self.config.language_detection_min_s, *self._rescoring)
+                probs = self.language_probabilities(self.model, window)
                 window_languages.append((len(window) / self.sample_rate, probs))
                 language = max(probs, key=probs.__getitem__)
                 if language != window_language:
@@ -152,12 +150,17 @@ class FasterWhisperTranscriber(ActorTranscriber):
                 previous = " ".join(segments[-1].text.split()[-24:])
         tr = Transcription.from_segments(segments, None)
         if self.language_id is not None and not self.trusted_as_english(tr):
-            window_languages = [(len(pcm) / self.sample_rate, language_probabilities(
-                self.language_id, pcm.astype(np.float32) / 32768.0, self.config.language_detection_segments,
-                self.config.language_detection_min_s, *self._rescoring))]
+            window_languages = [(len(pcm) / self.sample_rate,
+                                 self.language_probabilities(self.language_id, pcm.astype(np.float32) / 32768.0))]
         language, language_prob = clip_language(window_languages) if window_languages else (self.config.language, math.nan)
         tr.language, tr.language_prob = language, language_prob
         return tr
+
+    def language_probabilities(self, model: Any, audio: np.ndarray) -> dict[str, float]:
+        """`language_probabilities` as this backend's settings ask."""
+        c = self.config
+        return language_probabilities(model, audio, c.language_detection_segments, c.language_detection_min_s,
+                                      c.language_rescore_below, c.language_rescore_candidates)
 
     def trusted_as_english(self, tr: Transcription) -> bool:
         """Whether an English-only model's own confidence already says the clip is English
