@@ -255,8 +255,8 @@ def rescored(model: Any, encoded: Any, probs: dict[str, float], candidates: int)
     pieces = encoded.shape[0]
     joint = {}
     for lang in top:
-        tokenizer = Tokenizer(model.hf_tokenizer, True, task="transcribe", language=lang)
-        prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+        prompt = model.get_prompt(Tokenizer(model.hf_tokenizer, True, task="transcribe", language=lang), [],
+                                  without_timestamps=True)
         results = model.model.generate(encoded, [prompt] * pieces, beam_size=1, return_scores=True,
                                        max_length=RESCORE_MAX_TOKENS)
         # CTranslate2's score is the mean log-probability per token (length_penalty 1)
