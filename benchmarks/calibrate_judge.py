@@ -40,6 +40,7 @@ from audiocurate.audio import decode_audio  # noqa: E402
 from audiocurate.config import FasterWhisperConfig, LlamaCppJudgeConfig  # noqa: E402
 from audiocurate.judge import load_judge_profile  # noqa: E402
 from audiocurate.judge.llama_cpp import engine_version  # noqa: E402
+from audiocurate.judge.profile import EngineRecord  # noqa: E402
 
 PROFILE = Path(__file__).resolve().parents[1] / "src/audiocurate/judge/profiles/smollm2-135m-edu.yaml"
 
@@ -158,8 +159,7 @@ def main() -> None:
                 f"transcribed by the embedded Whisper, judged with judge.weights={args.weights}; "
                 f"map = 1 + 4 * P(educational | mean)."
             ),
-            "fitted_with": {"model": data["model"], "weights": args.weights, "engine": engine_version(),
-                            "prompt": profile.prompt_digest()},
+            "fitted_with": EngineRecord.of(profile, None, args.weights, engine_version()).model_dump(),
             "metrics": {f"eval_{k}": round(v, 4) for k, v in m_eval.items()},
         }
         PROFILE.write_text(yaml.safe_dump(data, sort_keys=False, width=100))

@@ -415,14 +415,17 @@ def engine_version(backend: str) -> str:
 
 
 def write_calibration(config: Any, judge_profile: str, result: dict[str, Any], n_fit: int, texts: str) -> None:
-    """The map fitted on the fit half, into the shipped profile, with what it was fitted with."""
+    """The map fitted on the fit half, into the profile's YAML, with what it was fitted with."""
     import yaml
 
     from audiocurate.judge import load_judge_profile
+    from audiocurate.judge.profile import EngineRecord
 
     profile = load_judge_profile(judge_profile)
     name = profile.name
-    path = Path(__file__).resolve().parents[1] / "src/audiocurate/judge/profiles" / f"{name}.yaml"
+    path = Path(judge_profile)  # a profile of your own, else the shipped one of that name
+    if not (path.suffix in (".yaml", ".yml") and path.exists()):
+        path = Path(__file__).resolve().parents[1] / "src/audiocurate/judge/profiles" / f"{name}.yaml"
     data = yaml.safe_load(path.read_text())
     held_out = result["held_out_eval_with_fitted_map"]
     fitted = result["calibration_fitted_on_fit_half"]
@@ -442,9 +445,8 @@ def write_calibration(config: Any, judge_profile: str, result: dict[str, Any], n
                       f"edu_score_mean over the fit half ({n_fit} {texts}: WordNet and FOLDOC definitions and the "
                       f"Debian Reference vs fortune files, in {languages}); {how}. Metrics: the held-out eval "
                       f"half, all languages (`eval_`) and English (`eval_en_`)."),
-        "fitted_with": {"model": config.judge.model or data["model"], "weights": getattr(config.judge, "weights", "stored"),
-                        "engine": engine_version(config.judge.backend),
-                        "prompt": profile.prompt_digest()},
+        "fitted_with": EngineRecord.of(profile, config.judge.model, getattr(config.judge, "weights", "stored"),
+                                       engine_version(config.judge.backend)).model_dump(),
         "metrics": {**{f"eval_{k}": v for k, v in held_out["all"].items() if isinstance(v, (int, float))},
                     **{f"eval_en_{k}": v for k, v in held_out.get("language=en", {}).items()
                        if isinstance(v, (int, float))}},  # a profile's metrics are numbers; intervals stay in the results

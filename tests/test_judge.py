@@ -225,6 +225,28 @@ def test_a_multilingual_profile_states_each_rows_language():
     assert english.suffix("Hallo.", "de") == english.suffix("Hallo.")
 
 
+def test_a_profile_that_extends_another_reads_as_if_written_out(tmp_path):
+    """`extends`: the base profile's prompt and examples, this file's fields over them, its own
+    map (never the base's), and `examples_language` stated for every example naming none."""
+    base = load_judge_profile("gemma3-270m-edu")
+    multilingual = load_judge_profile("gemma3-270m-multilingual-edu")
+    assert multilingual.instructions == base.instructions and len(multilingual.examples) == len(base.examples) == 24
+    assert [e.text for e in multilingual.examples] == [e.text for e in base.examples]
+    assert {e.language for e in multilingual.examples} == {"English"} and {e.language for e in base.examples} == {None}
+    assert "Language: English\nText: " in multilingual.prefix() and "Language:" not in base.prefix()
+    assert multilingual.calibration.x != base.calibration.x  # its own map, fitted with its own prompt
+    child = tmp_path / "child.yaml"
+    child.write_text("name: child\nextends: gemma3-270m-edu\nexamples: [{text: 'Water boils at 100 C.', score: 4}]\n")
+    loaded = load_judge_profile(str(child))
+    assert loaded.calibration is None and loaded.instructions == base.instructions
+    assert [e.text for e in loaded.examples] == ["Water boils at 100 C."]
+    assert loaded.prompt_digest() != base.prompt_digest()
+    loop = tmp_path / "loop.yaml"
+    loop.write_text(f"name: loop\nextends: {loop}\n")
+    with pytest.raises(ValueError, match="loop"):
+        load_judge_profile(str(loop))
+
+
 @pytest.mark.slow  # Gemma 3 270M: joined once, then loaded (seconds)
 def test_gemma_judge_scores_rows_with_their_language_alike_together_and_alone():
     texts = ["Der Rhein fließt von den Alpen bis in die Nordsee.", "Wer zuletzt lacht, lacht am besten.",

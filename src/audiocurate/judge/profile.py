@@ -57,6 +57,11 @@ class EngineRecord(BaseModel):
         None, description="The prompt's digest (`JudgeProfile.prompt_digest()`: instructions, examples, templates, "
         "labels). New examples move the expected scores as a new engine does; a test compares it with the profile's.")
 
+    @classmethod
+    def of(cls, profile: "JudgeProfile", model: Optional[str], weights: str, engine: str) -> "EngineRecord":
+        """The record for a map fitted now with `profile` (its own model unless `model` is given)."""
+        return cls(model=model or profile.model, weights=weights, engine=engine, prompt=profile.prompt_digest())
+
 
 class Calibration(BaseModel):
     """A monotone map from the expected score (sum k*pk) to the 1..5 scale.
@@ -117,6 +122,12 @@ class JudgeProfile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     description: str = ""
+    extends: Optional[str] = Field(
+        None, description="A shipped profile (or YAML path) this one starts from: its fields, then this file's "
+        "over them. The calibration is never inherited: a map holds for the prompt it was fitted with.")
+    examples_language: Optional[str] = Field(
+        None, description="The language stated (`language_line`) for each example that names none, "
+        "inherited ones included.")
     model: str = Field(description="Default model for this profile: `embedded:...`, a path or a hub id.")
     style: Literal["completion", "chat"] = Field(
         "completion", description="`completion`: one plain text prompt (small models follow "
@@ -138,6 +149,9 @@ class JudgeProfile(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "JudgeProfile":
+        if self.examples_language:
+            self.examples = [e if e.language else e.model_copy(update={"language": self.examples_language})
+                             for e in self.examples]
         if self.item_template.count("{text}") != 1:
             raise ValueError("item_template must contain {text} exactly once")
         if len(self.labels) != 5:
@@ -204,6 +218,13 @@ class JudgeProfile(BaseModel):
 
 def load_judge_profile(name_or_path: str) -> JudgeProfile:
     """A profile shipped in `audiocurate/judge/profiles/` by name, or a YAML file by path."""
+    return JudgeProfile.model_validate(_profile_data(name_or_path, ()))
+
+
+def _profile_data(name_or_path: str, seen: tuple[str, ...]) -> dict:
+    """A profile's fields with those of the profile it `extends` beneath them."""
+    if name_or_path in seen:
+        raise ValueError(f"judge profiles extend each other in a loop: {' -> '.join((*seen, name_or_path))}")
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") and p.exists():
         data = yaml.safe_load(p.read_text())
@@ -214,4 +235,8 @@ def load_judge_profile(name_or_path: str) -> JudgeProfile:
                            if x.name.endswith(".yaml"))
             raise ValueError(f"unknown judge profile {name_or_path!r}; shipped: {', '.join(known)}")
         data = yaml.safe_load(ref.read_text())
-    return JudgeProfile.model_validate(data)
+    if data.get("extends"):
+        base = _profile_data(data["extends"], (*seen, name_or_path))
+        base.pop("calibration", None)
+        data = base | data
+    return data
