@@ -31,10 +31,12 @@ profiles/default.yaml. Printed: LID accuracy per language and per duration bucke
 and Spanish curated by that gate, the same for other `min_prob` values (a measurement, not a
 fit: nothing here changes the default), and the LID seconds per clip.
 
-`--rescore-below T` (`asr.language_rescore_below`): from the same encoder pass, clips whose
-likeliest language has less than T are also weighed by decoding in the
-`asr.language_rescore_candidates` likeliest languages (`asr.faster_whisper.rescored`); LID
-accuracy both ways (`rescored` in the results), and the seconds the rescoring adds.
+Rescoring (`asr.language_rescore_below`, the default's 0.8, or `--rescore-below T`): from the
+same encoder pass, clips whose likeliest language has less than it are also weighed by decoding
+in the `asr.language_rescore_candidates` likeliest languages (`asr.faster_whisper.rescored`).
+`rescored` in the results: LID accuracy with the token alone and with rescoring replacing it
+(the multilingual way), the English default's gate with the token alone and as shipped
+(rescoring, on clips tiny.en half trusts, only confirms English), by half, and the seconds added.
 
 `--wer` (after a run): whisper-base transcribes each held-out clip in its detected language
 (`--profile multilingual`); WER per language against the sentences read, and tiny.en's WER on
@@ -141,11 +143,13 @@ SENTENCES = {**OTHER, **MORE}
 # `--lid-min-s S`: language ID pads each piece to S seconds instead of Whisper's 30
 # (`asr.language_detection_min_s`); results go to their own file.
 LID_MIN_S = float(sys.argv[sys.argv.index("--lid-min-s") + 1]) if "--lid-min-s" in sys.argv else None
-RESCORE_BELOW = float(sys.argv[sys.argv.index("--rescore-below") + 1]) if "--rescore-below" in sys.argv else None
+RESCORE_FLAG = float(sys.argv[sys.argv.index("--rescore-below") + 1]) if "--rescore-below" in sys.argv else None
 RESULTS = HERE / "results" / ("language_id" + ("" if LID_MIN_S is None else f"_lid_min_{LID_MIN_S:g}s")
-                              + ("" if RESCORE_BELOW is None else f"_rescore_below_{RESCORE_BELOW:g}") + ".json")
+                              + ("" if RESCORE_FLAG is None else f"_rescore_below_{RESCORE_FLAG:g}") + ".json")
 DEFAULT = PipelineConfig.load(profile="default", overrides=[] if LID_MIN_S is None
                               else [f"asr.language_detection_min_s={LID_MIN_S}"])
+# Unsure clips are also rescored by decoding below this (the flag, else the default's setting).
+RESCORE_BELOW = RESCORE_FLAG if RESCORE_FLAG is not None else DEFAULT.asr.language_rescore_below
 DEFAULT_GATE = Language.configured(DEFAULT, {"id", "audio_bytes"})
 REAL_ORDER: dict[str, int] = {}
 BUCKETS = [(0, 3), (3, 6), (6, 10), (10, 1e9)]
@@ -176,13 +180,34 @@ def interval(xs: list[bool]) -> dict | None:
     return {"share": share(xs), "k": int(sum(xs)), "n": len(xs), "ci95": wilson(sum(xs), len(xs))} if xs else None
 
 
-def default_gate(row: dict, avg_logprob: float) -> str | None:
+def default_gate(row: dict, avg_logprob: float, rescore: bool = True) -> str | None:
     """The English default's `language` filter on a clip as the pipeline routes it: language ID
     is skipped when tiny.en is confident (`asr.skip_language_id_above_avg_logprob`), and then
-    the clip has no `language_prob`."""
+    the clip has no `language_prob`; `rescore=False`: the language token alone."""
     skipped = lid_skipped(avg_logprob)
-    return DEFAULT_GATE.reason({"language": "en" if skipped else row["detected"],
-                                "language_prob": None if skipped else row["prob"], "avg_logprob": avg_logprob})
+    language, prob = default_heard(row, avg_logprob) if rescore else (row["detected"], row["prob"])
+    return DEFAULT_GATE.reason({"language": "en" if skipped else language,
+                                "language_prob": None if skipped else prob, "avg_logprob": avg_logprob})
+
+
+def rescores(row: dict, avg_logprob: float) -> bool:
+    """Whether the English default's transcriber decodes this clip again to check its language."""
+    asr = DEFAULT.asr
+    above = asr.language_rescore_above_avg_logprob
+    return ("rescored" in row and asr.language_rescore_below is not None and not lid_skipped(avg_logprob)
+            and row["prob"] < asr.language_rescore_below and (above is None or avg_logprob >= above))
+
+
+def default_heard(row: dict, avg_logprob: float) -> tuple[str, float]:
+    """The language and probability the English default's transcriber gives a clip it sends to
+    language ID: the token's, or the rescored ones where it rescores (`asr.language_rescore_below`,
+    `asr.language_rescore_above_avg_logprob`) and they make English likelier (`confirm`)."""
+    if rescores(row, avg_logprob):
+        # rows saved before `rescored_p_en`: the rescored P(en) is known where English came first
+        again_en = row.get("rescored_p_en", row["rescored_prob"] if row["rescored"] == "en" else 0.0)
+        if again_en > row["p_en"]:
+            return row["rescored"], row["rescored_prob"]
+    return row["detected"], row["prob"]
 
 
 def lid_skipped(avg_logprob: float) -> bool:
@@ -203,7 +228,8 @@ def heard(model, audio: np.ndarray) -> dict:
     if RESCORE_BELOW is not None:
         again = rescored(model, encoded, probs, asr.language_rescore_candidates) if probs[detected] < RESCORE_BELOW else probs
         best = max(again, key=again.__getitem__)
-        out |= {"rescored": best, "rescored_prob": again[best], "rescore_s": time.perf_counter() - t1}
+        out |= {"rescored": best, "rescored_prob": again[best], "rescored_p_en": again.get("en", 0.0),
+                "rescore_s": time.perf_counter() - t1}
     return out
 
 
@@ -214,9 +240,12 @@ def rescoring_summary(rows: list[dict], seconds: str, half=lambda r: r["half"]) 
     langs = sorted({r["language"] for r in rows})
     long = [r for r in rows if r[seconds] >= 3]
 
-    def kept(r: dict, rescore: bool) -> bool:  # through the English default's gate, language ID rescored or not
-        heard_as = {"detected": r["rescored"], "prob": r["rescored_prob"]} if rescore else r
-        return default_gate(heard_as, r["tiny_en_avg_logprob"]) is None
+    def kept(r: dict, rescore: bool) -> bool:  # through the English default's gate, token alone or as shipped
+        return default_gate(r, r["tiny_en_avg_logprob"], rescore) is None
+
+    def replaced(r: dict) -> bool:  # the gate had rescoring replaced the token's probabilities on every unsure clip
+        heard_as = {"detected": r["rescored"], "prob": r["rescored_prob"]}
+        return default_gate(heard_as, r["tiny_en_avg_logprob"], rescore=False) is None
 
     return {"rescore_below": RESCORE_BELOW, "candidates": DEFAULT.asr.language_rescore_candidates,
             "clips_rescored": share([r["prob"] < RESCORE_BELOW for r in rows]),
@@ -226,9 +255,18 @@ def rescoring_summary(rows: list[dict], seconds: str, half=lambda r: r["half"]) 
             "lid_accuracy_at_least_3s": [interval([r[k] == r["language"] for r in long]) for k in ("detected", "rescored")],
             "by_half_at_least_3s": {h: [share([r[k] == r["language"] for r in long if half(r) == h])
                                         for k in ("detected", "rescored")] for h in ("dev", "held_out")},
-            "english_default_gate": {  # [as shipped, with the gate's language ID rescored]
+            "english_default_gate": {  # [the token alone, as shipped (rescoring only confirms English)]
                 "english_kept": [share([kept(r, k) for r in rows if r["language"] == "en"]) for k in (False, True)],
-                "non_english_passed": [share([kept(r, k) for r in rows if r["language"] != "en"]) for k in (False, True)]},
+                "non_english_passed": [share([kept(r, k) for r in rows if r["language"] != "en"]) for k in (False, True)],
+                "by_half": {h: {"english_kept": [share([kept(r, k) for r in rows if r["language"] == "en" and half(r) == h])
+                                                 for k in (False, True)],
+                                "non_english_passed": [share([kept(r, k) for r in rows
+                                                              if r["language"] != "en" and half(r) == h])
+                                                       for k in (False, True)]} for h in ("dev", "held_out")},
+                "clips_rescored": share([rescores(r, r["tiny_en_avg_logprob"]) for r in rows]),
+                "rescoring_replacing_the_token": {  # the multilingual way, measured only
+                    "english_kept": share([replaced(r) for r in rows if r["language"] == "en"]),
+                    "non_english_passed": share([replaced(r) for r in rows if r["language"] != "en"])}},
             "rescore_seconds_per_clip": round(sum(r["rescore_s"] for r in rows) / len(rows), 3),
             "lid_seconds_per_clip": round(sum(r["lid_s"] for r in rows) / len(rows), 3)}
 
@@ -314,6 +352,8 @@ def real_speech_rows(per_language: int) -> list[dict]:
 def summarize_real(rows: list[dict]) -> dict:
     """The real speech section: LID accuracy, the default gate, and the gate at other `min_prob`."""
     default = DEFAULT.filters.language.min_prob
+    for r in rows:  # the rule as it is now, also on saved rows
+        r["default_gate"] = default_gate(r, r["tiny_en_avg_logprob"])
     for lang in {r["language"] for r in rows}:
         for i, r in enumerate(r for r in rows if r["language"] == lang):
             REAL_ORDER[r["id"]] = i

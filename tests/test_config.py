@@ -17,6 +17,12 @@ def test_defaults_are_the_embedded_cpu_pipeline():
     assert c.select.min_score == 3 and c.asr.threads == 1 and c.judge.threads == 1
 
 
+def test_the_default_profile_spells_out_the_defaults():
+    """`--profile default` and no profile are one configuration: default.yaml documents the
+    defaults, and a default changed in code but not there (or the other way) fails here."""
+    assert PipelineConfig.load(profile="default") == PipelineConfig.load()
+
+
 def test_yaml_file_then_overrides(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("asr:\n  beam_size: 2\n  resources: {batch_size: 4, concurrency: [1, 3]}\nselect:\n  min_score: 4\n")

@@ -167,3 +167,43 @@ def test_rescoring_by_decoding_hears_lines_whose_language_token_is_unsure():
         assert tr.language == lang, (tr.language, tr.text)
     sure = decode_audio(LINES["es"].read_bytes(), target_rate=16000).pcm.astype("float32") / 32768.0
     assert language_probabilities(asr.model, sure, 3, 30.0, 0.8, 3) == language_probabilities(asr.model, sure, 3)
+
+
+@needs_base
+@pytest.mark.slow  # tiny.en and whisper-base load and run, three times
+def test_the_english_default_checks_an_unsure_line_by_decoding_and_only_to_confirm_english():
+    """Beside tiny.en, rescoring (`asr.language_rescore_below`) can only make English likelier:
+    the accented English line 14 (token P(en) ~0.44, below the gate's 0.6) is kept once decoding
+    confirms it, but only when tiny.en half trusts its transcript
+    (`asr.language_rescore_above_avg_logprob`); the Spanish T15, which rescoring alone would move
+    from Greek to Spanish and away from English, keeps its token's probabilities. Thresholds are
+    set from the line's own score, which moves a little by host."""
+    from audiocurate.asr import make_transcriber
+    from audiocurate.asr.faster_whisper import language_probabilities
+    from audiocurate.filters.language import Language
+
+    english = decode_audio((DATA / "drascula_en_14.flac").read_bytes(), target_rate=16000).pcm
+
+    def heard(*overrides: str):
+        config = PipelineConfig.load(overrides=list(overrides))
+        (tr,) = make_transcriber(config.asr).transcribe_batch([english])
+        gate = Language(config.filters.language, config)
+        return tr, gate.reason({"language": tr.language, "language_prob": tr.language_prob,
+                                "avg_logprob": tr.avg_logprob})
+
+    token, reason = heard("asr.language_rescore_below=null", "asr.skip_language_id_above_avg_logprob=null")
+    assert (token.language, reason) == ("en", "language") and token.language_prob < 0.6  # the token alone rejects it
+    score = token.avg_logprob
+    band = [f"asr.skip_language_id_above_avg_logprob={score + 0.05}"]
+    confirmed, reason = heard(*band, f"asr.language_rescore_above_avg_logprob={score - 0.05}")
+    assert (confirmed.language, reason) == ("en", None) and confirmed.language_prob > 0.6, confirmed
+    assert confirmed.text == token.text
+    unsure, reason = heard(*band, f"asr.language_rescore_above_avg_logprob={score + 0.02}")
+    assert (unsure.language_prob, reason) == (token.language_prob, "language")  # tiny.en too unsure: not rescored
+
+    model = make_transcriber(PipelineConfig.load(profile="multilingual").asr).model
+    spanish = decode_audio(UNSURE["es"].read_bytes(), target_rate=16000).pcm.astype("float32") / 32768.0
+    plain = language_probabilities(model, spanish, 3)
+    replaced = language_probabilities(model, spanish, 3, 30.0, 0.8, 3)
+    assert "en" in sorted(plain, key=plain.__getitem__)[-3:] and replaced["en"] < plain["en"], (plain, replaced)
+    assert language_probabilities(model, spanish, 3, 30.0, 0.8, 3, confirm="en") == plain

@@ -67,13 +67,24 @@ class FasterWhisperConfig(AsrSettings):
         "from 81% to 96% with no Spanish line let through. None: every clip is heard by the language ID model.")
 
     language_rescore_below: Optional[float] = Field(
-        None, ge=0, le=1, json_schema_extra=ADDED_AS_BEFORE, description="When spoken language ID's likeliest "
+        0.8, ge=0, le=1, description="When spoken language ID's likeliest "
         "language has less than this probability, the `language_rescore_candidates` likeliest languages are "
         "weighed by decoding the clip in each (greedy, from the encoder pass language ID already made): a "
-        "transcript in the wrong language is far less likely. Measured at 0.8 (benchmarks/language_id.py "
-        "--rescore-below, docs/languages.md): real game dialogue >= 3 s 0.961 -> 0.974, all lengths 0.915 -> "
-        "0.932, +0.26 s per clip; espeak-ng speech in 8 languages >= 3 s 0.778 -> 0.698. Mixed, so off by "
-        "default: try it on real, accented speech. None: Whisper's language token alone.")
+        "transcript in the wrong language is far less likely. Where `language` is set (the English default), "
+        "the rescoring can only confirm it: its probabilities are taken when they give `language` more than "
+        "the token did, so it admits an accented English line the token doubted and never rejects one the "
+        "token kept; see `language_rescore_above_avg_logprob`. Where the language is detected "
+        "(`--profile multilingual`) they replace the token's: real game dialogue >= 3 s 0.961 -> 0.974, "
+        "espeak-ng speech in 8 languages 0.778 -> 0.698 (docs/languages.md), so that profile leaves it off. "
+        "None: Whisper's language token alone.")
+    language_rescore_above_avg_logprob: Optional[float] = Field(
+        -0.75, le=0, description="With `language_id_model` beside the transcribing `model` (tiny.en): rescore "
+        "(`language_rescore_below`) only a clip whose transcript has at least this "
+        "mean token log-probability. Robotic or unfamiliar speech in another language decodes as fluent English "
+        "in whisper-base too, but tiny.en stays unsure of it; a line tiny.en half trusts (between this and "
+        "`skip_language_id_above_avg_logprob`) is worth the check. The default's -0.75 was chosen on the dev "
+        "half of benchmarks/language_id.py: real English kept 97.0% -> 98.5%, Spanish curated 1.5% -> 2.0%, "
+        "about 4% of clips decoded again (docs/languages.md). None: every unsure clip is rescored.")
     language_rescore_candidates: int = Field(
         3, ge=2, json_schema_extra=ADDED_AS_BEFORE, description="How many of the likeliest languages `language_rescore_below` decodes in.")
 
@@ -151,16 +162,23 @@ class FasterWhisperTranscriber(ActorTranscriber):
         tr = Transcription.from_segments(segments, None)
         if self.language_id is not None and not self.trusted_as_english(tr):
             window_languages = [(len(pcm) / self.sample_rate,
-                                 self.language_probabilities(self.language_id, pcm.astype(np.float32) / 32768.0))]
+                                 self.language_probabilities(self.language_id, pcm.astype(np.float32) / 32768.0, tr))]
         language, language_prob = clip_language(window_languages) if window_languages else (self.config.language, math.nan)
         tr.language, tr.language_prob = language, language_prob
         return tr
 
-    def language_probabilities(self, model: Any, audio: np.ndarray) -> dict[str, float]:
-        """`language_probabilities` as this backend's settings ask."""
+    def language_probabilities(self, model: Any, audio: np.ndarray,
+                               transcript: Optional[Transcription] = None) -> dict[str, float]:
+        """`language_probabilities` as this backend's settings ask; `transcript`: the English-only
+        model's, when the language ID model checks it (rescoring then only confirms `language`)."""
         c = self.config
+        rescore_below = c.language_rescore_below
+        if transcript is not None and c.language_rescore_above_avg_logprob is not None \
+                and not transcript.avg_logprob >= c.language_rescore_above_avg_logprob:  # NaN: not rescored
+            rescore_below = None
         return language_probabilities(model, audio, c.language_detection_segments, c.language_detection_min_s,
-                                      c.language_rescore_below, c.language_rescore_candidates)
+                                      rescore_below, c.language_rescore_candidates,
+                                      confirm=c.language if transcript is not None else None)
 
     def trusted_as_english(self, tr: Transcription) -> bool:
         """Whether an English-only model's own confidence already says the clip is English
@@ -208,18 +226,22 @@ class FasterWhisperTranscriber(ActorTranscriber):
 
 
 def language_probabilities(model: Any, audio: np.ndarray, pieces: int, min_s: float = 30.0,
-                           rescore_below: Optional[float] = None, candidates: int = 3) -> dict[str, float]:
+                           rescore_below: Optional[float] = None, candidates: int = 3,
+                           confirm: Optional[str] = None) -> dict[str, float]:
     """Whisper's spoken-language probabilities for float 16 kHz audio: the mean over up to
     `pieces` 30 s pieces spread evenly from its start to its end (one encoder pass each, in one
     batch), so speech that starts late or a language that takes over later is heard. A piece
     shorter than `min_s` is padded to it; CTranslate2's encoder reads any length up to 30 s.
-    Below `rescore_below`, the likeliest `candidates` are weighed by decoding (`rescored`)."""
+    Below `rescore_below`, the likeliest `candidates` are weighed by decoding (`rescored`); with
+    `confirm`, that weighing is kept only where it makes `confirm` likelier."""
     if not model.model.is_multilingual:
         return {"en": 1.0}  # an English-only model (tiny.en) knows one language
     encoded = encode_pieces(model, audio, pieces, min_s)
     probs = detected_languages(model, encoded)
     if rescore_below is not None and max(probs.values()) < rescore_below:
-        probs = rescored(model, encoded, probs, candidates)
+        again = rescored(model, encoded, probs, candidates)
+        if confirm is None or again.get(confirm, 0.0) > probs.get(confirm, 0.0):
+            probs = again
     return probs
 
 
