@@ -243,6 +243,11 @@ def rescoring_summary(rows: list[dict], seconds: str, half=lambda r: r["half"]) 
     def kept(r: dict, rescore: bool) -> bool:  # through the English default's gate, token alone or as shipped
         return default_gate(r, r["tiny_en_avg_logprob"], rescore) is None
 
+    def gate(rs: list[dict]) -> dict:  # English kept and others passed, [token alone, as shipped]
+        en, other = [r for r in rs if r["language"] == "en"], [r for r in rs if r["language"] != "en"]
+        return {"english_kept": [share([kept(r, k) for r in en]) for k in (False, True)],
+                "non_english_passed": [share([kept(r, k) for r in other]) for k in (False, True)]}
+
     def replaced(r: dict) -> bool:  # the gate had rescoring replaced the token's probabilities on every unsure clip
         heard_as = {"detected": r["rescored"], "prob": r["rescored_prob"]}
         return default_gate(heard_as, r["tiny_en_avg_logprob"], rescore=False) is None
@@ -256,13 +261,8 @@ def rescoring_summary(rows: list[dict], seconds: str, half=lambda r: r["half"]) 
             "by_half_at_least_3s": {h: [share([r[k] == r["language"] for r in long if half(r) == h])
                                         for k in ("detected", "rescored")] for h in ("dev", "held_out")},
             "english_default_gate": {  # [the token alone, as shipped (rescoring only confirms English)]
-                "english_kept": [share([kept(r, k) for r in rows if r["language"] == "en"]) for k in (False, True)],
-                "non_english_passed": [share([kept(r, k) for r in rows if r["language"] != "en"]) for k in (False, True)],
-                "by_half": {h: {"english_kept": [share([kept(r, k) for r in rows if r["language"] == "en" and half(r) == h])
-                                                 for k in (False, True)],
-                                "non_english_passed": [share([kept(r, k) for r in rows
-                                                              if r["language"] != "en" and half(r) == h])
-                                                       for k in (False, True)]} for h in ("dev", "held_out")},
+                **gate(rows),
+                "by_half": {h: gate([r for r in rows if half(r) == h]) for h in ("dev", "held_out")},
                 "clips_rescored": share([rescores(r, r["tiny_en_avg_logprob"]) for r in rows]),
                 "rescoring_replacing_the_token": {  # the multilingual way, measured only
                     "english_kept": share([replaced(r) for r in rows if r["language"] == "en"]),

@@ -40,8 +40,9 @@ def test_both_backends_detect_the_same_language_with_its_probability(multilingua
 
     # 40 s: two windows of at most 30 s, 70 s three: each window's language from its own
     # encoder pass, the clip's the duration-weighted mean (both backends cut the windows alike).
+    # The language token of both: faster-whisper's rescoring by decoding (`language_rescore_below`) is its own.
     fw = make_transcriber(FasterWhisperConfig(model=multilingual["ct2"], language=None, compute_type="float32",
-                                              beam_size=1, temperatures=[0.0], chunk_s=30))
+                                              beam_size=1, temperatures=[0.0], chunk_s=30, language_rescore_below=None))
     hf = make_transcriber(TransformersAsrConfig(model=multilingual["hf"], language=None, device="cpu",
                                                 compute_type="float32", beam_size=1, max_new_tokens=8, chunk_s=30,
                                                 temperatures=[0.0]))

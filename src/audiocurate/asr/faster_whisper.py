@@ -67,24 +67,23 @@ class FasterWhisperConfig(AsrSettings):
         "from 81% to 96% with no Spanish line let through. None: every clip is heard by the language ID model.")
 
     language_rescore_below: Optional[float] = Field(
-        0.8, ge=0, le=1, description="When spoken language ID's likeliest "
-        "language has less than this probability, the `language_rescore_candidates` likeliest languages are "
-        "weighed by decoding the clip in each (greedy, from the encoder pass language ID already made): a "
-        "transcript in the wrong language is far less likely. Where `language` is set (the English default), "
-        "the rescoring can only confirm it: its probabilities are taken when they give `language` more than "
-        "the token did, so it admits an accented English line the token doubted and never rejects one the "
-        "token kept; see `language_rescore_above_avg_logprob`. Where the language is detected "
-        "(`--profile multilingual`) they replace the token's: real game dialogue >= 3 s 0.961 -> 0.974, "
-        "espeak-ng speech in 8 languages 0.778 -> 0.698 (docs/languages.md), so that profile leaves it off. "
-        "None: Whisper's language token alone.")
+        0.8, ge=0, le=1, description="When spoken language ID's likeliest language has less than this "
+        "probability, the `language_rescore_candidates` likeliest languages are weighed by decoding the clip in "
+        "each (greedy, from the encoder pass language ID already made): a transcript in the wrong language is far "
+        "less likely. Where `language` is set (the English default), the rescoring can only confirm it: its "
+        "probabilities are taken when they give `language` more than the token did, so it admits an accented "
+        "English line the token doubted and never rejects one the token kept (see "
+        "`language_rescore_above_avg_logprob`). Where the language is detected (`language: null`) they replace "
+        "the token's: real game dialogue >= 3 s 0.961 -> 0.974, espeak-ng speech in 8 languages 0.778 -> 0.698 "
+        "(docs/languages.md); mixed, so `--profile multilingual` turns it off. None: Whisper's language token alone.")
     language_rescore_above_avg_logprob: Optional[float] = Field(
         -0.75, le=0, description="With `language_id_model` beside the transcribing `model` (tiny.en): rescore "
-        "(`language_rescore_below`) only a clip whose transcript has at least this "
-        "mean token log-probability. Robotic or unfamiliar speech in another language decodes as fluent English "
-        "in whisper-base too, but tiny.en stays unsure of it; a line tiny.en half trusts (between this and "
-        "`skip_language_id_above_avg_logprob`) is worth the check. The default's -0.75 was chosen on the dev "
-        "half of benchmarks/language_id.py: real English kept 97.0% -> 98.5%, Spanish curated 1.5% -> 2.0%, "
-        "about 4% of clips decoded again (docs/languages.md). None: every unsure clip is rescored.")
+        "(`language_rescore_below`) only a clip whose transcript has at least this mean token log-probability. "
+        "Robotic or unfamiliar speech in another language decodes as fluent English in whisper-base too, but "
+        "tiny.en stays unsure of it; a line tiny.en half trusts (between this and "
+        "`skip_language_id_above_avg_logprob`) is worth the check. -0.75 was chosen on the dev halves of "
+        "benchmarks/language_id.py: real English kept 97.0% -> 98.5%, Spanish curated 1.5% -> 2.0%, about 4% of "
+        "clips decoded again (docs/languages.md). None: every unsure clip is rescored.")
     language_rescore_candidates: int = Field(
         3, ge=2, json_schema_extra=ADDED_AS_BEFORE, description="How many of the likeliest languages `language_rescore_below` decodes in.")
 
