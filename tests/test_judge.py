@@ -241,8 +241,13 @@ def test_a_profile_that_extends_another_reads_as_if_written_out(tmp_path):
     assert loaded.calibration is None and loaded.instructions == base.instructions
     assert [e.text for e in loaded.examples] == ["Water boils at 100 C."]
     assert loaded.prompt_digest() != base.prompt_digest()
+    (tmp_path / "sub").mkdir()
+    grandchild = tmp_path / "sub" / "grandchild.yaml"
+    grandchild.write_text("name: grandchild\nextends: ../child.yaml\nexamples_language: English\n")
+    assert [(e.text, e.language) for e in load_judge_profile(str(grandchild)).examples] == [
+        ("Water boils at 100 C.", "English")]  # read beside the file that names it
     loop = tmp_path / "loop.yaml"
-    loop.write_text(f"name: loop\nextends: {loop}\n")
+    loop.write_text("name: loop\nextends: sub/../loop.yaml\n")  # itself, under another name
     with pytest.raises(ValueError, match="loop"):
         load_judge_profile(str(loop))
 

@@ -123,8 +123,9 @@ class JudgeProfile(BaseModel):
     name: str
     description: str = ""
     extends: Optional[str] = Field(
-        None, description="A shipped profile (or YAML path) this one starts from: its fields, then this file's "
-        "over them. The calibration is never inherited: a map holds for the prompt it was fitted with.")
+        None, description="A shipped profile, or a YAML path (relative to this file), this one starts from: its "
+        "fields, then this file's over them. The calibration is never inherited: a map holds for the prompt it "
+        "was fitted with.")
     examples_language: Optional[str] = Field(
         None, description="The language stated (`language_line`) for each example that names none, "
         "inherited ones included.")
@@ -223,10 +224,12 @@ def load_judge_profile(name_or_path: str) -> JudgeProfile:
 
 def _profile_data(name_or_path: str, seen: tuple[str, ...]) -> dict:
     """A profile's fields with those of the profile it `extends` beneath them."""
-    if name_or_path in seen:
-        raise ValueError(f"judge profiles extend each other in a loop: {' -> '.join((*seen, name_or_path))}")
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") and p.exists():
+    is_file = p.suffix in (".yaml", ".yml") and p.exists()
+    key = str(p.resolve()) if is_file else name_or_path
+    if key in seen:
+        raise ValueError(f"judge profiles extend each other in a loop: {' -> '.join((*seen, key))}")
+    if is_file:
         data = yaml.safe_load(p.read_text())
     else:
         ref = resources.files("audiocurate.judge") / "profiles" / f"{name_or_path}.yaml"
@@ -236,7 +239,10 @@ def _profile_data(name_or_path: str, seen: tuple[str, ...]) -> dict:
             raise ValueError(f"unknown judge profile {name_or_path!r}; shipped: {', '.join(known)}")
         data = yaml.safe_load(ref.read_text())
     if data.get("extends"):
-        base = _profile_data(data["extends"], (*seen, name_or_path))
+        parent = Path(data["extends"])
+        if is_file and not parent.is_absolute() and (p.parent / parent).is_file():
+            parent = p.parent / parent  # a YAML path is read beside the file that names it
+        base = _profile_data(str(parent), (*seen, key))
         base.pop("calibration", None)
         data = base | data
     return data
