@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,34 @@ def test_a_converted_model_is_cached_once_per_content_not_once_per_install(tmp_p
     assert derived_model_path(str(reinstalled), "f16", ".gguf") == cached
     assert derived_model_path(str(changed), "f16", ".gguf") != cached
     assert derived_model_path(str(first), "q8", ".gguf") != cached
+
+
+def test_a_models_digest_is_read_once_per_version_of_the_file(tmp_path, monkeypatch):
+    """Every judge actor's start hashed the whole GGUF (0.4 s of CPU for Gemma's 253 MB) to find
+    its F16 copy. The digest is remembered by the file's identity; a file rewritten in place,
+    even to the same size and modification time, is hashed again."""
+    import hashlib
+    import json
+
+    from audiocurate.models import content_digest
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"a" * (2 << 20))
+    first = content_digest(str(model))
+    assert first == hashlib.blake2b(model.read_bytes(), digest_size=8).hexdigest()
+    (memo,) = (tmp_path / "cache" / "audiocurate" / "digests").glob("*.json")
+    remembered = json.loads(memo.read_text())
+    memo.write_text(json.dumps({**remembered, "digest": "remembered"}))
+    assert content_digest(str(model)) == "remembered"  # not read again
+
+    st = model.stat()
+    time.sleep(0.05)  # file times tick with the kernel's coarse clock (a few ms)
+    model.write_bytes(b"b" * (2 << 20))
+    os.utime(model, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and mtime; the change time moves
+    assert content_digest(str(model)) == hashlib.blake2b(b"b" * (2 << 20), digest_size=8).hexdigest()
+    memo.write_text("{not json")
+    assert content_digest(str(model)) == hashlib.blake2b(b"b" * (2 << 20), digest_size=8).hexdigest()
 
 
 @pytest.mark.slow  # real model weights: tens of seconds
