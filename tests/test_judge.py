@@ -259,7 +259,7 @@ def test_a_profile_that_extends_another_reads_as_if_written_out(tmp_path):
     map (never the base's), and `examples_language` stated for every example naming none."""
     base = load_judge_profile("gemma3-270m-edu")
     multilingual = load_judge_profile("gemma3-270m-multilingual-edu")
-    assert multilingual.instructions == base.instructions and len(multilingual.examples) == len(base.examples) == 24
+    assert multilingual.instructions == base.instructions and len(multilingual.examples) == len(base.examples) == 30
     assert [e.text for e in multilingual.examples] == [e.text for e in base.examples]
     assert {e.language for e in multilingual.examples} == {"English"} and {e.language for e in base.examples} == {None}
     assert "Language: English\nText: " in multilingual.prefix() and "Language:" not in base.prefix()
