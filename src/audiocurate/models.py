@@ -174,14 +174,14 @@ def content_digest(source: str) -> str:
     with open(source, "rb") as f:
         while block := f.read(1 << 20):
             digest.update(block)
+    tmp = memo.with_name(f"{memo.name}.{uuid.uuid4().hex}.tmp")
     try:  # a memo that cannot be written (read-only home) only costs the next start a read
         memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_name(f"{memo.name}.{uuid.uuid4().hex}.tmp")
         tmp.write_text(json.dumps({"source": os.path.abspath(source), "identity": identity,
                                    "digest": digest.hexdigest()}))
         os.replace(tmp, memo)
     except OSError:
-        pass
+        tmp.unlink(missing_ok=True)
     return digest.hexdigest()
 
 
