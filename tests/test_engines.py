@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -182,3 +183,33 @@ def test_engine_versions_are_part_of_a_results_identity():
 def test_signal_descriptions():
     assert describe_signal(signal.SIGILL) == "SIGILL: illegal instruction"
     assert describe_signal(signal.SIGBUS) == "SIGBUS: bus error"
+
+
+_ARMED_PROCESS = """
+import os, signal, sys
+from audiocurate import engines
+engines._current_actor_id = lambda: sys.argv[2]
+engines.CrashWitness("judge", "llama_cpp", directory=sys.argv[1]).arm()
+if sys.argv[3] == "segv":
+    os.kill(os.getpid(), signal.SIGSEGV)
+"""
+
+
+def test_crash_records_stay_only_while_they_can_name_a_crash(tmp_path):
+    """One record per actor ever started piled up in the temp folder (thousands on a test host):
+    a clean exit removes its own, week-old ones go, a live actor's and a fresh crash's stay."""
+    old = time.time() - 8 * 24 * 3600
+    (tmp_path / "old-empty.txt").touch()
+    (tmp_path / "old-crash.txt").write_text("Fatal Python error: Segmentation fault\n")
+    (tmp_path / "fresh-empty.txt").touch()  # a live actor's
+    for name in ("old-empty.txt", "old-crash.txt"):
+        os.utime(tmp_path / name, (old, old))
+
+    def armed(actor_id, how):
+        return subprocess.run([sys.executable, "-c", _ARMED_PROCESS, str(tmp_path), actor_id, how],
+                              capture_output=True, text=True, timeout=60)
+
+    assert armed("clean", "exit").returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh-empty.txt"]
+    assert armed("crashed", "segv").returncode == -signal.SIGSEGV
+    assert "Segmentation fault" in (tmp_path / "crashed.txt").read_text()

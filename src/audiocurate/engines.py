@@ -8,11 +8,13 @@ is named: the stage and engine, the signal, what it usually means and what to do
 
 from __future__ import annotations
 
+import atexit
 import faulthandler
 import os
 import signal
 import socket
 import tempfile
+import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -127,8 +129,12 @@ class CrashWitness:
     Ray restarts a dead actor under the same actor id but says nothing of the signal. The
     actor's process records fatal signals (faulthandler) in a file named by the actor id;
     the restarted process finds that record and raises `EngineCrashed` instead of loading the
-    engine again, so the run stops after one crash with the signal named. An actor that ends
-    cleanly leaves its record empty (0 bytes, in the temp folder)."""
+    engine again, so the run stops after one crash with the signal named. An actor whose process
+    exits cleanly removes its empty record; one killed outright leaves it empty (0 bytes, in the
+    temp folder). Records older than `STALE_AFTER_S` go when the next actor arms: a crash's record
+    is read by the restart seconds after it, and an empty one of a live actor must stay."""
+
+    STALE_AFTER_S = 7 * 24 * 3600
 
     def __init__(self, stage: str, backend: str, directory: Optional[str] = None):
         self.stage, self.backend = stage, backend
@@ -151,8 +157,34 @@ class CrashWitness:
                 self.path.unlink(missing_ok=True)
                 raise EngineCrashed.of(self.stage, self.backend, signum, where=f"in its Ray actor on {socket.gethostname()}",
                                     detail=f"The engine's last Python frames:\n{frames}")
+        self._prune_stale()
         self._file = open(self.path, "w")
         faulthandler.enable(file=self._file, all_threads=False)
+        atexit.register(self._disarm)
+
+    def _disarm(self) -> None:
+        """At a clean exit: nothing was recorded, so nothing needs to stay."""
+        if self._file is None or self.path is None:
+            return
+        faulthandler.disable()
+        self._file.close()
+        self._file = None
+        try:
+            if self.path.stat().st_size == 0:
+                self.path.unlink()
+        except OSError:
+            pass
+
+    def _prune_stale(self) -> None:
+        """Records of actors killed outright (Ray Data's forced release, a stopped cluster) and of
+        crashes no restart came to read."""
+        cutoff = time.time() - self.STALE_AFTER_S
+        try:
+            for record in self.directory.glob("*.txt"):
+                if record.stat().st_mtime < cutoff:
+                    record.unlink(missing_ok=True)
+        except OSError:  # another actor pruned it first, or the folder is not ours to tidy
+            pass
 
 
 def _signal_in(record: str) -> Optional[int]:
