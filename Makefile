@@ -29,7 +29,7 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) scripts/build_llama_cpp.sh
 	$(PIP) install -q -U pip
 	$(STEP)"[2/4] llama.cpp (the judge's engine), portable build"
 	wheel=$$(scripts/build_llama_cpp.sh $(PY) $(LLAMA_CPP_VERSION)) && \
-	  $(PIP) install -q --progress-bar off -c $(CONSTRAINTS) --no-deps "$$wheel"
+	  $(PIP) install -q --progress-bar off -c $(CONSTRAINTS) --no-deps --force-reinstall "$$wheel"
 	$(STEP)"[3/4] audiocurate and its dependencies (Ray, faster-whisper, ...; versions in $(CONSTRAINTS))"
 	set -o pipefail; $(PIP) install --progress-bar on -c $(CONSTRAINTS) -e . | sed '/^Requirement already satisfied/d'
 	$(PY) -c "import audiocurate, llama_cpp, faster_whisper"

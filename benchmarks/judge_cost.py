@@ -27,12 +27,12 @@ measured in turns on the same texts (benchmarks/results/judge_cost_compare.json)
 Why one judge row costs more CPU on an AMX Xeon than on an AMD EPYC (issue 29: 42.3 vs 17.8
 CPU-s in benchmarks/throughput.py, Whisper only 1.17x), from the code and the build; the Xeon
 itself was not available to this measurement:
-* The llama.cpp build is portable on purpose (scripts/build_llama_cpp.sh: AVX2/FMA/F16C, no
+* The llama.cpp build was portable by being AVX2 only (until 2026-12-07: AVX2/FMA/F16C, no
   AVX-512, no AMX; build line `AVX2 = 1 | F16C = 1 | LLAMAFILE = 1 | OPENMP = 1`). On every CPU
-  the judge runs the same 8-wide AVX2 kernels; the F16 path (judge.weights: f16) converts each
-  weight from F16 with F16C on the fly. A Xeon's AVX-512/AMX units stay idle for the judge,
+  the judge ran the same 8-wide AVX2 kernels; the F16 path (judge.weights: f16) converts each
+  weight from F16 with F16C on the fly. A Xeon's AVX-512/AMX units stayed idle for the judge,
   while CTranslate2 (Whisper) picks AVX-512/VNNI kernels at run time: that is why Whisper
-  keeps pace on the Xeon and the judge does not.
+  kept pace on the Xeon and the judge did not.
 * Two vCPUs of a cloud Xeon are usually one core's two hyperthreads (`machine()["smt"]`): the
   judge actor and the Whisper actors then share one core's FMA units, so each CPU-second does
   less work than on the EPYC, whose two vCPUs here are two cores.
@@ -40,10 +40,15 @@ itself was not available to this measurement:
   the 2-core EPYC, measured) and every actor hashes the model file to find the cached copy
   (0.14 CPU-s): ~1.5 CPU-s of the 24.5 difference at most (`f16_copy_was_cached`).
 * `judge.threads: 1` (the default) spins nothing; more threads than free cores would.
-So the figure to compare across CPU families is CPU ms per row with the machine line beside it,
-and what would make the Xeon's judge comparable is a build that uses its vector units
-(GGML_NATIVE or runtime-dispatched CPU variants) once the AMX SIGILL is ruled out — a change to
-scripts/build_llama_cpp.sh, measured on such a Xeon, not made here.
+So the figure to compare across CPU families is CPU ms per row with the machine line beside it.
+What makes a Xeon's judge use its vector units is now the build: scripts/build_llama_cpp.sh
+builds llama.cpp's CPU backend at three levels (haswell: AVX2; skylakex: AVX-512; icelake:
+AVX-512 VBMI/VNNI; none with AMX) and the judge loads the best this CPU runs (`judge.cpu_level`).
+
+    python benchmarks/judge_cost.py --levels haswell,icelake --judge-profile gemma3-270m-edu
+
+runs --compare once per level, each in its own process, and gives the CPU ms per row and how far
+edu_score_mean moves against the first level (benchmarks/results/judge_cost_levels.json).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -90,9 +96,18 @@ def main() -> None:
     ap.add_argument("--judge-profile", default="smollm2-135m-edu")
     ap.add_argument("--compare", default=None, help="comma-separated judge profiles: only their cost per row "
                     "as the default actor runs them (f16 and stored weights, parallel), in turns, same texts")
+    ap.add_argument("--cpu-level", default=None, help="with --compare: judge.cpu_level (default: the best "
+                    "this CPU runs)")
+    ap.add_argument("--levels", default=None, help="comma-separated CPU levels of llama.cpp's backend "
+                    "(haswell,skylakex,icelake): --compare of --judge-profile at each, a process per level, "
+                    "and how far the scores move between them (judge_cost_levels.json)")
+    ap.add_argument("--out", default=None, help="with --compare: results file (default judge_cost_compare.json)")
     args = ap.parse_args()
+    if args.levels:
+        return levels(args.levels.split(","), args.judge_profile, args.per_class, args.parallel)
     if args.compare:
-        return compare(args.compare.split(","), args.per_class, args.parallel)
+        return compare(args.compare.split(","), args.per_class, args.parallel, cpu_level=args.cpu_level,
+                       out=args.out)
     from sklearn.metrics import roc_auc_score
 
     items = corpora.judge_dev_texts(args.per_class)
@@ -137,7 +152,44 @@ def main() -> None:
                                    "ways": results}, indent=1))
 
 
-def compare(profiles: list[str], per_class: int, parallel: int, rounds: int = 2) -> None:
+def levels(names: list[str], profile: str, per_class: int, parallel: int) -> None:
+    """The same judge at each CPU level of llama.cpp's backend (issue 29: a judge row cost 2.4x the
+    CPU on an AVX-512/AMX Xeon while the build ran AVX2 kernels everywhere): CPU ms per row, and
+    the largest change of edu_score_mean per row against the first level."""
+    import subprocess
+    import tempfile
+
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for level in names:
+            out = Path(tmp) / f"{level}.json"
+            subprocess.run([sys.executable, __file__, "--compare", profile, "--cpu-level", level, "--out", str(out),
+                            "--per-class", str(per_class), "--parallel", str(parallel)], check=True)
+            runs[level] = json.loads(out.read_text())
+    first = names[0]
+    from audiocurate.judge.llama_cpp import cpu_level
+
+    machine_line = {**runs[first]["machine"], "llama_cpp_cpu_level": f"{cpu_level()} (what `best` loads here)"}
+    result: dict = {"machine": machine_line, "judge_profile": profile, "rows": runs[first]["rows"],
+                    "parallel": parallel, "threads": 1, "levels": {}}
+    for level, run in runs.items():
+        row = {}
+        for key, judged in run["judges"].items():
+            weights = key.split("/")[1]
+            change = np.abs(np.array(judged["means"]) - np.array(runs[first]["judges"][key]["means"]))
+            row[weights] = {"cpu_ms_per_row": judged["cpu_ms_per_row"],
+                            f"vs_{first}": round(judged["cpu_ms_per_row"] / runs[first]["judges"][key]["cpu_ms_per_row"], 3),
+                            f"max_abs_change_vs_{first}": round(float(change.max()), 5),
+                            f"mean_abs_change_vs_{first}": round(float(change.mean()), 6)}
+        result["levels"][level] = {"llama_cpp_build": run["machine"]["llama_cpp_build"], **row}
+        print(level, json.dumps(row), flush=True)
+    path = RESULTS.with_name("judge_cost_levels.json")
+    path.write_text(json.dumps(result, indent=1))
+    print(f"wrote {path}")
+
+
+def compare(profiles: list[str], per_class: int, parallel: int, rounds: int = 2, cpu_level: Optional[str] = None,
+            out: Optional[str] = None) -> None:
     """CPU seconds per row of each judge profile, measured in turns (round-robin, `rounds` times,
     best round kept) so that a neighbour's load on a shared machine falls on all of them alike."""
     import judge_eval
@@ -148,30 +200,35 @@ def compare(profiles: list[str], per_class: int, parallel: int, rounds: int = 2)
     for name in profiles:
         profile = load_judge_profile(name).model_copy(update={"calibration": None})
         for weights in ("f16", "stored"):
-            judges[f"{name}/{weights}"] = LlamaCppJudge(LlamaCppJudgeConfig(weights=weights, parallel=parallel), profile)
+            config = LlamaCppJudgeConfig(weights=weights, parallel=parallel, cpu_level=cpu_level or "best")
+            judges[f"{name}/{weights}"] = LlamaCppJudge(config, profile)
     cpu_s: dict[str, list[float]] = {k: [] for k in judges}
+    means: dict[str, list[float]] = {}
     for _ in range(rounds):
         for key, judge in judges.items():
             t0 = time.process_time()
-            for i in range(0, len(texts), 8):
-                judge.score_batch(texts[i:i + 8])
+            scores = [s for i in range(0, len(texts), 8) for s in judge.score_batch(texts[i:i + 8])]
             cpu_s[key].append((time.process_time() - t0) / len(texts))
+            means[key] = [round(s.mean, 6) for s in scores]
     base = min(cpu_s[f"{profiles[0]}/f16"])
-    out = {k: {"cpu_ms_per_row": round(1000 * min(v), 2), "rows_per_cpu_s": round(1 / min(v), 2),
-               "vs_first_f16": round(min(v) / base, 3)} for k, v in cpu_s.items()}
-    for k, v in out.items():
+    results = {k: {"cpu_ms_per_row": round(1000 * min(v), 2), "rows_per_cpu_s": round(1 / min(v), 2),
+                   "vs_first_f16": round(min(v) / base, 3)} for k, v in cpu_s.items()}
+    for k, v in results.items():
         print(k, v, flush=True)
-    path = RESULTS.with_name("judge_cost_compare.json")
+    path = Path(out) if out else RESULTS.with_name("judge_cost_compare.json")
     path.write_text(json.dumps({"machine": machine(), "rows": len(texts), "parallel": parallel, "threads": 1,
-                                "rounds": rounds, "judges": out}, indent=1))
+                                "rounds": rounds, "judges": {k: {**v, "means": means[k]} for k, v in results.items()}},
+                               indent=1))
     print(f"wrote {path}")
 
 
 def machine() -> dict:
     """The CPU model, cores, the SIMD/AMX flags it advertises and what llama.cpp's build uses:
-    a judge's cost per row means little without them (the portable build computes with AVX2 on
-    every CPU, so an AVX-512/AMX Xeon runs the judge with the same kernels as a Zen 2)."""
-    import llama_cpp
+    a judge's cost per row means little without them. `llama_cpp_cpu_level`: the level of
+    llama.cpp's CPU backend this CPU got (scripts/build_llama_cpp.sh)."""
+    from audiocurate.judge.llama_cpp import cpu_level, load_llama_cpp
+
+    llama_cpp = load_llama_cpp()
 
     info = Path("/proc/cpuinfo").read_text().splitlines()
     cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "unknown CPU")
@@ -182,6 +239,7 @@ def machine() -> dict:
     return {"cpu": cpu, "logical_cpus": os.cpu_count(), "cores_per_socket": cores, "siblings_per_socket": siblings,
             "smt": bool(siblings and cores and siblings > cores),
             "cpu_flags": {f: f in flags for f in wanted},
+            "llama_cpp_cpu_level": cpu_level(),
             "llama_cpp_build": llama_cpp.llama_print_system_info().decode(errors="replace").strip()}
 
 

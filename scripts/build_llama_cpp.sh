@@ -3,16 +3,25 @@
 #
 # Why not `pip install llama-cpp-python`: PyPI has only its source, and a plain build targets the
 # building CPU (-march=native). Such a build crashed with SIGILL on another CPU (AMX repacking).
-# This build is portable: x86-64 with AVX2/FMA/F16C/BMI2 (Intel Haswell, AMD Zen and later), no
-# AVX-512, no AMX. pip's own wheel cache is bypassed (it keys a built wheel by the source only,
-# never by the flags), so a native wheel built earlier can never come back from it.
+# This build is portable and still uses each CPU's vector units, as CTranslate2 does for Whisper:
+# llama.cpp's CPU backend is built once per CPU level (GGML_BACKEND_DL) and, when the judge starts,
+# `import llama_cpp` loads the best one the CPU reports (LLAMA_CPP_CPU_LEVEL names another):
+#   haswell   AVX2/FMA/F16C/BMI2: Intel Haswell, AMD Zen and later, the floor;
+#   skylakex  + AVX-512: Skylake-SP and Cascade Lake Xeons;
+#   icelake   + AVX-512 VBMI/VNNI: Ice Lake, Sapphire Rapids and later Xeons, AMD Zen 4 and 5.
+# No level has AMX. The levels are chosen by patching the list of llama.cpp's GGML_CPU_ALL_VARIANTS
+# (all thirteen would triple the build's time). pip's own wheel cache is bypassed (it keys a built
+# wheel by the source only, never by the flags), so a native wheel built earlier can never come back.
+# LLAMA_CMAKE_ARGS replaces all of this with your own flags (a CUDA build, say), unpatched.
 #
 #   scripts/build_llama_cpp.sh PYTHON VERSION   -> path of the wheel (stdout); progress on stderr
 set -euo pipefail
 python=$1
 version=$2
-flags="${LLAMA_CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAVA_BUILD=OFF}"
-key=$(printf '%s %s %s' "$version" "$flags" "$(uname -m)" | sha256sum | cut -c1-12)
+variants="haswell skylakex icelake"
+flags="${LLAMA_CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DLLAVA_BUILD=OFF}"
+patched=$([ -z "${LLAMA_CMAKE_ARGS:-}" ] && echo "cpu variants: $variants" || echo "unpatched")
+key=$(printf '%s %s %s %s' "$version" "$flags" "$patched" "$(uname -m)" | sha256sum | cut -c1-12)
 house="${AUDIOCURATE_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/audiocurate/wheels}/llama-cpp-python-$version-$key"
 wheel=$(ls "$house"/llama_cpp_python-*.whl 2>/dev/null | head -n 1 || true)
 if [ -n "$wheel" ]; then
@@ -21,14 +30,80 @@ if [ -n "$wheel" ]; then
   exit 0
 fi
 log=$(mktemp -t llama-cpp-build.XXXXXX.log)
-echo "    llama.cpp $version: building from source, portable ($flags)" >&2
-echo "    this takes 3-6 minutes on 2 cores, once per machine; full log: $log" >&2
-mkdir -p "$house.tmp"
+rm -rf "$house.tmp" && mkdir -p "$house.tmp"
+source="llama-cpp-python==$version"
+if [ -z "${LLAMA_CMAKE_ARGS:-}" ]; then
+  echo "    llama.cpp $version: fetching the source" >&2
+  "$python" -m pip download -q --no-deps --no-binary :all: -d "$house.tmp/src" "llama-cpp-python==$version" >>"$log" 2>&1
+  tar -xzf "$house.tmp"/src/llama_cpp_python-*.tar.gz -C "$house.tmp/src"
+  source=$(ls -d "$house.tmp"/src/llama_cpp_python-*/)
+  "$python" - "$source" $variants <<'PY'
+"""Keep the x86 CPU levels named, and install each into the package's lib folder."""
+import re, sys
+from pathlib import Path
+
+root, keep = Path(sys.argv[1]), sys.argv[2:]
+ggml = root / "vendor/llama.cpp/ggml/src/CMakeLists.txt"
+text = ggml.read_text()
+block = text[text.index('if (GGML_SYSTEM_ARCH STREQUAL "x86")', text.index("if (GGML_CPU_ALL_VARIANTS)")):]
+block = block[:block.index("elseif(GGML_SYSTEM_ARCH STREQUAL \"ARM\")")]
+lines = [ln for ln in block.splitlines(keepends=True)
+         if not (m := re.match(r"\s*ggml_add_cpu_backend_variant\((\w+)", ln)) or m.group(1) in keep]
+kept = [m.group(1) for ln in lines if (m := re.match(r"\s*ggml_add_cpu_backend_variant\((\w+)", ln))]
+if sorted(kept) != sorted(keep):
+    sys.exit(f"llama.cpp's list of CPU variants changed: kept {kept}, wanted {keep}")
+ggml.write_text(text.replace(block, "".join(lines)))
+top = root / "CMakeLists.txt"
+text = top.read_text()
+anchor = "    llama_cpp_python_install_target(ggml-cpu)\n"
+if anchor not in text:
+    sys.exit("llama-cpp-python's CMakeLists.txt no longer installs ggml-cpu where expected")
+top.write_text(text.replace(anchor, anchor + "".join(f"    llama_cpp_python_install_target(ggml-cpu-{v})\n" for v in keep)))
+# `import llama_cpp` loads a level itself, so that the package works on its own (its server too).
+bindings = root / "llama_cpp/llama_cpp.py"
+text = bindings.read_text()
+anchor = "_lib = load_shared_library(_lib_base_name, _base_path)\n"
+if anchor not in text:
+    sys.exit("llama-cpp-python no longer loads libllama where expected")
+bindings.write_text(text.replace(anchor, anchor + '''
+
+# Added by audiocurate's scripts/build_llama_cpp.sh: llama.cpp's CPU backend is built once per CPU
+# level, as modules (GGML_BACKEND_DL). Load the level LLAMA_CPP_CPU_LEVEL names, else the best this
+# CPU runs by each module's own score, as ggml_backend_load_all would from its default folders.
+def _load_cpu_level():
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    modules = {p.name[len("libggml-cpu-"):-len(".so")]: p for p in _base_path.glob("libggml-cpu-*.so")}
+    if not modules:
+        return None
+    # libggml under the name libllama was linked with: under another name the same file is mapped
+    # again, with a registry of its own that libllama never reads.
+    ggml = ctypes.CDLL(str(min(_base_path.glob("libggml.so.*"), key=lambda p: len(p.name))))
+    ggml.ggml_backend_dev_by_type.restype = ctypes.c_void_p
+    ggml.ggml_backend_load.restype = ctypes.c_void_p
+    scores = {name: ctypes.CDLL(str(path)).ggml_backend_score() for name, path in modules.items()}
+    level = os.environ.get("LLAMA_CPP_CPU_LEVEL") or max(scores, key=scores.__getitem__)
+    if level not in modules:
+        raise RuntimeError(f"LLAMA_CPP_CPU_LEVEL={level}: this llama.cpp build has {sorted(modules)}")
+    if not scores[level]:
+        raise RuntimeError(f"LLAMA_CPP_CPU_LEVEL={level}: this CPU lacks that level's instructions")
+    if not ggml.ggml_backend_dev_by_type(0):  # GGML_BACKEND_DEVICE_TYPE_CPU
+        with suppress_stdout_stderr(disable=False):  # ggml says which module it loaded
+            ggml.ggml_backend_load(str(modules[level]).encode())
+    return level
+
+
+CPU_LEVEL = _load_cpu_level()
+'''))
+PY
+fi
+echo "    llama.cpp $version: building from source, portable ($flags; $patched)" >&2
+echo "    this takes 4-8 minutes on 2 cores, once per machine; full log: $log" >&2
 start=$(date +%s)
 # -v makes pip show CMake's and ninja's output; we print ninja's [n/N] steps as progress.
 CMAKE_ARGS="$flags" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
   "$python" -m pip wheel -v --no-deps --no-cache-dir --no-binary llama-cpp-python -w "$house.tmp" \
-  "llama-cpp-python==$version" >"$log" 2>&1 &
+  "$source" >>"$log" 2>&1 &
 pid=$!
 last=""
 while kill -0 "$pid" 2>/dev/null; do
@@ -42,6 +117,6 @@ if ! wait "$pid"; then
   tail -n 40 "$log" >&2
   exit 1
 fi
-rm -rf "$house" && mv "$house.tmp" "$house"
+rm -rf "$house.tmp/src" "$house" && mv "$house.tmp" "$house"
 echo "    llama.cpp: built in $(( $(date +%s) - start )) s" >&2
 ls "$house"/llama_cpp_python-*.whl

