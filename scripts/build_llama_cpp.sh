@@ -21,7 +21,8 @@ version=$2
 variants="haswell skylakex icelake"
 flags="${LLAMA_CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DLLAVA_BUILD=OFF}"
 patched=$([ -z "${LLAMA_CMAKE_ARGS:-}" ] && echo "cpu variants: $variants" || echo "unpatched")
-key=$(printf '%s %s %s %s' "$version" "$flags" "$patched" "$(uname -m)" | sha256sum | cut -c1-12)
+# The key covers this script too: a change to its patches must never find an old wheel.
+key=$(printf '%s %s %s %s %s' "$version" "$flags" "$patched" "$(uname -m)" "$(sha256sum < "$0")" | sha256sum | cut -c1-12)
 house="${AUDIOCURATE_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/audiocurate/wheels}/llama-cpp-python-$version-$key"
 wheel=$(ls "$house"/llama_cpp_python-*.whl 2>/dev/null | head -n 1 || true)
 if [ -n "$wheel" ]; then
@@ -82,6 +83,17 @@ def _load_cpu_level():
     ggml.ggml_backend_dev_by_type.restype = ctypes.c_void_p
     ggml.ggml_backend_load.restype = ctypes.c_void_p
     scores = {name: ctypes.CDLL(str(path)).ggml_backend_score() for name, path in modules.items()}
+    # ggml's score reads CPUID only; the kernel lists what it enabled (it drops AVX-512 from
+    # /proc/cpuinfo where it does not save the registers), so a level needs both.
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = set(next(line.split(":", 1)[1].split() for line in info if line.startswith("flags")))
+    except (OSError, StopIteration):
+        flags = None
+    avx512 = {"avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"}
+    for name, needs in {"skylakex": avx512, "icelake": avx512 | {"avx512vbmi", "avx512_vnni"}}.items():
+        if name in scores and flags is not None and not needs <= flags:
+            scores[name] = 0
     level = os.environ.get("LLAMA_CPP_CPU_LEVEL") or max(scores, key=scores.__getitem__)
     if level not in modules:
         raise RuntimeError(f"LLAMA_CPP_CPU_LEVEL={level}: this llama.cpp build has {sorted(modules)}")
