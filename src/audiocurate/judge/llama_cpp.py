@@ -119,9 +119,10 @@ class LlamaCppJudgeConfig(JudgeSettings):
         "best", description="Llama_cpp: which build of llama.cpp's CPU backend the judge runs "
         "(scripts/build_llama_cpp.sh builds three). `best`: the highest this CPU can run, as ggml "
         "picks it: `icelake` (AVX-512 with VBMI and VNNI: Ice Lake and later Xeons, AMD Zen 4 and 5), "
-        "`skylakex` (AVX-512), else `haswell` (AVX2, any x86-64 CPU this tool runs on). Scores differ "
-        "between levels only by floating-point rounding (benchmarks/judge_cost.py --levels); name "
-        "one to get the same bits on every node of a mixed cluster.")
+        "`skylakex` (AVX-512), else `haswell` (AVX2, any x86-64 CPU this tool runs on). With F16 "
+        "weights levels differ by rounding only (edu_score_mean 0.0045 at most; stored weights up to "
+        "0.17: benchmarks/judge_cost.py --levels); name one to get the same bits on every node of a "
+        "mixed cluster.")
     extra_buffer_types: bool = Field(
         False, description="Llama_cpp: let llama.cpp repack the weights into its CPU-specific "
         "buffer types (AMX tiles, interleaved Q4_0/Q8_0 layouts). Off by default: on some "
