@@ -35,7 +35,8 @@ rm -rf "$house.tmp" && mkdir -p "$house.tmp"
 source="llama-cpp-python==$version"
 if [ -z "${LLAMA_CMAKE_ARGS:-}" ]; then
   echo "    llama.cpp $version: fetching the source" >&2
-  "$python" -m pip download -q --no-deps --no-binary :all: -d "$house.tmp/src" "llama-cpp-python==$version" >>"$log" 2>&1
+  "$python" -m pip download -q --no-deps --no-binary :all: -d "$house.tmp/src" "llama-cpp-python==$version" >>"$log" 2>&1 \
+    || { echo "    could not fetch llama-cpp-python $version's source; the end of $log:" >&2; tail -n 20 "$log" >&2; exit 1; }
   tar -xzf "$house.tmp"/src/llama_cpp_python-*.tar.gz -C "$house.tmp/src"
   source=$(ls -d "$house.tmp"/src/llama_cpp_python-*/)
   "$python" - "$source" $variants <<'PY'
