@@ -253,3 +253,26 @@ def test_judge_cpu_level_runs_the_level_named_once_per_process():
     first, refusal = run.stdout.splitlines()[:2]
     assert first == "haswell False"
     assert "'haswell' is loaded in this process" in refusal and "needs a process of its own" in refusal
+
+
+def test_an_engine_built_again_at_the_same_version_is_probed_again(monkeypatch, tmp_path):
+    """scripts/build_llama_cpp.sh rebuilds llama-cpp-python 0.3.36 with other CPU levels: the
+    version alone would let a probe that passed on the old build vouch for the new one."""
+    import audiocurate.probe as probe
+
+    info = tmp_path / "someengine-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: someengine\nVersion: 1.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    stamps = []
+    for build in ("avx2", "levels"):
+        (info / "RECORD").write_text(f"someengine/lib/libengine.so,sha256={build},1000\n")
+        stamps.append(probe._build_stamp("someengine"))
+    assert stamps[0] and stamps[1] and stamps[0] != stamps[1]
+    assert probe._build_stamp("no-such-engine") is None
+
+    spec = judge_spec("audiocurate.judge:make_judge")
+    before = spec.cache_key()
+    real = probe._build_stamp
+    monkeypatch.setattr(probe, "_build_stamp", lambda d: f"{real(d)}-rebuilt" if d == "llama-cpp-python" else real(d))
+    assert spec.cache_key() != before

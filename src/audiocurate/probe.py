@@ -3,8 +3,8 @@
 An engine that cannot run on a machine (a native build for another CPU) then fails in seconds,
 with its exit signal named, instead of inside Ray actors that are restarted three times.
 Passing probes are cached per node in `~/.cache/audiocurate/probes`, keyed by the engine's
-versions, the stage's settings, the model file and the CPU's flags: a run on a machine that
-passed before pays one Ray task per node.
+versions and builds, the stage's settings, the model file and the CPU's flags: a run on a machine
+that passed before pays one Ray task per node.
 
     python -m audiocurate.probe '{"stage": "judge", "backend": "llama_cpp", ...}'   # one probe
 """
@@ -55,6 +55,7 @@ class ProbeSpec:
         facts = {
             "spec": {k: v for k, v in asdict(self).items() if k != "timeout_s"},
             "versions": {d: installed_version(d) for d in engine.distributions},
+            "builds": {d: _build_stamp(d) for d in engine.distributions},
             "model": _model_stamp(self.config.get("model")),
             "cpu": _cpu_flags(),
             "python": sys.executable,
@@ -196,6 +197,18 @@ def _model_stamp(model: Optional[str]) -> Any:
         return model
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     return [(str(p), p.stat().st_size, int(p.stat().st_mtime)) for p in files]
+
+
+def _build_stamp(distribution: str) -> Optional[str]:
+    """What the installed files of `distribution` are, from the hashes its RECORD lists: a wheel
+    built again at the same version (other flags, other CPU levels) is another build to probe."""
+    from importlib import metadata
+
+    try:
+        record = metadata.distribution(distribution).read_text("RECORD") or ""
+    except metadata.PackageNotFoundError:
+        return None
+    return hashlib.sha256(record.encode()).hexdigest()[:16]
 
 
 def _cpu_flags() -> str:

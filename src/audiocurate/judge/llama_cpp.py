@@ -140,14 +140,14 @@ def engine_version() -> str:
     return f"llama-cpp-python=={version('llama-cpp-python')}"
 
 
-def weights_file(path: str, weights: str, cpu_level: Optional[str] = None) -> str:
+def weights_file(path: str, weights: str) -> str:
     """The GGUF to load: `path` itself (`stored`), or its weights as F16, converted once per machine.
 
     F16 goes through llama.cpp's own converter (`llama_model_quantize`); the file is written
     under a temporary name and renamed, so actors converting at once never see half a file."""
     if weights == "stored":
         return path
-    llama_cpp = load_llama_cpp(cpu_level)
+    llama_cpp = load_llama_cpp()
     from llama_cpp._utils import suppress_stdout_stderr
 
     out = derived_model_path(path, weights, ".gguf")
@@ -195,7 +195,7 @@ class LlamaCppJudge(ActorJudge):
         with model_params(llama_cpp, use_extra_bufts=config.extra_buffer_types), \
                 context_params(llama_cpp, n_seq_max=config.parallel + 1, kv_unified=True):
             self.llm = llama_cpp.Llama(
-                model_path=weights_file(resolve_model(self.model_name), config.weights, config.cpu_level),
+                model_path=weights_file(resolve_model(self.model_name), config.weights),
                 n_ctx=config.n_ctx,
                 n_threads=config.threads,
                 n_threads_batch=config.threads,
