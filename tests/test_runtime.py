@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import pytest
 import ray
 
 from audiocurate.blocks import split_blocks
@@ -177,3 +181,58 @@ def test_a_processor_step_is_built_where_it_is_applied_and_its_steps_follow_in_o
     ds = apply_steps(ray.data.range(3), steps)
     assert built == [10]  # built once, while the Dataset is assembled
     assert sorted(r["id"] for r in ds.take_all()) == [20, 22, 24]
+
+
+_CUT_OFF_RUN = '''
+import os, signal, threading, time
+
+import ray
+from ray.data._internal.execution.streaming_executor import StreamingExecutor
+
+from audiocurate.runtime import shutdown_ray
+
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+step = StreamingExecutor._scheduling_loop_step
+started = time.monotonic()
+
+
+def busy_step(self, topology):
+    if time.monotonic() - started > 1.0 and not hasattr(self, "cut"):
+        # Ctrl-C a second into the execution, while this step outlasts the 2 s a cut-off executor
+        # waits for its thread (a loaded machine; Ray Data's own step waits on an actor's answer)
+        self.cut = True
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(4)
+    return step(self, topology)
+
+
+StreamingExecutor._scheduling_loop_step = busy_step
+shutdown = ray.shutdown
+alive_at_shutdown = []
+
+
+def watched_shutdown(*args, **kwargs):
+    alive_at_shutdown.extend(t.name for t in threading.enumerate()
+                             if isinstance(t, StreamingExecutor) and t.is_alive())
+    return shutdown(*args, **kwargs)
+
+
+ray.shutdown = watched_shutdown
+try:
+    ray.data.range(1000, override_num_blocks=50).map_batches(lambda b: (time.sleep(0.5), b)[1]).materialize()
+except KeyboardInterrupt:
+    shutdown_ray()
+print("executor threads alive at ray.shutdown:", alive_at_shutdown)
+'''
+
+
+@pytest.mark.slow
+def test_ray_is_shut_down_only_after_a_cut_off_datasets_scheduling_thread_has_stopped(tmp_path):
+    """Ctrl-C on a loaded machine: Ray Data waits 2 s for the executor thread, which may still be
+    in a call into Ray; shutting Ray down under it ended the process with exit code 1 and no
+    Python error ("The core worker has already been shutdown"), not 130. Seen in CI."""
+    script = tmp_path / "cut_off.py"
+    script.write_text(_CUT_OFF_RUN)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert "executor threads alive at ray.shutdown: []" in done.stdout, done.stdout

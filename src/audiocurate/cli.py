@@ -217,8 +217,10 @@ def _stop_ray() -> None:
     with contextlib.suppress(Exception):
         import ray
 
+        from .runtime import shutdown_ray
+
         if ray.is_initialized():
-            ray.shutdown()
+            shutdown_ray()
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Optional
 
@@ -20,7 +21,7 @@ from .config import RayConfig
 from .plan import ClusterShape, Pool, StageSpec, actor_cpu_scale, plan_concurrency, row_stage_args
 
 __all__ = ["ClusterShape", "actor_cpu_scale", "plan_concurrency", "row_task_args", "apply_step", "apply_steps",
-           "init_ray", "configure_dataset", "stop_own_ray"]
+           "init_ray", "configure_dataset", "stop_own_ray", "shutdown_ray"]
 
 
 _started_here = False  # whether `init_ray` started the local Ray this process is connected to
@@ -98,9 +99,25 @@ def stop_own_ray() -> Optional[threading.Thread]:
     if not (_started_here and ray.is_initialized()):
         return None
     _started_here = False
-    thread = threading.Thread(target=ray.shutdown, name="audiocurate-ray-shutdown", daemon=True)
+    thread = threading.Thread(target=shutdown_ray, name="audiocurate-ray-shutdown", daemon=True)
     thread.start()
     return thread
+
+
+def shutdown_ray(executors_timeout_s: float = 60.0) -> None:
+    """`ray.shutdown()` once Ray Data's scheduling threads have stopped.
+
+    A dataset cut off (Ctrl-C, SIGTERM, an error) asks its executor thread to stop and waits
+    only 2 s for it; on a busy machine the thread is still running, and if it then touches the
+    shut-down core worker, Ray's native code ends the whole process with exit code 1 and no
+    Python error ("The core worker has already been shutdown")."""
+    from ray.data._internal.execution.streaming_executor import StreamingExecutor
+
+    deadline = time.monotonic() + executors_timeout_s
+    for thread in threading.enumerate():
+        if isinstance(thread, StreamingExecutor) and thread.is_alive():
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    ray.shutdown()
 
 
 class _DropRecord(logging.Filter):
