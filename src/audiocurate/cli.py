@@ -189,6 +189,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             return _dispatch(args)
     except _Exit as e:
         print(f"audiocurate: {e}", file=sys.stderr)
+        _stop_own_ray()  # now, not in Ray's exit hook, which races a cut-off dataset (`runtime.shutdown_ray`)
         return e.code
     except KeyboardInterrupt:
         _stop_ray()
@@ -221,6 +222,14 @@ def _stop_ray() -> None:
 
         if ray.is_initialized():
             shutdown_ray()
+
+
+def _stop_own_ray() -> None:
+    from .runtime import stop_own_ray
+
+    stopping = stop_own_ray()
+    if stopping is not None:
+        stopping.join()
 
 
 def _dispatch(args: argparse.Namespace) -> int:
