@@ -115,7 +115,8 @@ def shutdown_ray(executors_timeout_s: float = 60.0) -> None:
 
     deadline = time.monotonic() + executors_timeout_s
     for thread in threading.enumerate():
-        if isinstance(thread, StreamingExecutor) and thread.is_alive():
+        # only those told to stop: a dataset still streaming to a consumer would not end here
+        if isinstance(thread, StreamingExecutor) and getattr(thread, "_shutdown", True) and thread.is_alive():
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
     ray.shutdown()
 
