@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -137,7 +138,6 @@ def test_a_local_ray_gives_workers_the_configured_environment_and_stops_in_the_b
     """The workers' variables reach a local Ray through the environment it starts in (not a
     runtime_env, whose jobs cannot use the workers Ray starts ahead); the driver's own
     environment is left as it was, and `stop_own_ray` stops only a Ray `init_ray` started."""
-    import os
 
     from audiocurate.config import RayConfig
     from audiocurate.runtime import init_ray, stop_own_ray
@@ -233,6 +233,7 @@ def test_ray_is_shut_down_only_after_a_cut_off_datasets_scheduling_thread_has_st
     Python error ("The core worker has already been shutdown"), not 130. Seen in CI."""
     script = tmp_path / "cut_off.py"
     script.write_text(_CUT_OFF_RUN)
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180, env=env)
     assert done.returncode == 0, done.stderr
     assert "executor threads alive at ray.shutdown: []" in done.stdout, done.stdout
