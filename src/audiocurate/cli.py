@@ -225,9 +225,10 @@ def _stop_ray() -> None:
 
 
 def _stop_own_ray() -> None:
-    from .runtime import stop_own_ray
-
-    stopping = stop_own_ray()
+    runtime = sys.modules.get(f"{__package__}.runtime")
+    if runtime is None:  # not imported: nothing here started Ray (and a user error stays quick)
+        return
+    stopping = runtime.stop_own_ray()
     if stopping is not None:
         stopping.join()
 
