@@ -192,16 +192,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         _stop_own_ray()  # now, not in Ray's exit hook, which races a cut-off dataset (`runtime.shutdown_ray`)
         return e.code
     except KeyboardInterrupt:
-        print("\naudiocurate: interrupted; run the same command again to resume", file=sys.stderr)
         _stop_ray()
+        print("\naudiocurate: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     except BaseException as e:
         from .pipeline import RunInterrupted
 
         if not isinstance(e, RunInterrupted):
             raise
-        print("audiocurate: terminated (SIGTERM); run the same command again to resume", file=sys.stderr)
         _stop_ray()
+        print("audiocurate: terminated (SIGTERM); run the same command again to resume", file=sys.stderr)
         return 128 + e.signum
     finally:
         if previous is not None:
@@ -215,29 +215,19 @@ def _main_thread() -> bool:
 
 
 def _stop_ray() -> None:
-    """Stop Ray once its scheduling threads have stopped: seconds on a busy machine, a minute at
-    most. A second Ctrl-C or SIGTERM is ignored meanwhile: cutting the wait short left Ray's own
-    exit hook to race those threads, and the exit code became 1 (SIGKILL still ends it)."""
-    stopped = (signal.SIGINT, signal.SIGTERM) if _main_thread() else ()
-    before = [signal.signal(s, signal.SIG_IGN) for s in stopped]
-    try:
-        with contextlib.suppress(Exception):
-            import ray
+    with contextlib.suppress(Exception):
+        import ray
 
-            from .runtime import shutdown_ray
+        from .runtime import shutdown_ray
 
-            if ray.is_initialized():
-                shutdown_ray()
-    finally:
-        for s, handler in zip(stopped, before):
-            signal.signal(s, handler)
+        if ray.is_initialized():
+            shutdown_ray()
 
 
 def _stop_own_ray() -> None:
-    runtime = sys.modules.get(f"{__package__}.runtime")
-    if runtime is None:  # not imported: nothing here started Ray (and a user error stays quick)
-        return
-    stopping = runtime.stop_own_ray()
+    from .runtime import stop_own_ray
+
+    stopping = stop_own_ray()
     if stopping is not None:
         stopping.join()
 
